@@ -1,0 +1,36 @@
+# One entry point for the course. The README's two commands are `make course`
+# and `make test`; both create the local environment (.venv) when it is missing.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+# quiet, headless and reproducible where it matters
+TESTENV := TQDM_DISABLE=1 MPLBACKEND=Agg PYTHONHASHSEED=0
+
+.PHONY: course test lab html bench clean env
+
+env: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --disable-pip-version-check -e .
+	$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
+	touch $@
+
+## run the six notebooks headless, in order; executed copies and HTML go to build/
+course: env
+	MPLBACKEND=Agg $(PY) -m metalstm.course
+
+## the whole test suite: unit and paper-claim tests, then every notebook under nbval
+test: env
+	$(TESTENV) $(PY) -m pytest --nbval-lax --nbval-current-env tests notebooks
+
+## open the course in JupyterLab
+lab: env
+	$(VENV)/bin/jupyter lab notebooks/
+
+## render the notebooks (already executed by `make course`) as HTML slides for teaching
+html: env
+	MPLBACKEND=Agg $(PY) -m metalstm.course --html-only
+
+clean:
+	rm -rf build .pytest_cache

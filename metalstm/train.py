@@ -1,0 +1,251 @@
+"""Meta-training of the Meta-Learner LSTM (SPEC 5).
+
+    for each meta-train episode i:
+        theta_0 = c_0 (fresh batch-norm statistics)
+        T steps:  L_t, grad_t on a support batch (detached);  theta_t = metalearner(...)
+        L_test = loss of f(.; theta_T) on the query set
+        backpropagate L_test into c_0 and the LSTM; clip the norm to 0.25; Adam 1e-3
+    every `val_every` episodes: mean accuracy on the same `val_episodes`
+    meta-validation episodes (meta-test batch-norm protocol); keep the best.
+
+    python -m metalstm.train --config glyphs-5shot --out runs/glyphs-5shot
+    python -m metalstm.train --config glyphs-5shot --out runs/glyphs-5shot --resume
+
+A run folder holds last.pt (everything needed to resume), best.pt (the best
+meta-learner so far) and log.csv (the learning curves). Episode i and its
+mini-batch order depend only on (seed, i), so a resumed run sees exactly what
+an uninterrupted one would have and ends with the same numbers.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from metalstm.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from metalstm.config import CONFIGS, Config, get_config
+from metalstm.data import load_dataset
+from metalstm.episodes import EpisodeSampler, check_request
+from metalstm.learner import Learner
+from metalstm.metalearner import MetaLearner, run_episode
+
+LOG_FIELDS = ["episode", "train_loss", "train_acc", "val_acc", "val_ci95", "seconds"]
+
+
+class NonFiniteError(RuntimeError):
+    """The meta-loss or meta-gradient stopped being a finite number."""
+
+
+def episode_generator(seed: int, i: int, stream: int = 0) -> torch.Generator:
+    """The generator of episode i's own random choices (mini-batch order), from (seed, i, stream) alone."""
+    g = torch.Generator()
+    g.manual_seed((seed * 1_000_003 + i * 7_919 + stream * 104_729 + 12_345) % (2**63 - 1))
+    return g
+
+
+def build_model(cfg: Config, device: str | torch.device = "cpu") -> tuple[Learner, MetaLearner]:
+    """The learner f(x; theta) and the meta-learner (with c_0 = a seeded initial theta)."""
+    learner = Learner(n_way=cfg.n_way, in_channels=cfg.in_channels, image_size=cfg.image_size,
+                      bn_eps=cfg.bn_eps, bn_momentum=cfg.bn_momentum)
+    g = torch.Generator().manual_seed(cfg.seed)
+    theta0 = learner.init_params(generator=g)
+    meta = MetaLearner(learner.n_params, hidden=cfg.hidden, p=cfg.p, forget_bias=cfg.forget_bias,
+                       input_bias=cfg.input_bias, theta0=theta0, generator=g)
+    return learner, meta.to(device)
+
+
+def load_split(cfg: Config, split: str):
+    """One meta-split of the configuration's data set, checked against its episode shape."""
+    data = load_dataset(cfg.dataset, split, root=cfg.data_root, image_size=cfg.image_size)
+    if data.image_shape != (cfg.in_channels, cfg.image_size, cfg.image_size):
+        raise ValueError(f"{cfg.name}: expects {cfg.in_channels}x{cfg.image_size}x{cfg.image_size} "
+                         f"images but {data.name} has {'x'.join(map(str, data.image_shape))}")
+    check_request(data, cfg.n_way, cfg.k_shot, cfg.n_query)
+    return data
+
+
+def sampler_for(cfg: Config, split: str, data=None) -> EpisodeSampler:
+    """The fixed episode stream of a split: seeds differ per split so val/test never reuse train's."""
+    offset = {"train": 0, "val": 1, "test": 2}[split]
+    data = data if data is not None else load_split(cfg, split)
+    return EpisodeSampler(data, cfg.n_way, cfg.k_shot, cfg.n_query, seed=cfg.seed * 10 + offset)
+
+
+@torch.no_grad()
+def mean_ci95(values: list[float]) -> tuple[float, float]:
+    """Mean and the half-width 1.96 * std / sqrt(n) of a 95% interval (SPEC 5)."""
+    t = torch.tensor(values, dtype=torch.float64)
+    std = t.std(unbiased=True).item() if len(values) > 1 else 0.0
+    return t.mean().item(), 1.96 * std / math.sqrt(len(values))
+
+
+def evaluate_rule(learner, rule, sampler: EpisodeSampler, n_episodes: int, cfg: Config,
+                  device="cpu", desc: str | None = None) -> list[float]:
+    """Query accuracy of each of the first n_episodes episodes, meta-test protocol (SPEC 7)."""
+    accs = []
+    for i in tqdm(range(n_episodes), desc=desc, leave=False, disable=True if desc is None else None):
+        ep = sampler[i].to(device)
+        res = run_episode(learner, rule, ep, cfg.steps, cfg.batch_size, mode="test",
+                          generator=episode_generator(sampler.seed, i))
+        accs.append(float(res.query_acc))
+    return accs
+
+
+@dataclass
+class TrainResult:
+    out_dir: Path
+    episodes_done: int
+    best_val_acc: float
+    best_episode: int
+    history: list[dict]
+
+
+def _state(meta, opt) -> dict:
+    return {"metalearner": meta.state_dict(), "optimizer": opt.state_dict()}
+
+
+def _write_log(path: Path, history: list[dict]) -> None:
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=LOG_FIELDS)
+        w.writeheader()
+        w.writerows(history)
+    tmp.replace(path)
+
+
+def train(cfg: Config, out_dir: str | Path, device: str = "cpu", resume: bool = False,
+          stop_after: int | None = None, progress: bool = True) -> TrainResult:
+    """Meta-train `cfg` into out_dir (SPEC 5); `stop_after` ends early as an interruption would."""
+    out = Path(out_dir)
+    torch.manual_seed(cfg.seed)
+    learner, meta = build_model(cfg, device)
+    opt = torch.optim.Adam(meta.parameters(), lr=cfg.lr)
+    start, best_acc, best_ep, history = 0, -1.0, -1, []
+    window_loss, window_acc = [], []  # training loss/accuracy since the last validation
+    last = out / "last.pt"
+    if resume:
+        state, saved_cfg, metrics = load_checkpoint(last)
+        if Config.from_dict(saved_cfg).replace(episodes=cfg.episodes) != cfg:
+            raise CheckpointError(f"{last} was trained with configuration {saved_cfg['name']!r} "
+                                  f"and other settings; resume it with that configuration")
+        meta.load_state_dict(state["metalearner"])
+        opt.load_state_dict(state["optimizer"])
+        start, best_acc, best_ep = metrics["episode"], metrics["best_val_acc"], metrics["best_episode"]
+        history = metrics["history"]
+        window_loss, window_acc = metrics.get("window_loss", []), metrics.get("window_acc", [])
+    elif last.exists():
+        raise FileExistsError(f"{out} already holds a run; pass --resume to continue it, "
+                              f"or choose another --out")
+
+    train_s = sampler_for(cfg, "train")
+    val_s = sampler_for(cfg, "val")
+    end = cfg.episodes if stop_after is None else min(cfg.episodes, stop_after)
+    t0 = time.perf_counter()
+
+    def save_last(done: int) -> None:
+        save_checkpoint(last, _state(meta, opt), cfg.to_dict(),
+                        {"episode": done, "best_val_acc": best_acc, "best_episode": best_ep,
+                         "history": history, "window_loss": window_loss,
+                         "window_acc": window_acc})
+
+    bar = tqdm(range(start, end), initial=start, total=cfg.episodes, desc=cfg.name,
+               disable=not progress or None, dynamic_ncols=True)
+    for i in bar:
+        ep = train_s[i].to(device)
+        res = run_episode(learner, meta, ep, cfg.steps, cfg.batch_size, mode="train",
+                          generator=episode_generator(train_s.seed, i))
+        opt.zero_grad(set_to_none=True)
+        loss = res.query_loss
+        if not torch.isfinite(loss):
+            raise NonFiniteError(f"episode {i}: the query loss is {loss.item()}; training stopped, "
+                                 f"the last good checkpoint is {last}")
+        loss.backward()
+        norm = torch.nn.utils.clip_grad_norm_(meta.parameters(), cfg.clip)
+        if not torch.isfinite(norm):
+            raise NonFiniteError(f"episode {i}: the meta-gradient norm is {norm.item()}; training "
+                                 f"stopped, the last good checkpoint is {last}")
+        opt.step()
+        window_loss.append(loss.item())
+        window_acc.append(float(res.query_acc))
+        done = i + 1
+        if done % cfg.val_every == 0 or done == cfg.episodes:
+            accs = evaluate_rule(learner, meta, val_s, cfg.val_episodes, cfg, device)
+            val_acc, val_ci = mean_ci95(accs)
+            history.append({"episode": done, "train_loss": sum(window_loss) / len(window_loss),
+                            "train_acc": sum(window_acc) / len(window_acc), "val_acc": val_acc,
+                            "val_ci95": val_ci, "seconds": round(time.perf_counter() - t0, 2)})
+            window_loss, window_acc = [], []
+            if val_acc > best_acc:
+                best_acc, best_ep = val_acc, done
+                save_checkpoint(out / "best.pt", {"metalearner": meta.state_dict()}, cfg.to_dict(),
+                                {"episode": done, "val_acc": val_acc, "val_ci95": val_ci})
+            save_last(done)
+            _write_log(out / "log.csv", history)
+            bar.set_postfix(loss=f"{history[-1]['train_loss']:.3f}",
+                            acc=f"{history[-1]['train_acc']:.3f}", val=f"{val_acc:.3f}")
+    done = end
+    if stop_after is not None and done < cfg.episodes and (done % cfg.val_every):
+        save_last(done)  # an interruption between validations keeps its place
+    return TrainResult(out, done, best_acc, best_ep, history)
+
+
+def load_trained(path: str | Path, device: str = "cpu",
+                 expect: Config | None = None) -> tuple[Learner, MetaLearner, Config, dict]:
+    """A trained meta-learner from a checkpoint: (learner, metalearner, config, metrics)."""
+    state, cfg_dict, metrics = load_checkpoint(path)
+    cfg = Config.from_dict(cfg_dict)
+    if expect is not None and not expect.same_model(cfg):
+        raise CheckpointError(
+            f"{path} holds a {cfg.name!r} model ({cfg.n_way}-way, {cfg.in_channels}x{cfg.image_size}"
+            f"x{cfg.image_size}, hidden {cfg.hidden}), which does not fit configuration "
+            f"{expect.name!r} ({expect.n_way}-way, {expect.in_channels}x{expect.image_size}"
+            f"x{expect.image_size}, hidden {expect.hidden})")
+    learner, meta = build_model(cfg, device)
+    try:
+        meta.load_state_dict(state["metalearner"])
+    except (KeyError, RuntimeError) as exc:
+        raise CheckpointError(f"{path} does not hold a meta-learner of this shape: {exc}") from None
+    return learner, meta, cfg, metrics
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description="Meta-train the Meta-Learner LSTM (SPEC 5).")
+    ap.add_argument("--config", required=True, help=f"one of: {', '.join(CONFIGS)}")
+    ap.add_argument("--out", help="run folder (default runs/CONFIG)")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda")
+    ap.add_argument("--resume", action="store_true", help="continue the run in --out")
+    ap.add_argument("--episodes", type=int, help="override the number of training episodes")
+    ap.add_argument("--seed", type=int, help="override the seed")
+    ap.add_argument("--data-root", help="where a real data set lives")
+    ap.add_argument("--threads", type=int, help="torch.set_num_threads")
+    args = ap.parse_args(argv)
+    try:
+        overrides = {k: v for k, v in (("episodes", args.episodes), ("seed", args.seed),
+                                       ("data_root", args.data_root)) if v is not None}
+        cfg = get_config(args.config, **overrides)
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        out = Path(args.out or f"runs/{cfg.name}")
+        print(f"{cfg.name}: {cfg.description}; {cfg.episodes} episodes on {args.device}, "
+              f"{torch.get_num_threads()} threads -> {out}")
+        res = train(cfg, out, device=args.device, resume=args.resume)
+    except (ValueError, FileNotFoundError, FileExistsError, NonFiniteError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"\ninterrupted; resume with --resume (from the last validation)", file=sys.stderr)
+        return 130
+    print(f"best meta-validation accuracy {res.best_val_acc:.4f} at episode {res.best_episode}; "
+          f"best.pt, last.pt and log.csv in {res.out_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
