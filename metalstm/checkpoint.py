@@ -38,7 +38,7 @@ def checksum(state: dict, meta: dict) -> str:
     """SHA-256 over every tensor's name, dtype, shape and bytes, and the JSON metadata."""
     h = hashlib.sha256(json.dumps(meta, sort_keys=True).encode())
     for name, t in _tensors(state):
-        t = t.detach().cpu().contiguous()
+        t = t.detach().cpu().contiguous().reshape(-1)
         h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
         h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
