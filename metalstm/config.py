@@ -38,6 +38,7 @@ class Config:
     test_episodes: int = 600
     lr: float = 1e-3
     clip: float = 0.25
+    meta_batch: int = 1                # episodes per meta-update and process (1 in the paper)
     # meta-learner (SPEC 4, 6)
     hidden: int = 20
     p: float = 10.0

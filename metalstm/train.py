@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 from metalstm.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from metalstm.config import CONFIGS, Config, get_config
 from metalstm.data import load_dataset
+from metalstm.distributed import World, all_reduce_grads_, init_from_env, shutdown
 from metalstm.episodes import EpisodeSampler, check_request
 from metalstm.learner import Learner
 from metalstm.metalearner import MetaLearner, run_episode
@@ -86,11 +87,12 @@ def mean_ci95(values: list[float]) -> tuple[float, float]:
     return t.mean().item(), 1.96 * std / math.sqrt(len(values))
 
 
-def evaluate_rule(learner, rule, sampler: EpisodeSampler, n_episodes: int, cfg: Config,
+def evaluate_rule(learner, rule, sampler: EpisodeSampler, episodes: int | range, cfg: Config,
                   device="cpu", desc: str | None = None) -> list[float]:
-    """Query accuracy of each of the first n_episodes episodes, meta-test protocol (SPEC 7)."""
+    """Query accuracy of each episode (the first n, or those in a range), meta-test protocol (SPEC 7)."""
     accs = []
-    for i in tqdm(range(n_episodes), desc=desc, leave=False, disable=True if desc is None else None):
+    indices = range(episodes) if isinstance(episodes, int) else episodes
+    for i in tqdm(indices, desc=desc, leave=False, disable=True if desc is None else None):
         ep = sampler[i].to(device)
         res = run_episode(learner, rule, ep, cfg.steps, cfg.batch_size, mode="test",
                           generator=episode_generator(sampler.seed, i))
@@ -121,9 +123,16 @@ def _write_log(path: Path, history: list[dict]) -> None:
 
 
 def train(cfg: Config, out_dir: str | Path, device: str = "cpu", resume: bool = False,
-          stop_after: int | None = None, progress: bool = True) -> TrainResult:
-    """Meta-train `cfg` into out_dir (SPEC 5); `stop_after` ends early as an interruption would."""
+          stop_after: int | None = None, progress: bool = True,
+          world: World | None = None) -> TrainResult:
+    """Meta-train `cfg` into out_dir (SPEC 5); `stop_after` ends early as an interruption would.
+
+    A meta-update averages the meta-gradients of G = cfg.meta_batch * world.size
+    episodes: update u uses episodes u*G .. u*G+G-1, and rank r runs its
+    cfg.meta_batch of them. G = 1 is the paper's one episode per update.
+    """
     out = Path(out_dir)
+    world = world or World.single()
     torch.manual_seed(cfg.seed)
     learner, meta = build_model(cfg, device)
     opt = torch.optim.Adam(meta.parameters(), lr=cfg.lr)
@@ -139,7 +148,7 @@ def train(cfg: Config, out_dir: str | Path, device: str = "cpu", resume: bool = 
         opt.load_state_dict(state["optimizer"])
         start, best_acc, best_ep = metrics["episode"], metrics["best_val_acc"], metrics["best_episode"]
         history = metrics["history"]
-        window_loss, window_acc = metrics.get("window_loss", []), metrics.get("window_acc", [])
+        window_loss, window_acc = metrics["window_loss"], metrics["window_acc"]
     elif last.exists():
         raise FileExistsError(f"{out} already holds a run; pass --resume to continue it, "
                               f"or choose another --out")
@@ -147,52 +156,74 @@ def train(cfg: Config, out_dir: str | Path, device: str = "cpu", resume: bool = 
     train_s = sampler_for(cfg, "train")
     val_s = sampler_for(cfg, "val")
     end = cfg.episodes if stop_after is None else min(cfg.episodes, stop_after)
+    group = cfg.meta_batch * world.size           # episodes per meta-update, all ranks together
+    params = list(meta.parameters())
     t0 = time.perf_counter()
 
     def save_last(done: int) -> None:
-        save_checkpoint(last, _state(meta, opt), cfg.to_dict(),
-                        {"episode": done, "best_val_acc": best_acc, "best_episode": best_ep,
-                         "history": history, "window_loss": window_loss,
-                         "window_acc": window_acc})
+        if world.is_main:
+            save_checkpoint(last, _state(meta, opt), cfg.to_dict(),
+                            {"episode": done, "best_val_acc": best_acc, "best_episode": best_ep,
+                             "history": history, "window_loss": window_loss,
+                             "window_acc": window_acc})
 
-    bar = tqdm(range(start, end), initial=start, total=cfg.episodes, desc=cfg.name,
-               disable=not progress or None, dynamic_ncols=True)
-    for i in bar:
-        ep = train_s[i].to(device)
-        res = run_episode(learner, meta, ep, cfg.steps, cfg.batch_size, mode="train",
-                          generator=episode_generator(train_s.seed, i))
-        opt.zero_grad(set_to_none=True)
-        loss = res.query_loss
-        if not torch.isfinite(loss):
-            raise NonFiniteError(f"episode {i}: the query loss is {loss.item()}; training stopped, "
-                                 f"the last good checkpoint is {last}")
-        loss.backward()
-        norm = torch.nn.utils.clip_grad_norm_(meta.parameters(), cfg.clip)
-        if not torch.isfinite(norm):
-            raise NonFiniteError(f"episode {i}: the meta-gradient norm is {norm.item()}; training "
-                                 f"stopped, the last good checkpoint is {last}")
-        opt.step()
-        window_loss.append(loss.item())
-        window_acc.append(float(res.query_acc))
-        done = i + 1
-        if done % cfg.val_every == 0 or done == cfg.episodes:
-            accs = evaluate_rule(learner, meta, val_s, cfg.val_episodes, cfg, device)
-            val_acc, val_ci = mean_ci95(accs)
-            history.append({"episode": done, "train_loss": sum(window_loss) / len(window_loss),
-                            "train_acc": sum(window_acc) / len(window_acc), "val_acc": val_acc,
-                            "val_ci95": val_ci, "seconds": round(time.perf_counter() - t0, 2)})
-            window_loss, window_acc = [], []
-            if val_acc > best_acc:
-                best_acc, best_ep = val_acc, done
-                save_checkpoint(out / "best.pt", {"metalearner": meta.state_dict()}, cfg.to_dict(),
-                                {"episode": done, "val_acc": val_acc, "val_ci95": val_ci})
-            save_last(done)
-            _write_log(out / "log.csv", history)
-            bar.set_postfix(loss=f"{history[-1]['train_loss']:.3f}",
-                            acc=f"{history[-1]['train_acc']:.3f}", val=f"{val_acc:.3f}")
-    done = end
-    if stop_after is not None and done < cfg.episodes and (done % cfg.val_every):
-        save_last(done)  # an interruption between validations keeps its place
+    bar = tqdm(total=cfg.episodes, initial=start, desc=cfg.name, dynamic_ncols=True,
+               disable=not (progress and world.is_main) or None)
+    done = start
+    try:
+        while done < end:
+            first = done + world.rank * cfg.meta_batch
+            mine = range(first, min(first + cfg.meta_batch, end))
+            opt.zero_grad(set_to_none=True)
+            totals = torch.zeros(2)                     # this rank's summed query loss and accuracy
+            for i in mine:
+                ep = train_s[i].to(device)
+                res = run_episode(learner, meta, ep, cfg.steps, cfg.batch_size, mode="train",
+                                  generator=episode_generator(train_s.seed, i))
+                (res.query_loss / group).backward()      # the meta-gradient of the mean query loss
+                totals += torch.tensor([res.query_loss.item(), res.query_acc])
+            all_reduce_grads_(params, world)
+            world.all_reduce_(totals)
+            n = min(group, end - done)
+            loss, acc = (totals / n).tolist()
+            if not math.isfinite(loss):
+                raise NonFiniteError(f"episode {done}: the query loss is {loss}; training stopped, "
+                                     f"the last good checkpoint is {last}")
+            norm = torch.nn.utils.clip_grad_norm_(params, cfg.clip)
+            if not torch.isfinite(norm):
+                raise NonFiniteError(f"episode {done}: the meta-gradient norm is {norm.item()}; "
+                                     f"training stopped, the last good checkpoint is {last}")
+            opt.step()
+            window_loss.append(loss)
+            window_acc.append(acc)
+            previous, done = done, done + n
+            bar.update(n)
+            if done // cfg.val_every > previous // cfg.val_every or done == cfg.episodes:
+                mine_val = range(world.rank, cfg.val_episodes, world.size)
+                accs = world.all_gather(evaluate_rule(learner, meta, val_s, mine_val, cfg, device))
+                val_acc, val_ci = mean_ci95(accs)
+                history.append({"episode": done, "train_loss": sum(window_loss) / len(window_loss),
+                                "train_acc": sum(window_acc) / len(window_acc), "val_acc": val_acc,
+                                "val_ci95": val_ci, "seconds": round(time.perf_counter() - t0, 2)})
+                window_loss, window_acc = [], []
+                if val_acc > best_acc:
+                    best_acc, best_ep = val_acc, done
+                    if world.is_main:
+                        save_checkpoint(out / "best.pt", {"metalearner": meta.state_dict()},
+                                        cfg.to_dict(), {"episode": done, "val_acc": val_acc,
+                                                        "val_ci95": val_ci})
+                save_last(done)
+                if world.is_main:
+                    _write_log(out / "log.csv", history)
+                bar.set_postfix(loss=f"{history[-1]['train_loss']:.3f}",
+                                acc=f"{history[-1]['train_acc']:.3f}", val=f"{val_acc:.3f}")
+    except KeyboardInterrupt:
+        save_last(done)  # between updates the state is consistent: resume continues exactly here
+        raise
+    bar.close()
+    if done < cfg.episodes and (not history or history[-1]["episode"] != done):
+        save_last(done)  # stopped between validations: keep the place, resume continues from it
+    world.barrier()
     return TrainResult(out, done, best_acc, best_ep, history)
 
 
@@ -216,34 +247,47 @@ def load_trained(path: str | Path, device: str = "cpu",
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description="Meta-train the Meta-Learner LSTM (SPEC 5).")
+    ap = argparse.ArgumentParser(
+        description="Meta-train the Meta-Learner LSTM (SPEC 5). Under torchrun, every process "
+                    "trains on its own episodes and the meta-gradients are all-reduced.")
     ap.add_argument("--config", required=True, help=f"one of: {', '.join(CONFIGS)}")
     ap.add_argument("--out", help="run folder (default runs/CONFIG)")
     ap.add_argument("--device", default="cpu", help="cpu or cuda")
     ap.add_argument("--resume", action="store_true", help="continue the run in --out")
     ap.add_argument("--episodes", type=int, help="override the number of training episodes")
+    ap.add_argument("--meta-batch", type=int, help="episodes per meta-update and process (default 1)")
     ap.add_argument("--seed", type=int, help="override the seed")
     ap.add_argument("--data-root", help="where a real data set lives")
     ap.add_argument("--threads", type=int, help="torch.set_num_threads")
     args = ap.parse_args(argv)
+    world = World.single()
     try:
         overrides = {k: v for k, v in (("episodes", args.episodes), ("seed", args.seed),
-                                       ("data_root", args.data_root)) if v is not None}
+                                       ("data_root", args.data_root),
+                                       ("meta_batch", args.meta_batch)) if v is not None}
         cfg = get_config(args.config, **overrides)
+        if cfg.meta_batch < 1:
+            raise ValueError(f"--meta-batch must be at least 1, got {cfg.meta_batch}")
         if args.threads:
             torch.set_num_threads(args.threads)
+        world = init_from_env(args.device)
         out = Path(args.out or f"runs/{cfg.name}")
-        print(f"{cfg.name}: {cfg.description}; {cfg.episodes} episodes on {args.device}, "
-              f"{torch.get_num_threads()} threads -> {out}")
-        res = train(cfg, out, device=args.device, resume=args.resume)
+        if world.is_main:
+            print(f"{cfg.name}: {cfg.description}; {cfg.episodes} episodes on {args.device}, "
+                  f"{world.size} process(es) x meta-batch {cfg.meta_batch}, "
+                  f"{torch.get_num_threads()} threads each -> {out}")
+        res = train(cfg, out, device=args.device, resume=args.resume, world=world)
     except (ValueError, FileNotFoundError, FileExistsError, NonFiniteError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error{f' (rank {world.rank})' if world.size > 1 else ''}: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"\ninterrupted; resume with --resume (from the last validation)", file=sys.stderr)
+        print("\ninterrupted; `--resume` continues from the last finished meta-update", file=sys.stderr)
         return 130
-    print(f"best meta-validation accuracy {res.best_val_acc:.4f} at episode {res.best_episode}; "
-          f"best.pt, last.pt and log.csv in {res.out_dir}")
+    finally:
+        shutdown()
+    if world.is_main:
+        print(f"best meta-validation accuracy {res.best_val_acc:.4f} at episode {res.best_episode}; "
+              f"best.pt, last.pt and log.csv in {res.out_dir}")
     return 0
 
 
