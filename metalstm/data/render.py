@@ -10,7 +10,7 @@ down to 28x28, so edges stay anti-aliased instead of jagged.
    centred by its bounding box on a 112x112 canvas (ink = 255, background 0).
 2. `jitter`: 20 images per class (Omniglot has 20 drawers): the 12 styles
    plus 8 repeated ones, each with a stroke-width change (dilation or
-   erosion = max-pooling) and a random affine map (rotation, scale, shear,
+   erosion = max- or min-pooling) and a random affine map (rotation, scale, shear,
    shift), drawn from a generator seeded by (seed, code point) alone, so any
    subset of classes renders to exactly the same bytes as the full set.
 """
@@ -24,6 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from matplotlib.ft2font import FT2Font, LoadFlags
+from tqdm import tqdm
 
 FONT_DIR = Path(matplotlib.get_data_path()) / "fonts" / "ttf"
 STYLES = (  # the 12 DejaVu faces matplotlib ships (Display faces are tiny subsets)
@@ -39,13 +40,18 @@ SUPERSAMPLE = 4        # drawing resolution = SIZE * SUPERSAMPLE
 EM = 22.0              # font size: 1 em = 22 final pixels (capital letters ~16 px tall)
 MAX_BOX = 24.0         # larger glyphs are drawn smaller so that they fit in 24x24
 
-JITTER = dict(         # uniform ranges of the per-image random changes
+JITTER = dict(         # uniform ranges of the per-image random changes (tuned in data/README.md)
     rotation_deg=15.0,     # rotation in [-15, 15] degrees
-    scale=(0.8, 1.1),      # isotropic scale
+    scale=(0.85, 1.1),     # isotropic scale
     shear=0.2,             # horizontal shear factor in [-0.2, 0.2]
-    shift_px=2.0,          # translation in [-2, 2] final pixels, x and y
-    stroke=(-1, 3),        # stroke radius change in high-res pixels (integers; <0 thins)
+    shift_px=1.0,          # translation in [-1, 1] final pixels, x and y
+    stroke=(-1, 2),        # stroke radius change in high-res pixels, an integer in [-1, 2]
 )
+
+
+def progress_bar(iterable, desc: str, show: bool):
+    """A tqdm bar when asked for (TQDM_DISABLE=1 still silences it), else the plain iterable."""
+    return tqdm(iterable, desc=desc) if show else iterable
 
 
 def font_path(style: str) -> Path:
@@ -100,79 +106,103 @@ def render_clean(code_points: list[int], styles: tuple[str, ...] = STYLES) -> np
     return out
 
 
-def downsample(hires: np.ndarray | torch.Tensor) -> torch.Tensor:
-    """Average SUPERSAMPLE x SUPERSAMPLE blocks: [..., 112, 112] -> float64 [..., 28, 28] in [0, 255]."""
-    x = torch.as_tensor(hires, dtype=torch.float64)
-    shape = x.shape[:-2]
-    x = F.avg_pool2d(x.reshape(-1, 1, *x.shape[-2:]), SUPERSAMPLE)
-    return x.reshape(*shape, SIZE, SIZE)
+def downsample(hires: np.ndarray | torch.Tensor, chunk: int = 1024) -> torch.Tensor:
+    """Mean of each 4x4 block: [..., 112, 112] -> float64 [..., 28, 28] (values 0..255)."""
+    x = torch.as_tensor(hires)
+    out = torch.empty(*x.shape[:-2], SIZE, SIZE, dtype=torch.float64)
+    flat_in, flat_out = x.reshape(-1, 1, *x.shape[-2:]), out.view(-1, 1, SIZE, SIZE)
+    for i in range(0, len(flat_in), chunk):                  # in chunks: float64 is 8x uint8
+        flat_out[i: i + chunk] = F.avg_pool2d(flat_in[i: i + chunk].to(torch.float64), SUPERSAMPLE)
+    return out
 
 
 def jitter_params(code_point: int, seed: int, n: int = len(DRAWER_STYLES),
-                  jitter: dict = JITTER) -> dict[str, torch.Tensor]:
-    """The random changes of the n images of one class, from a generator seeded by (seed, code point)."""
+                  ranges: dict = JITTER) -> dict[str, torch.Tensor]:
+    """The random changes of the n images of one class (generator seeded by seed, code point)."""
     g = torch.Generator().manual_seed(seed * 0x110000 + code_point)  # 0x110000 code points exist
     u = torch.rand(6, n, generator=g, dtype=torch.float64)          # uniform [0, 1)
-    lo, hi = jitter["scale"]
-    s_lo, s_hi = jitter["stroke"]
+    lo, hi = ranges["scale"]
+    s_lo, s_hi = ranges["stroke"]
     return dict(
-        angle=(2 * u[0] - 1) * math.radians(jitter["rotation_deg"]),
+        angle=(2 * u[0] - 1) * math.radians(ranges["rotation_deg"]),
         scale=lo + (hi - lo) * u[1],
-        shear=(2 * u[2] - 1) * jitter["shear"],
-        shift=(2 * u[3:5].T - 1) * jitter["shift_px"],                 # [n, 2] (x, y)
+        shear=(2 * u[2] - 1) * ranges["shear"],
+        shift=(2 * u[3:5].T - 1) * ranges["shift_px"],                 # [n, 2] (x, y)
         stroke=(s_lo + (u[5] * (s_hi - s_lo + 1)).floor()).long(),     # integers in [lo, hi]
     )
 
 
 def affine_theta(angle: torch.Tensor, scale: torch.Tensor, shear: torch.Tensor,
                  shift: torch.Tensor) -> torch.Tensor:
-    """`affine_grid` matrices [n, 2, 3]: output point -> input point (inverse of the jitter).
+    """`affine_grid` matrices [n, 2, 3]: output point -> input point (the jitter inverted).
 
-    Jitter (forward): p_out = R(angle) @ Shear(shear) @ (scale * p_in) + shift, in
-    coordinates normalised to [-1, 1] (so a shift of 2 px is 2 * 2 / 28).
+    Jitter: p_out = scale * R(angle) @ Shear(shear) @ p_in + shift, in coordinates
+    normalised to [-1, 1] (a shift of 2 px is 2 * 2/28). Inverted in closed form,
+    p_in = Shear(-shear) @ R(-angle) @ (p_out - shift) / scale, so that no
+    linear-algebra library can change the numbers.
     """
-    cos, sin = torch.cos(angle), torch.sin(angle)
-    zero, one = torch.zeros_like(angle), torch.ones_like(angle)
-    rot = torch.stack([torch.stack([cos, -sin], -1), torch.stack([sin, cos], -1)], -2)
-    shr = torch.stack([torch.stack([one, shear], -1), torch.stack([zero, one], -1)], -2)
-    forward = rot @ shr * scale[:, None, None]
-    inverse = torch.linalg.inv(forward)
-    t = shift * (2.0 / SIZE)
-    return torch.cat([inverse, -(inverse @ t[:, :, None])], dim=2)
+    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+    a, b = cos + shear * sin, sin - shear * cos        # first row of Shear(-h) @ R(-a) / s
+    c, d = -sin, cos                                   # second row
+    tx, ty = shift[:, 0] * (2.0 / SIZE), shift[:, 1] * (2.0 / SIZE)
+    return torch.stack([torch.stack([a, b, -(a * tx + b * ty)], -1),
+                        torch.stack([c, d, -(c * tx + d * ty)], -1)], -2)
+
+
+def thin(x: torch.Tensor, radius: int = 1) -> torch.Tensor:
+    """Erosion: a (2r+1)x(2r+1) min-pool of images x float [n, 1, H, W]."""
+    return -F.max_pool2d(-x, 2 * radius + 1, stride=1, padding=radius)
+
+
+def thickness(clean: np.ndarray, chunk: int = 512) -> torch.Tensor:
+    """Share of the ink left after thinning by 1 high-res pixel, per image of clean [..., H, W].
+
+    About 0.7 for ordinary strokes, near 0 for hairlines (which thinning erases).
+    """
+    x = torch.as_tensor(clean)
+    flat = x.reshape(-1, 1, *x.shape[-2:])
+    share = torch.empty(len(flat), dtype=torch.float64)
+    for i in range(0, len(flat), chunk):
+        part = flat[i: i + chunk].to(torch.float64)
+        share[i: i + chunk] = thin(part).sum((1, 2, 3)) / part.sum((1, 2, 3)).clamp_min(1)
+    return share.reshape(x.shape[:-2])
 
 
 def change_stroke(x: torch.Tensor, radius: torch.Tensor) -> torch.Tensor:
     """Thicken (radius > 0: dilation) or thin (radius < 0: erosion) strokes, per image.
 
-    x float [n, 1, H, W]; dilation by r is a (2r+1)x(2r+1) max-pool, erosion a min-pool.
+    x float [n, 1, H, W]; dilation by r is a (2r+1)x(2r+1) max-pool, erosion a
+    min-pool. A glyph that erosion would leave with less than half of its ink
+    (thin strokes) keeps its strokes unchanged.
     """
     out = x.clone()
     for r in radius.unique().tolist():
         if r == 0:
             continue
         idx = torch.nonzero(radius == r).flatten()
-        k = 2 * abs(r) + 1
         if r > 0:
-            out[idx] = F.max_pool2d(x[idx], k, stride=1, padding=abs(r))
+            out[idx] = F.max_pool2d(x[idx], 2 * r + 1, stride=1, padding=r)
         else:
-            out[idx] = -F.max_pool2d(-x[idx], k, stride=1, padding=abs(r))
+            thinner = thin(x[idx], -r)
+            enough = thinner.sum((1, 2, 3)) >= 0.5 * x[idx].sum((1, 2, 3))
+            out[idx] = torch.where(enough[:, None, None, None], thinner, x[idx])
     return out
 
 
 def jitter(clean: np.ndarray, code_points: list[int], seed: int = 0,
-           jitter: dict = JITTER, chunk: int = 16) -> np.ndarray:
+           ranges: dict = JITTER, chunk: int = 16, progress: bool = False) -> np.ndarray:
     """The 20 drawers of every class, uint8 [n_classes, 20, 28, 28].
 
-    clean: `render_clean` output [n_classes, 12, 112, 112] for `code_points`.
-    Computed in float64 so that the rounding to uint8 does not depend on the
-    order of floating-point operations.
+    clean: `render_clean` output [n_classes, 12, 112, 112] for `code_points`;
+    ranges: the jitter ranges (JITTER). Computed in float64: rounding errors stay
+    far below the uint8 step, so other machines get the same bytes.
     """
     n_draw = len(DRAWER_STYLES)
     out = np.zeros((len(code_points), n_draw, SIZE, SIZE), np.uint8)
     styles = torch.tensor(DRAWER_STYLES)
-    for start in range(0, len(code_points), chunk):
+    for start in progress_bar(range(0, len(code_points), chunk), "jitter", progress):
         cps = code_points[start: start + chunk]
-        params = [jitter_params(cp, seed, n_draw, jitter) for cp in cps]
+        params = [jitter_params(cp, seed, n_draw, ranges) for cp in cps]
         p = {k: torch.cat([q[k] for q in params]) for k in params[0]}
         x = torch.as_tensor(clean[start: start + len(cps)])[:, styles]   # [c, 20, H, W]
         x = x.reshape(-1, 1, *x.shape[-2:]).to(torch.float64)
