@@ -96,7 +96,8 @@ class EpisodeSampler:
             table[row, : len(idx)] = idx
         self._table = table
 
-    def _generator(self, i: int) -> torch.Generator:
+    def generator(self, i: int) -> torch.Generator:
+        """The random stream of episode i: a function of (seed, i) alone."""
         # Mix (seed, i) into one 63-bit seed; different pairs give unrelated streams.
         g = torch.Generator()
         g.manual_seed((self.seed * 0x9E3779B97F4A7C15 + i * 0xBF58476D1CE4E5B9 + 1) % (2**63 - 1))
@@ -105,7 +106,7 @@ class EpisodeSampler:
     def __getitem__(self, i: int) -> Episode:
         if i < 0:
             raise IndexError("episodes are numbered from 0")
-        g = self._generator(i)
+        g = self.generator(i)
         n, k, q = self.n_way, self.k_shot, self.n_query
         rows = torch.randperm(len(self._eligible), generator=g)[:n]       # label j -> rows[j]
         # a random subset of K+Q images of each chosen class
@@ -136,3 +137,39 @@ class EpisodeSampler:
     def __repr__(self) -> str:
         return (f"EpisodeSampler({self.dataset.name!r}, {self.n_way}-way {self.k_shot}-shot, "
                 f"{self.n_query} query, seed={self.seed})")
+
+
+def main(argv: list[str] | None = None) -> float:
+    """`python -m metalstm.episodes`: how many episodes per second the sampler draws."""
+    import argparse
+    import time
+
+    from tqdm.auto import tqdm
+
+    from metalstm.data import load_dataset
+
+    p = argparse.ArgumentParser(prog="python -m metalstm.episodes", description=main.__doc__)
+    p.add_argument("--dataset", default="glyphs")
+    p.add_argument("--root", default=None, help="folder of a real data set (not for glyphs)")
+    p.add_argument("--split", default="train", choices=["train", "val", "test"])
+    p.add_argument("--n-way", type=int, default=5)
+    p.add_argument("--k-shot", type=int, default=5)
+    p.add_argument("--n-query", type=int, default=15)
+    p.add_argument("--episodes", type=int, default=2000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    data = load_dataset(args.dataset, args.split, root=args.root)
+    sampler = EpisodeSampler(data, args.n_way, args.k_shot, args.n_query, seed=args.seed)
+    start = time.perf_counter()
+    for i in tqdm(range(args.episodes), desc="episodes"):
+        sampler[i]
+    rate = args.episodes / (time.perf_counter() - start)
+    print(f"{sampler}: {rate:,.0f} episodes/s ({args.episodes} episodes, {torch.get_num_threads()} threads)")
+    return rate
+
+
+if __name__ == "__main__":
+    main()

@@ -202,6 +202,18 @@ def test_load_dataset_dispatches(omniglot_root, mini_root, tmp_path):
     assert data.image_shape == (3, 20, 20) and data.num_classes == 3
 
 
+def test_load_dataset_glyphs_ignores_root_and_can_resize(tmp_path):
+    from metalstm.data.glyphs import load_glyphs
+    data = load_dataset("glyphs", "val", root=tmp_path / "unused")
+    assert torch.equal(data.images, load_glyphs("val").images) and data.name == "glyphs/val"
+    small = load_dataset("glyphs", "val", image_size=14)
+    assert small.image_shape == (1, 14, 14) and small.images.dtype == torch.uint8
+    assert torch.equal(small.targets, data.targets)
+    # an antialiased 2x reduction is close to the mean of each 2x2 block
+    blocks = data.images[:50].float().view(50, 1, 14, 2, 14, 2).mean((3, 5))
+    assert (small.images[:50].float() - blocks).abs().mean() < 8
+
+
 def test_load_dataset_errors(tmp_path):
     with pytest.raises(ValueError) as e:
         load_dataset("imagenet", "train")

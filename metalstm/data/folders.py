@@ -28,7 +28,7 @@ def load_image_folder(root: str | os.PathLike, image_size: int, channels: int = 
         raise ValueError(f"channels must be 1 (gray) or 3 (RGB), got {channels!r}")
     if not isinstance(image_size, int) or image_size <= 0:
         raise ValueError(f"image_size must be a positive integer, got {image_size!r}")
-    root = Path(root).expanduser()
+    root = Path(root).expanduser().absolute()
     if not root.is_dir():
         raise FileNotFoundError(f"image folder not found: {root} (expected one sub-folder per "
                                 f"class: {root}/<class>/<image>.png)")

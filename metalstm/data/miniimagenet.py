@@ -86,7 +86,7 @@ def load_mini_imagenet(root: str | os.PathLike, split: str = "train", image_size
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     if not isinstance(image_size, int) or image_size <= 0:
         raise ValueError(f"image_size must be a positive integer, got {image_size!r}")
-    root = Path(root).expanduser()
+    root = Path(root).expanduser().absolute()
     csv_path = root / f"{split}.csv"
     if not root.is_dir():
         raise FileNotFoundError(

@@ -62,13 +62,15 @@ def load_omniglot(root: str | os.PathLike, split: str = "train", image_size: int
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     if not isinstance(image_size, int) or image_size <= 0:
         raise ValueError(f"image_size must be a positive integer, got {image_size!r}")
-    folder = Path(root).expanduser() / Omniglot.folder
+    folder = Path(root).expanduser().absolute() / Omniglot.folder
     subset = "images_evaluation" if split == "test" else "images_background"
     if not (folder / subset).is_dir():
+        zipped = folder / f"{subset}.zip"
+        hint = f"{zipped} is there: unzip it in {folder}. " if zipped.is_file() else ""
         raise FileNotFoundError(f"Omniglot not found: {folder / subset} does not exist. "
-                                + HOW_TO_GET.format(folder=folder))
+                                + hint + HOW_TO_GET.format(folder=folder))
 
-    data = _UnzippedOmniglot(str(Path(root).expanduser()), background=(split != "test"),
+    data = _UnzippedOmniglot(str(Path(root).expanduser().absolute()), background=(split != "test"),
                              download=False)
     names = data._characters                              # "<alphabet>/<character>", t -> name
     if split != "test" and not any(n.split("/")[0] in val_alphabets for n in names):

@@ -1,0 +1,131 @@
+"""Notebook 01 and the package cannot drift apart; the notebook's exercise solutions work.
+
+The notebook develops `sample_episode`; its source is taken from the .ipynb and
+run here against `metalstm.episodes.EpisodeSampler` on the same generator.
+"""
+import importlib.util
+import itertools
+import math
+from pathlib import Path
+
+import nbformat
+import pytest
+import torch
+
+from metalstm.data import ImageSet
+from metalstm.data.glyphs import load_glyphs
+from metalstm.episodes import EpisodeSampler
+
+NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
+NOTEBOOK = NOTEBOOKS / "01_episodes.ipynb"
+
+
+def notebook_function(name: str):
+    """The function `name` as defined in the notebook's code cell that defines it."""
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    cells = [c.source for c in nb.cells if c.cell_type == "code" and f"def {name}(" in c.source]
+    assert len(cells) == 1, f"expected one cell defining {name} in {NOTEBOOK.name}, found {len(cells)}"
+    source = cells[0].split("\n\n\n")[0]          # the definition, not the demo lines after it
+    namespace = {"torch": torch}
+    exec(compile(source, f"{NOTEBOOK.name}:{name}", "exec"), namespace)
+    return namespace[name]
+
+
+@pytest.fixture(scope="module")
+def solutions():
+    spec = importlib.util.spec_from_file_location("solutions01", NOTEBOOKS / "solutions" / "01_episodes.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def glyphs_train():
+    return load_glyphs("train")
+
+
+def tagged_set(sizes):
+    """Each image stores its own index (pixels 0, 1) and its class (pixel 2)."""
+    n = sum(sizes)
+    targets = torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(sizes))
+    idx = torch.arange(n)
+    images = torch.stack([idx // 256, idx % 256, targets, torch.zeros(n, dtype=torch.long)], 1)
+    return ImageSet(images.to(torch.uint8).view(n, 1, 2, 2), targets, [str(c) for c in range(len(sizes))])
+
+
+def decode(x):
+    v = (x * 255).round().long().view(len(x), 4)
+    return v[:, 0] * 256 + v[:, 1], v[:, 2]
+
+
+@pytest.mark.parametrize("n_way, k_shot, n_query", [(5, 1, 15), (5, 5, 15), (20, 1, 5), (3, 2, 18)])
+def test_notebook_sampler_draws_exactly_the_package_episodes(glyphs_train, n_way, k_shot, n_query):
+    sample_episode = notebook_function("sample_episode")
+    data = glyphs_train
+    sampler = EpisodeSampler(data, n_way, k_shot, n_query, seed=3)
+    for i in (0, 1, 17, 999):
+        ep = sampler[i]
+        ours = sample_episode(data, n_way, k_shot, n_query, sampler.generator(i))
+        for a, b in zip(ours, (ep.support_x, ep.support_y, ep.query_x, ep.query_y, ep.classes)):
+            assert torch.equal(a, b)
+
+
+def test_notebook_sampler_keeps_the_episode_rules():
+    sample_episode = notebook_function("sample_episode")
+    g = torch.Generator().manual_seed(0)
+    sx, sy, qx, qy, classes = sample_episode(tagged_set([20] * 8), 4, 3, 5, g)
+    s_idx, s_cls = decode(sx)
+    q_idx, q_cls = decode(qx)
+    assert torch.equal(s_cls, classes[sy]) and torch.equal(q_cls, classes[qy])
+    assert not set(s_idx.tolist()) & set(q_idx.tolist())
+    assert sy.tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3]
+
+
+def test_notebook_is_stored_without_outputs():
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    for i, c in enumerate(nb.cells):
+        if c.cell_type == "code" and "# NBVAL_CHECK_OUTPUT" not in c.source:
+            assert not c.outputs, f"cell {i} of {NOTEBOOK.name} is stored with outputs"
+
+
+# -- exercise solutions ----------------------------------------------------
+def test_solution_sampler_for_unequal_classes(solutions):
+    data = tagged_set([20, 4, 20, 7, 9, 20])          # K+Q = 8: classes 1 and 3 cannot be drawn
+    seen = set()
+    for seed in range(60):
+        sx, sy, qx, qy, classes = solutions.sample_episode_any_sizes(
+            data, 3, 2, 6, torch.Generator().manual_seed(seed))
+        s_idx, s_cls = decode(sx)
+        q_idx, q_cls = decode(qx)
+        assert torch.equal(s_cls, classes[sy]) and torch.equal(q_cls, classes[qy])
+        assert len(set(s_idx.tolist()) | set(q_idx.tolist())) == 3 * 8
+        assert sx.shape == (6, 1, 2, 2) and qx.shape == (18, 1, 2, 2)
+        seen |= set(classes.tolist())
+    assert seen == {0, 2, 4, 5}
+    again = solutions.sample_episode_any_sizes(data, 3, 2, 6, torch.Generator().manual_seed(5))
+    first = solutions.sample_episode_any_sizes(data, 3, 2, 6, torch.Generator().manual_seed(5))
+    assert all(torch.equal(a, b) for a, b in zip(again, first))
+    with pytest.raises(ValueError, match="4 classes"):
+        solutions.sample_episode_any_sizes(data, 5, 2, 6, torch.Generator())
+
+
+def test_solution_count_tasks(solutions):
+    for c, n in [(6, 3), (7, 2), (5, 5)]:
+        combos = list(itertools.combinations(range(c), n))
+        orders = list(itertools.permutations(range(c), n))
+        assert solutions.count_tasks(c, n, labelled=False) == len(combos)
+        assert solutions.count_tasks(c, n, labelled=True) == len(orders)
+    assert solutions.count_tasks(675, 5) == solutions.count_tasks(675, 5, False) * math.factorial(5)
+
+
+def test_solution_split_by_alphabet(solutions):
+    alphabets = load_glyphs("all").alphabets
+    splits = solutions.split_by_alphabet(alphabets, (0.6, 0.2, 0.2), seed=0)
+    ids = [c for s in splits for c in s]
+    assert sorted(ids) == list(range(len(alphabets)))                  # every class, once
+    scripts = [{alphabets[c] for c in s} for s in splits]
+    assert all(not (a & b) for a, b in itertools.combinations(scripts, 2))   # whole alphabets
+    for s, target in zip(splits, (0.6, 0.2, 0.2)):
+        assert abs(len(s) / len(alphabets) - target) < 0.13            # the largest alphabet is ~12%
+    assert splits == solutions.split_by_alphabet(alphabets, (0.6, 0.2, 0.2), seed=0)
+    assert splits != solutions.split_by_alphabet(alphabets, (0.6, 0.2, 0.2), seed=1)
