@@ -1,0 +1,17 @@
+"""Gate visualisation (SPEC 10): recording, plots, and the inner-loop explorer.
+
+    record = record_gates(learner, metalearner, sampler_for(cfg, "val"), cfg, episodes=20)
+    plot_gates(record_1shot, record_5shot)        # the paper's Figure 2
+    print(format_summary(record_1shot, record_5shot))
+    InnerLoopExplorer(learner, metalearner, sampler, cfg).show()
+"""
+from metalstm.viz.explorer import InnerLoopExplorer, figure_png, mosaic
+from metalstm.viz.plots import accuracy_by_step, plot_gate_bands, plot_gates, plot_query_accuracy_by_step
+from metalstm.viz.record import (GATES, LAYER_TITLES, LAYERS, EpisodeTrace, GateRecord, format_summary,
+                                 gate_summary, pick_coordinates, record_gates, shipped_checkpoint,
+                                 trace_episode, variance_shares)
+
+__all__ = ["GATES", "LAYERS", "LAYER_TITLES", "EpisodeTrace", "GateRecord", "InnerLoopExplorer",
+           "accuracy_by_step", "figure_png", "format_summary", "gate_summary", "mosaic",
+           "pick_coordinates", "plot_gate_bands", "plot_gates", "plot_query_accuracy_by_step",
+           "record_gates", "shipped_checkpoint", "trace_episode", "variance_shares"]

@@ -1,0 +1,88 @@
+"""Solutions to the exercises of notebook 06_gate_visualization (checked by tests/test_notebook06_agrees.py)."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from metalstm.metalearner import Gates
+from metalstm.viz import GateRecord, trace_episode
+
+
+# Exercise 1 -------------------------------------------------------------------
+def implied_weight_decay(record: GateRecord, layer: str) -> torch.Tensor:
+    """lambda_t = (1 - f_t) / i_t, the weight decay that the update
+        theta_t = f_t theta_{t-1} - i_t grad_t = theta_{t-1} - i_t (grad_t + lambda_t theta_{t-1})
+    applies at step t: its median over the layer's coordinates and the episodes, [T]."""
+    f, i = record.layer(layer, "forget").double(), record.layer(layer, "input").double()
+    decay = ((1 - f) / i).transpose(0, 1).flatten(1)                        # [T, E * n]
+    return decay.median(dim=1).values
+
+
+def retained_fraction(record: GateRecord, layer: str) -> float:
+    """How much of c_0 survives the T steps' forgetting: prod_t f_t, averaged over the layer's
+    coordinates and the episodes (theta_T = (prod f_t) c_0 + the input-gated gradient steps)."""
+    return record.layer(layer, "forget").double().prod(dim=1).mean().item()
+
+
+# Exercise 2 -------------------------------------------------------------------
+class ScheduleRule(nn.Module):
+    """A fixed update rule: theta_t = f_t * theta_{t-1} - i_t * grad_t with per-step gate
+    vectors forget[t], input[t] ([T, n_params]) that are the same for every episode.
+    Its state is the step counter; c0 is the meta-learner's learned initialisation."""
+
+    def __init__(self, c0: torch.Tensor, forget: torch.Tensor, input: torch.Tensor) -> None:
+        super().__init__()
+        if forget.shape != input.shape or forget.shape[1:] != c0.shape:
+            raise ValueError(f"forget and input must both be [T, {c0.numel()}], "
+                             f"got {tuple(forget.shape)} and {tuple(input.shape)}")
+        self.c0 = nn.Parameter(c0.detach().clone(), requires_grad=False)
+        self.register_buffer("forget", forget.detach().clone())
+        self.register_buffer("input", input.detach().clone())
+
+    def initial_state(self) -> int:
+        return 0
+
+    def step(self, loss, grad, theta, t: int):
+        if t >= self.forget.shape[0]:
+            raise ValueError(f"the schedule has {self.forget.shape[0]} steps; step {t + 1} asked for")
+        f, i = self.forget[t], self.input[t]
+        return f * theta + i * (-grad), t + 1, Gates(f, i)
+
+
+def schedule_from_record(record: GateRecord) -> tuple[torch.Tensor, torch.Tensor]:
+    """The meta-learner's average strategy: for every tensor of theta (every entry of
+    record.slices: conv and linear weights and biases, batch-norm parameters) and every
+    step, the median gate over its coordinates and the episodes. Returns forget, input [T, P]."""
+    out = []
+    for gate in ("forget", "input"):
+        values = record.gate(gate)                                              # [E, T, P]
+        schedule = torch.empty(values.shape[1:])
+        for part in record.slices.values():
+            block = values[:, :, part].transpose(0, 1).flatten(1)               # [T, E * n]
+            schedule[:, part] = block.median(dim=1).values[:, None]
+        out.append(schedule)
+    return out[0], out[1]
+
+
+def compare_with_schedule(learner, metalearner, sampler, cfg, record: GateRecord,
+                          episodes: range) -> tuple[float, float]:
+    """Mean query accuracy (meta-test protocol) of the meta-learner and of its median schedule
+    (same c_0) on the same episodes - episodes the record was NOT made from."""
+    from metalstm.train import evaluate_rule
+
+    rule = ScheduleRule(metalearner.c0, *schedule_from_record(record))
+    ours = evaluate_rule(learner, metalearner, sampler, episodes, cfg)
+    fixed = evaluate_rule(learner, rule, sampler, episodes, cfg)
+    return sum(ours) / len(ours), sum(fixed) / len(fixed)
+
+
+# Exercise 3 -------------------------------------------------------------------
+def accuracy_beyond_T(learner, metalearner, sampler, cfg, factor: int = 2, episodes: int = 10) -> torch.Tensor:
+    """Mean query accuracy of theta_0 .. theta_{factor*T}: the meta-learner run for more steps than
+    the T it was trained for (same episodes and mini-batch order as record_gates; the first
+    T+1 entries are therefore the record's). Returns [factor*T + 1]."""
+    from metalstm.train import episode_generator
+
+    accs = [trace_episode(learner, metalearner, sampler[i], factor * cfg.steps, cfg.batch_size,
+                          generator=episode_generator(sampler.seed, i)).query_acc for i in range(episodes)]
+    return torch.stack(accs).mean(dim=0)

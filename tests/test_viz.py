@@ -1,0 +1,221 @@
+"""metalstm.viz: gate recording, per-layer views, accuracy after each step, plots, the explorer."""
+import io
+import math
+import sys
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+import metalstm.viz.explorer as explorer_module  # noqa: E402
+from metalstm.config import get_config  # noqa: E402
+from metalstm.metalearner import loss_and_grad, run_episode, support_batches  # noqa: E402
+from metalstm.train import build_model, episode_generator, sampler_for  # noqa: E402
+from metalstm.viz import (LAYERS, GateRecord, InnerLoopExplorer, format_summary, gate_summary,  # noqa: E402
+                          pick_coordinates, plot_gate_bands, plot_gates, plot_query_accuracy_by_step,
+                          record_gates, shipped_checkpoint, trace_episode)
+
+CFG = get_config("smoke")          # 5-way 1-shot, 5 queries, T = 3 steps of batch 5
+EPISODES = 3
+
+
+@pytest.fixture(scope="module")
+def model():
+    """The smoke model with its update rule's weights perturbed (seeded), so that the gates
+    differ between coordinates, steps and episodes as a trained meta-learner's do."""
+    torch.manual_seed(0)
+    learner, meta = build_model(CFG)
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in meta.rule_parameters():
+            p.add_(0.5 * torch.randn(p.shape, generator=g))
+    return learner, meta
+
+
+@pytest.fixture(scope="module")
+def sampler():
+    return sampler_for(CFG, "val")
+
+
+@pytest.fixture(scope="module")
+def record(model, sampler):
+    return record_gates(*model, sampler, CFG, episodes=EPISODES, progress=False)
+
+
+def reference(model, sampler, i, steps=CFG.steps, record=True):
+    learner, meta = model
+    return run_episode(learner, meta, sampler[i], steps, CFG.batch_size, mode="test",
+                       generator=episode_generator(sampler.seed, i), record=record)
+
+
+def test_record_shapes(model, record):
+    learner, _ = model
+    T, P = CFG.steps, learner.n_params
+    assert isinstance(record, GateRecord)
+    assert record.forget.shape == record.input.shape == (EPISODES, T, P)
+    assert record.query_acc.shape == record.query_loss.shape == (EPISODES, T + 1)
+    assert record.support_loss.shape == (EPISODES, T)
+    assert record.episodes == list(range(EPISODES)) and record.steps == T
+    assert (record.forget > 0).all() and (record.forget < 1).all()
+    assert (record.input > 0).all() and (record.input < 1).all()
+    # the perturbed rule gives gates that change from step to step and episode to episode
+    assert record.input.std(dim=0).max() > 0 and (record.forget[:, 1:] != record.forget[:, :-1]).any()
+
+
+def test_gates_are_run_episodes_gates_and_layers_are_learner_slices(model, sampler, record):
+    learner, _ = model
+    sizes = {name: math.prod(shape) for name, shape in learner.layout}
+    for e in range(EPISODES):
+        gates = reference(model, sampler, e).gates
+        for t, g in enumerate(gates):
+            assert torch.equal(record.forget[e, t], g.f) and torch.equal(record.input[e, t], g.i)
+            f_parts, i_parts = learner.unflatten(g.f), learner.unflatten(g.i)
+            for name in LAYERS:
+                layer_f = record.layer(name, "forget")
+                assert layer_f.shape == (EPISODES, CFG.steps, sizes[name])
+                assert torch.equal(layer_f[e, t], f_parts[name].flatten())
+                assert torch.equal(record.layer(name, "input")[e, t], i_parts[name].flatten())
+    with pytest.raises(ValueError, match="unknown layer"):
+        record.layer("conv9.weight", "forget")
+    with pytest.raises(ValueError, match="forget"):
+        record.layer("fc.weight", "output")
+
+
+def test_accuracy_after_each_step_is_run_episode_with_that_many_steps(model, sampler, record):
+    """query_acc[:, t] (t >= 1) = run_episode(mode="test") stopped after t steps; t = T is the
+    reported query accuracy; support losses are run_episode's."""
+    assert record.query_acc.shape[1] == CFG.steps + 1
+    for e in range(EPISODES):
+        full = reference(model, sampler, e)
+        assert record.query_acc[e, -1].item() == pytest.approx(full.query_acc, abs=0)
+        assert record.support_loss[e].tolist() == pytest.approx(full.support_losses, abs=0)
+        for t in range(1, CFG.steps + 1):
+            res = reference(model, sampler, e, steps=t, record=False)
+            assert record.query_acc[e, t].item() == pytest.approx(res.query_acc, abs=0)
+            assert record.query_loss[e, t].item() == pytest.approx(res.query_loss.item(), rel=1e-6)
+
+
+def test_step_zero_evaluates_c0_with_the_first_support_pass_statistics(model, sampler):
+    learner, meta = model
+    ep = sampler[0]
+    trace = trace_episode(learner, meta, ep, CFG.steps, CFG.batch_size, episode_generator(sampler.seed, 0))
+    stats = learner.new_bn_stats()
+    first = support_batches(len(ep.support_y), CFG.batch_size, 1, episode_generator(sampler.seed, 0))[0]
+    loss, _ = loss_and_grad(learner, ep.support_x[first], ep.support_y[first], meta.c0, "batch", stats)
+    with torch.no_grad():
+        logits = learner(ep.query_x, meta.c0, bn="running", stats=stats)
+    assert torch.equal(trace.query_logits[0], logits)
+    assert trace.support_loss[0].item() == loss.item()
+    assert torch.equal(trace.theta[0], meta.c0.detach())
+    assert trace.theta.shape == (CFG.steps + 1, learner.n_params)
+
+
+def test_pick_coordinates_is_seeded_and_in_range(model):
+    slices = model[0].slices()
+    a, b = pick_coordinates(slices, seed=0), pick_coordinates(slices, seed=0)
+    assert a == b and set(a) == set(LAYERS)
+    assert all(0 <= a[n] < slices[n].stop - slices[n].start for n in LAYERS)
+    assert any(pick_coordinates(slices, seed=s) != a for s in (1, 2, 3))
+
+
+def test_band_and_summary_are_the_quantiles_and_means_of_the_layer(record):
+    for name in ("conv1.weight", "fc.weight"):
+        values = record.layer(name, "input").numpy()              # [E, T, n]
+        band = record.band(name, "input").numpy()                 # [3, T]
+        import numpy as np
+        per_step = values.transpose(1, 0, 2).reshape(record.steps, -1)
+        np.testing.assert_allclose(band, np.quantile(per_step, [0.1, 0.5, 0.9], axis=1), rtol=1e-5)
+        row = next(r for r in gate_summary(record) if r["layer"] == name)
+        assert row["input_mean"] == pytest.approx(values.mean(dtype=np.float64), rel=1e-6)
+        assert row["input_p90"] == pytest.approx(np.quantile(values, 0.9), rel=1e-5)
+        assert row["forget_min"] == pytest.approx(record.layer(name, "forget").min().item())
+        assert row["input_episode_std"] == pytest.approx(values.std(axis=0, ddof=1).mean(), rel=1e-4)
+    table = format_summary(record, record)
+    assert len(table.splitlines()) == 2 + 2 * len(LAYERS) and "linear" in table
+
+
+def test_plots_render(record):
+    fig = plot_gates(record, record)
+    assert len(fig.axes) == 2 * 2 * len(LAYERS)
+    for make in (lambda: fig, lambda: plot_gate_bands(record, record),
+                 lambda: plot_query_accuracy_by_step(record, record)):
+        make().savefig(io.BytesIO(), format="png", dpi=30)
+    plt.close("all")
+    with pytest.raises(ValueError, match="GateRecord"):
+        plot_gates()
+
+
+@pytest.fixture()
+def explorer(model, sampler, monkeypatch):
+    calls = []
+    real = explorer_module.trace_episode
+    monkeypatch.setattr(explorer_module, "trace_episode", lambda *a, **k: calls.append(1) or real(*a, **k))
+    ex = InnerLoopExplorer(*model, sampler, CFG, episodes=2)
+    ex.trace_calls = calls
+    return ex
+
+
+def test_explorer_static_figure_renders_every_layer_and_step(explorer):
+    for layer in LAYERS:
+        for step in range(CFG.steps + 1):
+            fig = explorer.static_figure(0, layer, step)
+            assert f"step t = {step} of {CFG.steps}" in fig._suptitle.get_text()
+            fig.savefig(io.BytesIO(), format="png", dpi=25)
+    assert len(explorer.trace_calls) == 1          # the episode's T steps were computed once
+    with pytest.raises(ValueError, match="step"):
+        explorer.static_figure(0, "fc.weight", CFG.steps + 1)
+    with pytest.raises(ValueError, match="layer"):
+        explorer.static_figure(0, "bn1.weight", 0)
+    with pytest.raises(ValueError, match="episode"):
+        explorer.static_figure(2, "fc.weight", 0)
+
+
+def test_explorer_widget_callbacks_update_state(explorer, record):
+    import ipywidgets
+
+    box = explorer.widget()
+    assert isinstance(box, ipywidgets.VBox) and explorer.widget() is box
+    assert isinstance(explorer.controls["step"], ipywidgets.IntSlider)
+    assert explorer.redraws == 1 and explorer.step == CFG.steps
+    explorer.controls["step"].value = 1
+    assert explorer.step == 1 and explorer.redraws == 2
+    assert "step t = 1" in explorer.figure._suptitle.get_text()
+    assert explorer.accuracy == record.query_acc[0, 1].item()
+    explorer.controls["layer"].value = "conv3.weight"
+    assert explorer.layer == "conv3.weight"
+    assert any(ax.get_title().startswith("conv 3: forget") for ax in explorer.figure.axes)
+    assert len(explorer.trace_calls) == 1          # moving step / layer reuses the computed trace
+    explorer.controls["episode"].value = 1
+    assert explorer.episode == 1 and len(explorer.trace_calls) == 2
+    assert explorer.accuracy == record.query_acc[1, 1].item()
+    explorer.controls["episode"].value = 0
+    assert len(explorer.trace_calls) == 2 and explorer.redraws == 5
+
+
+def test_show_carries_a_static_picture_and_falls_back_without_ipywidgets(explorer, monkeypatch):
+    import IPython.display
+
+    shown = []
+    monkeypatch.setattr(IPython.display, "display", lambda obj, **kw: shown.append(obj))
+    explorer.show()
+    bundle = shown[-1]
+    assert "application/vnd.jupyter.widget-view+json" in bundle and bundle["image/png"]
+    monkeypatch.setitem(sys.modules, "ipywidgets", None)       # `import ipywidgets` now fails
+    explorer.show()
+    assert isinstance(shown[-1], IPython.display.Image) and shown[-1].data.startswith(b"\x89PNG")
+
+
+def test_record_and_checkpoint_errors(model, sampler, tmp_path, monkeypatch):
+    with pytest.raises(ValueError, match="at least one episode"):
+        record_gates(*model, sampler, CFG, episodes=0, progress=False)
+    monkeypatch.setenv("METALSTM_CHECKPOINTS", str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="--config glyphs-5shot"):
+        shipped_checkpoint("glyphs-5shot")
+    (tmp_path / "glyphs-5shot.pt").write_bytes(b"")
+    assert shipped_checkpoint("glyphs-5shot") == tmp_path / "glyphs-5shot.pt"
+    monkeypatch.delenv("METALSTM_CHECKPOINTS")
+    with pytest.raises(FileNotFoundError, match="data/checkpoints/glyphs-1shot.pt"):
+        shipped_checkpoint("glyphs-1shot")
