@@ -1,0 +1,200 @@
+"""Notebook 02 and the package cannot drift apart; the notebook's exercise solutions work.
+
+The notebook's `#| export` cells (the learner as f(x; theta), the SGD step, the
+LSTM cell update) are taken from the .ipynb, run here, and compared with
+`metalstm.learner.Learner` and `metalstm.metalearner` on the same inputs.
+"""
+import importlib.util
+from pathlib import Path
+
+import nbformat
+import pytest
+import torch
+import torch.nn.functional as F
+
+from metalstm.episodes import Episode
+from metalstm.learner import Learner
+from metalstm.metalearner import SGDCell, inner_loop, loss_and_grad
+
+NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
+NOTEBOOK = NOTEBOOKS / "02_gradient_descent_as_an_lstm.ipynb"
+# float32 rounding through four conv + batch-norm blocks is ~1e-6 here; a wrong formula is >1e-2
+TOL = 1e-4
+
+
+def exported_cells(path: Path) -> dict:
+    """A namespace holding everything the notebook's `#| export` cells define."""
+    nb = nbformat.read(path, as_version=4)
+    sources = [c.source for c in nb.cells if c.cell_type == "code" and c.source.startswith("#| export")]
+    assert sources, f"no '#| export' cells in {path.name}"
+    namespace: dict = {}
+    for k, source in enumerate(sources):
+        exec(compile(source, f"{path.name}:export{k}", "exec"), namespace)
+    return namespace
+
+
+@pytest.fixture(scope="module")
+def nb():
+    return exported_cells(NOTEBOOK)
+
+
+@pytest.fixture(scope="module")
+def solutions():
+    spec = importlib.util.spec_from_file_location("solutions02", NOTEBOOKS / "solutions" / f"{NOTEBOOK.stem}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def random_episode(n_way=5, k_shot=2, n_query=3, channels=1, size=28, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return Episode(torch.rand(n_way * k_shot, channels, size, size, generator=g),
+                   torch.arange(n_way).repeat_interleave(k_shot),
+                   torch.rand(n_way * n_query, channels, size, size, generator=g),
+                   torch.arange(n_way).repeat_interleave(n_query), torch.arange(n_way))
+
+
+CONFIGS = [(5, 1, 28), (5, 3, 84), (20, 1, 28), (3, 3, 32)]
+
+
+@pytest.mark.parametrize("n_way,channels,size", CONFIGS)
+def test_layout_and_count_match_the_package(nb, n_way, channels, size):
+    layout = nb["conv_learner_layout"](n_way=n_way, in_channels=channels, image_size=size)
+    learner = Learner(n_way, channels, size)
+    assert layout == learner.layout
+    assert nb["n_params"](layout) == learner.n_params
+    assert nb["n_params"](nb["conv_learner_layout"](5, 3, 84)) == 32_901
+
+
+@pytest.mark.parametrize("seed", [0, 7])
+def test_initialisation_matches_the_package(nb, seed):
+    layout = nb["conv_learner_layout"](5, 1, 28)
+    ours = nb["init_theta"](layout, torch.Generator().manual_seed(seed))
+    theirs = Learner(5, 1, 28).init_params(torch.Generator().manual_seed(seed))
+    assert torch.equal(ours, theirs)
+
+
+def test_unflatten_gives_views_of_theta(nb):
+    layout = nb["conv_learner_layout"](5, 1, 28)
+    theta = torch.arange(nb["n_params"](layout), dtype=torch.float32)
+    parts = nb["unflatten"](theta, layout)
+    package_parts = Learner(5, 1, 28).unflatten(theta)
+    for name, part in parts.items():
+        assert torch.equal(part, package_parts[name])
+        assert part.untyped_storage().data_ptr() == theta.untyped_storage().data_ptr()
+
+
+@pytest.mark.parametrize("n_way,channels,size", [(5, 1, 28), (5, 3, 84)])
+def test_forward_gives_the_package_logits(nb, n_way, channels, size):
+    layout = nb["conv_learner_layout"](n_way, channels, size)
+    learner = Learner(n_way, channels, size)
+    g = torch.Generator().manual_seed(1)
+    theta = learner.init_params(g) + 0.05 * torch.randn(learner.n_params, generator=g)
+    x = torch.rand(6, channels, size, size, generator=g)
+    with torch.no_grad():
+        ours, theirs = nb["forward"](x, theta, layout), learner(x, theta)
+    assert ours.shape == (6, n_way)
+    torch.testing.assert_close(theirs, ours, rtol=TOL, atol=TOL)
+
+
+def test_forward_on_a_glyph_episode_gives_the_package_logits(nb):
+    """The notebook's own check, on real images: glyphs are mostly background, so batch norm
+    sees channels whose mean is large next to their spread (where a one-pass variance loses digits)."""
+    from metalstm.data.glyphs import load_glyphs
+    from metalstm.episodes import EpisodeSampler
+
+    ep = EpisodeSampler(load_glyphs("train"), 5, 5, 15, seed=0)[0]
+    layout, learner = nb["conv_learner_layout"](5, 1, 28), Learner(5, 1, 28)
+    theta = learner.init_params(torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        reference = nb["forward"](ep.query_x.double(), theta.double(), layout)   # float64
+        ours, theirs = nb["forward"](ep.query_x, theta, layout), learner(ep.query_x, theta)
+    assert (ours.double() - reference).abs().max() < 1e-5          # float32 rounding only
+    torch.testing.assert_close(theirs, ours, rtol=TOL, atol=TOL)
+
+
+def test_loss_and_grad_match_the_package(nb):
+    layout, learner, ep = nb["conv_learner_layout"](5, 1, 28), Learner(5, 1, 28), random_episode()
+    theta = learner.init_params(torch.Generator().manual_seed(2))
+    loss, grad = nb["loss_and_grad"](theta, ep.support_x, ep.support_y, layout)
+    package_loss, package_grad = loss_and_grad(learner, ep.support_x, ep.support_y, theta)
+    assert not loss.requires_grad and not grad.requires_grad
+    torch.testing.assert_close(package_loss, loss, rtol=TOL, atol=TOL)
+    torch.testing.assert_close(package_grad, grad, rtol=TOL, atol=TOL)
+
+
+def test_the_cell_with_f_one_and_i_lr_is_exactly_sgd(nb):
+    g = torch.Generator().manual_seed(3)
+    theta, grad = torch.randn(1000, generator=g), torch.randn(1000, generator=g) * 1e-3
+    for lr in (0.1, 0.0133, 1e-4):
+        cell = nb["lstm_cell_update"](theta, -grad, torch.ones_like(theta), torch.full_like(theta, lr))
+        assert torch.equal(cell, nb["sgd_step"](theta, grad, lr))
+    # and a gate below 1 really forgets: f = 0.5, no gradient, halves theta
+    assert torch.equal(nb["lstm_cell_update"](theta, torch.zeros_like(theta), 0.5, 0.1), theta / 2)
+
+
+def test_sgd_steps_end_where_the_package_inner_loop_ends(nb):
+    layout, learner, ep = nb["conv_learner_layout"](5, 1, 28), Learner(5, 1, 28), random_episode(seed=4)
+    theta0 = learner.init_params(torch.Generator().manual_seed(4))
+    theta, losses = theta0, []
+    for _ in range(5):
+        loss, grad = nb["loss_and_grad"](theta, ep.support_x, ep.support_y, layout)
+        theta = nb["lstm_cell_update"](theta, -grad, torch.ones_like(theta), torch.full_like(theta, 0.1))
+        losses.append(loss.item())
+    theta_T, package_losses, _ = inner_loop(learner, SGDCell(theta0, lr=0.1), ep.support_x, ep.support_y,
+                                            steps=5, batch_size=len(ep.support_y))
+    torch.testing.assert_close(theta_T, theta, rtol=TOL, atol=TOL)
+    torch.testing.assert_close(torch.tensor(package_losses), torch.tensor(losses), rtol=TOL, atol=TOL)
+    assert losses[-1] < losses[0]
+
+
+def test_notebook_is_stored_without_outputs_except_checked_cells():
+    nbk = nbformat.read(NOTEBOOK, as_version=4)
+    for cell in nbk.cells:
+        if cell.cell_type == "code" and "# NBVAL_CHECK_OUTPUT" not in cell.source:
+            assert cell.outputs == [], f"stored outputs in cell:\n{cell.source[:200]}"
+    sources = "\n".join(c.source for c in nbk.cells)
+    assert "from metalstm.learner import Learner" in sources and "SGDCell" in sources
+
+
+# -- the exercises' solutions ---------------------------------------------------------
+def test_weight_decay_gates_give_sgd_on_the_penalised_loss(solutions):
+    learner, ep = Learner(5, 1, 28), random_episode(seed=5)
+    theta = learner.init_params(torch.Generator().manual_seed(5))
+    lr, wd = 0.1, 0.5
+    f, i = solutions.weight_decay_gates(lr, wd)
+    _, grad = loss_and_grad(learner, ep.support_x, ep.support_y, theta)
+    cell = f * theta + i * (-grad)
+
+    leaf = theta.clone().requires_grad_(True)
+    penalised = F.cross_entropy(learner(ep.support_x, leaf), ep.support_y) + wd / 2 * leaf.pow(2).sum()
+    (full_grad,) = torch.autograd.grad(penalised, leaf)
+    torch.testing.assert_close(cell, theta - lr * full_grad, rtol=1e-5, atol=1e-6)
+    assert 0 < f < 1
+
+
+@pytest.mark.parametrize("n_way,channels,size,filters,blocks",
+                         [(5, 1, 28, 32, 4), (5, 3, 84, 32, 4), (20, 3, 84, 32, 4), (7, 2, 40, 16, 3)])
+def test_count_params_formula(solutions, n_way, channels, size, filters, blocks):
+    assert solutions.count_params(n_way, channels, size, filters, blocks) == \
+        Learner(n_way, channels, size, n_filters=filters, n_blocks=blocks).n_params
+    assert solutions.count_params(5, 3, 84) == 32_901
+
+
+def test_c0_meta_gradient_is_the_query_gradient_at_theta_T(solutions):
+    learner, ep = Learner(5, 1, 28), random_episode(seed=6)
+    c0 = learner.init_params(torch.Generator().manual_seed(6))
+
+    def query_grad(theta):
+        leaf = theta.detach().requires_grad_(True)
+        return torch.autograd.grad(F.cross_entropy(learner(ep.query_x, leaf), ep.query_y), leaf)[0]
+
+    # no steps: the plain query gradient at c0
+    torch.testing.assert_close(solutions.c0_meta_gradient(learner, ep, c0, lr=0.1, steps=0), query_grad(c0))
+    # three steps: the query gradient at theta_3, not at c0
+    theta = c0
+    for _ in range(3):
+        theta = theta - 0.1 * loss_and_grad(learner, ep.support_x, ep.support_y, theta)[1]
+    meta = solutions.c0_meta_gradient(learner, ep, c0, lr=0.1, steps=3)
+    torch.testing.assert_close(meta, query_grad(theta), rtol=1e-4, atol=1e-6)
+    assert not torch.allclose(meta, query_grad(c0), atol=1e-4)
