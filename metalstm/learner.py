@@ -161,10 +161,11 @@ class Learner:
         checking f(x; theta) against PyTorch's own layers. Its parameters, in order,
         flatten back to theta; in train() mode its batch norm uses batch statistics
         (bn="batch"), in eval() mode its running averages (bn="running")."""
-        module = LearnerModule(self)
+        module = LearnerModule(self).to(theta.device)
         with torch.no_grad():
-            torch.nn.utils.vector_to_parameters(theta.detach().to(torch.float32).cpu(), module.parameters())
-        return module.to(theta.device)
+            for param, part in zip(module.parameters(), theta.detach().split(self._sizes)):
+                param.copy_(part.view_as(param))
+        return module
 
     def __repr__(self) -> str:
         return (f"Learner({self.n_way}-way, {self.in_channels}x{self.image_size}x{self.image_size}, "
@@ -187,7 +188,8 @@ class LearnerModule(nn.Module):
 
     def features(self, x: Tensor) -> Tensor:
         for k in range(1, self.n_blocks + 1):
-            x = F.max_pool2d(F.relu(getattr(self, f"bn{k}")(getattr(self, f"conv{k}")(x))), 2)
+            x = getattr(self, f"conv{k}")(x)
+            x = F.max_pool2d(F.relu(getattr(self, f"bn{k}")(x)), 2)
         return x.flatten(1)
 
     def forward(self, x: Tensor) -> Tensor:

@@ -1,0 +1,273 @@
+"""The coordinate-wise Meta-Learner LSTM and the inner loop (SPEC 3, 4, 5, 6).
+
+Gradient descent is an LSTM cell update (SPEC 3):
+
+    theta_t = f_t * theta_{t-1} + i_t * (-grad_t)        c_t = f_t * c_{t-1} + i_t * c~_t
+
+with the learner's parameters as the cell state c_t, the negative gradient as
+the candidate c~_t, and f_t = 1, i_t = alpha for plain SGD (`SGDCell`). The
+`MetaLearner` learns the gates instead, one small LSTM shared by every
+coordinate of theta (the coordinates are the batch dimension, SPEC 4):
+
+    layer 1, a standard LSTM (hidden 20, one bias), per coordinate:
+        x_t = [preprocess(L_t) (2), preprocess(grad_t) (2)]
+        [z_i, z_f, z_g, z_o] = W_1 [x_t, h_{t-1}] + b_1     # ONE matmul for all n coordinates:
+                                                          # [80, 24] @ [24, n]
+        c1_t = sigmoid(z_f) * c1_{t-1} + sigmoid(z_i) * tanh(z_g)
+        h_t  = sigmoid(z_o) * tanh(c1_t)
+    layer 2, the meta-LSTM cell, per coordinate:
+        f_t = sigmoid(W_F . [h_t, theta_{t-1}, f_{t-1}] + b_F)     # W_F: 22 x 1
+        i_t = sigmoid(W_I . [h_t, theta_{t-1}, i_{t-1}] + b_I)     # W_I: 22 x 1
+        theta_t = f_t * theta_{t-1} + i_t * (-grad_t)              # the RAW gradient
+    theta_0 = c_0, a meta-parameter (the learned initialisation).
+
+SPEC 3's equations let the gates read [grad_t, L_t, theta_{t-1}, gate_{t-1}]
+directly; the paper's experiments (and the authors' code) put the first LSTM
+layer in between, reading the preprocessed loss and gradient. That is what is
+built here.
+
+Meta-parameters: 80*24 + 80 = 2,000 (layer 1) + 2*22 + 2 = 46 (layer 2) = 2,046
+for hidden 20, whatever the learner's size, plus c_0 (the learner's n_params).
+
+`inner_loop` runs T such steps on the support set; the loss and gradient fed to
+the meta-learner are DETACHED (SPEC 5: no second derivatives), while theta_t
+itself stays in the autograd graph, so the query loss of `run_episode`
+backpropagates through theta_T ... theta_1 to c_0 and both layers.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from metalstm.learner import BNStats, Learner
+from metalstm.preprocess import preprocess
+
+
+def tanh(x: Tensor) -> Tensor:
+    """tanh(x) = 2 sigmoid(2x) - 1 on CPU, where PyTorch's sigmoid is vectorised and its tanh
+    is not (the meta-test episode gets ~10% faster; equal to torch.tanh within 2e-7);
+    torch.tanh elsewhere."""
+    return 2 * torch.sigmoid(2 * x) - 1 if x.device.type == "cpu" else torch.tanh(x)
+
+
+@dataclass
+class Gates:
+    """Forget and input gate of one update step, [n_params] each."""
+
+    f: Tensor
+    i: Tensor
+
+
+@dataclass
+class MetaLearnerState:
+    """What the meta-learner carries from step t-1 to step t (theta itself is passed separately).
+
+    h, c:  layer 1's hidden and cell state, [hidden, n_params] (a column per coordinate)
+    f, i:  layer 2's previous forget / input gate, [n_params], as fed back
+           (gate values, or pre-sigmoid logits with prev_gate="logit")
+    """
+
+    h: Tensor
+    c: Tensor
+    f: Tensor
+    i: Tensor
+
+
+class MetaLearner(nn.Module):
+    """Two-layer coordinate-wise meta-learner (SPEC 3, 4, 6) with learned c_0.
+
+    Initialisation (SPEC 6, as the authors' code): every weight and layer 1's
+    bias U(-0.01, 0.01); forget bias b_F ~ U(4, 5), so f_t starts near 1;
+    input bias b_I ~ U(-5, -4), so i_t starts near 0.01. The meta-learner thus
+    begins as gradient descent with a small learning rate. c_0 starts at
+    `theta0` (or `learner.init_params(generator)`).
+
+    Previous gates f_0, i_0 start at 0, as in the authors' code. The paper
+    writes the previous gate VALUE (i_{t-1}, f_{t-1}) into the gates' input;
+    that is the default here (prev_gate="value"). The authors' Lua code feeds
+    back the pre-sigmoid logits instead: prev_gate="logit".
+    """
+
+    def __init__(self, n_params: int, hidden: int = 20, p: float = 10.0,
+                 forget_bias: tuple[float, float] = (4.0, 5.0), input_bias: tuple[float, float] = (-5.0, -4.0),
+                 weight_range: float = 0.01, theta0: Tensor | None = None,
+                 generator: torch.Generator | None = None, *, learner: Learner | None = None,
+                 prev_gate: str = "value") -> None:
+        super().__init__()
+        if theta0 is None:
+            if learner is None:
+                raise ValueError("MetaLearner needs the learner's initial parameters for c_0: "
+                                 "pass theta0=learner.init_params() (or learner=learner)")
+            theta0 = learner.init_params(generator)
+        if theta0.shape != (n_params,):
+            raise ValueError(f"theta0 must be a flat vector of n_params={n_params} values, "
+                             f"got shape {tuple(theta0.shape)}")
+        if prev_gate not in ("value", "logit"):
+            raise ValueError(f"prev_gate must be 'value' (paper) or 'logit' (authors' code), got {prev_gate!r}")
+        self.n_params, self.hidden, self.p, self.prev_gate = n_params, hidden, p, prev_gate
+
+        def uniform(shape, low, high):
+            return nn.Parameter(torch.empty(shape).uniform_(low, high, generator=generator))
+
+        r = weight_range
+        # layer 1, laid out like nn.LSTMCell: rows = the gates i, f, g, o (hidden rows each),
+        # columns = the input [x (4), h (hidden)]; ONE bias
+        self.lstm_weight = uniform((4 * hidden, 4 + hidden), -r, r)
+        self.lstm_bias = uniform((4 * hidden,), -r, r)
+        # layer 2: W_F and W_I read [h_t (hidden), theta_{t-1} (1), previous gate (1)]
+        self.W_F = uniform((hidden + 2,), -r, r)
+        self.W_I = uniform((hidden + 2,), -r, r)
+        self.b_F = uniform((), *forget_bias)
+        self.b_I = uniform((), *input_bias)
+        self.c0 = nn.Parameter(theta0.detach().clone().float())
+
+    def rule_parameters(self) -> list[nn.Parameter]:
+        """The update rule's own parameters: everything but c0 (2,046 numbers for hidden 20)."""
+        return [param for name, param in self.named_parameters() if name != "c0"]
+
+    def initial_state(self) -> MetaLearnerState:
+        """Zero layer-1 state and zero previous gates, one column per coordinate."""
+        zeros = self.c0.new_zeros
+        return MetaLearnerState(h=zeros(self.hidden, self.n_params), c=zeros(self.hidden, self.n_params),
+                                f=zeros(self.n_params), i=zeros(self.n_params))
+
+    def step(self, loss: Tensor, grad: Tensor, theta: Tensor,
+             state: MetaLearnerState) -> tuple[Tensor, MetaLearnerState, Gates]:
+        """One update theta_{t-1} -> theta_t from the (detached) loss L_t and gradient grad_t."""
+        n, H = theta.shape[0], self.hidden
+        # layer 1: a standard LSTM over all n coordinates at once. Each coordinate is one COLUMN,
+        # so that every gate below is a contiguous [hidden, n] block (fast elementwise ops).
+        x = torch.cat([preprocess(loss, self.p).reshape(2, 1).expand(2, n),   # the loss, the same for all
+                       preprocess(grad, self.p).T])                            # [4, n]
+        z = torch.addmm(self.lstm_bias[:, None], self.lstm_weight, torch.cat([x, state.h]))  # [4H, n]
+        z_i, z_f, z_g, z_o = z.chunk(4)
+        c = torch.sigmoid(z_f) * state.c + torch.sigmoid(z_i) * tanh(z_g)
+        h = torch.sigmoid(z_o) * tanh(c)
+        # layer 2: the meta-LSTM cell, whose cell state is theta itself;
+        # W_F . [h_t, theta_{t-1}, f_{t-1}] written out term by term (no [22, n] copy)
+        z_f2 = self.W_F[:H] @ h + self.W_F[H] * theta + self.W_F[H + 1] * state.f + self.b_F
+        z_i2 = self.W_I[:H] @ h + self.W_I[H] * theta + self.W_I[H + 1] * state.i + self.b_I
+        f, i = torch.sigmoid(z_f2), torch.sigmoid(z_i2)
+        theta = f * theta + i * (-grad)
+        fed_back = (f, i) if self.prev_gate == "value" else (z_f2, z_i2)
+        return theta, MetaLearnerState(h, c, *fed_back), Gates(f, i)
+
+
+class SGDCell(nn.Module):
+    """Plain SGD written as the same cell with fixed gates f = 1, i = lr (SPEC 3).
+
+    c0 is the starting theta; it is not trained unless train_c0=True.
+    """
+
+    def __init__(self, theta0: Tensor, lr: float, *, train_c0: bool = False) -> None:
+        super().__init__()
+        self.lr = float(lr)
+        self.c0 = nn.Parameter(theta0.detach().clone().float(), requires_grad=train_c0)
+
+    def rule_parameters(self) -> list[nn.Parameter]:
+        """SGD has no parameters of its own."""
+        return []
+
+    def initial_state(self) -> None:
+        return None
+
+    def step(self, loss: Tensor, grad: Tensor, theta: Tensor, state: None) -> tuple[Tensor, None, Gates]:
+        f, i = torch.ones_like(theta), torch.full_like(theta, self.lr)
+        return f * theta + i * (-grad), state, Gates(f, i)
+
+
+# -- the inner loop (SPEC 5) -------------------------------------------------------
+def loss_and_grad(learner: Learner, x: Tensor, y: Tensor, theta: Tensor, bn: str = "batch",
+                  stats: BNStats | None = None) -> tuple[Tensor, Tensor]:
+    """L_t and grad_t = dL_t/dtheta of f(.; theta) on (x, y), both DETACHED (SPEC 5)."""
+    with torch.enable_grad():
+        theta = theta.detach().requires_grad_(True)     # a leaf: nothing flows back past it
+        loss = F.cross_entropy(learner(x, theta, bn, stats), y)
+        (grad,) = torch.autograd.grad(loss, theta)
+    return loss.detach(), grad
+
+
+def support_batches(n: int, batch_size: int, steps: int,
+                    generator: torch.Generator | None = None) -> list[Tensor]:
+    """Indices of the `steps` mini-batches: passes over the n support examples in
+    chunks of batch_size, each pass in a fresh random order drawn from `generator`
+    (in the given order when generator is None, as in the authors' code)."""
+    if not 1 <= batch_size <= n:
+        raise ValueError(f"batch_size must be between 1 and the support set's size {n}, got {batch_size}")
+    if steps < 0:
+        raise ValueError(f"steps must be >= 0, got {steps}")
+    batches: list[Tensor] = []
+    while len(batches) < steps:
+        order = torch.arange(n) if generator is None else torch.randperm(n, generator=generator)
+        batches += order.split(batch_size)
+    return batches[:steps]
+
+
+def inner_loop(learner: Learner, rule: nn.Module, support_x: Tensor, support_y: Tensor, steps: int,
+               batch_size: int, theta0: Tensor | None = None, bn: str = "batch",
+               stats: BNStats | None = None, generator: torch.Generator | None = None,
+               record: bool = False) -> tuple[Tensor, list[float], list[Gates] | None]:
+    """T update steps of `rule` on the support set (SPEC 5): (theta_T, support losses, gates).
+
+    theta_0 = theta0 or rule.c0. Each step feeds the detached loss and gradient of
+    f(.; theta_{t-1}) on one mini-batch to rule.step; theta_t stays in the graph.
+    With stats given, the support passes also accumulate its running averages.
+    gates: one detached `Gates` per step when record=True, else None.
+    """
+    theta = rule.c0 if theta0 is None else theta0
+    state = rule.initial_state()
+    losses, gates = [], ([] if record else None)
+    for idx in support_batches(support_x.shape[0], batch_size, steps, generator):
+        idx = idx.to(support_x.device)
+        loss, grad = loss_and_grad(learner, support_x[idx], support_y[idx], theta, bn, stats)
+        theta, state, g = rule.step(loss, grad, theta, state)
+        losses.append(loss)
+        if record:
+            gates.append(Gates(g.f.detach(), g.i.detach()))
+    return theta, torch.stack(losses).tolist() if losses else [], gates
+
+
+@dataclass
+class EpisodeResult:
+    """What one episode gives: the query loss (connected to the meta-parameters in
+    mode="train"), accuracy, theta_T, the support losses, the gates (record=True)."""
+
+    query_loss: Tensor
+    query_acc: float
+    theta: Tensor
+    support_losses: list[float]
+    gates: list[Gates] | None
+    query_logits: Tensor
+
+
+def run_episode(learner: Learner, rule: nn.Module, episode, steps: int, batch_size: int,
+                mode: str = "train", generator: torch.Generator | None = None,
+                record: bool = False) -> EpisodeResult:
+    """One episode: T steps on the support set, then the query pass (SPEC 5, 7).
+
+    mode="train": batch statistics in the support steps and in the query pass; the
+        query loss keeps the graph back to c_0 and the rule's weights.
+    mode="test": the support steps use batch statistics and accumulate running
+        averages in a FRESH BNStats (nothing carries over from another episode);
+        the query pass normalises with them. No meta-graph is built.
+    """
+    if mode == "train":
+        theta, losses, gates = inner_loop(learner, rule, episode.support_x, episode.support_y, steps,
+                                          batch_size, bn="batch", generator=generator, record=record)
+        logits = learner(episode.query_x, theta, bn="batch")
+        query_loss = F.cross_entropy(logits, episode.query_y)
+    elif mode == "test":
+        stats = learner.new_bn_stats(episode.support_x.device)
+        with torch.no_grad():
+            theta, losses, gates = inner_loop(learner, rule, episode.support_x, episode.support_y, steps,
+                                              batch_size, bn="batch", stats=stats, generator=generator,
+                                              record=record)
+            logits = learner(episode.query_x, theta, bn="running", stats=stats)
+            query_loss = F.cross_entropy(logits, episode.query_y)
+    else:
+        raise ValueError(f"mode must be 'train' or 'test', got {mode!r}")
+    accuracy = (logits.argmax(dim=1) == episode.query_y).float().mean().item()
+    return EpisodeResult(query_loss, accuracy, theta, losses, gates, logits)
