@@ -1,0 +1,103 @@
+"""What every baseline shares: the method interface, accuracy, 95% intervals, grid search.
+
+A few-shot method is any object with a `name` and `predict(episode)` returning
+scores [N*Q, N] for the episode's queries (logits, log-probabilities or
+similarities: only the argmax matters). Every method is run on the SAME
+episodes (SPEC 5: 600 meta-test episodes, mean accuracy +- 1.96 std / sqrt(n)).
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Hashable, Iterable, Protocol, Sequence
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from metalstm.episodes import Episode
+
+
+class FewShotMethod(Protocol):
+    """A few-shot classifier: learns from episode.support_*, scores episode.query_x."""
+
+    name: str
+
+    def predict(self, episode: Episode) -> Tensor:
+        """Scores [N*Q, N] of every query image for every episode label."""
+        ...
+
+
+def accuracy(method: FewShotMethod, episode: Episode) -> float:
+    """Fraction of the episode's queries whose highest score is their label."""
+    scores = method.predict(episode)
+    expected = (episode.query_y.numel(), episode.n_way)
+    if tuple(scores.shape) != expected:
+        raise ValueError(f"{method.name}: predict() must return scores {list(expected)}, "
+                         f"got {list(scores.shape)}")
+    return (scores.argmax(dim=1) == episode.query_y).float().mean().item()
+
+
+def confidence_interval(values: Sequence[float]) -> tuple[float, float]:
+    """(mean, 1.96 * std / sqrt(n)): the paper's 95% interval (SPEC 5)."""
+    x = torch.as_tensor(list(values), dtype=torch.float64)
+    if x.numel() == 0:
+        raise ValueError("no values to average")
+    half = 1.96 * x.std().item() / math.sqrt(x.numel()) if x.numel() > 1 else float("nan")
+    return x.mean().item(), half
+
+
+@dataclass
+class Evaluation:
+    """Accuracies of one method on a list of episodes."""
+
+    name: str
+    accuracies: list[float] = field(repr=False)
+    seconds: float
+
+    @property
+    def mean(self) -> float:
+        return confidence_interval(self.accuracies)[0]
+
+    @property
+    def ci95(self) -> float:
+        return confidence_interval(self.accuracies)[1]
+
+    def __str__(self) -> str:
+        return f"{self.name}: {100 * self.mean:.2f} +- {100 * self.ci95:.2f} % ({len(self.accuracies)} episodes)"
+
+
+def evaluate(method: FewShotMethod, episodes: Iterable[Episode], progress: bool = True) -> Evaluation:
+    """Accuracy of `method` on every episode, with the wall time it took."""
+    episodes = list(episodes)
+    start = time.perf_counter()
+    accs = [accuracy(method, ep) for ep in tqdm(episodes, desc=method.name, disable=not progress, leave=False)]
+    return Evaluation(method.name, accs, time.perf_counter() - start)
+
+
+def markdown_table(results: Sequence[Evaluation], title: str = "accuracy (%)") -> str:
+    """One markdown table: method | accuracy +- 95% interval | episodes | seconds."""
+    lines = [f"| method | {title} | episodes | seconds |", "|---|---|---|---|"]
+    lines += [f"| {r.name} | {100 * r.mean:.2f} +- {100 * r.ci95:.2f} | {len(r.accuracies)} | {r.seconds:.1f} |"
+              for r in results]
+    return "\n".join(lines)
+
+
+def grid_search(make_method: Callable[..., FewShotMethod], grid: Iterable[tuple],
+                episodes: Sequence[Episode], progress: bool = True) -> tuple[tuple, dict[tuple, float]]:
+    """Mean accuracy of make_method(*point) on `episodes` for every point of `grid`.
+
+    Returns (best point, {point: mean accuracy}). Ties go to the point listed
+    first, so list the cheaper settings first. Choose on meta-VALIDATION
+    episodes only (SPEC 1, 9).
+    """
+    grid = list(grid)
+    if not grid:
+        raise ValueError("grid_search needs at least one grid point")
+    table: dict[Hashable, float] = {}
+    for point in tqdm(grid, desc="grid", disable=not progress, leave=False):
+        method = make_method(*point)
+        table[point] = sum(accuracy(method, ep) for ep in episodes) / len(episodes)
+    best = max(grid, key=lambda p: (table[p], -grid.index(p)))
+    return best, table

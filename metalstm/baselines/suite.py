@@ -1,0 +1,191 @@
+"""Every baseline, built and tuned the same way, measured on the same meta-test episodes.
+
+    python -m metalstm.baselines --shot 5 --episodes 600
+    python -m metalstm.baselines --shot 1 --episodes 600 --checkpoint runs/glyphs-1shot/best.pt
+    python -m metalstm.baselines --config smoke --episodes 20 --methods nearest finetune
+
+`build_baselines(cfg, ...)` returns {name: method} (each with predict(episode));
+hyper-parameters are chosen on meta-VALIDATION episodes only, and the test
+episodes are `metalstm.train.sampler_for(cfg, "test")`: the very episodes
+`python -m metalstm.evaluate` gives the meta-learner.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from metalstm.baselines.common import evaluate, markdown_table
+from metalstm.baselines.finetune import finetune, tune_finetune
+from metalstm.baselines.matching import MatchingNetwork, load_matching, save_matching, train_matching
+from metalstm.baselines.nearest import NearestNeighbour
+from metalstm.baselines.pretrain import load_or_pretrain
+from metalstm.baselines.sgd import learned_init, random_init, tune_lr
+from metalstm.checkpoint import CheckpointError
+from metalstm.config import Config, get_config
+from metalstm.learner import Learner
+
+METHODS = ("finetune", "nearest", "matching", "sgd", "adam", "learned")
+FINETUNE_STEPS = (5, 10, 20, 40)
+FINETUNE_LRS = (1e-3, 1e-2, 1e-1)
+ADAM_LRS = (1e-4, 1e-3, 3e-3, 1e-2, 3e-2)
+SGD_LRS = (1e-2, 3e-2, 1e-1, 3e-1, 1.0)
+
+
+def build_baselines(cfg: Config, methods=METHODS, c0: torch.Tensor | None = None, val_episodes: int = 50,
+                    pretrain_epochs: int = 10, matching_episodes: int = 100_000,
+                    matching_seconds: float | None = 300.0, cache: str | Path | None = None,
+                    data: dict | None = None, finetune_steps=FINETUNE_STEPS, finetune_lrs=FINETUNE_LRS,
+                    sgd_lrs=SGD_LRS, adam_lrs=ADAM_LRS,
+                    progress: bool = True) -> tuple[dict, dict[str, str]]:
+    """({name: method}, {name: how it was chosen}) for the configuration's N-way K-shot task.
+
+    finetune  pre-train on all meta-train classes (cached under `cache`), then
+              (steps, lr) by grid search on `val_episodes` meta-val episodes
+    nearest   the same pre-trained network, cosine 1-NN
+    matching  Matching Networks trained on meta-train episodes for
+              min(matching_episodes, what fits in matching_seconds), best on meta-val kept
+    sgd/adam  T = cfg.steps steps of batch cfg.batch_size from a random init, lr tuned
+    learned   SGD from the meta-learner's c_0 (needs c0), lr tuned
+    `data` may hold the already loaded {"train": ..., "val": ...} splits; the
+    grids are (finetune_steps x finetune_lrs), sgd_lrs and adam_lrs.
+    """
+    from metalstm.train import load_split, sampler_for      # the meta-learner's own episodes
+
+    unknown = sorted(set(methods) - set(METHODS))
+    if unknown:
+        raise ValueError(f"unknown baselines {unknown}; known: {', '.join(METHODS)}")
+    if "learned" in methods and c0 is None:
+        raise ValueError("the 'learned' baseline needs a trained meta-learner: pass --checkpoint")
+    data = dict(data or {})
+    for split in ("train", "val"):
+        if split not in data:
+            data[split] = load_split(cfg, split)
+    val = sampler_for(cfg, "val", data["val"]).take(val_episodes)
+    cache = Path(cache) if cache else None
+    learner = Learner(cfg.n_way, cfg.in_channels, cfg.image_size, bn_eps=cfg.bn_eps,
+                      bn_momentum=cfg.bn_momentum)
+    built, notes = {}, {}
+
+    if "finetune" in methods or "nearest" in methods:
+        start = time.perf_counter()
+        pre = load_or_pretrain(cache / f"pretrained-{cfg.dataset}-{cfg.image_size}.pt" if cache else None,
+                               data["train"], progress=progress, epochs=pretrain_epochs, seed=cfg.seed,
+                               bn_eps=cfg.bn_eps)
+        last = pre.meta["history"][-1] if pre.meta["history"] else {"loss": float("nan"), "acc": 0.0}
+        pre_note = (f"pre-trained {pre.meta['epochs']} epochs on {pre.meta['num_classes']} classes "
+                    f"(train loss {last['loss']:.2f}, acc {100 * last['acc']:.0f}%, "
+                    f"{pre.meta['seconds']:.0f} s)")
+        if "finetune" in methods:
+            start = time.perf_counter()
+            (steps, lr), table = tune_finetune(pre, val, finetune_steps, finetune_lrs, progress=progress,
+                                               bn_momentum=cfg.bn_momentum)
+            built["Fine-tune"] = finetune(pre, cfg.n_way, steps, lr, bn_momentum=cfg.bn_momentum)
+            built["Fine-tune"].name = "Fine-tune"
+            notes["Fine-tune"] = (f"SGD {steps} steps, lr {lr:g} (meta-val {100 * table[(steps, lr)]:.1f}%, "
+                                  f"grid {len(table)} points, {time.perf_counter() - start:.0f} s); {pre_note}")
+        if "nearest" in methods:
+            built["Nearest neighbour"] = NearestNeighbour(pre.learner, pre.theta)
+            notes["Nearest neighbour"] = f"cosine on pre-trained features; {pre_note}"
+
+    if "matching" in methods:
+        path = cache / f"matching-{cfg.name}.pt" if cache else None
+        wanted = {"config": cfg.name, "max_episodes": matching_episodes, "max_seconds": matching_seconds}
+        net = meta = None
+        if path is not None and path.is_file():
+            net, meta = load_matching(path)
+            if any(meta.get(k) != v for k, v in wanted.items()):
+                net = None
+        if net is None:
+            train_sampler = sampler_for(cfg, "train", data["train"])
+            out = train_matching(train_sampler, learner, matching_episodes, seed=cfg.seed,
+                                 max_seconds=matching_seconds, val_episodes=val, val_every=250,
+                                 progress=progress)
+            net = out.method
+            meta = {**wanted, "episodes": out.episodes, "seconds": out.seconds, "best_val": out.best_val}
+            if path is not None:
+                save_matching(path, net, meta)
+        net.name = "Matching Networks"
+        built[net.name] = net
+        notes[net.name] = (f"no FCE; {meta['episodes']} training episodes ({meta['seconds']:.0f} s), "
+                           f"scale {torch.tensor(net.log_scale).exp().item():.1f}, "
+                           f"meta-val {100 * (meta['best_val'] or 0):.1f}%")
+
+    ablations = [("sgd", "SGD from random init", "sgd", sgd_lrs, None),
+                 ("adam", "Adam from random init", "adam", adam_lrs, None),
+                 ("learned", "SGD from learned c_0", "sgd", sgd_lrs, c0)]
+    for key, name, opt, lrs, theta0 in ablations:
+        if key not in methods:
+            continue
+        start = time.perf_counter()
+
+        def make(lr, opt=opt, theta0=theta0):
+            if theta0 is None:
+                return random_init(learner, cfg.steps, lr, opt, seed=cfg.seed, batch_size=cfg.batch_size)
+            return learned_init(learner, theta0, cfg.steps, lr, opt, batch_size=cfg.batch_size)
+
+        lr, table = tune_lr(make, lrs, val, progress=progress)
+        built[name] = make(lr)
+        built[name].name = name
+        notes[name] = (f"{cfg.steps} steps of batch {cfg.batch_size}, lr {lr:g} "
+                       f"(meta-val {100 * table[lr]:.1f}%, {time.perf_counter() - start:.0f} s)")
+    return built, notes
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description="Measure the baselines (SPEC 9) on meta-test episodes.")
+    ap.add_argument("--shot", type=int, choices=(1, 5), default=5, help="picks glyphs-1shot / glyphs-5shot")
+    ap.add_argument("--config", help="a named configuration instead (metalstm.config)")
+    ap.add_argument("--episodes", type=int, help="meta-test episodes (default: the config's, 600)")
+    ap.add_argument("--val-episodes", type=int, default=50, help="meta-val episodes for tuning")
+    ap.add_argument("--methods", nargs="*", default=None, choices=METHODS)
+    ap.add_argument("--pretrain-epochs", type=int, default=10)
+    ap.add_argument("--matching-episodes", type=int, default=100_000)
+    ap.add_argument("--matching-minutes", type=float, default=5.0, help="wall-time budget of Matching Networks")
+    ap.add_argument("--checkpoint", help="a trained meta-learner: adds 'SGD from learned c_0'")
+    ap.add_argument("--cache", default="runs/baselines", help="folder for the pre-trained / trained baselines")
+    ap.add_argument("--threads", type=int, help="torch.set_num_threads")
+    ap.add_argument("--json", help="also write the results as JSON here")
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        cfg = get_config(args.config or f"glyphs-{args.shot}shot")
+        methods = args.methods or [m for m in METHODS if m != "learned" or args.checkpoint]
+        c0 = None
+        if args.checkpoint:
+            from metalstm.train import load_trained
+            _, meta, trained_cfg, _ = load_trained(args.checkpoint, expect=cfg)
+            c0 = meta.c0.detach()
+            if "learned" not in methods:
+                methods.append("learned")
+        from metalstm.train import sampler_for
+        n = args.episodes or cfg.test_episodes
+        start = time.perf_counter()
+        built, notes = build_baselines(cfg, methods, c0=c0, val_episodes=args.val_episodes,
+                                       pretrain_epochs=args.pretrain_epochs,
+                                       matching_episodes=args.matching_episodes,
+                                       matching_seconds=60 * args.matching_minutes, cache=args.cache)
+        setup = time.perf_counter() - start
+        sampler = sampler_for(cfg, "test")
+        episodes = sampler.take(n)
+        results = [evaluate(m, episodes) for m in built.values()]
+    except (ValueError, FileNotFoundError, CheckpointError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"**{cfg.name}: {cfg.n_way}-way {cfg.k_shot}-shot, {n} meta-test episodes of {cfg.dataset} "
+          f"(seed {sampler.seed}); training and tuning took {setup:.0f} s**\n")
+    print(markdown_table(results))
+    print()
+    for name, note in notes.items():
+        print(f"- {name}: {note}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(
+            {"config": cfg.to_dict(), "episodes": n, "setup_seconds": setup,
+             "results": [{"name": r.name, "mean": r.mean, "ci95": r.ci95, "seconds": r.seconds,
+                          "note": notes.get(r.name, "")} for r in results]}, indent=2))
+    return 0
