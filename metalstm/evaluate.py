@@ -1,7 +1,7 @@
 """Meta-test evaluation (SPEC 5, 7, 8): every method on the same episodes.
 
     python -m metalstm.evaluate --checkpoint data/checkpoints/glyphs-5shot.pt
-    python -m metalstm.evaluate --checkpoint P --episodes 600 --methods metalstm nearest
+    python -m metalstm.evaluate --checkpoint P --episodes 600 --baselines all
 
 Accuracy is the mean over `episodes` meta-test episodes (600 in the paper) with
 a 95% interval of 1.96 * std / sqrt(n). Episode i is a function of the
@@ -14,35 +14,19 @@ import argparse
 import json
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import torch
 from tqdm.auto import tqdm
 
+from metalstm.baselines.common import Evaluation, markdown_table
+from metalstm.baselines.suite import METHODS, build_baselines
 from metalstm.checkpoint import CheckpointError
 from metalstm.config import Config, get_config
 from metalstm.episodes import Episode, EpisodeSampler
 from metalstm.metalearner import run_episode
-from metalstm.train import episode_generator, load_trained, mean_ci95, sampler_for
-
-
-@dataclass
-class MethodResult:
-    name: str
-    accuracies: list[float]
-    seconds: float
-    note: str = ""
-    mean: float = field(init=False)
-    ci95: float = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.mean, self.ci95 = mean_ci95(self.accuracies)
-
-    def row(self) -> str:
-        return (f"| {self.name} | {100 * self.mean:.2f} +- {100 * self.ci95:.2f} | "
-                f"{len(self.accuracies)} | {self.seconds:.0f} | {self.note} |")
+from metalstm.train import episode_generator, load_trained, sampler_for
 
 
 # A method maps (episode, index) to the query accuracy in [0, 1].
@@ -67,7 +51,7 @@ def logits_accuracy(predict: Callable[[Episode], torch.Tensor]) -> EpisodeAccura
 
 
 def evaluate_methods(methods: dict[str, EpisodeAccuracy], sampler: EpisodeSampler, n_episodes: int,
-                     notes: dict[str, str] | None = None, progress: bool = True) -> list[MethodResult]:
+                     progress: bool = True) -> list[Evaluation]:
     """Every method on episodes 0..n_episodes-1 of `sampler` (the same episodes for all)."""
     results = []
     for name, acc in methods.items():
@@ -76,24 +60,20 @@ def evaluate_methods(methods: dict[str, EpisodeAccuracy], sampler: EpisodeSample
             torch.manual_seed(0)
             for i in tqdm(range(n_episodes), desc=name, leave=False, disable=not progress or None):
                 accs.append(acc(sampler[i], i))
-        results.append(MethodResult(name, accs, time.perf_counter() - start, (notes or {}).get(name, "")))
+        results.append(Evaluation(name, accs, time.perf_counter() - start))
     return results
 
 
-def markdown_table(results: list[MethodResult], title: str = "") -> str:
-    """One table: method, accuracy % with 95% interval, episodes, seconds, note."""
-    lines = [f"**{title}**", ""] if title else []
-    lines += ["| method | accuracy % (95% CI) | episodes | seconds | note |",
-              "|---|---|---|---|---|"]
-    lines += [r.row() for r in results]
-    return "\n".join(lines)
-
-
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description="Evaluate a trained meta-learner (and baselines) on meta-test episodes.")
+    ap = argparse.ArgumentParser(description="Evaluate a trained meta-learner and the baselines on the "
+                                             "same meta-test episodes.")
     ap.add_argument("--checkpoint", required=True, help="a best.pt or a shipped data/checkpoints/*.pt")
     ap.add_argument("--config", help="refuse the checkpoint unless it fits this configuration")
     ap.add_argument("--episodes", type=int, help="meta-test episodes (default: the config's, 600)")
+    ap.add_argument("--baselines", nargs="*", default=[], metavar="NAME",
+                    help=f"baselines to add: {' '.join(METHODS)} (or 'all')")
+    ap.add_argument("--cache", default="runs/baselines",
+                    help="where pre-trained / trained baselines are kept and reused")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int)
     ap.add_argument("--json", help="also write the results as JSON here")
@@ -106,18 +86,28 @@ def main(argv: list[str] | None = None) -> int:
         n = args.episodes or cfg.test_episodes
         sampler = sampler_for(cfg, "test")
         methods = {"Meta-Learner LSTM": rule_accuracy(learner, meta.eval(), cfg, sampler.seed, args.device)}
+        notes = {"Meta-Learner LSTM": f"{args.checkpoint}"}
+        wanted = list(METHODS) if args.baselines == ["all"] else args.baselines
+        if wanted:
+            built, more = build_baselines(cfg, wanted, c0=meta.c0.detach().cpu(), cache=args.cache)
+            methods.update({m.name: logits_accuracy(m.predict) for m in built.values()})
+            notes.update(more)
         results = evaluate_methods(methods, sampler, n)
     except (ValueError, FileNotFoundError, CheckpointError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    title = (f"{cfg.name}: {cfg.n_way}-way {cfg.k_shot}-shot, {n} meta-test episodes "
-             f"of {cfg.dataset} (seed {sampler.seed})")
-    print(markdown_table(results, title))
+    print(f"**{cfg.name}: {cfg.n_way}-way {cfg.k_shot}-shot, {n} meta-test episodes "
+          f"of {cfg.dataset} (seed {sampler.seed})**\n")
+    print(markdown_table(results))
+    print()
+    for name, note in notes.items():
+        print(f"- {name}: {note}")
     if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(
-            {"config": cfg.to_dict(), "episodes": n,
-             "results": [{"name": r.name, "mean": r.mean, "ci95": r.ci95, "seconds": r.seconds}
-                         for r in results]}, indent=2))
+            {"config": cfg.to_dict(), "episodes": n, "checkpoint": str(args.checkpoint),
+             "results": [{"name": r.name, "mean": r.mean, "ci95": r.ci95, "seconds": r.seconds,
+                          "note": notes.get(r.name, "")} for r in results]}, indent=2))
     return 0
 
 

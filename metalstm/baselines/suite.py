@@ -37,8 +37,8 @@ SGD_LRS = (1e-2, 3e-2, 1e-1, 3e-1, 1.0)
 
 
 def build_baselines(cfg: Config, methods=METHODS, c0: torch.Tensor | None = None, val_episodes: int = 50,
-                    pretrain_epochs: int = 10, matching_episodes: int = 100_000,
-                    matching_seconds: float | None = 300.0, cache: str | Path | None = None,
+                    pretrain_epochs: int = 10, matching_episodes: int = 4_000,
+                    matching_seconds: float | None = None, cache: str | Path | None = None,
                     data: dict | None = None, finetune_steps=FINETUNE_STEPS, finetune_lrs=FINETUNE_LRS,
                     sgd_lrs=SGD_LRS, adam_lrs=ADAM_LRS,
                     progress: bool = True) -> tuple[dict, dict[str, str]]:
@@ -48,7 +48,8 @@ def build_baselines(cfg: Config, methods=METHODS, c0: torch.Tensor | None = None
               (steps, lr) by grid search on `val_episodes` meta-val episodes
     nearest   the same pre-trained network, cosine 1-NN
     matching  Matching Networks trained on meta-train episodes for
-              min(matching_episodes, what fits in matching_seconds), best on meta-val kept
+              matching_episodes (or what fits in matching_seconds, if given: not
+              reproducible, the count then depends on the machine), best on meta-val kept
     sgd/adam  T = cfg.steps steps of batch cfg.batch_size from a random init, lr tuned
     learned   SGD from the meta-learner's c_0 (needs c0), lr tuned
     `data` may hold the already loaded {"train": ..., "val": ...} splits; the
@@ -144,8 +145,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--val-episodes", type=int, default=50, help="meta-val episodes for tuning")
     ap.add_argument("--methods", nargs="*", default=None, choices=METHODS)
     ap.add_argument("--pretrain-epochs", type=int, default=10)
-    ap.add_argument("--matching-episodes", type=int, default=100_000)
-    ap.add_argument("--matching-minutes", type=float, default=5.0, help="wall-time budget of Matching Networks")
+    ap.add_argument("--matching-episodes", type=int, default=4_000)
+    ap.add_argument("--matching-minutes", type=float, default=None,
+                    help="optional wall-time budget of Matching Networks (makes the result machine-dependent)")
     ap.add_argument("--checkpoint", help="a trained meta-learner: adds 'SGD from learned c_0'")
     ap.add_argument("--cache", default="runs/baselines", help="folder for the pre-trained / trained baselines")
     ap.add_argument("--threads", type=int, help="torch.set_num_threads")
@@ -169,7 +171,8 @@ def main(argv: list[str] | None = None) -> int:
         built, notes = build_baselines(cfg, methods, c0=c0, val_episodes=args.val_episodes,
                                        pretrain_epochs=args.pretrain_epochs,
                                        matching_episodes=args.matching_episodes,
-                                       matching_seconds=60 * args.matching_minutes, cache=args.cache)
+                                       matching_seconds=args.matching_minutes and 60 * args.matching_minutes,
+                                       cache=args.cache)
         setup = time.perf_counter() - start
         sampler = sampler_for(cfg, "test")
         episodes = sampler.take(n)
