@@ -3,7 +3,6 @@
 The notebook develops `sample_episode`; its source is taken from the .ipynb and
 run here against `metalstm.episodes.EpisodeSampler` on the same generator.
 """
-import importlib.util
 import itertools
 import math
 from pathlib import Path
@@ -15,6 +14,7 @@ import torch
 from metalstm.data import ImageSet
 from metalstm.data.glyphs import load_glyphs
 from metalstm.episodes import EpisodeSampler
+from notebook_source import cell_defining, load_solutions
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 NOTEBOOK = NOTEBOOKS / "01_episodes.ipynb"
@@ -22,10 +22,7 @@ NOTEBOOK = NOTEBOOKS / "01_episodes.ipynb"
 
 def notebook_function(name: str):
     """The function `name` as defined in the notebook's code cell that defines it."""
-    nb = nbformat.read(NOTEBOOK, as_version=4)
-    cells = [c.source for c in nb.cells if c.cell_type == "code" and f"def {name}(" in c.source]
-    assert len(cells) == 1, f"expected one cell defining {name} in {NOTEBOOK.name}, found {len(cells)}"
-    source = cells[0].split("\n\n\n")[0]          # the definition, not the demo lines after it
+    source = cell_defining(NOTEBOOK, name).split("\n\n\n")[0]          # the definition, not the demo lines after it
     namespace = {"torch": torch}
     exec(compile(source, f"{NOTEBOOK.name}:{name}", "exec"), namespace)
     return namespace[name]
@@ -33,10 +30,7 @@ def notebook_function(name: str):
 
 @pytest.fixture(scope="module")
 def solutions():
-    spec = importlib.util.spec_from_file_location("solutions01", NOTEBOOKS / "solutions" / "01_episodes.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_solutions("01_episodes")
 
 
 @pytest.fixture(scope="module")

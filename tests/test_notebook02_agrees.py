@@ -4,7 +4,6 @@ The notebook's `#| export` cells (the learner as f(x; theta), the SGD step, the
 LSTM cell update) are taken from the .ipynb, run here, and compared with
 `metalstm.learner.Learner` and `metalstm.metalearner` on the same inputs.
 """
-import importlib.util
 from pathlib import Path
 
 import nbformat
@@ -15,22 +14,12 @@ import torch.nn.functional as F
 from metalstm.episodes import Episode
 from metalstm.learner import Learner
 from metalstm.metalearner import SGDCell, inner_loop, loss_and_grad
+from notebook_source import exported_cells, load_solutions
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 NOTEBOOK = NOTEBOOKS / "02_gradient_descent_as_an_lstm.ipynb"
 # float32 rounding through four conv + batch-norm blocks is ~1e-6 here; a wrong formula is >1e-2
 TOL = 1e-4
-
-
-def exported_cells(path: Path) -> dict:
-    """A namespace holding everything the notebook's `#| export` cells define."""
-    nb = nbformat.read(path, as_version=4)
-    sources = [c.source for c in nb.cells if c.cell_type == "code" and c.source.startswith("#| export")]
-    assert sources, f"no '#| export' cells in {path.name}"
-    namespace: dict = {}
-    for k, source in enumerate(sources):
-        exec(compile(source, f"{path.name}:export{k}", "exec"), namespace)
-    return namespace
 
 
 @pytest.fixture(scope="module")
@@ -40,10 +29,7 @@ def nb():
 
 @pytest.fixture(scope="module")
 def solutions():
-    spec = importlib.util.spec_from_file_location("solutions02", NOTEBOOKS / "solutions" / f"{NOTEBOOK.stem}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_solutions(NOTEBOOK.stem)
 
 
 def random_episode(n_way=5, k_shot=2, n_query=3, channels=1, size=28, seed=0):

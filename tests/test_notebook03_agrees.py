@@ -5,7 +5,6 @@ meta-learner's weights, initial state and step) are taken from the .ipynb, run
 here, and compared with `metalstm.preprocess.preprocess` and
 `metalstm.metalearner.MetaLearner` on the same inputs.
 """
-import importlib.util
 import math
 from pathlib import Path
 
@@ -16,20 +15,10 @@ import torch
 from metalstm.learner import Learner
 from metalstm.metalearner import MetaLearner
 from metalstm.preprocess import preprocess
+from notebook_source import exported_cells, load_solutions
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 NOTEBOOK = NOTEBOOKS / "03_preprocessing_and_parameter_sharing.ipynb"
-
-
-def exported_cells(path: Path) -> dict:
-    """A namespace holding everything the notebook's `#| export` cells define."""
-    nb = nbformat.read(path, as_version=4)
-    sources = [c.source for c in nb.cells if c.cell_type == "code" and c.source.startswith("#| export")]
-    assert sources, f"no '#| export' cells in {path.name}"
-    namespace: dict = {}
-    for k, source in enumerate(sources):
-        exec(compile(source, f"{path.name}:export{k}", "exec"), namespace)
-    return namespace
 
 
 @pytest.fixture(scope="module")
@@ -39,10 +28,7 @@ def nb():
 
 @pytest.fixture(scope="module")
 def solutions():
-    spec = importlib.util.spec_from_file_location("solutions03", NOTEBOOKS / "solutions" / f"{NOTEBOOK.stem}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_solutions(NOTEBOOK.stem)
 
 
 def values_and_boundary(p: float, dtype: torch.dtype) -> torch.Tensor:

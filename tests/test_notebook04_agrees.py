@@ -9,7 +9,6 @@ order, up to ~1e-3 in the logits), which can also land on different sides of
 a ReLU / max-pool kink, and SGD amplifies that into different trajectories.
 """
 import dataclasses
-import importlib.util
 from pathlib import Path
 
 import nbformat
@@ -21,6 +20,7 @@ from metalstm.data.glyphs import load_glyphs
 from metalstm.episodes import EpisodeSampler
 from metalstm.learner import BNStats, Learner
 from metalstm.metalearner import SGDCell, inner_loop, run_episode
+from notebook_source import load_solutions
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "notebooks" / "04_batch_norm_in_episodes.ipynb"
@@ -59,10 +59,7 @@ def nb():
 
 @pytest.fixture(scope="module")
 def sol():
-    spec = importlib.util.spec_from_file_location("solutions04", SOLUTIONS)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_solutions(SOLUTIONS.stem)
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,6 @@ time); its source is taken from the .ipynb and run here against
 `metalstm.viz.trace_episode` on the same episodes. No checkpoint is needed: a
 smoke-sized meta-learner with perturbed (seeded) weights stands in.
 """
-import importlib.util
 from pathlib import Path
 
 import nbformat
@@ -16,6 +15,7 @@ from metalstm.config import get_config
 from metalstm.metalearner import SGDCell, loss_and_grad, run_episode, support_batches
 from metalstm.train import build_model, episode_generator, evaluate_rule, sampler_for
 from metalstm.viz import LAYERS, GateRecord, record_gates, trace_episode
+from notebook_source import cell_defining, load_solutions
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 NOTEBOOK = NOTEBOOKS / "06_gate_visualization.ipynb"
@@ -24,20 +24,14 @@ CFG = get_config("smoke")
 
 def notebook_function(name: str):
     """The function `name` as defined in the notebook's code cell that defines it."""
-    nb = nbformat.read(NOTEBOOK, as_version=4)
-    cells = [c.source for c in nb.cells if c.cell_type == "code" and f"def {name}(" in c.source]
-    assert len(cells) == 1, f"expected one cell defining {name} in {NOTEBOOK.name}, found {len(cells)}"
     namespace = {"torch": torch, "loss_and_grad": loss_and_grad, "support_batches": support_batches}
-    exec(compile(cells[0], f"{NOTEBOOK.name}:{name}", "exec"), namespace)
+    exec(compile(cell_defining(NOTEBOOK, name), f"{NOTEBOOK.name}:{name}", "exec"), namespace)
     return namespace[name]
 
 
 @pytest.fixture(scope="module")
 def solutions():
-    spec = importlib.util.spec_from_file_location("solutions06", NOTEBOOKS / "solutions" / "06_gate_visualization.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_solutions("06_gate_visualization")
 
 
 @pytest.fixture(scope="module")

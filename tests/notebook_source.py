@@ -1,0 +1,36 @@
+"""What the notebook agreement tests share: reading a notebook's code and its exercise solutions."""
+import importlib.util
+from pathlib import Path
+from types import ModuleType
+
+import nbformat
+
+NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
+
+
+def load_solutions(stem: str) -> ModuleType:
+    """notebooks/solutions/<stem>.py as a module (the answers to a notebook's exercises)."""
+    path = NOTEBOOKS / "solutions" / f"{stem}.py"
+    spec = importlib.util.spec_from_file_location(f"solutions_{stem[:2]}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def cell_defining(notebook: Path, name: str) -> str:
+    """The source of the one code cell of `notebook` that defines function `name`."""
+    nb = nbformat.read(notebook, as_version=4)
+    cells = [c.source for c in nb.cells if c.cell_type == "code" and f"def {name}(" in c.source]
+    assert len(cells) == 1, f"expected one cell defining {name} in {notebook.name}, found {len(cells)}"
+    return cells[0]
+
+
+def exported_cells(path: Path) -> dict:
+    """A namespace holding everything the notebook's `#| export` cells define."""
+    nb = nbformat.read(path, as_version=4)
+    sources = [c.source for c in nb.cells if c.cell_type == "code" and c.source.startswith("#| export")]
+    assert sources, f"no '#| export' cells in {path.name}"
+    namespace: dict = {}
+    for k, source in enumerate(sources):
+        exec(compile(source, f"{path.name}:export{k}", "exec"), namespace)
+    return namespace
