@@ -11,16 +11,14 @@ support and query images, and the same command gives the same table.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
-from pathlib import Path
 from typing import Callable
 
 import torch
 from tqdm.auto import tqdm
 
-from metalstm.baselines.common import Evaluation, markdown_table
+from metalstm.baselines.common import Evaluation, report
 from metalstm.baselines.suite import METHODS, build_baselines
 from metalstm.checkpoint import CheckpointError
 from metalstm.config import Config, get_config
@@ -96,18 +94,10 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, CheckpointError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(f"**{cfg.name}: {cfg.n_way}-way {cfg.k_shot}-shot, {n} meta-test episodes "
-          f"of {cfg.dataset} (seed {sampler.seed})**\n")
-    print(markdown_table(results))
-    print()
-    for name, note in notes.items():
-        print(f"- {name}: {note}")
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(
-            {"config": cfg.to_dict(), "episodes": n, "checkpoint": str(args.checkpoint),
-             "results": [{"name": r.name, "mean": r.mean, "ci95": r.ci95, "seconds": r.seconds,
-                          "note": notes.get(r.name, "")} for r in results]}, indent=2))
+    title = (f"{cfg.name}: {cfg.n_way}-way {cfg.k_shot}-shot, {n} meta-test episodes "
+             f"of {cfg.dataset} (seed {sampler.seed})")
+    print(report(title, results, notes, args.json, config=cfg.to_dict(), episodes=n,
+                 checkpoint=str(args.checkpoint)))
     return 0
 
 

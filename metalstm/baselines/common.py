@@ -84,6 +84,23 @@ def markdown_table(results: Sequence[Evaluation], title: str = "accuracy (%)") -
     return "\n".join(lines)
 
 
+def report(title: str, results: Sequence[Evaluation], notes: dict[str, str], json_path=None,
+           **extra) -> str:
+    """The printed report (title, table, one note per method); also written as JSON to json_path."""
+    text = "\n".join([f"**{title}**", "", markdown_table(results), ""] +
+                      [f"- {name}: {note}" for name, note in notes.items()])
+    if json_path:
+        import json
+        from pathlib import Path
+
+        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(json_path).write_text(json.dumps(
+            {"title": title, **extra,
+             "results": [{"name": r.name, "mean": r.mean, "ci95": r.ci95, "seconds": r.seconds,
+                          "note": notes.get(r.name, "")} for r in results]}, indent=2))
+    return text
+
+
 def grid_search(make_method: Callable[..., FewShotMethod], grid: Iterable[tuple],
                 episodes: Sequence[Episode], progress: bool = True) -> tuple[tuple, dict[tuple, float]]:
     """Mean accuracy of make_method(*point) on `episodes` for every point of `grid`.

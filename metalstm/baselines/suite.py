@@ -12,14 +12,13 @@ episodes are `metalstm.train.sampler_for(cfg, "test")`: the very episodes
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
 
 import torch
 
-from metalstm.baselines.common import evaluate, markdown_table
+from metalstm.baselines.common import evaluate, report
 from metalstm.baselines.finetune import finetune, tune_finetune
 from metalstm.baselines.matching import MatchingNetwork, load_matching, save_matching, train_matching
 from metalstm.baselines.nearest import NearestNeighbour
@@ -180,15 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, CheckpointError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(f"**{cfg.name}: {cfg.n_way}-way {cfg.k_shot}-shot, {n} meta-test episodes of {cfg.dataset} "
-          f"(seed {sampler.seed}); training and tuning took {setup:.0f} s**\n")
-    print(markdown_table(results))
-    print()
-    for name, note in notes.items():
-        print(f"- {name}: {note}")
-    if args.json:
-        Path(args.json).write_text(json.dumps(
-            {"config": cfg.to_dict(), "episodes": n, "setup_seconds": setup,
-             "results": [{"name": r.name, "mean": r.mean, "ci95": r.ci95, "seconds": r.seconds,
-                          "note": notes.get(r.name, "")} for r in results]}, indent=2))
+    title = (f"{cfg.name}: {cfg.n_way}-way {cfg.k_shot}-shot, {n} meta-test episodes of {cfg.dataset} "
+             f"(seed {sampler.seed}); training and tuning took {setup:.0f} s")
+    print(report(title, results, notes, args.json, config=cfg.to_dict(), episodes=n, setup_seconds=setup))
     return 0
