@@ -256,6 +256,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--resume", action="store_true", help="continue the run in --out")
     ap.add_argument("--episodes", type=int, help="override the number of training episodes")
     ap.add_argument("--meta-batch", type=int, help="episodes per meta-update and process (default 1)")
+    ap.add_argument("--val-every", type=int, help="override: validate every this many episodes")
+    ap.add_argument("--val-episodes", type=int, help="override: meta-validation episodes")
     ap.add_argument("--seed", type=int, help="override the seed")
     ap.add_argument("--data-root", help="where a real data set lives")
     ap.add_argument("--threads", type=int, help="torch.set_num_threads")
@@ -264,7 +266,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         overrides = {k: v for k, v in (("episodes", args.episodes), ("seed", args.seed),
                                        ("data_root", args.data_root),
-                                       ("meta_batch", args.meta_batch)) if v is not None}
+                                       ("meta_batch", args.meta_batch), ("val_every", args.val_every),
+                                       ("val_episodes", args.val_episodes)) if v is not None}
         cfg = get_config(args.config, **overrides)
         if cfg.meta_batch < 1:
             raise ValueError(f"--meta-batch must be at least 1, got {cfg.meta_batch}")
@@ -276,7 +279,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{cfg.name}: {cfg.description}; {cfg.episodes} episodes on {args.device}, "
                   f"{world.size} process(es) x meta-batch {cfg.meta_batch}, "
                   f"{torch.get_num_threads()} threads each -> {out}")
+        started = time.perf_counter()
         res = train(cfg, out, device=args.device, resume=args.resume, world=world)
+        seconds = time.perf_counter() - started
     except (ValueError, FileNotFoundError, FileExistsError, NonFiniteError) as exc:
         print(f"error{f' (rank {world.rank})' if world.size > 1 else ''}: {exc}", file=sys.stderr)
         return 2
@@ -287,7 +292,8 @@ def main(argv: list[str] | None = None) -> int:
         shutdown()
     if world.is_main:
         print(f"best meta-validation accuracy {res.best_val_acc:.4f} at episode {res.best_episode}; "
-              f"best.pt, last.pt and log.csv in {res.out_dir}")
+              f"best.pt, last.pt and log.csv in {res.out_dir}; {seconds:.1f} s "
+              f"(validation included) on {world.size} process(es)")
     return 0
 
 
