@@ -38,7 +38,7 @@ def execute(path: Path, out_dir: Path, timeout: int = 1800) -> tuple[float, str 
     from nbclient.exceptions import CellExecutionError
 
     nb = nbformat.read(path, as_version=4)
-    client = NotebookClient(nb, timeout=timeout, kernel_name="python3", store_widget_state=False,
+    client = NotebookClient(nb, timeout=timeout, kernel_name="python3",
                             resources={"metadata": {"path": str(path.parent)}})
     start, error = time.perf_counter(), None
     try:
