@@ -72,7 +72,7 @@ def evaluate(method: FewShotMethod, episodes: Iterable[Episode], progress: bool 
     """Accuracy of `method` on every episode, with the wall time it took."""
     episodes = list(episodes)
     start = time.perf_counter()
-    accs = [accuracy(method, ep) for ep in tqdm(episodes, desc=method.name, disable=not progress, leave=False)]
+    accs = [accuracy(method, ep) for ep in tqdm(episodes, desc=method.name, disable=not progress or None, leave=False)]
     return Evaluation(method.name, accs, time.perf_counter() - start)
 
 
@@ -113,7 +113,7 @@ def grid_search(make_method: Callable[..., FewShotMethod], grid: Iterable[tuple]
     if not grid:
         raise ValueError("grid_search needs at least one grid point")
     table: dict[Hashable, float] = {}
-    for point in tqdm(grid, desc="grid", disable=not progress, leave=False):
+    for point in tqdm(grid, desc="grid", disable=not progress or None, leave=False):
         method = make_method(*point)
         table[point] = sum(accuracy(method, ep) for ep in episodes) / len(episodes)
     best = max(grid, key=lambda p: (table[p], -grid.index(p)))

@@ -65,7 +65,7 @@ def tune_finetune(pre: Pretrained, val_episodes: Sequence[Episode],
         raise ValueError("tune_finetune needs at least one meta-validation episode")
     n_way, steps_grid = val_episodes[0].n_way, sorted(set(steps_grid))
     table: dict[tuple[int, float], float] = {}
-    for lr in tqdm(sorted(lr_grid), desc="tune fine-tune", disable=not progress, leave=False):
+    for lr in tqdm(sorted(lr_grid), desc="tune fine-tune", disable=not progress or None, leave=False):
         method = finetune(pre, n_way, max(steps_grid), lr, optimizer, **kwargs)
         curves = [method.accuracy_curve(ep, steps_grid) for ep in val_episodes]
         for s in steps_grid:

@@ -128,7 +128,7 @@ def train_matching(sampler: EpisodeSampler, learner: Learner, episodes: int = 20
 
     start = time.perf_counter()
     loss_sum = acc_sum = 0.0
-    bar = tqdm(range(episodes), desc="Matching Networks", disable=not progress, leave=False)
+    bar = tqdm(range(episodes), desc="Matching Networks", disable=not progress or None, leave=False)
     for i in bar:
         ep = sampler[i]
         log_p = net.log_probs(ep, theta, log_scale, mode="train")

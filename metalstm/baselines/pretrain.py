@@ -57,7 +57,7 @@ def pretrain(dataset: ImageSet, epochs: int = 10, batch_size: int = 64, lr: floa
         order = torch.randperm(len(dataset), generator=g)
         batches = order.split(batch_size)
         loss_sum, correct = 0.0, 0
-        bar = tqdm(batches, desc=f"pretrain epoch {epoch + 1}/{epochs}", disable=not progress, leave=False)
+        bar = tqdm(batches, desc=f"pretrain epoch {epoch + 1}/{epochs}", disable=not progress or None, leave=False)
         for idx in bar:
             x, y = dataset.float_images(idx), dataset.targets[idx]
             logits = learner(x, theta, bn="batch")
