@@ -34,3 +34,15 @@ def exported_cells(path: Path) -> dict:
     for k, source in enumerate(sources):
         exec(compile(source, f"{path.name}:export{k}", "exec"), namespace)
     return namespace
+
+
+def perturb_rule_(meta, seed: int, scale: float = 0.5):
+    """Add seeded noise to a meta-learner's update-rule weights (not c_0), in place, so that
+    its gates differ between coordinates, steps and episodes as a trained one's do."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in meta.rule_parameters():
+            p.add_(scale * torch.randn(p.shape, generator=g))
+    return meta

@@ -33,15 +33,6 @@ def toy_images(n_classes=10, per_class=20, noise=0.3, seed=0, name="toy"):
                     [f"c{i}" for i in range(n_classes)], name=name)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Small convolutions: one thread is fastest, and far faster on a busy shared CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def toy():
     return toy_images()

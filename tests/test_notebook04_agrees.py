@@ -28,15 +28,6 @@ SOLUTIONS = ROOT / "notebooks" / "solutions" / "04_batch_norm_in_episodes.py"
 STEPS, MOMENTUM, LR = {5: 8, 1: 12}, {5: 0.95, 1: 0.9}, 0.1
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Small tensors: one thread is several times faster than contending for shared cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def nb():
     """The namespace of the notebook's defining cells (IPython magics dropped)."""

@@ -15,7 +15,7 @@ from metalstm.config import get_config
 from metalstm.metalearner import SGDCell, loss_and_grad, run_episode, support_batches
 from metalstm.train import build_model, episode_generator, evaluate_rule, sampler_for
 from metalstm.viz import LAYERS, GateRecord, record_gates, trace_episode
-from notebook_source import cell_defining, load_solutions
+from notebook_source import cell_defining, load_solutions, perturb_rule_
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 NOTEBOOK = NOTEBOOKS / "06_gate_visualization.ipynb"
@@ -37,11 +37,7 @@ def solutions():
 @pytest.fixture(scope="module")
 def model():
     learner, meta = build_model(CFG)
-    g = torch.Generator().manual_seed(2)
-    with torch.no_grad():
-        for p in meta.rule_parameters():
-            p.add_(0.5 * torch.randn(p.shape, generator=g))
-    return learner, meta
+    return learner, perturb_rule_(meta, seed=2)
 
 
 @pytest.fixture(scope="module")

@@ -17,6 +17,7 @@ from metalstm.train import build_model, episode_generator, sampler_for  # noqa: 
 from metalstm.viz import (LAYERS, GateRecord, InnerLoopExplorer, format_summary, gate_summary,  # noqa: E402
                           pick_coordinates, plot_gate_bands, plot_gates, plot_query_accuracy_by_step,
                           record_gates, shipped_checkpoint, trace_episode)
+from notebook_source import perturb_rule_  # noqa: E402
 
 CFG = get_config("smoke")          # 5-way 1-shot, 5 queries, T = 3 steps of batch 5
 EPISODES = 3
@@ -28,11 +29,7 @@ def model():
     differ between coordinates, steps and episodes as a trained meta-learner's do."""
     torch.manual_seed(0)
     learner, meta = build_model(CFG)
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for p in meta.rule_parameters():
-            p.add_(0.5 * torch.randn(p.shape, generator=g))
-    return learner, meta
+    return learner, perturb_rule_(meta, seed=1)
 
 
 @pytest.fixture(scope="module")
@@ -217,5 +214,6 @@ def test_record_and_checkpoint_errors(model, sampler, tmp_path, monkeypatch):
     (tmp_path / "glyphs-5shot.pt").write_bytes(b"")
     assert shipped_checkpoint("glyphs-5shot") == tmp_path / "glyphs-5shot.pt"
     monkeypatch.delenv("METALSTM_CHECKPOINTS")
-    with pytest.raises(FileNotFoundError, match="data/checkpoints/glyphs-1shot.pt"):
-        shipped_checkpoint("glyphs-1shot")
+    assert shipped_checkpoint("glyphs-1shot").parts[-3:] == ("data", "checkpoints", "glyphs-1shot.pt")
+    with pytest.raises(FileNotFoundError, match="data/checkpoints/glyphs-7shot.pt"):
+        shipped_checkpoint("glyphs-7shot")
