@@ -4,19 +4,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from metalstm.episodes import Episode
 from metalstm.learner import Learner
 from metalstm.metalearner import (EpisodeResult, Gates, MetaLearner, SGDCell, inner_loop, loss_and_grad,
                                   run_episode, support_batches)
 from metalstm.preprocess import preprocess
-
-
-def random_episode(n_way=5, k_shot=5, n_query=3, size=28, channels=1, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return Episode(torch.rand(n_way * k_shot, channels, size, size, generator=g),
-                   torch.arange(n_way).repeat_interleave(k_shot),
-                   torch.rand(n_way * n_query, channels, size, size, generator=g),
-                   torch.arange(n_way).repeat_interleave(n_query), torch.arange(n_way))
+from testkit import random_episode
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ import torch
 from metalstm.data import ImageSet
 from metalstm.data.glyphs import load_glyphs
 from metalstm.episodes import EpisodeSampler
-from notebook_source import cell_defining, load_solutions
+from testkit import cell_defining, load_solutions
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 NOTEBOOK = NOTEBOOKS / "01_episodes.ipynb"

@@ -11,10 +11,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from metalstm.episodes import Episode
 from metalstm.learner import Learner
 from metalstm.metalearner import SGDCell, inner_loop, loss_and_grad
-from notebook_source import exported_cells, load_solutions
+from testkit import exported_cells, load_solutions
+from testkit import random_episode as _random_episode
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 NOTEBOOK = NOTEBOOKS / "02_gradient_descent_as_an_lstm.ipynb"
@@ -32,12 +32,9 @@ def solutions():
     return load_solutions(NOTEBOOK.stem)
 
 
-def random_episode(n_way=5, k_shot=2, n_query=3, channels=1, size=28, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return Episode(torch.rand(n_way * k_shot, channels, size, size, generator=g),
-                   torch.arange(n_way).repeat_interleave(k_shot),
-                   torch.rand(n_way * n_query, channels, size, size, generator=g),
-                   torch.arange(n_way).repeat_interleave(n_query), torch.arange(n_way))
+
+def random_episode(k_shot=2, **kwargs):
+    return _random_episode(k_shot=k_shot, **kwargs)
 
 
 CONFIGS = [(5, 1, 28), (5, 3, 84), (20, 1, 28), (3, 3, 32)]

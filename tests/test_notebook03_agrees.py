@@ -15,7 +15,7 @@ import torch
 from metalstm.learner import Learner
 from metalstm.metalearner import MetaLearner
 from metalstm.preprocess import preprocess
-from notebook_source import exported_cells, load_solutions
+from testkit import exported_cells, load_solutions
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 NOTEBOOK = NOTEBOOKS / "03_preprocessing_and_parameter_sharing.ipynb"

@@ -20,7 +20,7 @@ from metalstm.data.glyphs import load_glyphs
 from metalstm.episodes import EpisodeSampler
 from metalstm.learner import BNStats, Learner
 from metalstm.metalearner import SGDCell, inner_loop, run_episode
-from notebook_source import load_solutions
+from testkit import load_solutions
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "notebooks" / "04_batch_norm_in_episodes.ipynb"

@@ -16,7 +16,7 @@ from metalstm.checkpoint import load_checkpoint
 from metalstm.config import get_config
 from metalstm.metalearner import run_episode
 from metalstm.train import build_model, episode_generator, evaluate_rule, mean_ci95, sampler_for, train
-from notebook_source import exported_cells, load_solutions
+from testkit import exported_cells, load_solutions
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "05_meta_training.ipynb"
 SMOKE = get_config("smoke")

@@ -15,7 +15,7 @@ from metalstm.config import get_config
 from metalstm.metalearner import SGDCell, loss_and_grad, run_episode, support_batches
 from metalstm.train import build_model, episode_generator, evaluate_rule, sampler_for
 from metalstm.viz import LAYERS, GateRecord, record_gates, trace_episode
-from notebook_source import cell_defining, load_solutions, perturb_rule_
+from testkit import cell_defining, load_solutions, perturb_rule_
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 NOTEBOOK = NOTEBOOKS / "06_gate_visualization.ipynb"

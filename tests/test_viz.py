@@ -17,7 +17,7 @@ from metalstm.train import build_model, episode_generator, sampler_for  # noqa: 
 from metalstm.viz import (LAYERS, GateRecord, InnerLoopExplorer, format_summary, gate_summary,  # noqa: E402
                           pick_coordinates, plot_gate_bands, plot_gates, plot_query_accuracy_by_step,
                           record_gates, shipped_checkpoint, trace_episode)
-from notebook_source import perturb_rule_  # noqa: E402
+from testkit import perturb_rule_  # noqa: E402
 
 CFG = get_config("smoke")          # 5-way 1-shot, 5 queries, T = 3 steps of batch 5
 EPISODES = 3

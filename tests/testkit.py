@@ -1,4 +1,4 @@
-"""What the notebook agreement tests share: reading a notebook's code and its exercise solutions."""
+"""What several test files share: a notebook's code and exercise solutions, small random episodes, perturbed rules."""
 import importlib.util
 from pathlib import Path
 from types import ModuleType
@@ -46,3 +46,16 @@ def perturb_rule_(meta, seed: int, scale: float = 0.5):
         for p in meta.rule_parameters():
             p.add_(scale * torch.randn(p.shape, generator=g))
     return meta
+
+
+def random_episode(n_way=5, k_shot=5, n_query=3, size=28, channels=1, seed=0):
+    """An episode of uniform-noise images with labels grouped as EpisodeSampler groups them."""
+    import torch
+
+    from metalstm.episodes import Episode
+
+    g = torch.Generator().manual_seed(seed)
+    return Episode(torch.rand(n_way * k_shot, channels, size, size, generator=g),
+                   torch.arange(n_way).repeat_interleave(k_shot),
+                   torch.rand(n_way * n_query, channels, size, size, generator=g),
+                   torch.arange(n_way).repeat_interleave(n_query), torch.arange(n_way))
