@@ -81,10 +81,12 @@ def sampler_for(cfg: Config, split: str, data=None) -> EpisodeSampler:
 
 @torch.no_grad()
 def mean_ci95(values: list[float]) -> tuple[float, float]:
-    """Mean and the half-width 1.96 * std / sqrt(n) of a 95% interval (SPEC 5)."""
-    t = torch.tensor(values, dtype=torch.float64)
-    std = t.std(unbiased=True).item() if len(values) > 1 else 0.0
-    return t.mean().item(), 1.96 * std / math.sqrt(len(values))
+    """Mean and the half-width 1.96 * std / sqrt(n) of a 95% interval (SPEC 5); nan for one value."""
+    t = torch.as_tensor(list(values), dtype=torch.float64)
+    if t.numel() == 0:
+        raise ValueError("no values to average")
+    half = 1.96 * t.std().item() / math.sqrt(t.numel()) if t.numel() > 1 else float("nan")
+    return t.mean().item(), half
 
 
 def evaluate_rule(learner, rule, sampler: EpisodeSampler, episodes: int | range, cfg: Config,

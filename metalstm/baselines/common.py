@@ -7,7 +7,6 @@ episodes (SPEC 5: 600 meta-test episodes, mean accuracy +- 1.96 std / sqrt(n)).
 """
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Hashable, Iterable, Protocol, Sequence
@@ -17,6 +16,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from metalstm.episodes import Episode
+from metalstm.train import mean_ci95 as confidence_interval  # one 95% interval for all (SPEC 5)
 
 
 class FewShotMethod(Protocol):
@@ -37,15 +37,6 @@ def accuracy(method: FewShotMethod, episode: Episode) -> float:
         raise ValueError(f"{method.name}: predict() must return scores {list(expected)}, "
                          f"got {list(scores.shape)}")
     return (scores.argmax(dim=1) == episode.query_y).float().mean().item()
-
-
-def confidence_interval(values: Sequence[float]) -> tuple[float, float]:
-    """(mean, 1.96 * std / sqrt(n)): the paper's 95% interval (SPEC 5)."""
-    x = torch.as_tensor(list(values), dtype=torch.float64)
-    if x.numel() == 0:
-        raise ValueError("no values to average")
-    half = 1.96 * x.std().item() / math.sqrt(x.numel()) if x.numel() > 1 else float("nan")
-    return x.mean().item(), half
 
 
 @dataclass
