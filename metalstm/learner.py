@@ -29,6 +29,39 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 
+class _PoolChannelsLast(torch.autograd.Function):
+    """2x2 max-pool through PyTorch's channels-last CPU kernel (vectorised over channels;
+    ~5x faster forward than the default-layout kernel here), with the same indices and
+    hence the same gradient as F.max_pool2d."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:
+        y, idx = F.max_pool2d(x.contiguous(memory_format=torch.channels_last), 2, return_indices=True)
+        ctx.save_for_backward(idx)
+        ctx.in_shape = x.shape
+        return y.contiguous()
+
+    @staticmethod
+    def backward(ctx, grad_y: Tensor) -> Tensor:
+        (idx,) = ctx.saved_tensors
+        b, c, h, w = ctx.in_shape
+        grad_x = grad_y.new_zeros(b * c, h * w)   # each output's gradient goes to its argmax
+        grad_x.scatter_(1, idx.reshape(b * c, -1), grad_y.reshape(b * c, -1))
+        return grad_x.view(b, c, h, w)
+
+
+def relu_max_pool(x: Tensor) -> Tensor:
+    """max_pool2d(relu(x), 2), computed as relu(max_pool2d(x, 2)) - the two commute, and
+    the ReLU then touches 4x fewer values. On a CPU the pooling runs through the
+    channels-last kernel (`_PoolChannelsLast`); values and gradients are exactly those
+    of F.max_pool2d(F.relu(x), 2) (tested)."""
+    if x.device.type != "cpu":
+        return F.relu(F.max_pool2d(x, 2))
+    if x.requires_grad and torch.is_grad_enabled():
+        return F.relu(_PoolChannelsLast.apply(x))
+    return F.relu(F.max_pool2d(x.contiguous(memory_format=torch.channels_last), 2).contiguous())
+
+
 @dataclass
 class BNStats:
     """Running averages of every batch-norm layer for ONE episode (SPEC 7).
@@ -141,7 +174,7 @@ class Learner:
                              None if stats is None else stats.var[k - 1],
                              p[f"bn{k}.weight"], p[f"bn{k}.bias"], training=training,
                              momentum=self.bn_momentum, eps=self.bn_eps)
-            x = F.max_pool2d(F.relu(x), 2)
+            x = relu_max_pool(x)                 # = max_pool2d(relu(x), 2)
         if stats is not None and training:
             stats.updates += 1
         return x.flatten(1), p
@@ -189,7 +222,7 @@ class LearnerModule(nn.Module):
     def features(self, x: Tensor) -> Tensor:
         for k in range(1, self.n_blocks + 1):
             x = getattr(self, f"conv{k}")(x)
-            x = F.max_pool2d(F.relu(getattr(self, f"bn{k}")(x)), 2)
+            x = relu_max_pool(getattr(self, f"bn{k}")(x))
         return x.flatten(1)
 
     def forward(self, x: Tensor) -> Tensor:

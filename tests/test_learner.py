@@ -177,3 +177,18 @@ def test_learner_errors_are_clear():
         Learner(image_size=8)
     with pytest.raises(ValueError, match="n_way"):
         Learner(n_way=0)
+
+
+@pytest.mark.parametrize("shape", [(3, 4, 28, 28), (2, 3, 21, 21), (5, 32, 3, 3), (2, 2, 7, 7)])
+def test_fast_relu_max_pool_is_exactly_relu_then_max_pool(shape):
+    from metalstm.learner import relu_max_pool
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    ours, theirs = x.clone().requires_grad_(), x.clone().requires_grad_()
+    y_ours, y_theirs = relu_max_pool(ours), F.max_pool2d(F.relu(theirs), 2)
+    assert torch.equal(y_ours, y_theirs)
+    upstream = torch.randn_like(y_theirs)
+    y_ours.backward(upstream)
+    y_theirs.backward(upstream)
+    assert torch.equal(ours.grad, theirs.grad)
+    with torch.no_grad():
+        assert torch.equal(relu_max_pool(x), y_theirs)

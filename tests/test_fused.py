@@ -1,0 +1,98 @@
+"""The fused meta-learner step (hand-written backward) equals the autograd reference (metalstm.fused)."""
+import pytest
+import torch
+
+from metalstm.fused import FusedMetaStep
+from metalstm.metalearner import MetaLearner
+
+
+def perturbed_meta(n: int, prev_gate: str, seed: int = 0) -> MetaLearner:
+    """A double-precision meta-learner whose weights are far from their init (gates not saturated)."""
+    g = torch.Generator().manual_seed(seed)
+    meta = MetaLearner(n, theta0=torch.randn(n, generator=g, dtype=torch.float64), generator=g,
+                       prev_gate=prev_gate).double()
+    with torch.no_grad():
+        for param in meta.rule_parameters():
+            param.add_(0.5 * torch.randn(param.shape, generator=g, dtype=torch.float64))
+        meta.b_F.fill_(0.5)
+        meta.b_I.fill_(-0.5)
+    return meta
+
+
+def unroll(meta: MetaLearner, steps: int, fused: bool, seed: int = 1):
+    """theta_T, the last state and every step's gates, for gradients spanning 7 orders of magnitude."""
+    g = torch.Generator().manual_seed(seed)
+    n, dtype = meta.n_params, meta.c0.dtype
+    meta.fused = fused
+    theta, state, gates = meta.c0, meta.initial_state(), []
+    for t in range(steps):
+        scale = 10.0 ** torch.randint(-7, 1, (n,), generator=g)
+        grad = (torch.randn(n, generator=g, dtype=torch.float64) * scale).to(dtype)
+        theta, state, gate = meta.step(torch.tensor(2.0 / (t + 1), dtype=dtype), grad, theta, state)
+        gates.append(gate)
+    return theta, state, gates
+
+
+@pytest.mark.parametrize("prev_gate", ["value", "logit"])
+def test_fused_step_has_the_reference_values_and_meta_gradients(prev_gate):
+    meta = perturbed_meta(40, prev_gate)
+    r = torch.randn(40, dtype=torch.float64)
+    results = {}
+    for fused in (True, False):
+        meta.zero_grad()
+        theta, state, gates = unroll(meta, 4, fused)
+        # a loss that reaches every output of the step: theta, h, c and the recorded gates
+        loss = (theta * r).sum() + state.h.pow(2).sum() + 0.3 * state.c.sum() + (gates[1].f * r).sum() \
+            + gates[2].i.sum() + state.f.sum() + state.i.pow(2).sum()
+        loss.backward()
+        results[fused] = (theta.detach(), state, [p.grad.clone() for p in meta.parameters()])
+    (theta_f, state_f, grads_f), (theta_r, state_r, grads_r) = results[True], results[False]
+    torch.testing.assert_close(theta_f, theta_r, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(state_f.h, state_r.h, rtol=1e-12, atol=1e-14)
+    for (name, _), got, want in zip(meta.named_parameters(), grads_f, grads_r):
+        assert got.abs().sum() > 0, name      # every meta-parameter receives a gradient
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12, msg=name)
+
+
+def test_fused_step_passes_gradcheck():
+    meta = perturbed_meta(6, "value", seed=3)
+    n, H = 6, meta.hidden
+    g = torch.Generator().manual_seed(4)
+    rand = lambda *shape: torch.randn(*shape, generator=g, dtype=torch.float64, requires_grad=True)
+    loss, grad = torch.tensor(0.7, dtype=torch.float64), torch.randn(n, generator=g, dtype=torch.float64)
+    inputs = (loss, grad, rand(n), rand(H, n), rand(H, n), rand(n).sigmoid().detach().requires_grad_(),
+              rand(n), *(p.detach().clone().requires_grad_() for p in
+                         (meta.lstm_weight, meta.lstm_bias, meta.W_F, meta.W_I, meta.b_F, meta.b_I)), meta.p)
+    assert torch.autograd.gradcheck(FusedMetaStep.apply, inputs)
+
+
+def test_meta_test_step_needs_no_graph_and_agrees():
+    meta = perturbed_meta(30, "value").float()
+    with torch.no_grad():
+        theta_f, state_f, _ = unroll(meta, 3, fused=True)
+        theta_r, state_r, _ = unroll(meta, 3, fused=False)
+    assert theta_f.grad_fn is None
+    torch.testing.assert_close(theta_f, theta_r.float(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(state_f.c, state_r.c.float(), rtol=1e-5, atol=1e-6)
+
+
+def test_a_wrong_backward_is_caught(monkeypatch):
+    """The agreement test can fail: a backward with one wrong derivative (W_F's, 1% off) shows."""
+    meta = perturbed_meta(20, "value")
+
+    def w_f_grad(fused):
+        meta.zero_grad()
+        theta, _, _ = unroll(meta, 3, fused)
+        theta.sum().backward()
+        return meta.W_F.grad.clone()
+
+    want = w_f_grad(False)
+    original = FusedMetaStep.backward
+
+    def wrong(ctx, *grads):
+        out = list(original(ctx, *grads))
+        out[9] = out[9] * 1.01
+        return tuple(out)
+
+    monkeypatch.setattr(FusedMetaStep, "backward", staticmethod(wrong))
+    assert not torch.allclose(w_f_grad(True), want, rtol=1e-6)
