@@ -6,11 +6,15 @@ For each episode shape (5-way 5-shot T=8 B=25 and 5-way 1-shot T=12 B=5, at
         (forward + backward) on the support set, then the query forward pass;
     (b) one meta-training episode: run_episode(mode="train"), the query loss's
         backward, gradient clipping to 0.25 and an Adam step;
+    (b0) the same meta-training episode with plain SGD as the update rule (c_0
+        trained, no LSTM): the learner's own share of (b), above all the backward
+        pass through the query set that no floor pays - (b)/(a) cannot go below
+        (b0)/(a);
     (c) one meta-test episode: run_episode(mode="test");
     (d) drawing one episode from an EpisodeSampler (glyphs at 28x28, random
         images at 84x84);
 and prints the median with min / max over the repeats (wall clock and CPU
-time), (b)/(a), (c)/(a), and the process's peak memory (resident set size on
+time), (b)/(a), (b0)/(a), (c)/(a), and the process's peak memory (resident set size on
 CPU, torch.cuda.max_memory_allocated on a GPU). The four take turns, so that
 they run under the same conditions.
 
@@ -36,7 +40,7 @@ import torch.nn.functional as F
 from metalstm.data.base import ImageSet
 from metalstm.episodes import Episode, EpisodeSampler
 from metalstm.learner import Learner
-from metalstm.metalearner import MetaLearner, run_episode, support_batches
+from metalstm.metalearner import MetaLearner, SGDCell, run_episode, support_batches
 
 
 @dataclass
@@ -118,8 +122,8 @@ def floor_fn(learner: Learner, theta0, ep: Episode, s: Shape):
     return run
 
 
-def train_fn(learner: Learner, meta: MetaLearner, ep: Episode, s: Shape):
-    """(b): one meta-training episode with its meta-update."""
+def train_fn(learner: Learner, meta, ep: Episode, s: Shape):
+    """(b): one meta-training episode with its meta-update; (b0) with rule = SGDCell."""
     params = list(meta.parameters())
     opt = torch.optim.Adam(params, lr=1e-3)
 
@@ -161,28 +165,32 @@ def bench_shape(s: Shape, repeats: int, warmup: int, device) -> dict:
     ep = random_episode(s, g, device)
     sampler, source = sampler_for(s)
     counter = iter(range(10**9))
+    sgd = SGDCell(theta0, lr=0.01, train_c0=True).to(device)
     rows = timed({"a": floor_fn(learner, theta0.to(device), ep, s),
                   "c": test_fn(learner, meta, ep, s),
                   "b": train_fn(learner, meta, ep, s),
+                  "b0": train_fn(learner, sgd, ep, s),
                   "d": lambda: sampler[next(counter)].to(device)}, repeats, warmup, device)
     rows["source"] = source
     return rows
 
 
 def report(s: Shape, rows: dict) -> None:
-    names = {"a": "(a) floor: nn.Module SGD", "b": "(b) meta-train episode", "c": "(c) meta-test episode",
-             "d": "(d) episode sampling"}
-    med = {k: statistics.median(rows[k][0]) for k in "abcd"}
-    cpu = {k: statistics.median(rows[k][1]) for k in "abcd"}
+    names = {"a": "(a) floor: nn.Module SGD", "b": "(b) meta-train episode",
+             "b0": "(b0) same, SGD as the rule", "c": "(c) meta-test episode", "d": "(d) episode sampling"}
+    keys = ["a", "b", "b0", "c", "d"]
+    med = {k: statistics.median(rows[k][0]) for k in keys}
+    cpu = {k: statistics.median(rows[k][1]) for k in keys}
     print(f"\n{s}")
     print(f"  {'':<28} {'wall ms: median':>15} {'min':>8} {'max':>8}   {'CPU ms: median':>14}   peak memory")
-    for k in "abcd":
+    for k in keys:
         wall, cpu_times, mem = rows[k]
         extra = f"  [{rows['source']}]" if k == "d" else ""
         print(f"  {names[k]:<28} {1e3 * med[k]:15.2f} {1e3 * min(wall):8.2f} {1e3 * max(wall):8.2f}   "
               f"{1e3 * cpu[k]:14.2f}   {mem:7.0f} MB{extra}")
-    print(f"  ratios, wall: (b)/(a) = {med['b'] / med['a']:.2f}  (c)/(a) = {med['c'] / med['a']:.2f}   "
-          f"CPU: (b)/(a) = {cpu['b'] / cpu['a']:.2f}  (c)/(a) = {cpu['c'] / cpu['a']:.2f}")
+    print(f"  ratios, wall: (b)/(a) = {med['b'] / med['a']:.2f}  (b0)/(a) = {med['b0'] / med['a']:.2f}  "
+          f"(c)/(a) = {med['c'] / med['a']:.2f}   CPU: (b)/(a) = {cpu['b'] / cpu['a']:.2f}  "
+          f"(b0)/(a) = {cpu['b0'] / cpu['a']:.2f}  (c)/(a) = {cpu['c'] / cpu['a']:.2f}")
 
 
 def main(argv: list[str] | None = None) -> int:
