@@ -216,8 +216,15 @@ def test_pretrained_save_load_and_cache(tmp_path, toy, pre):
     assert torch.equal(loaded.theta, pre.theta) and loaded.meta["history"] == pre.meta["history"]
     cached = load_or_pretrain(path, toy, epochs=2, batch_size=32, seed=0, progress=False)
     assert torch.equal(cached.theta, pre.theta)
+    with pytest.raises(FileNotFoundError, match="no pre-trained baseline with these settings"):
+        load_or_pretrain(path, toy, epochs=1, batch_size=32, seed=0, progress=False, train=False)
     other = load_or_pretrain(path, toy, epochs=1, batch_size=32, seed=0, progress=False)   # other settings
-    assert other.meta["epochs"] == 1 and load_pretrained(path).meta["epochs"] == 1
+    assert other.meta["epochs"] == 1
+    assert load_pretrained(path).meta["epochs"] == 2          # the cached one is kept, not overwritten
+    variants = sorted(tmp_path.glob("pre-*.pt"))
+    assert len(variants) == 1 and load_pretrained(variants[0]).meta["epochs"] == 1
+    again = load_or_pretrain(path, toy, epochs=1, batch_size=32, seed=0, progress=False, train=False)
+    assert torch.equal(again.theta, other.theta)               # and found again, without training
 
 
 def test_clear_errors(tmp_path, pre, episodes):
@@ -263,6 +270,13 @@ def test_build_baselines_gives_every_method(tmp_path, toy):
     ep = EpisodeSampler(toy, 5, 1, 5, seed=9)[0]
     for name, method in built.items():
         assert method.name == name and method.predict(ep).shape == (25, 5)
+    assert {p.name for p in tmp_path.iterdir()} == {"pretrained-glyphs-28.pt", "matching-smoke.pt"}
+    cached = dict(methods=["nearest", "matching"], val_episodes=2, pretrain_epochs=1, cache=tmp_path,
+                  data={"train": toy, "val": toy}, progress=False, train=False)
+    again, _ = build_baselines(cfg, matching_episodes=4, **cached)      # from the cache, nothing trained
+    assert torch.equal(again["Matching Networks"].theta, built["Matching Networks"].theta)
+    with pytest.raises(FileNotFoundError, match="no Matching Network for smoke with 5 training episodes"):
+        build_baselines(cfg, matching_episodes=5, **cached)
     assert {p.name for p in tmp_path.iterdir()} == {"pretrained-glyphs-28.pt", "matching-smoke.pt"}
     with pytest.raises(ValueError, match="needs a trained meta-learner"):
         build_baselines(cfg, methods=["learned"], data={"train": toy, "val": toy})

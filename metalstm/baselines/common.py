@@ -7,8 +7,11 @@ episodes (SPEC 5: 600 meta-test episodes, mean accuracy +- 1.96 std / sqrt(n)).
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Hashable, Iterable, Protocol, Sequence
 
 import torch
@@ -17,6 +20,20 @@ from tqdm.auto import tqdm
 
 from metalstm.episodes import Episode
 from metalstm.train import mean_ci95 as confidence_interval  # one 95% interval for all (SPEC 5)
+
+
+def cache_candidates(path: str | Path, settings: dict) -> tuple[Path, Path]:
+    """(the cache file, its variant for these settings): a cached baseline made with other
+    settings is never overwritten; the new one goes to NAME-<digest of settings>.pt beside it."""
+    path = Path(path)
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:8]
+    return path, path.with_name(f"{path.stem}-{digest}{path.suffix}")
+
+
+def cache_target(path: str | Path, settings: dict) -> Path:
+    """Where to save a baseline made with `settings`: `path` if free, else its variant."""
+    plain, variant = cache_candidates(path, settings)
+    return variant if plain.exists() else plain
 
 
 class FewShotMethod(Protocol):

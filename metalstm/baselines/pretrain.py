@@ -95,18 +95,31 @@ def load_pretrained(path: str | Path) -> Pretrained:
 
 
 def load_or_pretrain(path: str | Path | None, dataset: ImageSet, progress: bool = True,
-                     **kwargs) -> Pretrained:
-    """The cached pre-trained learner at `path` when it was made with the same
-    settings (`pretrain`'s keyword arguments, defaults included), otherwise
-    pre-train now (and cache it when a path is given)."""
-    if path is not None and Path(path).is_file():
-        pre = load_pretrained(path)
-        settings = inspect.signature(pretrain).bind(dataset, **kwargs)
-        settings.apply_defaults()
-        wanted = {k: v for k, v in settings.arguments.items() if k in pre.meta}
-        wanted.update(dataset=dataset.name, num_classes=dataset.num_classes)
-        if all(pre.meta[k] == v for k, v in wanted.items()):
-            return pre
+                     train: bool = True, **kwargs) -> Pretrained:
+    """The cached pre-trained learner at `path` (or at its variant for these settings, see
+    `cache_candidates`) when it was made with the same settings (`pretrain`'s keyword
+    arguments, defaults included); otherwise pre-train now and cache it - never over a
+    cached file of other settings. train=False raises FileNotFoundError instead."""
+    from metalstm.baselines.common import cache_candidates, cache_target
+
+    bound = inspect.signature(pretrain).bind(dataset, **kwargs)
+    bound.apply_defaults()
+    settings = {k: v for k, v in bound.arguments.items() if k != "dataset"}
+    settings.update(dataset=dataset.name, num_classes=dataset.num_classes)
+    if path is not None:
+        for candidate in cache_candidates(path, settings):
+            if candidate.is_file():
+                pre = load_pretrained(candidate)
+                if all(pre.meta[k] == v for k, v in settings.items() if k in pre.meta):
+                    return pre
+    if not train:
+        raise FileNotFoundError(f"no pre-trained baseline with these settings in {path}; make it with "
+                                f"`python -m metalstm.evaluate ... --baselines all --cache "
+                                f"{Path(path).parent if path else 'FOLDER'}`")
+    pre = pretrain(dataset, progress=progress, **kwargs)
+    if path is not None:
+        save_pretrained(cache_target(path, settings), pre)
+    return pre
     pre = pretrain(dataset, progress=progress, **kwargs)
     if path is not None:
         save_pretrained(path, pre)

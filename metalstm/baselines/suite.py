@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from metalstm.baselines.common import evaluate, report
+from metalstm.baselines.common import cache_candidates, cache_target, evaluate, report
 from metalstm.baselines.finetune import finetune, tune_finetune
 from metalstm.baselines.matching import MatchingNetwork, load_matching, save_matching, train_matching
 from metalstm.baselines.nearest import NearestNeighbour
@@ -40,7 +40,7 @@ def build_baselines(cfg: Config, methods=METHODS, c0: torch.Tensor | None = None
                     matching_seconds: float | None = None, cache: str | Path | None = None,
                     data: dict | None = None, finetune_steps=FINETUNE_STEPS, finetune_lrs=FINETUNE_LRS,
                     sgd_lrs=SGD_LRS, adam_lrs=ADAM_LRS,
-                    progress: bool = True) -> tuple[dict, dict[str, str]]:
+                    progress: bool = True, train: bool = True) -> tuple[dict, dict[str, str]]:
     """({name: method}, {name: how it was chosen}) for the configuration's N-way K-shot task.
 
     finetune  pre-train on all meta-train classes (cached under `cache`), then
@@ -53,6 +53,9 @@ def build_baselines(cfg: Config, methods=METHODS, c0: torch.Tensor | None = None
     learned   SGD from the meta-learner's c_0 (needs c0), lr tuned
     `data` may hold the already loaded {"train": ..., "val": ...} splits; the
     grids are (finetune_steps x finetune_lrs), sgd_lrs and adam_lrs.
+    A cached baseline is used only when made with the same settings; a new one is
+    cached beside it, never over it. train=False: a missing one is a FileNotFoundError
+    (for notebooks, which should not start minutes of training unasked).
     """
     from metalstm.train import load_split, sampler_for      # the meta-learner's own episodes
 
@@ -74,8 +77,8 @@ def build_baselines(cfg: Config, methods=METHODS, c0: torch.Tensor | None = None
     if "finetune" in methods or "nearest" in methods:
         start = time.perf_counter()
         pre = load_or_pretrain(cache / f"pretrained-{cfg.dataset}-{cfg.image_size}.pt" if cache else None,
-                               data["train"], progress=progress, epochs=pretrain_epochs, seed=cfg.seed,
-                               bn_eps=cfg.bn_eps)
+                               data["train"], progress=progress, train=train, epochs=pretrain_epochs,
+                               seed=cfg.seed, bn_eps=cfg.bn_eps)
         last = pre.meta["history"][-1] if pre.meta["history"] else {"loss": float("nan"), "acc": 0.0}
         pre_note = (f"pre-trained {pre.meta['epochs']} epochs on {pre.meta['num_classes']} classes "
                     f"(train loss {last['loss']:.2f}, acc {100 * last['acc']:.0f}%, "
@@ -96,11 +99,17 @@ def build_baselines(cfg: Config, methods=METHODS, c0: torch.Tensor | None = None
         path = cache / f"matching-{cfg.name}.pt" if cache else None
         wanted = {"config": cfg.name, "max_episodes": matching_episodes, "max_seconds": matching_seconds}
         net = meta = None
-        if path is not None and path.is_file():
-            net, meta = load_matching(path)
-            if any(meta.get(k) != v for k, v in wanted.items()):
+        for candidate in cache_candidates(path, wanted) if path is not None else ():
+            if candidate.is_file():
+                net, meta = load_matching(candidate)
+                if all(meta.get(k) == v for k, v in wanted.items()):
+                    break
                 net = None
         if net is None:
+            if not train:
+                raise FileNotFoundError(f"no Matching Network for {cfg.name} with {matching_episodes} "
+                                        f"training episodes in {cache}; make it with `python -m "
+                                        f"metalstm.evaluate ... --baselines all --cache {cache}`")
             train_sampler = sampler_for(cfg, "train", data["train"])
             out = train_matching(train_sampler, learner, matching_episodes, seed=cfg.seed,
                                  max_seconds=matching_seconds, val_episodes=val, val_every=250,
@@ -108,7 +117,7 @@ def build_baselines(cfg: Config, methods=METHODS, c0: torch.Tensor | None = None
             net = out.method
             meta = {**wanted, "episodes": out.episodes, "seconds": out.seconds, "best_val": out.best_val}
             if path is not None:
-                save_matching(path, net, meta)
+                save_matching(cache_target(path, wanted), net, meta)
         net.name = "Matching Networks"
         built[net.name] = net
         notes[net.name] = (f"no FCE; {meta['episodes']} training episodes ({meta['seconds']:.0f} s), "
