@@ -5,8 +5,9 @@ autograd differentiate them; that is the version to read. This module computes
 exactly the same step, but as one `torch.autograd.Function` whose backward is
 written out by hand, for speed: autograd records ~25 small operations per step
 and replays ~40 in the backward pass, each a full sweep over [hidden, n] arrays
-(memory-bound on a CPU); the hand-written backward needs about half as many
-sweeps and uses PyTorch's fused sigmoid/tanh derivative kernels.
+(memory-bound on a CPU); the hand-written backward needs fewer sweeps and
+uses PyTorch's fused sigmoid/tanh derivative kernels. The gain is modest (the
+saved activations' memory traffic remains; README, Speed).
 
 Forward (a column per coordinate; L_t and grad_t are constants, SPEC 5):
 
@@ -49,6 +50,18 @@ def _workspace(name: str, rows: int, cols: int, like: Tensor) -> Tensor:
     return _WORKSPACES[key]
 
 
+def _layer1_input(loss, grad, h, W, b, p, inputs_out=None, z_out=None):
+    """(pre(L_t), inputs, z): inputs = [pre(grad_t); h_{t-1}; 1] [H + 3, n] and z = W_1 [...] + b_1.
+    The loss is the same for every coordinate: its two weight columns fold into the bias, and
+    the bias becomes one more column of W_1 against the row of ones (no [4H, n] broadcast)."""
+    n = h.shape[1]
+    pre_loss = preprocess(loss, p).reshape(2)
+    bias = torch.addmv(b, W[:, :2], pre_loss)
+    inputs = torch.cat([preprocess(grad, p).T, h, h.new_ones(1, n)], out=inputs_out)
+    z = torch.mm(torch.cat([W[:, 2:], bias[:, None]], dim=1), inputs, out=z_out)     # [4H, n]
+    return pre_loss, inputs, z
+
+
 def _layer2(h, theta, grad, prev_f, prev_i, W_F, W_I, b_F, b_I):
     """The meta-LSTM cell: (theta_t, f_t, i_t, a_f, a_i); both gates' h-terms in one [2, H] @ [H, n]."""
     H = h.shape[0]
@@ -64,15 +77,9 @@ class FusedMetaStep(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, loss, grad, theta, h, c, prev_f, prev_i, W, b, W_F, W_I, b_F, b_I, p):
-        H = h.shape[0]
-        n = theta.shape[0]
-        pre_loss = preprocess(loss, p).reshape(2)
-        # the loss is the same for every coordinate: its two weight columns fold into the bias,
-        # and the bias becomes one more column of W_1 against a row of ones (no [4H, n] broadcast)
-        bias = torch.addmv(b, W[:, :2], pre_loss)
-        inputs = torch.cat([preprocess(grad, p).T, h, h.new_ones(1, n)])  # [2 + H + 1, n]
-        z = torch.mm(torch.cat([W[:, 2:], bias[:, None]], dim=1), inputs,
-                     out=_workspace("z", 4 * H, n, like=theta))          # [4H, n]
+        H, n = h.shape
+        # inputs is saved for the backward pass (a fresh array); z is not (a reused buffer)
+        pre_loss, inputs, z = _layer1_input(loss, grad, h, W, b, p, z_out=_workspace("z", 4 * H, n, like=theta))
         s_if = torch.sigmoid(z[:2 * H])                                   # i1 and f1, one sweep
         g1 = torch.tanh(z[2 * H:3 * H])
         o1 = torch.sigmoid(z[3 * H:])
@@ -149,11 +156,8 @@ def inference_step(loss, grad, theta, h, c, prev_f, prev_i, W, b, W_F, W_I, b_F,
     """The forward of `FusedMetaStep` without saving anything for a backward pass: the gate
     activations overwrite z in place, so only h_t and c_t are new [H, n] arrays."""
     H, n = h.shape
-    bias = torch.addmv(b, W[:, :2], preprocess(loss, p).reshape(2))
-    inputs = torch.cat([preprocess(grad, p).T, h, h.new_ones(1, n)],
-                       out=_workspace("inputs", H + 3, n, like=theta))
-    z = torch.mm(torch.cat([W[:, 2:], bias[:, None]], dim=1), inputs,
-                 out=_workspace("z", 4 * H, n, like=theta))
+    _, _, z = _layer1_input(loss, grad, h, W, b, p, inputs_out=_workspace("inputs", H + 3, n, like=theta),
+                            z_out=_workspace("z", 4 * H, n, like=theta))
     torch.sigmoid_(z[:2 * H])                                   # i1, f1
     torch.tanh_(z[2 * H:3 * H])                                 # g1
     torch.sigmoid_(z[3 * H:])                                   # o1

@@ -85,8 +85,9 @@ class MetaLearner(nn.Module):
     back the pre-sigmoid logits instead: prev_gate="logit".
 
     fused=True (the default) computes `step` with `metalstm.fused.FusedMetaStep`,
-    the same equations with a hand-written backward pass (about twice as fast
-    on a CPU); fused=False runs `reference_step`, the equations as written
+    the same equations with a hand-written backward pass and an in-place
+    meta-test step (faster on a CPU, most of all in meta-testing: README,
+    Speed); fused=False runs `reference_step`, the equations as written
     below, differentiated by autograd. The two agree to rounding (tested).
     """
 

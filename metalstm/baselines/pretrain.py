@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from metalstm.baselines.common import cache_candidates, cache_target
 from metalstm.checkpoint import load_checkpoint, save_checkpoint
 from metalstm.data.base import ImageSet
 from metalstm.learner import Learner
@@ -100,8 +101,6 @@ def load_or_pretrain(path: str | Path | None, dataset: ImageSet, progress: bool 
     `cache_candidates`) when it was made with the same settings (`pretrain`'s keyword
     arguments, defaults included); otherwise pre-train now and cache it - never over a
     cached file of other settings. train=False raises FileNotFoundError instead."""
-    from metalstm.baselines.common import cache_candidates, cache_target
-
     bound = inspect.signature(pretrain).bind(dataset, **kwargs)
     bound.apply_defaults()
     settings = {k: v for k, v in bound.arguments.items() if k != "dataset"}
@@ -119,8 +118,4 @@ def load_or_pretrain(path: str | Path | None, dataset: ImageSet, progress: bool 
     pre = pretrain(dataset, progress=progress, **kwargs)
     if path is not None:
         save_pretrained(cache_target(path, settings), pre)
-    return pre
-    pre = pretrain(dataset, progress=progress, **kwargs)
-    if path is not None:
-        save_pretrained(path, pre)
     return pre
