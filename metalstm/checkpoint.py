@@ -75,8 +75,9 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> tuple[dict, 
         meta = json.loads(payload["meta_json"])
         state, stored = payload["state"], payload["sha256"]
     except Exception as exc:  # torch/zip/json errors all mean the same thing to a person
+        reason = (str(exc).strip().splitlines() or [""])[0].split(". ")[0][:120]  # torch's own advice runs to a page
         raise CheckpointError(f"{path} is not a readable metalstm checkpoint (damaged or another "
-                              f"format): {type(exc).__name__}: {exc}") from None
+                              f"format): {type(exc).__name__}: {reason}") from None
     if meta.get("format") != FORMAT:
         raise CheckpointError(f"{path} has format {meta.get('format')!r}, expected {FORMAT!r}")
     if checksum(state, meta) != stored:

@@ -59,3 +59,13 @@ def test_a_failed_save_leaves_the_old_checkpoint_intact(tmp_path, monkeypatch):
     assert p.read_bytes() == before
     assert load_checkpoint(p)[1] == {"v": 1}
     assert [f.name for f in tmp_path.iterdir()] == ["a.pt"]
+
+
+def test_a_file_that_is_no_checkpoint_gives_one_short_line(tmp_path):
+    p = tmp_path / "b.pt"
+    p.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(p)
+    message = str(info.value)
+    assert len(message.splitlines()) == 1 and len(message) < 300
+    assert "weights_only" not in message      # torch's advice to turn the safe loader off is not ours
