@@ -90,14 +90,22 @@ def mean_ci95(values: list[float]) -> tuple[float, float]:
 
 
 def evaluate_rule(learner, rule, sampler: EpisodeSampler, episodes: int | range, cfg: Config,
-                  device="cpu", desc: str | None = None) -> list[float]:
-    """Query accuracy of each episode (the first n, or those in a range), meta-test protocol (SPEC 7)."""
+                  device="cpu", desc: str | None = None, query_bn: str = "running") -> list[float]:
+    """Query accuracy of each episode (the first n, or those in a range), meta-test protocol (SPEC 7).
+
+    query_bn="batch" normalises the query pass with its own batch statistics instead
+    (SPEC 7's meta-training protocol; for measuring what the protocol costs).
+    """
+    if query_bn not in ("running", "batch"):
+        raise ValueError(f"query_bn must be 'running' or 'batch', got {query_bn!r}")
     accs = []
     indices = range(episodes) if isinstance(episodes, int) else episodes
     for i in tqdm(indices, desc=desc, leave=False, disable=True if desc is None else None):
         ep = sampler[i].to(device)
-        res = run_episode(learner, rule, ep, cfg.steps, cfg.batch_size, mode="test",
-                          generator=episode_generator(sampler.seed, i))
+        with torch.no_grad():      # mode="train" would otherwise keep the meta-graph
+            res = run_episode(learner, rule, ep, cfg.steps, cfg.batch_size,
+                              mode="test" if query_bn == "running" else "train",
+                              generator=episode_generator(sampler.seed, i))
         accs.append(float(res.query_acc))
     return accs
 
@@ -126,8 +134,12 @@ def _write_log(path: Path, history: list[dict]) -> None:
 
 def train(cfg: Config, out_dir: str | Path, device: str = "cpu", resume: bool = False,
           stop_after: int | None = None, progress: bool = True,
-          world: World | None = None) -> TrainResult:
+          world: World | None = None, init_state: dict | None = None) -> TrainResult:
     """Meta-train `cfg` into out_dir (SPEC 5); `stop_after` ends early as an interruption would.
+
+    init_state: a meta-learner state_dict to start from instead of the seeded
+    initialisation (a warm start, with a fresh Adam); ignored by `resume`, which
+    continues from last.pt.
 
     A meta-update averages the meta-gradients of G = cfg.meta_batch * world.size
     episodes: update u uses episodes u*G .. u*G+G-1, and rank r runs its
@@ -137,6 +149,8 @@ def train(cfg: Config, out_dir: str | Path, device: str = "cpu", resume: bool = 
     world = world or World.single()
     torch.manual_seed(cfg.seed)
     learner, meta = build_model(cfg, device)
+    if init_state is not None and not resume:
+        meta.load_state_dict(init_state)
     opt = torch.optim.Adam(meta.parameters(), lr=cfg.lr)
     start, best_acc, best_ep, history = 0, -1.0, -1, []
     window_loss, window_acc = [], []  # training loss/accuracy since the last validation
@@ -257,6 +271,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="cpu", help="cpu or cuda")
     ap.add_argument("--resume", action="store_true", help="continue the run in --out")
     ap.add_argument("--episodes", type=int, help="override the number of training episodes")
+    ap.add_argument("--lr", type=float, help="override Adam's learning rate (SPEC 5: 1e-3)")
+    ap.add_argument("--init-from", metavar="CHECKPOINT",
+                    help="start from this trained meta-learner (c_0 and the LSTM) instead of a fresh one")
     ap.add_argument("--meta-batch", type=int, help="episodes per meta-update and process (default 1)")
     ap.add_argument("--val-every", type=int, help="override: validate every this many episodes")
     ap.add_argument("--val-episodes", type=int, help="override: meta-validation episodes")
@@ -267,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
     world = World.single()
     try:
         overrides = {k: v for k, v in (("episodes", args.episodes), ("seed", args.seed),
-                                       ("data_root", args.data_root),
+                                       ("data_root", args.data_root), ("lr", args.lr),
                                        ("meta_batch", args.meta_batch), ("val_every", args.val_every),
                                        ("val_episodes", args.val_episodes)) if v is not None}
         cfg = get_config(args.config, **overrides)
@@ -275,6 +292,9 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"--meta-batch must be at least 1, got {cfg.meta_batch}")
         if args.threads:
             torch.set_num_threads(args.threads)
+        init_state = None
+        if args.init_from:
+            init_state = load_trained(args.init_from, expect=cfg)[1].state_dict()
         world = init_from_env(args.device)
         out = Path(args.out or f"runs/{cfg.name}")
         if world.is_main:
@@ -282,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"{world.size} process(es) x meta-batch {cfg.meta_batch}, "
                   f"{torch.get_num_threads()} threads each -> {out}")
         started = time.perf_counter()
-        res = train(cfg, out, device=args.device, resume=args.resume, world=world)
+        res = train(cfg, out, device=args.device, resume=args.resume, world=world, init_state=init_state)
         seconds = time.perf_counter() - started
     except (ValueError, FileNotFoundError, FileExistsError, NonFiniteError) as exc:
         print(f"error{f' (rank {world.rank})' if world.size > 1 else ''}: {exc}", file=sys.stderr)

@@ -103,3 +103,30 @@ def test_evaluate_cli_prints_a_table_with_an_interval(tmp_path, capsys):
     assert evaluate.main(["--checkpoint", str(tmp_path / "best.pt"), "--episodes", "5"]) == 0
     out = capsys.readouterr().out
     assert "| Meta-Learner LSTM |" in out and "+-" in out and "5 meta-test episodes" in out
+
+
+def test_a_warm_start_begins_from_the_given_meta_learner(tmp_path):
+    train(SMOKE, tmp_path / "first", progress=False)
+    start = params(tmp_path / "first" / "last.pt")
+    frozen = SMOKE.replace(lr=0.0, episodes=2, val_every=2)     # Adam at lr 0 moves nothing
+    train(frozen, tmp_path / "warm", init_state=start, progress=False)
+    warm = params(tmp_path / "warm" / "last.pt")
+    assert all(torch.equal(start[k], warm[k]) for k in start)
+    train(frozen, tmp_path / "cold", progress=False)
+    assert not torch.equal(params(tmp_path / "cold" / "last.pt")["c0"], start["c0"])
+
+
+def test_train_cli_warm_start_and_learning_rate(tmp_path, capsys):
+    train(SMOKE, tmp_path / "first", progress=False)
+    args = ["--config", "smoke", "--episodes", "2", "--val-every", "2", "--lr", "0"]
+    assert train_mod.main(args + ["--out", str(tmp_path / "warm"),
+                                  "--init-from", str(tmp_path / "first" / "best.pt")]) == 0
+    best = load_checkpoint(tmp_path / "first" / "best.pt")[0]["metalearner"]
+    warm = params(tmp_path / "warm" / "last.pt")
+    assert torch.equal(best["c0"], warm["c0"])
+    assert load_checkpoint(tmp_path / "warm" / "last.pt")[1]["lr"] == 0.0
+    capsys.readouterr()
+    assert train_mod.main(args + ["--out", str(tmp_path / "bad"),
+                                  "--init-from", str(tmp_path / "missing.pt")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and len(err.strip().splitlines()) == 1

@@ -35,6 +35,15 @@ ADAM_LRS = (1e-4, 1e-3, 3e-3, 1e-2, 3e-2)
 SGD_LRS = (1e-2, 3e-2, 1e-1, 3e-1, 1.0)
 
 
+def pretrained_for(cfg: Config, train_data, cache: str | Path | None = None, epochs: int = 10,
+                   progress: bool = True, train: bool = True):
+    """The classifier pre-trained on all meta-train classes (SPEC 9) for `cfg`, from
+    cache/pretrained-DATASET-SIZE.pt when it holds one made with these settings."""
+    path = Path(cache) / f"pretrained-{cfg.dataset}-{cfg.image_size}.pt" if cache else None
+    return load_or_pretrain(path, train_data, progress=progress, train=train, epochs=epochs,
+                            seed=cfg.seed, bn_eps=cfg.bn_eps)
+
+
 def build_baselines(cfg: Config, methods=METHODS, c0: torch.Tensor | None = None, val_episodes: int = 50,
                     pretrain_epochs: int = 10, matching_episodes: int = 4_000,
                     matching_seconds: float | None = None, cache: str | Path | None = None,
@@ -76,9 +85,7 @@ def build_baselines(cfg: Config, methods=METHODS, c0: torch.Tensor | None = None
 
     if "finetune" in methods or "nearest" in methods:
         start = time.perf_counter()
-        pre = load_or_pretrain(cache / f"pretrained-{cfg.dataset}-{cfg.image_size}.pt" if cache else None,
-                               data["train"], progress=progress, train=train, epochs=pretrain_epochs,
-                               seed=cfg.seed, bn_eps=cfg.bn_eps)
+        pre = pretrained_for(cfg, data["train"], cache, pretrain_epochs, progress, train)
         last = pre.meta["history"][-1] if pre.meta["history"] else {"loss": float("nan"), "acc": 0.0}
         pre_note = (f"pre-trained {pre.meta['epochs']} epochs on {pre.meta['num_classes']} classes "
                     f"(train loss {last['loss']:.2f}, acc {100 * last['acc']:.0f}%, "
