@@ -17,8 +17,8 @@ training chose its checkpoint on), with the meta-test batch-norm protocol
                   update rule (SPEC 6: about SGD with a small step) from c_0 = the
                   pre-trained conv stack with a zero head
   --train-episodes E (minutes each): the checkpoint meta-trained E more episodes at
-                  Adam lr x `--lr-factor`; and E episodes from the pre-trained c_0 at
-                  the configuration's Adam lr (SPEC 5: 1e-3)
+                  Adam lr x `--lr-factor` (0.1); and E episodes from the pre-trained c_0 at
+                  Adam lr x `--pretrained-lr-factor` (1: SPEC 5's 1e-3)
 """
 from __future__ import annotations
 
@@ -91,7 +91,8 @@ def short_run(cfg: Config, init_state: dict, episodes: int, lr: float, out: Path
 
 
 def diagnose(checkpoint: str | Path, episodes: int = 100, cache: str | Path | None = None,
-             train_episodes: int = 0, lr_factor: float = 0.1, out: str | Path | None = None,
+             train_episodes: int = 0, lr_factor: float = 0.1, pretrained_lr_factor: float = 1.0,
+             out: str | Path | None = None,
              pre: Pretrained | None = None, progress: bool = True) -> list[Row]:
     """Every measurement of the module docstring for one checkpoint."""
     learner, meta, cfg, _ = load_trained(checkpoint)
@@ -119,8 +120,8 @@ def diagnose(checkpoint: str | Path, episodes: int = 100, cache: str | Path | No
         folder = Path(out) if out else Path(tempfile.mkdtemp(prefix="metalstm-diagnose-"))
         runs = [(f"checkpoint + {train_episodes} episodes at Adam lr {cfg.lr * lr_factor:g}",
                  meta.state_dict(), cfg.lr * lr_factor, folder / "lower-lr"),
-                (f"pre-trained c_0 + {train_episodes} episodes at Adam lr {cfg.lr:g}",
-                 fresh.state_dict(), cfg.lr, folder / "from-pretrained")]
+                (f"pre-trained c_0 + {train_episodes} episodes at Adam lr {cfg.lr * pretrained_lr_factor:g}",
+                 fresh.state_dict(), cfg.lr * pretrained_lr_factor, folder / "from-pretrained")]
         for name, state, lr, run_out in runs:
             history, final = short_run(cfg, state, train_episodes, lr, run_out, episodes, progress)
             rows += [Row("meta-training", f"{name}: after {h['episode']}", "val", h["val_acc"],
@@ -151,6 +152,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--train-episodes", type=int, default=0,
                     help="also run two short meta-trainings of this many episodes (minutes)")
     ap.add_argument("--lr-factor", type=float, default=0.1, help="Adam lr factor of the continued run")
+    ap.add_argument("--pretrained-lr-factor", type=float, default=1.0,
+                    help="Adam lr factor of the run from the pre-trained c_0 (default 1: SPEC 5's lr)")
     ap.add_argument("--out", help="folder for the short runs (default: a temporary folder)")
     ap.add_argument("--threads", type=int)
     ap.add_argument("--json", help="also write the rows as JSON here")
@@ -163,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     try:
         rows = diagnose(args.checkpoint, args.episodes, args.cache, args.train_episodes, args.lr_factor,
-                        args.out)
+                        args.pretrained_lr_factor, args.out)
     except (ValueError, FileNotFoundError, FileExistsError, CheckpointError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -49,11 +49,13 @@ def test_query_batch_norm_protocol_is_checked(checkpoint):
 
 
 def test_diagnose_measures_every_row(checkpoint, pre, tmp_path):
-    rows = dg.diagnose(checkpoint, episodes=3, pre=pre, train_episodes=2, out=tmp_path, progress=False)
+    rows = dg.diagnose(checkpoint, episodes=3, pre=pre, train_episodes=2, pretrained_lr_factor=0.5,
+                       out=tmp_path, progress=False)
     assert [r.split for r in rows[:3]] == ["train", "val", "test"]
     assert [r.group for r in rows] == (["generalisation"] * 3 + ["batch norm"] + ["features"] * 2
                                        + ["meta-training"] * 6)
     assert all(0.0 <= r.mean <= 1.0 and r.n == 3 for r in rows)
+    assert "lr 0.0001:" in rows[6].name and "lr 0.0005:" in rows[9].name    # SMOKE.lr x 0.1 and x 0.5
     assert (tmp_path / "lower-lr" / "last.pt").is_file() and (tmp_path / "from-pretrained" / "last.pt").is_file()
     text = dg.table(rows)
     assert text.count("\n") == len(rows) + 1 and "meta-train" in text
