@@ -29,25 +29,28 @@ Backward, for upstream gradients d(theta_t), d(h_t), d(c_t), d(f_t), d(i_t), d(a
 """
 from __future__ import annotations
 
+import threading
+
 import torch
 from torch import Tensor
 
 from metalstm.preprocess import preprocess
 
 
-_WORKSPACES: dict = {}
+_WORKSPACES = threading.local()    # each thread its own buffers: two threads never share one
 
 
 def _workspace(name: str, rows: int, cols: int, like: Tensor) -> Tensor:
     """A scratch [rows, cols] buffer reused from step to step, for arrays that live only inside
     one forward or backward call (z, dz, the meta-test inputs): the same memory every step
     instead of a fresh 2-9 MB allocation, which costs cache misses on first touch."""
+    buffers = _WORKSPACES.__dict__.setdefault("buffers", {})
     key = (name, rows, cols, like.dtype, like.device)
-    if key not in _WORKSPACES:
-        if len(_WORKSPACES) > 8:          # another learner size or device: drop the old buffers
-            _WORKSPACES.clear()
-        _WORKSPACES[key] = torch.empty(rows, cols, dtype=like.dtype, device=like.device)
-    return _WORKSPACES[key]
+    if key not in buffers:
+        if len(buffers) > 8:              # another learner size or device: drop the old buffers
+            buffers.clear()
+        buffers[key] = torch.empty(rows, cols, dtype=like.dtype, device=like.device)
+    return buffers[key]
 
 
 def _layer1_input(loss, grad, h, W, b, p, inputs_out=None, z_out=None):

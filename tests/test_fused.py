@@ -96,3 +96,18 @@ def test_a_wrong_backward_is_caught(monkeypatch):
 
     monkeypatch.setattr(FusedMetaStep, "backward", staticmethod(wrong))
     assert not torch.allclose(w_f_grad(True), want, rtol=1e-6)
+
+
+def test_each_thread_has_its_own_scratch_buffers():
+    import threading
+
+    from metalstm import fused
+
+    like = torch.zeros(1)
+    mine = fused._workspace("z", 3, 4, like)
+    assert fused._workspace("z", 3, 4, like) is mine          # reused from step to step
+    theirs = []
+    worker = threading.Thread(target=lambda: theirs.append(fused._workspace("z", 3, 4, like)))
+    worker.start()
+    worker.join()
+    assert theirs[0] is not mine and theirs[0].data_ptr() != mine.data_ptr()
