@@ -60,6 +60,9 @@ class Row:
         return cls(group, name, split, *mean_ci95(accuracies), len(accuracies))
 
 
+RUN_FOLDERS = ("lower-lr", "from-pretrained")     # the two short runs, inside --out
+
+
 def split_episodes(cfg: Config, split: str, n: int) -> range:
     """Indices of the n episodes of `split` to measure on: the first n of meta-val and
     meta-test (the training's validation and evaluate's test episodes), and for
@@ -97,6 +100,9 @@ def diagnose(checkpoint: str | Path, episodes: int = 100, cache: str | Path | No
     """Every measurement of the module docstring for one checkpoint."""
     learner, meta, cfg, _ = load_trained(checkpoint)
     meta.eval()
+    taken = [str(Path(out) / sub) for sub in RUN_FOLDERS if out and (Path(out) / sub / "last.pt").exists()]
+    if train_episodes > 0 and taken:       # checked before minutes of measuring, not after
+        raise FileExistsError(f"{', '.join(taken)} already hold(s) a run; choose another --out")
     samplers = {s: sampler_for(cfg, s) for s in ("train", "val", "test")}
     if pre is None:
         pre = pretrained_for(cfg, load_split(cfg, "train"), cache, progress=progress)
@@ -119,9 +125,9 @@ def diagnose(checkpoint: str | Path, episodes: int = 100, cache: str | Path | No
     if train_episodes > 0:
         folder = Path(out) if out else Path(tempfile.mkdtemp(prefix="metalstm-diagnose-"))
         runs = [(f"checkpoint + {train_episodes} episodes at Adam lr {cfg.lr * lr_factor:g}",
-                 meta.state_dict(), cfg.lr * lr_factor, folder / "lower-lr"),
+                 meta.state_dict(), cfg.lr * lr_factor, folder / RUN_FOLDERS[0]),
                 (f"pre-trained c_0 + {train_episodes} episodes at Adam lr {cfg.lr * pretrained_lr_factor:g}",
-                 fresh.state_dict(), cfg.lr * pretrained_lr_factor, folder / "from-pretrained")]
+                 fresh.state_dict(), cfg.lr * pretrained_lr_factor, folder / RUN_FOLDERS[1])]
         for name, state, lr, run_out in runs:
             history, final = short_run(cfg, state, train_episodes, lr, run_out, episodes, progress)
             rows += [Row("meta-training", f"{name}: after {h['episode']}", "val", h["val_acc"],

@@ -57,6 +57,8 @@ def test_diagnose_measures_every_row(checkpoint, pre, tmp_path):
     assert all(0.0 <= r.mean <= 1.0 and r.n == 3 for r in rows)
     assert "lr 0.0001:" in rows[6].name and "lr 0.0005:" in rows[9].name    # SMOKE.lr x 0.1 and x 0.5
     assert (tmp_path / "lower-lr" / "last.pt").is_file() and (tmp_path / "from-pretrained" / "last.pt").is_file()
+    with pytest.raises(FileExistsError, match="another --out"):     # never over an earlier run
+        dg.diagnose(checkpoint, episodes=2, pre=pre, train_episodes=2, out=tmp_path, progress=False)
     text = dg.table(rows)
     assert text.count("\n") == len(rows) + 1 and "meta-train" in text
 
