@@ -30,6 +30,17 @@ def cache_candidates(path: str | Path, settings: dict) -> tuple[Path, Path]:
     return path, path.with_name(f"{path.stem}-{digest}{path.suffix}")
 
 
+def find_cached(path: str | Path | None, settings: dict, load: Callable, matches: Callable):
+    """The first of `cache_candidates(path, settings)` that exists and whose loaded
+    contents satisfy `matches` (loaded with `load`), or None."""
+    for candidate in cache_candidates(path, settings) if path is not None else ():
+        if candidate.is_file():
+            found = load(candidate)
+            if matches(found):
+                return found
+    return None
+
+
 def cache_target(path: str | Path, settings: dict) -> Path:
     """Where to save a baseline made with `settings`: `path` if free, else its variant."""
     plain, variant = cache_candidates(path, settings)

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from metalstm.baselines.common import cache_candidates, cache_target
+from metalstm.baselines.common import cache_target, find_cached
 from metalstm.checkpoint import load_checkpoint, save_checkpoint
 from metalstm.data.base import ImageSet
 from metalstm.learner import Learner
@@ -105,12 +105,10 @@ def load_or_pretrain(path: str | Path | None, dataset: ImageSet, progress: bool 
     bound.apply_defaults()
     settings = {k: v for k, v in bound.arguments.items() if k != "dataset"}
     settings.update(dataset=dataset.name, num_classes=dataset.num_classes)
-    if path is not None:
-        for candidate in cache_candidates(path, settings):
-            if candidate.is_file():
-                pre = load_pretrained(candidate)
-                if all(pre.meta[k] == v for k, v in settings.items() if k in pre.meta):
-                    return pre
+    pre = find_cached(path, settings, load_pretrained,   # settings the file records must agree
+                      lambda found: all(found.meta[k] == v for k, v in settings.items() if k in found.meta))
+    if pre is not None:
+        return pre
     if not train:
         raise FileNotFoundError(f"no pre-trained baseline with these settings in {path}; make it with "
                                 f"`python -m metalstm.evaluate ... --baselines all --cache "

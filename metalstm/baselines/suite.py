@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from metalstm.baselines.common import cache_candidates, cache_target, evaluate, report
+from metalstm.baselines.common import cache_target, evaluate, find_cached, report
 from metalstm.baselines.finetune import finetune, tune_finetune
 from metalstm.baselines.matching import MatchingNetwork, load_matching, save_matching, train_matching
 from metalstm.baselines.nearest import NearestNeighbour
@@ -105,13 +105,9 @@ def build_baselines(cfg: Config, methods=METHODS, c0: torch.Tensor | None = None
     if "matching" in methods:
         path = cache / f"matching-{cfg.name}.pt" if cache else None
         wanted = {"config": cfg.name, "max_episodes": matching_episodes, "max_seconds": matching_seconds}
-        net = meta = None
-        for candidate in cache_candidates(path, wanted) if path is not None else ():
-            if candidate.is_file():
-                net, meta = load_matching(candidate)
-                if all(meta.get(k) == v for k, v in wanted.items()):
-                    break
-                net = None
+        net, meta = find_cached(path, wanted, load_matching,     # every wanted setting must agree
+                                lambda found: all(found[1].get(k) == v for k, v in wanted.items())
+                                ) or (None, None)
         if net is None:
             if not train:
                 raise FileNotFoundError(f"no Matching Network for {cfg.name} with {matching_episodes} "
