@@ -18,7 +18,7 @@ $(VENV)/.installed: pyproject.toml
 
 ## run the six notebooks headless, in order; executed copies and HTML go to build/
 course: env
-	MPLBACKEND=Agg $(PY) -m metalstm.course
+	MPLBACKEND=Agg $(PY) -m metalstm.tools.course
 
 ## the whole test suite: unit and paper-claim tests, then every notebook under nbval
 test: env
@@ -30,11 +30,11 @@ lab: env
 
 ## render the notebooks (already executed by `make course`) as HTML slides for teaching
 html: env
-	MPLBACKEND=Agg $(PY) -m metalstm.course --html-only
+	MPLBACKEND=Agg $(PY) -m metalstm.tools.course --html-only
 
 ## the speed benchmark (issue 7): floor vs meta-train vs meta-test episodes, see README
 bench: env
-	$(PY) -m metalstm.bench --threads 1
+	$(PY) -m metalstm.tools.bench --threads 1
 
 clean:
 	rm -rf build .pytest_cache

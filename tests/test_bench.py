@@ -1,7 +1,7 @@
-"""The episode benchmark runs and prints every measurement (metalstm.bench)."""
+"""The episode benchmark runs and prints every measurement (metalstm.tools.bench)."""
 import torch
 
-from metalstm.bench import main
+from metalstm.tools.bench import main
 
 
 def test_bench_runs_one_small_shape(capsys):

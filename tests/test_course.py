@@ -2,7 +2,7 @@
 import nbformat
 import pytest
 
-from metalstm import course
+from metalstm.tools import course
 
 
 def test_the_six_notebooks_in_order():

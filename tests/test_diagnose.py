@@ -1,10 +1,10 @@
-"""metalstm.diagnose: the measurements of where the meta-learner loses, on the smoke configuration."""
+"""metalstm.tools.diagnose: the measurements of where the meta-learner loses, on the smoke configuration."""
 import json
 
 import pytest
 import torch
 
-from metalstm import diagnose as dg
+from metalstm.tools import diagnose as dg
 from metalstm.baselines.pretrain import pretrain
 from metalstm.config import get_config
 from metalstm.learner import Learner

@@ -1,4 +1,5 @@
-"""The embedded glyph data set (metalstm.data.glyphs, data/README.md)."""
+"""The embedded glyph data set: the loader (metalstm.data.glyphs) and its builder
+(metalstm.tools.build_glyphs, data/README.md)."""
 import json
 import shutil
 import unicodedata
@@ -7,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from metalstm.data import glyphs, render
+from metalstm.data import glyphs
+from metalstm.tools import build_glyphs as builder, render
 
 SPLITS = glyphs.SPLIT_NAMES
 
@@ -59,7 +61,7 @@ def test_splits_disjoint_by_class_and_alphabet(sets):
         assert not alphabets[a] & alphabets[b]
     assert set().union(*classes.values()) == set(sets["all"].classes)
     for s in SPLITS:   # the fixed, documented list of alphabets per split
-        assert alphabets[s] == {a for a, split in glyphs.ALPHABET_SPLITS.items() if split == s}
+        assert alphabets[s] == {a for a, split in builder.ALPHABET_SPLITS.items() if split == s}
 
 
 def test_split_proportions(sets):
@@ -93,19 +95,19 @@ def test_class_selection(sets):
     cmaps = [render.charmap(style) for style in render.STYLES]
     for cp in cps:
         assert unicodedata.decomposition(chr(cp)) == ""
-        assert unicodedata.category(chr(cp)) in glyphs.CATEGORIES
+        assert unicodedata.category(chr(cp)) in builder.CATEGORIES
         assert all(cmap.get(cp, 0) != 0 for cmap in cmaps)         # a real glyph, not .notdef
-        assert glyphs.alphabet_of(cp) is not None
+        assert builder.alphabet_of(cp) is not None
 
 
 def test_no_near_duplicates_or_tiny_glyphs(sets):
     cps = [code_point(n) for n in sets["all"].classes]
     small = render.downsample(render.render_clean(cps))          # clean, [n, 12, 28, 28]
-    assert (glyphs.ink_extent(small).double().median(1).values >= glyphs.MIN_EXTENT).all()
+    assert (builder.ink_extent(small).double().median(1).values >= builder.MIN_EXTENT).all()
     mean = small.mean(1).flatten(1)
     mean = mean / mean.norm(dim=1, keepdim=True)
     cosine = mean @ mean.T - 2 * torch.eye(len(cps), dtype=mean.dtype)
-    assert cosine.max() <= glyphs.DEDUP_COSINE
+    assert cosine.max() <= builder.DEDUP_COSINE
 
 
 def test_jitter_params_are_seeded_and_in_range():
@@ -124,10 +126,10 @@ def test_rendering_is_deterministic_and_matches_shipped(shipped):
     images, manifest = shipped
     picks = [0, 17, 300, 555, 800, len(images) - 1]              # several alphabets
     cps = [int(manifest["classes"][i]["code_point"][2:], 16) for i in picks]
-    first, second = glyphs.render_images(cps), glyphs.render_images(cps)
+    first, second = builder.render_images(cps), builder.render_images(cps)
     assert first.dtype == np.uint8 and first.shape == (len(cps), 20, 28, 28)
     assert first.tobytes() == second.tobytes()
-    here, then = glyphs.software_versions(), manifest["software"]
+    here, then = builder.software_versions(), manifest["software"]
     if any(here[k] != then[k] for k in ("dejavu", "freetype", "torch")):  # what draws the pixels
         pytest.skip(f"shipped file rendered with {then}, this environment has {here}")
     assert first.tobytes() == images[picks].tobytes()
@@ -150,7 +152,7 @@ def test_checksum_verified_and_damage_detected(tmp_path, shipped):
     images, manifest = shipped
     changed = images.copy()
     changed[3, 5, 14, 14] ^= 1
-    glyphs.write(changed, manifest, tmp_path)
+    builder.write(changed, manifest, tmp_path)
     with pytest.raises(ValueError, match="damaged: sha256"):
         glyphs.load_glyphs("train", data_dir=tmp_path)
     # a missing file
@@ -162,9 +164,9 @@ def test_checksum_verified_and_damage_detected(tmp_path, shipped):
 def test_write_is_byte_reproducible(tmp_path, shipped):
     images, manifest = shipped
     npz, js = glyphs.paths(tmp_path)
-    glyphs.write(images, manifest, tmp_path)
+    builder.write(images, manifest, tmp_path)
     first = npz.read_bytes()
-    glyphs.write(images, manifest, tmp_path)
+    builder.write(images, manifest, tmp_path)
     assert npz.read_bytes() == first                             # no timestamps in the file
     assert json.loads(js.read_text(encoding="utf-8")) == manifest
     assert glyphs.read(tmp_path)[0].tobytes() == images.tobytes()
@@ -172,14 +174,14 @@ def test_write_is_byte_reproducible(tmp_path, shipped):
 
 def test_pixel_nearest_neighbour_difficulty(sets):
     """5-way 1-shot pixel NN on meta-test lands in [55%, 75%] (data/README.md: 63.1%)."""
-    acc, half = glyphs.pixel_nn_accuracy(sets["test"], 5, 1, episodes=300, seed=0)
+    acc, half = builder.pixel_nn_accuracy(sets["test"], 5, 1, episodes=300, seed=0)
     assert 0.55 <= acc <= 0.75
     assert 0 < half < 0.03
 
 
 def test_cli(capsys):
-    assert glyphs.main(["--stats"]) == 0
+    assert builder.main(["--stats"]) == 0
     out = capsys.readouterr().out
     assert "Armenian" in out and "test" in out
     with pytest.raises(SystemExit):
-        glyphs.main(["--write"])
+        builder.main(["--write"])

@@ -1,4 +1,4 @@
-"""How fast is one episode? `python -m metalstm.bench`
+"""How fast is one episode? `python -m metalstm.tools.bench`
 
 For each episode shape (5-way 5-shot T=8 B=25 and 5-way 1-shot T=12 B=5, at
 28x28x1 and 84x84x3, random images, 15 queries per class) it times
@@ -22,7 +22,7 @@ time), (b)/(a), (b0)/(a), (c)/(a), and the process's peak memory (resident set s
 CPU, torch.cuda.max_memory_allocated on a GPU). The four take turns, so that
 they run under the same conditions.
 
-    python -m metalstm.bench --repeats 10 --threads 2 --shapes 28 84 --shots 5 1
+    python -m metalstm.tools.bench --repeats 10 --threads 2 --shapes 28 84 --shots 5 1
 
 On Linux, glibc hands large freed buffers back to the system, and the next
 episode pays page faults for them again: 84x84 episodes run 1.2-1.8x faster with
@@ -216,7 +216,7 @@ def report(s: Shape, rows: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m metalstm.bench", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m metalstm.tools.bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=10, help="timed runs per measurement (default 10)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed runs first (default 2)")
     parser.add_argument("--shapes", type=int, nargs="+", default=[28, 84], choices=[28, 84],

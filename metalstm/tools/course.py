@@ -1,9 +1,9 @@
 """Run the course headless: execute the notebooks in order, keep what they show.
 
-    python -m metalstm.course                 # all notebooks, quick mode
-    python -m metalstm.course --only 01 03    # some of them
-    python -m metalstm.course --html-only     # re-render build/notebooks as HTML
-    python -m metalstm.course --slides        # also reveal.js slides for teaching
+    python -m metalstm.tools.course                 # all notebooks, quick mode
+    python -m metalstm.tools.course --only 01 03    # some of them
+    python -m metalstm.tools.course --html-only     # re-render build/notebooks as HTML
+    python -m metalstm.tools.course --slides        # also reveal.js slides for teaching
 
 Executed copies go to build/notebooks/, HTML pages to build/html/ (slides to
 build/slides/), and the time each notebook took is printed. A notebook that
@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 NOTEBOOKS = ROOT / "notebooks"
 BUILD = ROOT / "build"
 

@@ -1,8 +1,8 @@
 """Where a trained Meta-Learner LSTM loses to the pre-trained baselines: measurements.
 
-    python -m metalstm.diagnose --checkpoint data/checkpoints/glyphs-5shot.pt \\
+    python -m metalstm.tools.diagnose --checkpoint data/checkpoints/glyphs-5shot.pt \\
         --cache data/checkpoints/baselines --threads 1
-    python -m metalstm.diagnose ... --train-episodes 500     # adds two short meta-training runs
+    python -m metalstm.tools.diagnose ... --train-episodes 500     # adds two short meta-training runs
 
 Each row is a mean accuracy with its 95% interval over the same `--episodes`
 episodes of one split (default 100; the meta-validation ones are those the
