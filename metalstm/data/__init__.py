@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from metalstm.data.base import ImageSet
 from metalstm.data.folders import load_image_folder
+from metalstm.data.glyphs import load_glyphs
 from metalstm.data.miniimagenet import load_mini_imagenet
 from metalstm.data.omniglot import load_omniglot
 
@@ -21,6 +22,7 @@ __all__ = ["ImageSet", "load_omniglot", "load_mini_imagenet", "load_image_folder
 
 DATASETS = {
     "glyphs": "embedded Unicode glyphs, 28x28 gray, split by script (no files needed)",
+    "digits": "embedded handwritten digits (scikit-learn's 8x8, as 28x28 gray), meta-test only",
     "omniglot": "root holds omniglot-py/images_background and images_evaluation; 28x28 gray",
     "mini-imagenet": "root holds train.csv, val.csv, test.csv and images/; 84x84 RGB",
     "folder": "root holds train/, val/, test/, each with one sub-folder per class; 84x84 RGB",
@@ -36,8 +38,11 @@ def load_dataset(name: str, split: str, root: str | os.PathLike | None = None,
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     if name == "glyphs":
-        from metalstm.data.glyphs import load_glyphs      # lazy: rendering lives there
         data = load_glyphs(split)
+        return data if image_size in (None, data.image_shape[-1]) else resized(data, image_size)
+    if name == "digits":                                  # only "test": an out-of-domain meta-test set
+        from metalstm.data.digits import load_digits
+        data = load_digits(split)
         return data if image_size in (None, data.image_shape[-1]) else resized(data, image_size)
     if root is None:
         raise ValueError(f"data set {name!r} needs root=, the folder that holds it: {DATASETS[name]}")

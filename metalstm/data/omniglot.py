@@ -23,7 +23,6 @@ from pathlib import Path
 
 import torch
 from PIL import Image, ImageOps
-from torchvision.datasets import Omniglot
 from tqdm.auto import tqdm
 
 from metalstm.data.base import ImageSet
@@ -33,6 +32,7 @@ from metalstm.data.base import ImageSet
 VAL_ALPHABETS = ("Bengali", "Futurama", "Hebrew", "Korean", "Tifinagh")
 
 SPLITS = ("train", "val", "test")
+FOLDER = "omniglot-py"        # torchvision's Omniglot.folder
 HOW_TO_GET = (
     "Get images_background.zip and images_evaluation.zip from the official repository "
     "https://github.com/brendenlake/omniglot (folder python/) and unzip both into {folder}, "
@@ -40,15 +40,20 @@ HOW_TO_GET = (
     "and {folder}/images_evaluation/<alphabet>/<character>/*.png.")
 
 
-class _UnzippedOmniglot(Omniglot):
+def _unzipped_omniglot(root: str, background: bool):
     """torchvision's Omniglot, satisfied by the unzipped folders.
 
     torchvision checks the md5 of the .zip files before it reads anything; the
     course only needs the unzipped images (the zips may have been deleted).
+    torchvision is imported here, when Omniglot is loaded, not with the package.
     """
+    from torchvision.datasets import Omniglot
 
-    def _check_integrity(self) -> bool:
-        return os.path.isdir(os.path.join(self.root, self._get_target_folder()))
+    class UnzippedOmniglot(Omniglot):
+        def _check_integrity(self) -> bool:
+            return os.path.isdir(os.path.join(self.root, self._get_target_folder()))
+
+    return UnzippedOmniglot(root, background=background, download=False)
 
 
 def load_omniglot(root: str | os.PathLike, split: str = "train", image_size: int = 28,
@@ -62,7 +67,7 @@ def load_omniglot(root: str | os.PathLike, split: str = "train", image_size: int
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     if not isinstance(image_size, int) or image_size <= 0:
         raise ValueError(f"image_size must be a positive integer, got {image_size!r}")
-    folder = Path(root).expanduser().absolute() / Omniglot.folder
+    folder = Path(root).expanduser().absolute() / FOLDER
     subset = "images_evaluation" if split == "test" else "images_background"
     if not (folder / subset).is_dir():
         zipped = folder / f"{subset}.zip"
@@ -70,8 +75,7 @@ def load_omniglot(root: str | os.PathLike, split: str = "train", image_size: int
         raise FileNotFoundError(f"Omniglot not found: {folder / subset} does not exist. "
                                 + hint + HOW_TO_GET.format(folder=folder))
 
-    data = _UnzippedOmniglot(str(Path(root).expanduser().absolute()), background=(split != "test"),
-                             download=False)
+    data = _unzipped_omniglot(str(Path(root).expanduser().absolute()), background=(split != "test"))
     names = data._characters                              # "<alphabet>/<character>", t -> name
     if split != "test" and not any(n.split("/")[0] in val_alphabets for n in names):
         raise ValueError(f"none of the validation alphabets {list(val_alphabets)} is in "
