@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 # quiet, headless and reproducible where it matters
 TESTENV := TQDM_DISABLE=1 MPLBACKEND=Agg PYTHONHASHSEED=0
 
-.PHONY: course test lab html bench clean env browser-check
+.PHONY: course test lab html slides bench clean env browser-check
 
 env: $(VENV)/.installed
 
@@ -28,9 +28,16 @@ test: env
 lab: env
 	$(VENV)/bin/jupyter lab notebooks/
 
-## render the notebooks (already executed by `make course`) as HTML slides for teaching
+## render the notebooks (already executed by `make course`) again as plain HTML pages, one
+## scrolling page per notebook, in build/html/ (MathJax copied beside them: the maths shows offline)
 html: env
 	MPLBACKEND=Agg $(PY) -m metalstm.tools.course --html-only
+
+## lecture decks: one reveal.js deck per notebook in build/slides/, from the executed notebooks
+## (executing those not executed yet); reveal.js and MathJax are copied beside them from two pinned
+## PyPI wheels, so a deck opened as a file needs no network (s: speaker notes, f: full screen)
+slides: env
+	MPLBACKEND=Agg $(PY) -m metalstm.tools.course --slides-only
 
 ## the speed benchmark (issue 7): floor vs meta-train vs meta-test episodes, see README
 bench: env

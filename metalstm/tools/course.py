@@ -1,28 +1,48 @@
 """Run the course headless: execute the notebooks in order, keep what they show.
 
-    python -m metalstm.tools.course                 # all notebooks, quick mode
+    python -m metalstm.tools.course                 # all notebooks, quick mode (`make course`)
     python -m metalstm.tools.course --only 01 03    # some of them
-    python -m metalstm.tools.course --html-only     # re-render build/notebooks as HTML
-    python -m metalstm.tools.course --slides        # also reveal.js slides for teaching
+    python -m metalstm.tools.course --html-only     # re-render build/notebooks as HTML (`make html`)
+    python -m metalstm.tools.course --slides-only   # lecture decks of the executed notebooks (`make slides`)
+    python -m metalstm.tools.course --slides        # execute, then write HTML and decks
 
-Executed copies go to build/notebooks/, HTML pages to build/html/ (slides to
-build/slides/), and the time each notebook took is printed. A notebook that
-fails is still written (with the error in it) and the command exits non-zero.
+Executed copies go to build/notebooks/, plain HTML pages (one long page per
+notebook) to build/html/, reveal.js decks to build/slides/; the time each
+notebook took is printed. A notebook that fails is still written (with the
+error in it) and the command exits non-zero.
+
+Offline: the pages and decks load nothing from the network. reveal.js and
+MathJax come from two pinned wheels on PyPI (`pip download`, once, cached in
+build/vendor/) and are copied next to the pages, so build/slides/ and
+build/html/ can be copied to a lecture-room laptop and opened as files. The
+decks follow the cells' slideshow metadata (slide, sub-slide, fragment, skip,
+notes: press `s` for the speaker view with the notes); long slides scroll.
+Widgets (notebook 06's explorer) need a running kernel: a page shows a note
+in their place; run the notebook in JupyterLab (`make lab`) to use them.
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
+import shutil
+import subprocess
 import sys
 import time
+import zipfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+from metalstm.paths import CHECKOUT
+
+ROOT = CHECKOUT     # the notebooks are not installed with the package: the runner needs a checkout
 NOTEBOOKS = ROOT / "notebooks"
 BUILD = ROOT / "build"
 
 
 def course_notebooks(only: list[str] | None = None) -> list[Path]:
     """The course notebooks in order (01_*.ipynb ... 06_*.ipynb), optionally filtered by prefix."""
+    if not NOTEBOOKS.is_dir():
+        raise SystemExit(f"no notebooks folder {NOTEBOOKS}: the course runner works in a checkout of the "
+                         "course repository (the notebooks are not installed with the package)")
     books = sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
     if only:
         books = [b for b in books if any(b.name.startswith(o) for o in only)]
@@ -51,48 +71,220 @@ def execute(path: Path, out_dir: Path, timeout: int = 1800) -> tuple[float, str 
     return seconds, error
 
 
-def render(executed: Path, fmt: str) -> Path:
-    """Render an executed notebook as HTML ('html') or reveal.js slides ('slides')."""
+# -- offline pages and decks ----------------------------------------------------------
+# (folder next to the pages, PyPI project, version, sha256 of its wheel, folder inside the wheel,
+#  the parts of that folder the pages load). reveal.js 5.2.0 ships inside sphinx-revealjs (only its
+# static files are used: nothing is installed); MathJax 2.7 inside jupyter-server-mathjax.
+ASSETS = {
+    "reveal.js": ("sphinx-revealjs", "3.2.1",
+                  "805bed3ca459346e0f01967d5ed1c40d6b7b917de1541e1e4566c8341fe7017b",
+                  "sphinx_revealjs/_static/revealjs/", ("LICENSE", "dist/", "plugin/notes/")),
+    "mathjax": ("jupyter-server-mathjax", "0.2.6",
+                "416389dde2010df46d5fbbb7adb087a5607111070af65a1445391040f2babb5e",
+                "jupyter_server_mathjax/static/", ("",)),
+}
+MATHJAX_URL = "mathjax/MathJax.js?config=TeX-AMS-MML_HTMLorMML-full,Safe"
+SLIDE_SIZE = (1280, 800)        # reveal.js scales this canvas to the screen or projector
+
+# MathJax 2 reads this before it starts; only the STIX-Web fonts are shipped, so select them
+_MATHJAX = """
+<script type="text/x-mathjax-config">
+MathJax.Hub.Config({
+  tex2jax: {inlineMath: [['$', '$'], ['\\\\(', '\\\\)']], displayMath: [['$$', '$$'], ['\\\\[', '\\\\]']],
+            processEscapes: true, processEnvironments: true},
+  "HTML-CSS": {availableFonts: [], preferredFont: null, webFont: "STIX-Web", imageFont: null,
+               linebreaks: {automatic: true}},
+  TeX: {equationNumbers: {autoNumber: "AMS", useLabelIds: true}},
+  displayAlign: "center", messageStyle: "none"
+});
+</script>
+<script src="{{ resources.mathjax_url }}"></script>
+"""
+# a widget needs its kernel: say so where it would be (there is no widget manager to load)
+_WIDGET = """
+{%- block data_widget_view scoped %}
+<div class="jp-OutputArea-output metalstm-widget" style="border: 1px dashed #999; padding: 0.3em 0.6em;
+ color: #555; font-size: 80%">Interactive widget: it needs a running kernel. Open this notebook in
+ JupyterLab (<code>make lab</code>) to use it.</div>
+{%- endblock data_widget_view -%}
+"""
+_NO_CDN = """
+{%- block html_head_js -%}{%- endblock html_head_js -%}
+{%- block jupyter_widgets -%}{%- endblock jupyter_widgets -%}
+{%- block html_head_js_mathjax -%}""" + _MATHJAX + """{%- endblock html_head_js_mathjax -%}
+""" + _WIDGET
+TEMPLATES = {
+    # plain pages: the lab template without require.js, mermaid and the widget manager
+    "metalstm_html.j2": "{%- extends 'lab/index.html.j2' -%}\n" + _NO_CDN + """
+{%- block html_head_js_mermaidjs -%}{%- endblock html_head_js_mermaidjs -%}
+""",
+    # decks: nbconvert's reveal template, reveal.js loaded as plain scripts (no jQuery, no require.js);
+    # a slide taller than the screen scrolls
+    "metalstm_reveal.j2": "{%- extends 'reveal/index.html.j2' -%}\n" + _NO_CDN + """
+{%- block html_head_css -%}
+<style type="text/css">
+.reveal .slides > section > section.metalstm-scroll { overflow-y: auto; }
+.reveal h1, .reveal h2, .reveal h3 { text-transform: none; }
+.reveal .slides section .jp-OutputArea-output img { max-height: 560px; width: auto; }
+</style>
+{%- endblock html_head_css -%}
+{% block footer_js %}
+<script src="{{ resources.reveal.url_prefix }}/dist/reveal.js"></script>
+<script src="{{ resources.reveal.url_prefix }}/plugin/notes/notes.js"></script>
+<script>
+Reveal.initialize({
+  controls: true, progress: true, history: true, center: false, hash: true,
+  transition: "{{ resources.reveal.transition }}", slideNumber: "c/t",
+  width: {{ resources.reveal.width }}, height: {{ resources.reveal.height }}, margin: 0.04,
+  plugins: [RevealNotes]
+}).then(function () {
+  // long slides scroll instead of being cut off at the bottom of the screen
+  function scrollIfLong() {
+    var slide = Reveal.getCurrentSlide();
+    if (!slide) { return; }
+    if (slide.scrollHeight > Reveal.getConfig().height) {
+      slide.classList.add("metalstm-scroll");
+      slide.style.height = Reveal.getConfig().height + "px";
+      slide.style.top = "0px";
+    }
+    if (window.MathJax && MathJax.Hub) { MathJax.Hub.Queue(["Rerender", MathJax.Hub, slide]); }
+  }
+  Reveal.on("slidechanged", scrollIfLong);
+  scrollIfLong();
+});
+</script>
+{% endblock footer_js %}
+""",
+}
+
+
+def fetch_assets(cache: Path | None = None) -> dict[str, Path]:
+    """The wheels that hold reveal.js and MathJax, downloaded once from PyPI into `cache`
+    (default build/vendor/) and checked against their pinned sha256; name -> wheel file."""
+    cache = BUILD / "vendor" if cache is None else cache
+    cache.mkdir(parents=True, exist_ok=True)
+    wheels = {}
+    for name, (project, version, sha256, _, _) in ASSETS.items():
+        stem = project.replace("-", "_") + f"-{version}-py3-none-any.whl"
+        wheel = cache / stem
+        if not wheel.exists():
+            cmd = [sys.executable, "-m", "pip", "download", "--disable-pip-version-check", "--quiet",
+                   "--no-deps", "--only-binary=:all:", "--dest", str(cache), f"{project}=={version}"]
+            done = subprocess.run(cmd, capture_output=True, text=True)
+            if done.returncode != 0 or not wheel.exists():
+                raise RuntimeError(f"could not download {project}=={version} (it holds {name} for the "
+                                   f"offline pages) with `{' '.join(cmd[2:])}`:\n{done.stderr.strip()}")
+        digest = hashlib.sha256(wheel.read_bytes()).hexdigest()
+        if digest != sha256:
+            wheel.unlink()
+            raise RuntimeError(f"{wheel.name} has sha256 {digest}, expected {sha256}; removed it, run again")
+        wheels[name] = wheel
+    return wheels
+
+
+def install_assets(dest: Path, names=("reveal.js", "mathjax"), cache: Path | None = None) -> list[Path]:
+    """Copy reveal.js and / or MathJax next to the pages in `dest` (dest/reveal.js/, dest/mathjax/)."""
+    wheels = fetch_assets(cache)
+    done = []
+    for name in names:
+        target = dest / name
+        _, _, sha256, inside, parts = ASSETS[name]
+        stamp = target / ".from-wheel"
+        if stamp.exists() and stamp.read_text() == sha256:
+            done.append(target)
+            continue
+        shutil.rmtree(target, ignore_errors=True)
+        with zipfile.ZipFile(wheels[name]) as wheel:
+            for member in wheel.namelist():
+                rel = member[len(inside):] if member.startswith(inside) else None
+                if rel and not member.endswith("/") and any(rel.startswith(p) for p in parts):
+                    out = target / rel
+                    out.parent.mkdir(parents=True, exist_ok=True)
+                    out.write_bytes(wheel.read(member))
+        stamp.write_text(sha256)
+        done.append(target)
+    return done
+
+
+def exporter(fmt: str):
+    """nbconvert's HTML ('html') or reveal.js ('slides') exporter with the offline templates."""
+    from jinja2 import DictLoader
     from nbconvert import HTMLExporter, SlidesExporter
 
-    exporter = HTMLExporter() if fmt == "html" else SlidesExporter()
-    body, _ = exporter.from_filename(str(executed))
+    loaders = [DictLoader(TEMPLATES)]
+    if fmt == "html":
+        return HTMLExporter(extra_loaders=loaders, template_file="metalstm_html.j2", mathjax_url=MATHJAX_URL)
+    if fmt == "slides":
+        return SlidesExporter(extra_loaders=loaders, template_file="metalstm_reveal.j2", mathjax_url=MATHJAX_URL,
+                              reveal_url_prefix="reveal.js", reveal_theme="white", reveal_transition="none",
+                              reveal_width=str(SLIDE_SIZE[0]), reveal_height=str(SLIDE_SIZE[1]))
+    raise ValueError(f"fmt must be 'html' or 'slides', got {fmt!r}")
+
+
+def render(executed: Path, fmt: str) -> Path:
+    """Render an executed notebook as a plain HTML page ('html', build/html/NAME.html) or a
+    reveal.js deck ('slides', build/slides/NAME.slides.html). The page loads MathJax (and the
+    deck reveal.js) from folders next to it: `install_assets` puts them there."""
+    body, _ = exporter(fmt).from_filename(str(executed))
     out = BUILD / fmt / (executed.stem + (".html" if fmt == "html" else ".slides.html"))
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(body, encoding="utf-8")
     return out
 
 
+def offline_assets(formats: list[str]) -> str | None:
+    """Put MathJax (and reveal.js for decks) next to the pages of `formats`; an error message or None."""
+    try:
+        for fmt in formats:
+            install_assets(BUILD / fmt, ("reveal.js", "mathjax") if fmt == "slides" else ("mathjax",))
+    except (RuntimeError, OSError) as error:
+        return str(error)
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--only", nargs="*", help="notebook prefixes to run, e.g. 01 04")
-    ap.add_argument("--html-only", action="store_true", help="do not execute; render build/notebooks")
-    ap.add_argument("--slides", action="store_true", help="also write reveal.js slides")
+    ap.add_argument("--html-only", action="store_true", help="do not execute; render build/notebooks as HTML")
+    ap.add_argument("--slides", action="store_true", help="also write reveal.js decks")
+    ap.add_argument("--slides-only", action="store_true",
+                    help="write the decks of build/notebooks (executing first any notebook not executed "
+                         "yet or changed since)")
     args = ap.parse_args(argv)
 
     books = course_notebooks(args.only)
     executed_dir = BUILD / "notebooks"
-    failures, total = [], 0.0
+    formats = ["slides"] if args.slides_only else ["html"] + (["slides"] if args.slides else [])
+    failures, total, ran = [], 0.0, 0
     for book in books:
-        if args.html_only:
-            target = executed_dir / book.name
-            if not target.exists():
-                print(f"{book.name}: not executed yet, run `make course` first", file=sys.stderr)
-                failures.append(book.name)
-                continue
-        else:
+        target = executed_dir / book.name
+        stale = not target.exists() or target.stat().st_mtime < book.stat().st_mtime
+        if args.html_only and not target.exists():
+            print(f"{book.name}: not executed yet, run `make course` first", file=sys.stderr)
+            failures.append(book.name)
+            continue
+        if not args.html_only and (not args.slides_only or stale):
             print(f"{book.name} ...", end=" ", flush=True)
             seconds, error = execute(book, executed_dir)
-            total += seconds
+            total, ran = total + seconds, ran + 1
             print(f"{seconds:6.1f} s" + (f"  FAILED: {error}" if error else ""), flush=True)
             if error:
                 failures.append(book.name)
-            target = executed_dir / book.name
-        for fmt in ["html"] + (["slides"] if args.slides else []):
+        for fmt in formats:
             render(target, fmt)
-    if not args.html_only:
-        print(f"total {total:.1f} s; executed notebooks in {executed_dir.relative_to(ROOT)}/, "
-              f"HTML in build/html/" + (", slides in build/slides/" if args.slides else ""))
+    problem = offline_assets(formats)
+    if ran:
+        print(f"total {total:.1f} s; executed notebooks in {executed_dir.relative_to(ROOT)}/")
+    for fmt in formats:
+        where = (BUILD / fmt).relative_to(ROOT)
+        print(("decks" if fmt == "slides" else "HTML pages") + f" in {where}/"
+              + ("" if problem else ", with MathJax" + (" and reveal.js" if fmt == "slides" else "")
+                 + " beside them (no network needed to open them)"))
+    if problem:
+        print(f"the pages are written, but they cannot show maths (or slides) offline:\n{problem}",
+              file=sys.stderr)
+        if "slides" in formats:
+            failures.append("offline assets")
     if failures:
         print("failed: " + ", ".join(failures), file=sys.stderr)
         return 1
