@@ -94,7 +94,8 @@ def test_find_cycle_finds_one_and_only_a_real_one():
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b", "c"}, "b": {"c"}, "c": set()}) is None
     # a sibling inside the package: only the module; from outside: the package's __init__ too
-    assert imported_modules("metalstm.data.glyphs", MODULES["metalstm.data.glyphs"]) == {"metalstm.data.base"}
+    assert imported_modules("metalstm.data.glyphs", MODULES["metalstm.data.glyphs"]) == {"metalstm.data.base",
+                                                                                        "metalstm.paths"}
     assert imported_modules("metalstm.episodes", MODULES["metalstm.episodes"]) == {"metalstm.data.base",
                                                                                   "metalstm.data"}
 

@@ -24,10 +24,17 @@ import numpy as np
 import torch
 
 from metalstm.data.base import ImageSet
+from metalstm.paths import data_dir as default_data_dir
 
 VERSION = "v1"
-DATA_DIR = Path(__file__).resolve().parents[2] / "data"
 SPLIT_NAMES = ("train", "val", "test")
+
+
+def __getattr__(name: str):
+    """glyphs.DATA_DIR, kept for older callers: the data folder (metalstm.paths.data_dir)."""
+    if name == "DATA_DIR":
+        return default_data_dir()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # -- the shipped files ------------------------------------------------------------
@@ -36,8 +43,8 @@ def sha256(images: np.ndarray) -> str:
 
 
 def paths(data_dir: str | Path | None = None) -> tuple[Path, Path]:
-    """(arrays file, manifest file) in data_dir (default: the repository's data/)."""
-    data_dir = Path(data_dir) if data_dir is not None else DATA_DIR
+    """(arrays file, manifest file) in data_dir (default: metalstm.paths.data_dir())."""
+    data_dir = Path(data_dir) if data_dir is not None else default_data_dir()
     return data_dir / f"glyphs-{VERSION}.npz", data_dir / f"glyphs-{VERSION}.json"
 
 

@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 
 from metalstm.learner import Learner
 from metalstm.metalearner import loss_and_grad, support_batches
+from metalstm.paths import data_dir
 
 # the layers of the paper's Figure 2: the four conv weights and the linear weight
 LAYERS = ("conv1.weight", "conv2.weight", "conv3.weight", "conv4.weight", "fc.weight")
@@ -268,7 +269,7 @@ def shipped_checkpoint(config_name: str, root: str | os.PathLike | None = None) 
     """
     from_env = root is None and bool(os.environ.get("METALSTM_CHECKPOINTS"))
     folder = Path(root or os.environ.get("METALSTM_CHECKPOINTS")
-                  or Path(__file__).resolve().parents[2] / "data" / "checkpoints")
+                  or data_dir() / "checkpoints")
     path = folder / f"{config_name}.pt"
     if not path.is_file():
         where = " (the folder named by $METALSTM_CHECKPOINTS)" if from_env else ""

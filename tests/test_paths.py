@@ -1,0 +1,86 @@
+"""One function finds the data folder (metalstm.paths.data_dir): the checkout's data/, or
+$METALSTM_DATA, so that the package also works when installed away from the checkout."""
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from metalstm import paths
+from metalstm.data import glyphs
+from metalstm.viz import shipped_checkpoint
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def no_env(monkeypatch):
+    monkeypatch.delenv(paths.ENV, raising=False)
+    monkeypatch.delenv("METALSTM_CHECKPOINTS", raising=False)
+
+
+def test_checkout_data_folder_by_default(no_env):
+    assert paths.data_dir() == REPO / "data"
+    assert glyphs.paths()[0] == REPO / "data" / "glyphs-v1.npz"
+    assert glyphs.DATA_DIR == REPO / "data"                       # the older name still works
+    assert shipped_checkpoint("glyphs-5shot") == REPO / "data" / "checkpoints" / "glyphs-5shot.pt"
+
+
+def test_the_setting_moves_every_data_file(no_env, tmp_path, monkeypatch):
+    for path in glyphs.paths():
+        shutil.copy(path, tmp_path / path.name)
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "glyphs-5shot.pt").write_bytes(b"")
+    monkeypatch.setenv(paths.ENV, str(tmp_path))
+    assert paths.data_dir() == tmp_path
+    assert glyphs.paths()[1] == tmp_path / "glyphs-v1.json"
+    assert glyphs.load_glyphs("val").num_classes > 100
+    assert shipped_checkpoint("glyphs-5shot") == tmp_path / "checkpoints" / "glyphs-5shot.pt"
+    monkeypatch.setenv(paths.ENV, str(tmp_path / "nowhere"))
+    with pytest.raises(FileNotFoundError, match="METALSTM_DATA is .*nowhere.*not a folder"):
+        paths.data_dir()
+
+
+def test_no_data_folder_is_one_clear_error(no_env, tmp_path, monkeypatch):
+    monkeypatch.setattr(paths, "CHECKOUT", tmp_path)               # a package with no data/ beside it
+    with pytest.raises(FileNotFoundError, match="Set METALSTM_DATA to the folder that holds glyphs-v1.npz"):
+        paths.data_dir()
+    with pytest.raises(FileNotFoundError, match="METALSTM_DATA"):
+        glyphs.load_glyphs("train")
+
+
+def test_an_installed_copy_works_with_the_setting(tmp_path):
+    """The package copied away from the checkout (as `pip install .` puts it in site-packages)."""
+    site = tmp_path / "site"
+    shutil.copytree(REPO / "metalstm", site / "metalstm", ignore=shutil.ignore_patterns("__pycache__"))
+    script = textwrap.dedent("""
+        import sys
+        from metalstm.data.glyphs import load_glyphs
+        from metalstm.tools import course
+        try:
+            load_glyphs("val")
+        except FileNotFoundError as err:
+            print("ERROR", err)
+        else:
+            print("LOADED")
+        try:
+            course.course_notebooks()
+        except SystemExit as err:
+            print("COURSE", err)
+    """)
+    env = {k: v for k, v in os.environ.items() if k not in (paths.ENV, "PYTHONPATH")}
+    env.update(PYTHONPATH=str(site), OMP_NUM_THREADS="1")
+
+    def run(**extra):
+        done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env={**env, **extra},
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    out = run()
+    assert f"no data folder: {site / 'data'} does not exist" in out and "METALSTM_DATA" in out
+    assert "COURSE no notebooks folder" in out and "checkout" in out
+    assert "LOADED" in run(**{paths.ENV: str(REPO / "data")})
