@@ -39,6 +39,9 @@ class Config:
     lr: float = 1e-3
     clip: float = 0.25
     meta_batch: int = 1                # episodes per meta-update and process (1 in the paper)
+    # the update rule (paper notes 11): sgd | init | meta-sgd | schedule | lstm (the paper's)
+    rule: str = "lstm"
+    rule_lr: float = 0.1               # the fixed (sgd, init) or initial (meta-sgd, schedule) step size
     # meta-learner (SPEC 4, 6)
     hidden: int = 20
     p: float = 10.0
@@ -68,7 +71,7 @@ class Config:
 
     def same_model(self, other: "Config") -> bool:
         """True when a checkpoint of `other` fits a model built from this config."""
-        keys = ("image_size", "in_channels", "n_way", "hidden")
+        keys = ("image_size", "in_channels", "n_way", "hidden", "rule")
         return all(getattr(self, k) == getattr(other, k) for k in keys)
 
 

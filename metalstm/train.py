@@ -36,6 +36,7 @@ from metalstm.distributed import World, all_reduce_grads_, init_from_env, shutdo
 from metalstm.episodes import EpisodeSampler, check_request
 from metalstm.learner import Learner
 from metalstm.metalearner import MetaLearner, run_episode
+from metalstm.rules import RUNGS, make_rule
 
 LOG_FIELDS = ["episode", "train_loss", "train_acc", "val_acc", "val_ci95", "seconds"]
 
@@ -52,11 +53,14 @@ def episode_generator(seed: int, i: int, stream: int = 0) -> torch.Generator:
 
 
 def build_model(cfg: Config, device: str | torch.device = "cpu") -> tuple[Learner, MetaLearner]:
-    """The learner f(x; theta) and the meta-learner (with c_0 = a seeded initial theta)."""
+    """The learner f(x; theta) and the update rule cfg.rule (paper notes 11), c_0 = a seeded
+    initial theta: the same c_0 for every rung of the ladder."""
     learner = Learner(n_way=cfg.n_way, in_channels=cfg.in_channels, image_size=cfg.image_size,
                       bn_eps=cfg.bn_eps, bn_momentum=cfg.bn_momentum)
     g = torch.Generator().manual_seed(cfg.seed)
     theta0 = learner.init_params(generator=g)
+    if cfg.rule != "lstm":
+        return learner, make_rule(cfg.rule, learner, theta0, cfg.rule_lr, cfg.steps).to(device)
     meta = MetaLearner(learner.n_params, hidden=cfg.hidden, p=cfg.p, forget_bias=cfg.forget_bias,
                        input_bias=cfg.input_bias, theta0=theta0, generator=g)
     return learner, meta.to(device)
@@ -120,7 +124,7 @@ class TrainResult:
 
 
 def _state(meta, opt) -> dict:
-    return {"metalearner": meta.state_dict(), "optimizer": opt.state_dict()}
+    return {"metalearner": meta.state_dict(), "optimizer": opt.state_dict() if opt is not None else {}}
 
 
 def _write_log(path: Path, history: list[dict]) -> None:
@@ -151,7 +155,8 @@ def train(cfg: Config, out_dir: str | Path, device: str = "cpu", resume: bool = 
     learner, meta = build_model(cfg, device)
     if init_state is not None and not resume:
         meta.load_state_dict(init_state)
-    opt = torch.optim.Adam(meta.parameters(), lr=cfg.lr)
+    trainable = [p for p in meta.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(trainable, lr=cfg.lr) if trainable else None   # sgd: nothing to learn
     start, best_acc, best_ep, history = 0, -1.0, -1, []
     window_loss, window_acc = [], []  # training loss/accuracy since the last validation
     last = out / "last.pt"
@@ -161,7 +166,8 @@ def train(cfg: Config, out_dir: str | Path, device: str = "cpu", resume: bool = 
             raise CheckpointError(f"{last} was trained with configuration {saved_cfg['name']!r} "
                                   f"and other settings; resume it with that configuration")
         meta.load_state_dict(state["metalearner"])
-        opt.load_state_dict(state["optimizer"])
+        if opt is not None:
+            opt.load_state_dict(state["optimizer"])
         start, best_acc, best_ep = metrics["episode"], metrics["best_val_acc"], metrics["best_episode"]
         history = metrics["history"]
         window_loss, window_acc = metrics["window_loss"], metrics["window_acc"]
@@ -172,8 +178,10 @@ def train(cfg: Config, out_dir: str | Path, device: str = "cpu", resume: bool = 
     train_s = sampler_for(cfg, "train")
     val_s = sampler_for(cfg, "val")
     end = cfg.episodes if stop_after is None else min(cfg.episodes, stop_after)
+    if opt is None:
+        end = 0                                   # a rule without parameters is its own best
     group = cfg.meta_batch * world.size           # episodes per meta-update, all ranks together
-    params = list(meta.parameters())
+    params = trainable
     t0 = time.perf_counter()
 
     def save_last(done: int) -> None:
@@ -183,6 +191,29 @@ def train(cfg: Config, out_dir: str | Path, device: str = "cpu", resume: bool = 
                              "history": history, "window_loss": window_loss,
                              "window_acc": window_acc})
 
+    def validate(done: int) -> None:
+        """Meta-validation after `done` episodes (0: the untrained rule); keeps the best."""
+        nonlocal best_acc, best_ep, window_loss, window_acc
+        mine_val = range(world.rank, cfg.val_episodes, world.size)
+        accs = world.all_gather(evaluate_rule(learner, meta, val_s, mine_val, cfg, device))
+        val_acc, val_ci = mean_ci95(accs)
+        mean = (lambda xs: sum(xs) / len(xs) if xs else None)
+        history.append({"episode": done, "train_loss": mean(window_loss), "train_acc": mean(window_acc),
+                        "val_acc": val_acc, "val_ci95": val_ci,
+                        "seconds": round(time.perf_counter() - t0, 2)})
+        window_loss, window_acc = [], []
+        if val_acc > best_acc:
+            best_acc, best_ep = val_acc, done
+            if world.is_main:
+                save_checkpoint(out / "best.pt", {"metalearner": meta.state_dict()},
+                                cfg.to_dict(), {"episode": done, "val_acc": val_acc,
+                                                "val_ci95": val_ci})
+        save_last(done)
+        if world.is_main:
+            _write_log(out / "log.csv", history)
+
+    if start == 0 and not history:
+        validate(0)                               # the curve starts at the untrained rule
     bar = tqdm(total=cfg.episodes, initial=start, desc=cfg.name, dynamic_ncols=True,
                disable=not (progress and world.is_main) or None)
     done = start
@@ -215,24 +246,9 @@ def train(cfg: Config, out_dir: str | Path, device: str = "cpu", resume: bool = 
             previous, done = done, done + n
             bar.update(n)
             if done // cfg.val_every > previous // cfg.val_every or done == cfg.episodes:
-                mine_val = range(world.rank, cfg.val_episodes, world.size)
-                accs = world.all_gather(evaluate_rule(learner, meta, val_s, mine_val, cfg, device))
-                val_acc, val_ci = mean_ci95(accs)
-                history.append({"episode": done, "train_loss": sum(window_loss) / len(window_loss),
-                                "train_acc": sum(window_acc) / len(window_acc), "val_acc": val_acc,
-                                "val_ci95": val_ci, "seconds": round(time.perf_counter() - t0, 2)})
-                window_loss, window_acc = [], []
-                if val_acc > best_acc:
-                    best_acc, best_ep = val_acc, done
-                    if world.is_main:
-                        save_checkpoint(out / "best.pt", {"metalearner": meta.state_dict()},
-                                        cfg.to_dict(), {"episode": done, "val_acc": val_acc,
-                                                        "val_ci95": val_ci})
-                save_last(done)
-                if world.is_main:
-                    _write_log(out / "log.csv", history)
+                validate(done)
                 bar.set_postfix(loss=f"{history[-1]['train_loss']:.3f}",
-                                acc=f"{history[-1]['train_acc']:.3f}", val=f"{val_acc:.3f}")
+                                acc=f"{history[-1]['train_acc']:.3f}", val=f"{history[-1]['val_acc']:.3f}")
     except KeyboardInterrupt:
         save_last(done)  # between updates the state is consistent: resume continues exactly here
         raise
@@ -270,6 +286,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", help="run folder (default runs/CONFIG)")
     ap.add_argument("--device", default="cpu", help="cpu or cuda")
     ap.add_argument("--resume", action="store_true", help="continue the run in --out")
+    ap.add_argument("--rule", choices=RUNGS, help="the update rule to meta-train (default lstm, the "
+                    "paper's; the ladder: paper notes 11)")
     ap.add_argument("--episodes", type=int, help="override the number of training episodes")
     ap.add_argument("--lr", type=float, help="override Adam's learning rate (SPEC 5: 1e-3)")
     ap.add_argument("--init-from", metavar="CHECKPOINT",
@@ -283,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     world = World.single()
     try:
-        overrides = {k: v for k, v in (("episodes", args.episodes), ("seed", args.seed),
+        overrides = {k: v for k, v in (("episodes", args.episodes), ("seed", args.seed), ("rule", args.rule),
                                        ("data_root", args.data_root), ("lr", args.lr),
                                        ("meta_batch", args.meta_batch), ("val_every", args.val_every),
                                        ("val_episodes", args.val_episodes)) if v is not None}

@@ -1,0 +1,117 @@
+"""The ladder of update rules: each rung adds one ingredient (paper notes 3, 11).
+
+Every rung is the same cell update as plain SGD (paper notes 3),
+
+    theta_t = f_t * theta_{t-1} + i_t * (-grad_t),     theta_0 = c_0,
+
+and differs only in what is fixed and what is learned:
+
+    rung       c_0             f_t   i_t                                 learned numbers
+    sgd        fixed (random)  1     alpha (one tuned number)             0
+    init       learned         1     alpha (one tuned number)             n        first-order MAML
+    meta-sgd   learned         1     alpha[j], one per coordinate j       2n       Meta-SGD
+    schedule   learned         1     alpha[t, layer(j)], per step+layer   n + T*5
+    lstm       learned         LSTM  LSTM (metalstm.metalearner)          n + 2,046
+
+Every rung is meta-trained by the same loop (`metalstm.train`), under the
+paper's rule that L_t and grad_t are detached (no second derivatives): for
+`init` that is first-order MAML (Finn et al. 2017), for `meta-sgd` a
+first-order Meta-SGD (Li et al. 2017). Each rule has the interface that
+`metalstm.metalearner.inner_loop` runs: `c0`, `initial_state()`,
+`step(loss, grad, theta, state) -> (theta, state, Gates)`, `rule_parameters()`.
+
+    >>> from metalstm.learner import Learner
+    >>> learner = Learner(n_way=5)
+    >>> rule = make_rule("meta-sgd", learner, learner.init_params(), lr=0.1, steps=8)
+    >>> sorted(name for name, _ in rule.named_parameters())
+    ['alpha', 'c0']
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from metalstm.learner import Learner
+from metalstm.metalearner import Gates, SGDCell
+
+RUNGS = ("sgd", "init", "meta-sgd", "schedule", "lstm")
+RUNG_NAMES = {"sgd": "SGD (random init)", "init": "Learned init (FO-MAML)", "meta-sgd": "Meta-SGD",
+              "schedule": "Learned schedule", "lstm": "Meta-Learner LSTM"}
+
+
+def layer_index(learner: Learner) -> tuple[Tensor, list[str]]:
+    """(layer of every coordinate of theta [n_params], layer names): conv block k (its conv
+    weight and bias and its batch-norm affine) is layer k-1, the linear classifier the last."""
+    names = [f"conv{k}" for k in range(1, learner.n_blocks + 1)] + ["linear"]
+    index = torch.empty(learner.n_params, dtype=torch.long)
+    for name, sl in learner.slices().items():
+        layer = name.split(".")[0]
+        index[sl] = names.index("linear" if layer == "fc" else f"conv{layer[-1]}")
+    return index, names
+
+
+class MetaSGDCell(nn.Module):
+    """Learned c_0 and a learned step size per coordinate, f = 1 (Meta-SGD, Li et al. 2017):
+    theta_t = theta_{t-1} - alpha * grad_t, alpha in R^n starting at `lr` everywhere."""
+
+    def __init__(self, theta0: Tensor, lr: float) -> None:
+        super().__init__()
+        self.c0 = nn.Parameter(theta0.detach().clone().float())
+        self.alpha = nn.Parameter(torch.full_like(self.c0, float(lr)))
+
+    def rule_parameters(self) -> list[nn.Parameter]:
+        """The step sizes (not c_0)."""
+        return [self.alpha]
+
+    def initial_state(self) -> None:
+        return None
+
+    def step(self, loss: Tensor, grad: Tensor, theta: Tensor, state: None) -> tuple[Tensor, None, Gates]:
+        f = torch.ones_like(theta)
+        return theta - self.alpha * grad, state, Gates(f, self.alpha)
+
+
+class ScheduleCell(nn.Module):
+    """Learned c_0 and a learned step size per layer and per step, f = 1:
+    theta_t = theta_{t-1} - alpha[t, layer(j)] * grad_t[j], alpha [T, layers] starting at `lr`.
+
+    The state is the step counter t; running more than `steps` steps is an error.
+    """
+
+    def __init__(self, theta0: Tensor, lr: float, layer_of: Tensor, layer_names: list[str],
+                 steps: int) -> None:
+        super().__init__()
+        if steps < 1:
+            raise ValueError(f"a schedule needs at least one step, got steps={steps}")
+        self.c0 = nn.Parameter(theta0.detach().clone().float())
+        self.alpha = nn.Parameter(torch.full((steps, len(layer_names)), float(lr)))
+        self.register_buffer("layer_of", layer_of.clone())
+        self.layer_names = list(layer_names)
+
+    def rule_parameters(self) -> list[nn.Parameter]:
+        return [self.alpha]
+
+    def initial_state(self) -> int:
+        return 0
+
+    def step(self, loss: Tensor, grad: Tensor, theta: Tensor, state: int) -> tuple[Tensor, int, Gates]:
+        if state >= self.alpha.shape[0]:
+            raise ValueError(f"this schedule was learned for {self.alpha.shape[0]} steps; "
+                             f"step {state + 1} has no step size")
+        i = self.alpha[state][self.layer_of]          # [n]: the step size of each coordinate's layer
+        return theta - i * grad, state + 1, Gates(torch.ones_like(theta), i)
+
+
+def make_rule(name: str, learner: Learner, theta0: Tensor, lr: float, steps: int) -> nn.Module:
+    """The rung `name` (one of RUNGS but 'lstm', which `metalstm.metalearner.MetaLearner` is),
+    starting from theta0 with the fixed or initial step size lr."""
+    if name == "sgd":
+        return SGDCell(theta0, lr)
+    if name == "init":
+        return SGDCell(theta0, lr, train_c0=True)
+    if name == "meta-sgd":
+        return MetaSGDCell(theta0, lr)
+    if name == "schedule":
+        layer_of, names = layer_index(learner)
+        return ScheduleCell(theta0, lr, layer_of, names, steps)
+    raise ValueError(f"unknown update rule {name!r}; the ladder is: {', '.join(RUNGS)}")
