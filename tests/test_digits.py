@@ -1,6 +1,8 @@
 """The handwritten digits: a meta-test-only second domain (metalstm/data/digits.py, data/README.md)."""
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -8,6 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from metalstm import paths
 from metalstm.data import ImageSet, load_dataset
 from metalstm.data import digits
 from metalstm.episodes import EpisodeSampler
@@ -95,6 +98,26 @@ def test_a_missing_file_says_how_to_restore_it(copy_dir):
     digits.paths(copy_dir)[1].unlink()
     with pytest.raises(FileNotFoundError, match="build_digits"):
         digits.load_digits("test", data_dir=copy_dir)
+
+
+def test_found_where_the_glyphs_are_also_when_installed(copy_dir, tmp_path, monkeypatch):
+    """The data folder is metalstm.paths.data_dir(): $METALSTM_DATA moves it, and a copy of the
+    package away from the checkout (as `pip install .` puts it) loads the digits with it."""
+    monkeypatch.setenv(paths.ENV, str(copy_dir))
+    assert digits.paths()[0] == copy_dir / "digits-v1.npz"
+    assert load_dataset("digits", "test").class_sizes().tolist() == PER_CLASS
+    site = tmp_path / "site"
+    shutil.copytree(Path(digits.__file__).parents[1], site / "metalstm",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env.update(PYTHONPATH=str(site), OMP_NUM_THREADS="1", **{paths.ENV: str(copy_dir)})
+    script = ("import metalstm; from metalstm.data import load_dataset; "
+              "print(metalstm.__file__); print(len(load_dataset('digits', 'test')))")
+    done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    where, count = done.stdout.split()
+    assert Path(where).is_relative_to(site) and count == "1797"
 
 
 # -- what it refuses ----------------------------------------------------------------------

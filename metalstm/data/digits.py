@@ -26,8 +26,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from metalstm.data import glyphs
 from metalstm.data.base import ImageSet
+from metalstm.paths import data_dir as default_data_dir
 
 VERSION = "v1"
 SPLIT = "test"                       # the only split: an out-of-domain meta-test set
@@ -44,8 +44,9 @@ def sha256(array: np.ndarray) -> str:
 
 
 def paths(data_dir: str | Path | None = None) -> tuple[Path, Path]:
-    """(arrays file, manifest file) in data_dir (default: where the glyphs are found)."""
-    data_dir = Path(data_dir) if data_dir is not None else glyphs.DATA_DIR
+    """(arrays file, manifest file) in data_dir (default: metalstm.paths.data_dir(), the
+    folder of the glyphs: the checkout's data/, or $METALSTM_DATA for an installed package)."""
+    data_dir = Path(data_dir) if data_dir is not None else default_data_dir()
     return data_dir / f"digits-{VERSION}.npz", data_dir / f"digits-{VERSION}.json"
 
 
