@@ -10,9 +10,12 @@ TESTENV := TQDM_DISABLE=1 MPLBACKEND=Agg PYTHONHASHSEED=0
 
 env: $(VENV)/.installed
 
+# the package with its course and test extras (pyproject.toml). A torch already in the
+# environment is kept (e.g. PyTorch's CPU-only build, README "Installing"); another
+# environment: `make course VENV=$CONDA_PREFIX`.
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --disable-pip-version-check -e .
+	$(PY) -m pip install --disable-pip-version-check -e '.[course,test]'
 	$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
 	touch $@
 
