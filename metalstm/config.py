@@ -47,6 +47,9 @@ class Config:
     p: float = 10.0
     forget_bias: tuple[float, float] = (4.0, 5.0)
     input_bias: tuple[float, float] = (-5.0, -4.0)
+    # the path: fused step + channels-last pooling (True), or reference_step + plain pooling, the
+    # readable one (False, --reference); equal to rounding. A checkpoint without it loads as True.
+    fast: bool = True
     # learner batch norm (SPEC 7)
     bn_eps: float = 1e-3
     bn_momentum: float = 0.95
@@ -71,7 +74,7 @@ class Config:
 
     def same_model(self, other: "Config") -> bool:
         """True when a checkpoint of `other` fits a model built from this config."""
-        keys = ("image_size", "in_channels", "n_way", "hidden", "rule")
+        keys = ("image_size", "in_channels", "n_way", "hidden")
         return all(getattr(self, k) == getattr(other, k) for k in keys)
 
 

@@ -75,12 +75,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int)
     ap.add_argument("--json", help="also write the results as JSON here")
+    ap.add_argument("--reference", action="store_true", help="the readable path: reference_step and "
+                    "plain pooling instead of the fused step (the same numbers to rounding, slower)")
     args = ap.parse_args(argv)
     try:
         if args.threads:
             torch.set_num_threads(args.threads)
         expect = get_config(args.config) if args.config else None
         learner, meta, cfg, _ = load_trained(args.checkpoint, args.device, expect=expect)
+        if args.reference:                 # Config.fast=False, as build_model would have made it
+            cfg, learner.fast, meta.fused = cfg.replace(fast=False), False, False
         n = args.episodes or cfg.test_episodes
         sampler = sampler_for(cfg, "test")
         methods = {"Meta-Learner LSTM": rule_accuracy(learner, meta.eval(), cfg, sampler.seed, args.device)}

@@ -56,13 +56,13 @@ def build_model(cfg: Config, device: str | torch.device = "cpu") -> tuple[Learne
     """The learner f(x; theta) and the update rule cfg.rule (paper notes 11), c_0 = a seeded
     initial theta: the same c_0 for every rung of the ladder."""
     learner = Learner(n_way=cfg.n_way, in_channels=cfg.in_channels, image_size=cfg.image_size,
-                      bn_eps=cfg.bn_eps, bn_momentum=cfg.bn_momentum)
+                      bn_eps=cfg.bn_eps, bn_momentum=cfg.bn_momentum, fast=cfg.fast)
     g = torch.Generator().manual_seed(cfg.seed)
     theta0 = learner.init_params(generator=g)
     if cfg.rule != "lstm":
         return learner, make_rule(cfg.rule, learner, theta0, cfg.rule_lr, cfg.steps).to(device)
     meta = MetaLearner(learner.n_params, hidden=cfg.hidden, p=cfg.p, forget_bias=cfg.forget_bias,
-                       input_bias=cfg.input_bias, theta0=theta0, generator=g)
+                       input_bias=cfg.input_bias, theta0=theta0, generator=g, fused=cfg.fast)
     return learner, meta.to(device)
 
 
@@ -298,13 +298,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, help="override the seed")
     ap.add_argument("--data-root", help="where a real data set lives")
     ap.add_argument("--threads", type=int, help="torch.set_num_threads")
+    ap.add_argument("--reference", action="store_true", help="the readable path: reference_step and "
+                    "plain pooling instead of the fused step (the same numbers to rounding, slower)")
     args = ap.parse_args(argv)
     world = World.single()
     try:
         overrides = {k: v for k, v in (("episodes", args.episodes), ("seed", args.seed), ("rule", args.rule),
                                        ("data_root", args.data_root), ("lr", args.lr),
                                        ("meta_batch", args.meta_batch), ("val_every", args.val_every),
-                                       ("val_episodes", args.val_episodes)) if v is not None}
+                                       ("val_episodes", args.val_episodes),
+                                       ("fast", False if args.reference else None)) if v is not None}
         cfg = get_config(args.config, **overrides)
         if cfg.meta_batch < 1:
             raise ValueError(f"--meta-batch must be at least 1, got {cfg.meta_batch}")

@@ -1,4 +1,5 @@
-"""The learner as a pure function f(x; theta) of one flat parameter vector (SPEC 2, 7)."""
+"""The learner as a pure function f(x; theta) of one flat parameter vector (SPEC 2, 7); the
+tests against PyTorch's layers and of batch norm run over both paths (conftest.py's `path`)."""
 import pytest
 import torch
 import torch.nn.functional as F
@@ -79,8 +80,8 @@ def test_init_params_is_deterministic_and_standard():
     assert p["fc.weight"].abs().max() <= 1 / 800 ** 0.5
 
 
-def test_forward_and_gradient_equal_pytorch_layers_with_the_same_weights():
-    learner = Learner(5, 1, 28)
+def test_forward_and_gradient_equal_pytorch_layers_with_the_same_weights(path):
+    learner = Learner(5, 1, 28, fast=path == "fast")
     theta = learner.init_params(torch.Generator().manual_seed(0))
     net = reference_net(5, 1, 32)
     nn.utils.vector_to_parameters(theta.clone(), net.parameters())
@@ -111,8 +112,8 @@ def test_to_module_copies_the_weights():
     assert torch.equal(theta, before)
 
 
-def test_one_84x84x3_forward_matches_pytorch_layers_and_to_module():
-    learner = Learner(5, 3, 84)
+def test_one_84x84x3_forward_matches_pytorch_layers_and_to_module(path):
+    learner = Learner(5, 3, 84, fast=path == "fast")
     theta = learner.init_params(torch.Generator().manual_seed(0))
     net = reference_net(5, 3, 800)          # plain NCHW layers: checks the flatten order too
     nn.utils.vector_to_parameters(theta.clone(), net.parameters())
@@ -121,8 +122,8 @@ def test_one_84x84x3_forward_matches_pytorch_layers_and_to_module():
     torch.testing.assert_close(learner(x, theta), learner.to_module(theta)(x), rtol=1e-4, atol=1e-5)
 
 
-def test_running_averages_follow_pytorch_momentum_convention():
-    learner = Learner(bn_momentum=0.9)
+def test_running_averages_follow_pytorch_momentum_convention(path):
+    learner = Learner(bn_momentum=0.9, fast=path == "fast")
     theta = learner.init_params(torch.Generator().manual_seed(0))
     net = reference_net(5, 1, 32, momentum=0.9)
     nn.utils.vector_to_parameters(theta.clone(), net.parameters())
@@ -144,8 +145,8 @@ def test_running_averages_follow_pytorch_momentum_convention():
     torch.testing.assert_close(learner(x, theta, bn="running", stats=stats), net.eval()(x))
 
 
-def test_batch_mode_without_stats_changes_nothing_and_running_mode_changes_nothing():
-    learner = Learner()
+def test_batch_mode_without_stats_changes_nothing_and_running_mode_changes_nothing(path):
+    learner = Learner(fast=path == "fast")
     theta = learner.init_params()
     stats = learner.new_bn_stats()
     learner(images(5), theta, bn="batch")                     # no stats given: nothing to update
@@ -154,8 +155,8 @@ def test_batch_mode_without_stats_changes_nothing_and_running_mode_changes_nothi
     assert torch.equal(stats.mean[1], torch.zeros(32)) and torch.equal(stats.var[1], torch.ones(32))
 
 
-def test_the_running_stat_updates_do_not_enter_the_graph():
-    learner = Learner()
+def test_the_running_stat_updates_do_not_enter_the_graph(path):
+    learner = Learner(fast=path == "fast")
     theta = learner.init_params().requires_grad_(True)
     stats = learner.new_bn_stats()
     learner(images(5), theta, bn="batch", stats=stats).sum().backward()

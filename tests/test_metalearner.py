@@ -1,4 +1,5 @@
-"""The coordinate-wise meta-learner, SGD as a cell, the inner loop and episodes (SPEC 3-7)."""
+"""The coordinate-wise meta-learner, SGD as a cell, the inner loop and episodes (SPEC 3-7); the
+tests that take a learner run over both paths (conftest.py's `path`)."""
 import pytest
 import torch
 import torch.nn.functional as F
@@ -12,14 +13,14 @@ from testkit import random_episode
 
 
 @pytest.fixture
-def learner():
-    return Learner(5, 1, 28)
+def learner(path):
+    return Learner(5, 1, 28, fast=path == "fast")
 
 
 @pytest.fixture
 def meta(learner):
     g = torch.Generator().manual_seed(0)
-    return MetaLearner(learner.n_params, theta0=learner.init_params(g), generator=g)
+    return MetaLearner(learner.n_params, theta0=learner.init_params(g), generator=g, fused=learner.fast)
 
 
 def test_parameter_shapes_and_initial_ranges(meta, learner):
@@ -73,11 +74,11 @@ def reference_step(meta, loss, grad, theta, h, c, f_prev, i_prev):
     return torch.stack(new_theta), h, c, torch.stack(fs), torch.stack(is_)
 
 
-def test_two_steps_follow_the_equations_coordinate_by_coordinate():
+def test_two_steps_follow_the_equations_coordinate_by_coordinate(path):
     n = 6
     g = torch.Generator().manual_seed(0)
     theta0 = torch.randn(n, generator=g)
-    meta = MetaLearner(n, theta0=theta0, generator=g)
+    meta = MetaLearner(n, theta0=theta0, generator=g, fused=path == "fast")
     with torch.no_grad():                       # larger weights so every term matters
         for p in meta.rule_parameters():
             p.copy_(torch.randn(p.shape, generator=g))
@@ -100,8 +101,8 @@ def test_two_steps_follow_the_equations_coordinate_by_coordinate():
 def test_logit_feedback_is_the_authors_variant_and_differs_from_step_two(learner):
     theta0 = learner.init_params(torch.Generator().manual_seed(0))
     kw = dict(theta0=theta0, generator=None)
-    paper = MetaLearner(learner.n_params, **kw)
-    authors = MetaLearner(learner.n_params, prev_gate="logit", **kw)
+    paper = MetaLearner(learner.n_params, fused=learner.fast, **kw)
+    authors = MetaLearner(learner.n_params, prev_gate="logit", fused=learner.fast, **kw)
     authors.load_state_dict(paper.state_dict())
     ep = random_episode()
     with torch.no_grad():

@@ -1,5 +1,6 @@
 """The paper's claims about the Meta-Learner LSTM, each as a test that a wrong
-implementation fails (Ravi & Larochelle 2017; SPEC 2-7)."""
+implementation fails (Ravi & Larochelle 2017; SPEC 2-7). The tests that take a learner run over
+both paths (conftest.py's `path`: the fused step and channels-last pooling, and the reference)."""
 import math
 
 import pytest
@@ -20,13 +21,14 @@ def episodes():
 
 
 @pytest.fixture(scope="module")
-def learner():
-    return Learner(n_way=5, in_channels=1, image_size=28, bn_momentum=0.95)
+def learner(path):
+    return Learner(n_way=5, in_channels=1, image_size=28, bn_momentum=0.95, fast=path == "fast")
 
 
 def meta_learner(learner, seed=0):
+    """A meta-learner on the learner's path (fused step when the learner pools the fast way)."""
     g = torch.Generator().manual_seed(seed)
-    return MetaLearner(learner.n_params, theta0=learner.init_params(g), generator=g)
+    return MetaLearner(learner.n_params, theta0=learner.init_params(g), generator=g, fused=learner.fast)
 
 
 def flat(module):
@@ -41,7 +43,7 @@ def test_cell_update_with_forget_one_and_input_lr_is_torch_sgd_step_by_step(epis
     if rule_kind == "SGDCell":
         rule = SGDCell(theta0, lr)
     else:   # pin the learned gates: zero weights, sigmoid(30) == 1.0 in float32, sigmoid(logit(lr)) = lr
-        rule = MetaLearner(learner.n_params, theta0=theta0)
+        rule = MetaLearner(learner.n_params, theta0=theta0, fused=learner.fast)
         with torch.no_grad():
             for p in rule.rule_parameters():
                 p.zero_()

@@ -1,0 +1,103 @@
+"""The readable path is one switch away: Config.fast=False (`--reference` on train and evaluate)
+runs MetaLearner.reference_step and plain pooling instead of the fused step and the
+channels-last pooling, with the same numbers to rounding; old checkpoints load as fast."""
+import json
+
+import pytest
+import torch
+
+import metalstm.learner as learner_mod
+import metalstm.metalearner as ml
+from metalstm import evaluate, train as train_mod
+from metalstm.checkpoint import load_checkpoint
+from metalstm.config import Config, get_config
+from metalstm.learner import Learner
+from metalstm.metalearner import MetaLearner
+from metalstm.train import train
+from metalstm.viz import shipped_checkpoint
+
+SMOKE = get_config("smoke")
+
+
+@pytest.fixture
+def calls(monkeypatch):
+    """How often the fast path's two pieces ran: the fused step and the channels-last pooling."""
+    count = {"fused_step": 0, "relu_max_pool": 0}
+    for module, name in ((ml, "fused_step"), (learner_mod, "relu_max_pool")):
+        real = getattr(module, name)
+
+        def spy(*args, _real=real, _name=name, **kwargs):
+            count[_name] += 1
+            return _real(*args, **kwargs)
+
+        monkeypatch.setattr(module, name, spy)
+    return count
+
+
+def test_old_checkpoints_without_the_field_load_as_the_fast_path():
+    saved = load_checkpoint(shipped_checkpoint("glyphs-5shot"))[1]
+    assert "fast" not in saved                        # shipped before the switch existed
+    assert Config.from_dict(saved).fast is True
+    readable = SMOKE.replace(fast=False)
+    assert readable.to_dict()["fast"] is False and Config.from_dict(readable.to_dict()) == readable
+    assert Config.from_dict(json.loads(json.dumps(readable.to_dict()))) == readable
+
+
+@pytest.mark.parametrize("flag", [[], ["--reference"]])
+def test_train_cli_switch_reaches_the_model(tmp_path, capsys, calls, flag):
+    out = tmp_path / "run"
+    assert train_mod.main(["--config", "smoke", "--episodes", "2", "--val-every", "2", "--val-episodes", "1",
+                           "--out", str(out), "--threads", "1", *flag]) == 0
+    assert load_checkpoint(out / "last.pt")[1]["fast"] is (not flag)
+    if flag:
+        assert calls == {"fused_step": 0, "relu_max_pool": 0}
+    else:
+        assert calls["fused_step"] > 0 and calls["relu_max_pool"] > 0
+
+
+def test_evaluate_cli_reference_gives_the_same_accuracy(tmp_path, capsys, calls):
+    results = {}
+    for flag in ([], ["--reference"]):
+        out = tmp_path / f"eval{len(flag)}.json"
+        before = dict(calls)
+        assert evaluate.main(["--checkpoint", str(shipped_checkpoint("glyphs-1shot")), "--episodes", "4",
+                              "--threads", "1", "--json", str(out), *flag]) == 0
+        used = {k: calls[k] - before[k] for k in calls}
+        assert (used == {"fused_step": 0, "relu_max_pool": 0}) == bool(flag), used
+        results[bool(flag)] = json.loads(out.read_text())
+    assert results[True]["config"]["fast"] is False and results[False]["config"]["fast"] is True
+    (fast,), (ref,) = results[False]["results"], results[True]["results"]
+    assert fast["name"] == ref["name"] == "Meta-Learner LSTM"
+    assert abs(fast["mean"] - ref["mean"]) <= 1 / 300 + 1e-9   # 4 episodes of 75 queries: <= 1 differs
+
+
+def test_reference_path_resumes_exactly(tmp_path, calls):
+    cfg = SMOKE.replace(fast=False)
+    train(cfg, tmp_path / "straight", progress=False)
+    train(cfg, tmp_path / "resumed", stop_after=4, progress=False)
+    train(cfg, tmp_path / "resumed", resume=True, progress=False)
+    a, b = (load_checkpoint(tmp_path / run / "last.pt")[0]["metalearner"] for run in ("straight", "resumed"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert calls == {"fused_step": 0, "relu_max_pool": 0}
+
+
+def test_fast_and_reference_give_the_same_meta_gradient():
+    """One meta-training episode on each path: the same query loss and meta-gradient, to rounding
+    (Adam, fed these, would magnify the rounding of the near-zero coordinates: compare before it)."""
+    from testkit import random_episode
+
+    grads = {}
+    for fast in (True, False):
+        learner = Learner(5, 1, 28, fast=fast)
+        g = torch.Generator().manual_seed(0)
+        meta = MetaLearner(learner.n_params, theta0=learner.init_params(g), generator=g, fused=fast)
+        result = ml.run_episode(learner, meta, random_episode(), steps=4, batch_size=25,
+                                generator=torch.Generator().manual_seed(1))
+        result.query_loss.backward()
+        grads[fast] = (result.query_loss.item(), {k: p.grad for k, p in meta.named_parameters()})
+    (loss_f, fast), (loss_r, ref) = grads[True], grads[False]
+    assert loss_f == pytest.approx(loss_r, rel=1e-5)
+    for k in fast:
+        assert ref[k].abs().sum() > 0, k
+        # float32 rounding (measured: 1e-6 of the norm for c0, the pooling is exact): 1e-5 of the norm
+        assert (fast[k] - ref[k]).norm() <= 1e-5 * ref[k].norm(), k
