@@ -33,25 +33,30 @@ def unroll(meta: MetaLearner, steps: int, fused: bool, seed: int = 1):
     return theta, state, gates
 
 
-@pytest.mark.parametrize("prev_gate", ["value", "logit"])
-def test_fused_step_has_the_reference_values_and_meta_gradients(prev_gate):
-    meta = perturbed_meta(40, prev_gate)
-    r = torch.randn(40, dtype=torch.float64)
+def assert_fused_agrees(meta: MetaLearner, steps: int = 4) -> None:
+    """THE agreement check: the fused step's values and meta-gradients equal autograd's through
+    `reference_step`, for a loss that reaches every output of the step (theta, h, c, the gates)."""
+    r = torch.randn(meta.n_params, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
     results = {}
     for fused in (True, False):
         meta.zero_grad()
-        theta, state, gates = unroll(meta, 4, fused)
-        # a loss that reaches every output of the step: theta, h, c and the recorded gates
+        theta, state, gates = unroll(meta, steps, fused)
         loss = (theta * r).sum() + state.h.pow(2).sum() + 0.3 * state.c.sum() + (gates[1].f * r).sum() \
             + gates[2].i.sum() + state.f.sum() + state.i.pow(2).sum()
         loss.backward()
         results[fused] = (theta.detach(), state, [p.grad.clone() for p in meta.parameters()])
+    meta.fused = True
     (theta_f, state_f, grads_f), (theta_r, state_r, grads_r) = results[True], results[False]
     torch.testing.assert_close(theta_f, theta_r, rtol=1e-12, atol=1e-14)
     torch.testing.assert_close(state_f.h, state_r.h, rtol=1e-12, atol=1e-14)
     for (name, _), got, want in zip(meta.named_parameters(), grads_f, grads_r):
-        assert got.abs().sum() > 0, name      # every meta-parameter receives a gradient
+        assert want.abs().sum() > 0, name     # every meta-parameter receives a gradient
         torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12, msg=name)
+
+
+@pytest.mark.parametrize("prev_gate", ["value", "logit"])
+def test_fused_step_has_the_reference_values_and_meta_gradients(prev_gate):
+    assert_fused_agrees(perturbed_meta(40, prev_gate))
 
 
 def test_fused_step_passes_gradcheck():
@@ -76,26 +81,30 @@ def test_meta_test_step_needs_no_graph_and_agrees():
     torch.testing.assert_close(state_f.c, state_r.c.float(), rtol=1e-5, atol=1e-6)
 
 
-def test_a_wrong_backward_is_caught(monkeypatch):
-    """The agreement test can fail: a backward with one wrong derivative (W_F's, 1% off) shows."""
+# FusedMetaStep.backward's outputs, in forward's argument order
+INPUTS = ("loss", "grad", "theta", "h", "c", "prev_f", "prev_i", "lstm_weight", "lstm_bias",
+          "W_F", "W_I", "b_F", "b_I", "p")
+
+
+@pytest.mark.parametrize("wrong_input", ["theta", "h", "c", "prev_f", "lstm_weight", "W_F", "b_I"])
+def test_a_wrong_backward_is_caught(monkeypatch, wrong_input):
+    """The agreement check can fail: with the real fused backward made wrong in one derivative
+    (1% off), `assert_fused_agrees` - the check the tests above rely on - raises."""
     meta = perturbed_meta(20, "value")
-
-    def w_f_grad(fused):
-        meta.zero_grad()
-        theta, _, _ = unroll(meta, 3, fused)
-        theta.sum().backward()
-        return meta.W_F.grad.clone()
-
-    want = w_f_grad(False)
-    original = FusedMetaStep.backward
+    assert_fused_agrees(meta, steps=3)                     # the real backward passes
+    original, index, calls = FusedMetaStep.backward, INPUTS.index(wrong_input), []
 
     def wrong(ctx, *grads):
         out = list(original(ctx, *grads))
-        out[9] = out[9] * 1.01
+        if out[index] is not None:                         # (no d h_0: the first h is a constant)
+            out[index] = out[index] * 1.01
+            calls.append(wrong_input)
         return tuple(out)
 
     monkeypatch.setattr(FusedMetaStep, "backward", staticmethod(wrong))
-    assert not torch.allclose(w_f_grad(True), want, rtol=1e-6)
+    with pytest.raises(AssertionError):
+        assert_fused_agrees(meta, steps=3)
+    assert calls                                           # the fused path ran the wrong backward
 
 
 def test_each_thread_has_its_own_scratch_buffers():
