@@ -165,9 +165,15 @@ def build(progress: bool = True) -> tuple[np.ndarray, dict]:
     """Render the whole data set from the fonts: (images uint8 [classes, 20, 28, 28], manifest)."""
     cps, clean, counts = select_classes()
     images = render.jitter(clean, cps, SEED, progress=progress)
+    return images, make_manifest(cps, counts, images)
+
+
+def make_manifest(code_points: list[int], counts: dict, images: np.ndarray) -> dict:
+    """The manifest of a data set of these classes (select_classes' code points and counts)
+    and images: each class's name, alphabet and split, the render settings, the checksum."""
     classes = [dict(code_point=f"U+{cp:04X}", name=class_name(cp), alphabet=alphabet_of(cp),
-                    split=ALPHABET_SPLITS[alphabet_of(cp)]) for cp in cps]
-    manifest = dict(
+                    split=ALPHABET_SPLITS[alphabet_of(cp)]) for cp in code_points]
+    return dict(
         name=f"glyphs-{VERSION}",
         description="Unicode characters in 12 DejaVu styles, 20 jittered 28x28 images each "
                     "(see data/README.md)",
@@ -183,7 +189,6 @@ def build(progress: bool = True) -> tuple[np.ndarray, dict]:
         software=software_versions(),
         classes=classes,
     )
-    return images, manifest
 
 
 def software_versions() -> dict:
