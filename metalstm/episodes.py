@@ -98,10 +98,7 @@ class EpisodeSampler:
 
     def generator(self, i: int) -> torch.Generator:
         """The random stream of episode i: a function of (seed, i) alone."""
-        # Mix (seed, i) into one 63-bit seed; different pairs give unrelated streams.
-        g = torch.Generator()
-        g.manual_seed((self.seed * 0x9E3779B97F4A7C15 + i * 0xBF58476D1CE4E5B9 + 1) % (2**63 - 1))
-        return g
+        return _mixed(self.seed, i, (0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 1))
 
     def __getitem__(self, i: int) -> Episode:
         if i < 0:
@@ -173,3 +170,41 @@ def main(argv: list[str] | None = None) -> float:
 
 if __name__ == "__main__":
     main()
+
+
+# -- seeds and the fixed episode streams of a configuration --------------------
+def episode_generator(seed: int, i: int, stream: int = 0) -> torch.Generator:
+    """The generator of episode i's own random choices in the inner loop (its mini-batch order),
+    from (seed, i, stream) alone; `EpisodeSampler.generator` draws the episode itself."""
+    return _mixed(seed, i, (1_000_003, 7_919, 104_729 * stream + 12_345))
+
+
+def _mixed(seed: int, i: int, constants: tuple[int, int, int]) -> torch.Generator:
+    """The ONE way (seed, i) becomes a generator: a * seed + b * i + c, modulo 2^63 - 1.
+    Different (a, b, c) name different streams (the episode, its mini-batches)."""
+    a, b, c = constants
+    g = torch.Generator()
+    g.manual_seed((seed * a + i * b + c) % (2**63 - 1))
+    return g
+
+
+def load_split(cfg, split: str):
+    """One meta-split of the configuration's data set, checked against its episode shape."""
+    from metalstm.data import load_dataset
+
+    data = load_dataset(cfg.dataset, split, root=cfg.data_root, image_size=cfg.image_size)
+    if data.image_shape != (cfg.in_channels, cfg.image_size, cfg.image_size):
+        raise ValueError(f"{cfg.name}: expects {cfg.in_channels}x{cfg.image_size}x{cfg.image_size} "
+                         f"images but {data.name} has {'x'.join(map(str, data.image_shape))}")
+    check_request(data, cfg.n_way, cfg.k_shot, cfg.n_query)
+    return data
+
+
+SPLIT_OFFSETS = {"train": 0, "val": 1, "test": 2}
+
+
+def sampler_for(cfg, split: str, data=None) -> "EpisodeSampler":
+    """The fixed episode stream of a configuration's split: seeds differ per split so val/test
+    never reuse train's. `data` may be another data set's split (e.g. the digits as "test")."""
+    data = data if data is not None else load_split(cfg, split)
+    return EpisodeSampler(data, cfg.n_way, cfg.k_shot, cfg.n_query, seed=cfg.seed * 10 + SPLIT_OFFSETS[split])

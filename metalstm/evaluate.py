@@ -1,30 +1,43 @@
-"""Meta-test evaluation (SPEC 5, 7, 8): every method on the same episodes.
+"""Meta-test evaluation (SPEC 5, 7, 8): every method on the same episodes, paired differences.
 
     python -m metalstm.evaluate --checkpoint data/checkpoints/glyphs-5shot.pt
     python -m metalstm.evaluate --checkpoint P --episodes 600 --baselines all
+    python -m metalstm.evaluate --checkpoint data/checkpoints/glyphs-5shot.pt \
+        --rungs data/checkpoints/ladder/glyphs-5shot-*.pt --baselines all \
+        --cache data/checkpoints/baselines --test-sets glyphs digits --json out.json
 
 Accuracy is the mean over `episodes` meta-test episodes (600 in the paper) with
 a 95% interval of 1.96 * std / sqrt(n). Episode i is a function of the
 configuration's seed and i alone, so every method sees exactly the same
-support and query images, and the same command gives the same table.
+support and query images, and the same command gives the same table. Because
+the episodes are shared, two methods are compared by their per-episode
+differences (`metalstm.stats.paired_difference`): the table gives each
+method's paired difference to the Meta-Learner LSTM and, for a rung of the
+ladder (paper notes 11), to the rung below it. "digits" as a test set is the
+out-of-domain test: rules and baselines trained on glyphs, tested on
+handwritten digits (data/README.md).
 """
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
+from pathlib import Path
 from typing import Callable
 
 import torch
 from tqdm.auto import tqdm
 
-from metalstm.baselines.common import Evaluation, report
+from metalstm.baselines.common import Evaluation
 from metalstm.baselines.suite import METHODS, build_baselines
 from metalstm.checkpoint import CheckpointError
 from metalstm.config import Config, get_config
-from metalstm.episodes import Episode, EpisodeSampler
+from metalstm.data import load_dataset
+from metalstm.episodes import Episode, EpisodeSampler, check_request, episode_generator, sampler_for
 from metalstm.metalearner import run_episode
-from metalstm.train import episode_generator, load_trained, sampler_for
+from metalstm.rules import RUNG_NAMES, RUNGS, load_trained
+from metalstm.stats import paired_difference, significant
 
 
 # A method maps (episode, index) to the query accuracy in [0, 1].
@@ -38,6 +51,28 @@ def rule_accuracy(learner, rule, cfg: Config, seed: int, device="cpu") -> Episod
                           mode="test", generator=episode_generator(seed, i))
         return float(res.query_acc)
     return acc
+
+
+def evaluate_rule(learner, rule, sampler: EpisodeSampler, episodes: int | range, cfg: Config,
+                  device="cpu", desc: str | None = None, query_bn: str = "running") -> list[float]:
+    """Query accuracy of each episode (the first n, or those in a range), meta-test protocol
+    (paper notes 7); the meta-validation of `metalstm.train` and the notebooks use it too.
+
+    query_bn="batch" normalises the query pass with its own batch statistics instead
+    (the meta-training protocol; for measuring what the protocol costs).
+    """
+    if query_bn not in ("running", "batch"):
+        raise ValueError(f"query_bn must be 'running' or 'batch', got {query_bn!r}")
+    accs = []
+    indices = range(episodes) if isinstance(episodes, int) else episodes
+    for i in tqdm(indices, desc=desc, leave=False, disable=True if desc is None else None):
+        ep = sampler[i].to(device)
+        with torch.no_grad():      # mode="train" would otherwise keep the meta-graph
+            res = run_episode(learner, rule, ep, cfg.steps, cfg.batch_size,
+                              mode="test" if query_bn == "running" else "train",
+                              generator=episode_generator(sampler.seed, i))
+        accs.append(float(res.query_acc))
+    return accs
 
 
 def logits_accuracy(predict: Callable[[Episode], torch.Tensor]) -> EpisodeAccuracy:
@@ -62,19 +97,75 @@ def evaluate_methods(methods: dict[str, EpisodeAccuracy], sampler: EpisodeSample
     return results
 
 
+def meta_test_sampler(cfg: Config, test_set: str | None = None) -> EpisodeSampler:
+    """The meta-test episodes of `cfg` on its own data set, or on another data set's test split
+    (e.g. "digits": the out-of-domain test of a glyph-trained rule), with the same seed."""
+    if test_set is None or test_set == cfg.dataset:
+        return sampler_for(cfg, "test")
+    data = load_dataset(test_set, "test", image_size=cfg.image_size)
+    if data.image_shape != (cfg.in_channels, cfg.image_size, cfg.image_size):
+        raise ValueError(f"{test_set} has {'x'.join(map(str, data.image_shape))} images; {cfg.name} "
+                         f"needs {cfg.in_channels}x{cfg.image_size}x{cfg.image_size}")
+    check_request(data, cfg.n_way, cfg.k_shot, cfg.n_query)
+    return sampler_for(cfg, "test", data)
+
+
+def paired_rows(results: list[Evaluation], rung_of: dict[str, str],
+                reference: str = RUNG_NAMES["lstm"]) -> list[dict]:
+    """Each result with its paired difference (mean of per-episode differences, 95% interval)
+    to the `reference` method and, for a rung of the ladder, to the rung below it."""
+    by_rung = {rung_of[r.name]: r for r in results if r.name in rung_of}
+    ref = next((r for r in results if r.name == reference), None)
+    rows = []
+    for r in results:
+        row = {"name": r.name, "mean": r.mean, "ci95": r.ci95, "seconds": r.seconds,
+               "rung": rung_of.get(r.name), "vs_reference": None, "vs_below": None, "below": None}
+        if ref is not None and r is not ref:
+            row["vs_reference"] = paired_difference(r.accuracies, ref.accuracies)
+        if r.name in rung_of:
+            lower = [by_rung[k] for k in RUNGS[:RUNGS.index(rung_of[r.name])] if k in by_rung]
+            if lower:
+                row["below"] = lower[-1].name
+                row["vs_below"] = paired_difference(r.accuracies, lower[-1].accuracies)
+        rows.append(row)
+    return rows
+
+
+def paired_table(rows: list[dict], reference: str = RUNG_NAMES["lstm"]) -> str:
+    """Markdown: method | accuracy | paired difference to the reference | to the rung below."""
+    def diff(d):
+        if d is None:
+            return ""
+        mark = "" if significant(*d) else " (n.s.)"
+        return f"{100 * d[0]:+.2f} +- {100 * d[1]:.2f}{mark}"
+    lines = [f"| method | accuracy (%) | vs {reference} | vs the rung below | seconds |",
+             "|---|---|---|---|---|"]
+    for r in rows:
+        below = f"{diff(r['vs_below'])} (vs {r['below']})" if r["vs_below"] is not None else ""
+        lines.append(f"| {r['name']} | {100 * r['mean']:.2f} +- {100 * r['ci95']:.2f} | "
+                     f"{diff(r['vs_reference'])} | {below} | {r['seconds']:.0f} |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description="Evaluate a trained meta-learner and the baselines on the "
-                                             "same meta-test episodes.")
+    ap = argparse.ArgumentParser(description="Evaluate a trained meta-learner, the other rungs of the ladder "
+                                             "and the baselines on the same meta-test episodes, with paired "
+                                             "differences.")
     ap.add_argument("--checkpoint", required=True, help="a best.pt or a shipped data/checkpoints/*.pt")
+    ap.add_argument("--rungs", nargs="*", default=[], metavar="CHECKPOINT",
+                    help="more trained rules of the same setting (e.g. data/checkpoints/ladder/glyphs-5shot-*.pt)")
     ap.add_argument("--config", help="refuse the checkpoint unless it fits this configuration")
     ap.add_argument("--episodes", type=int, help="meta-test episodes (default: the config's, 600)")
+    ap.add_argument("--test-sets", nargs="*", default=None, metavar="DATASET",
+                    help="test on these data sets' test splits (default: the checkpoint's own; "
+                         "'digits' is the out-of-domain test)")
     ap.add_argument("--baselines", nargs="*", default=[], metavar="NAME",
                     help=f"baselines to add: {' '.join(METHODS)} (or 'all')")
     ap.add_argument("--cache", default="runs/baselines",
                     help="where pre-trained / trained baselines are kept and reused")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int)
-    ap.add_argument("--json", help="also write the results as JSON here")
+    ap.add_argument("--json", help="also write the results (with every episode's accuracy) as JSON here")
     ap.add_argument("--reference", action="store_true", help="the readable path: reference_step and "
                     "plain pooling instead of the fused step (the same numbers to rounding, slower)")
     args = ap.parse_args(argv)
@@ -86,22 +177,55 @@ def main(argv: list[str] | None = None) -> int:
         if args.reference:                 # Config.fast=False, as build_model would have made it
             cfg, learner.fast, meta.fused = cfg.replace(fast=False), False, False
         n = args.episodes or cfg.test_episodes
-        sampler = sampler_for(cfg, "test")
-        methods = {"Meta-Learner LSTM": rule_accuracy(learner, meta.eval(), cfg, sampler.seed, args.device)}
-        notes = {"Meta-Learner LSTM": f"{args.checkpoint}"}
+        samplers = {name: meta_test_sampler(cfg, name) for name in (args.test_sets or [cfg.dataset])}
+        rules = {RUNG_NAMES[cfg.rule]: (learner, meta, cfg, args.checkpoint)}
+        for path in args.rungs:
+            r_learner, rule, r_cfg, _ = load_trained(path, args.device, expect=cfg)
+            if (r_cfg.k_shot, r_cfg.steps, r_cfg.batch_size) != (cfg.k_shot, cfg.steps, cfg.batch_size):
+                raise ValueError(f"{path} is a {r_cfg.k_shot}-shot rule of {r_cfg.steps} steps of batch "
+                                 f"{r_cfg.batch_size}; {args.checkpoint} is {cfg.k_shot}-shot, "
+                                 f"{cfg.steps} x {cfg.batch_size}: compare rules of one setting")
+            if args.reference:
+                r_learner.fast = False
+            if RUNG_NAMES[r_cfg.rule] in rules:
+                raise ValueError(f"two checkpoints of the rung {r_cfg.rule!r}: {rules[RUNG_NAMES[r_cfg.rule]][3]} "
+                                 f"and {path}")
+            rules[RUNG_NAMES[r_cfg.rule]] = (r_learner, rule, r_cfg, path)
+        order = sorted(rules, key=lambda name: RUNGS.index(rules[name][2].rule))
+        rung_of = {name: rules[name][2].rule for name in order}
+        notes = {name: str(rules[name][3]) for name in order}
+        baselines = {}
         wanted = list(METHODS) if args.baselines == ["all"] else args.baselines
         if wanted:
-            built, more = build_baselines(cfg, wanted, c0=meta.c0.detach().cpu(), cache=args.cache)
-            methods.update({m.name: logits_accuracy(m.predict) for m in built.values()})
+            c0 = meta.c0.detach().cpu() if cfg.rule == "lstm" else None
+            if c0 is None and "learned" in wanted:
+                wanted = [m for m in wanted if m != "learned"]   # 'SGD from learned c_0' uses the LSTM's c_0
+            baselines, more = build_baselines(cfg, wanted, c0=c0, cache=args.cache)
             notes.update(more)
-        results = evaluate_methods(methods, sampler, n)
+        tables, report_json = [], {"config": cfg.to_dict(), "episodes": n, "checkpoint": str(args.checkpoint),
+                                   "rungs": [str(p) for p in args.rungs], "test_sets": {}}
+        for test_set, sampler in samplers.items():
+            methods = {name: rule_accuracy(rules[name][0], rules[name][1].eval(), rules[name][2], sampler.seed,
+                                           args.device) for name in order}
+            methods.update({m.name: logits_accuracy(m.predict) for m in baselines.values()})
+            results = evaluate_methods(methods, sampler, n)
+            rows = paired_rows(results, rung_of)
+            title = (f"{cfg.name}: {cfg.n_way}-way {cfg.k_shot}-shot, {n} meta-test episodes of "
+                     f"{test_set} (seed {sampler.seed})")
+            tables.append(f"**{title}**\n\n{paired_table(rows)}")
+            report_json["test_sets"][test_set] = {
+                "title": title, "seed": sampler.seed,
+                "results": [{**row, "note": notes.get(row["name"], ""), "accuracies": r.accuracies}
+                            for row, r in zip(rows, results)]}
+            print(tables[-1] + "\n", flush=True)            # each table as soon as it is measured
     except (ValueError, FileNotFoundError, CheckpointError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    title = (f"{cfg.name}: {cfg.n_way}-way {cfg.k_shot}-shot, {n} meta-test episodes "
-             f"of {cfg.dataset} (seed {sampler.seed})")
-    print(report(title, results, notes, args.json, config=cfg.to_dict(), episodes=n,
-                 checkpoint=str(args.checkpoint)))
+    print("\n".join(f"- {name}: {note}" for name, note in notes.items()))
+    print("\n(n.s.: the paired 95% interval includes 0)")
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(report_json, indent=1))
     return 0
 
 

@@ -8,7 +8,9 @@ from metalstm.tools import diagnose as dg
 from metalstm.baselines.pretrain import pretrain
 from metalstm.config import get_config
 from metalstm.learner import Learner
-from metalstm.train import evaluate_rule, load_split, sampler_for, train
+from metalstm.evaluate import evaluate_rule
+from metalstm.episodes import load_split, sampler_for
+from metalstm.train import train
 
 SMOKE = get_config("smoke")
 
@@ -42,7 +44,7 @@ def test_c0_from_pretrained_keeps_the_conv_stack_and_zeroes_the_head(pre):
 
 
 def test_query_batch_norm_protocol_is_checked(checkpoint):
-    from metalstm.train import load_trained
+    from metalstm.rules import load_trained
     learner, meta, cfg, _ = load_trained(checkpoint)
     with pytest.raises(ValueError, match="query_bn"):
         evaluate_rule(learner, meta, sampler_for(cfg, "val"), 1, cfg, query_bn="train")

@@ -113,9 +113,6 @@ def test_teaching_modules_never_import_the_tools():
     assert not {name: t for name, t in wrong.items() if t}
 
 
-@pytest.mark.xfail(strict=True, reason="issue 15: the lead is moving train.py's shared helpers "
-                   "(episode_generator, sampler_for, load_trained, mean_ci95, ...) out of the training "
-                   "script; remove this mark when that is done")
 def test_nothing_imports_the_training_script_for_a_helper():
     users = sorted(name for name, targets in import_graph().items()
                    if TRAIN in targets and not is_tool(name))

@@ -15,7 +15,11 @@ import torch
 from metalstm.checkpoint import load_checkpoint
 from metalstm.config import get_config
 from metalstm.metalearner import run_episode
-from metalstm.train import build_model, episode_generator, evaluate_rule, mean_ci95, sampler_for, train
+from metalstm.rules import build_model
+from metalstm.episodes import episode_generator, sampler_for
+from metalstm.evaluate import evaluate_rule
+from metalstm.stats import mean_ci95
+from metalstm.train import train
 from testkit import exported_cells, load_solutions
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "05_meta_training.ipynb"

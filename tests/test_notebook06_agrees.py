@@ -13,7 +13,9 @@ import torch
 
 from metalstm.config import get_config
 from metalstm.metalearner import SGDCell, loss_and_grad, run_episode, support_batches
-from metalstm.train import build_model, episode_generator, evaluate_rule, sampler_for
+from metalstm.rules import build_model
+from metalstm.episodes import episode_generator, sampler_for
+from metalstm.evaluate import evaluate_rule
 from metalstm.viz import LAYERS, GateRecord, record_gates, trace_episode
 from testkit import cell_defining, load_solutions, perturb_rule_
 

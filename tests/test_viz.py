@@ -13,7 +13,8 @@ import torch  # noqa: E402
 import metalstm.viz.explorer as explorer_module  # noqa: E402
 from metalstm.config import get_config  # noqa: E402
 from metalstm.metalearner import loss_and_grad, run_episode, support_batches  # noqa: E402
-from metalstm.train import build_model, episode_generator, sampler_for  # noqa: E402
+from metalstm.rules import build_model# noqa: E402
+from metalstm.episodes import episode_generator, sampler_for  # noqa: E402
 from metalstm.viz import (LAYERS, GateRecord, InnerLoopExplorer, format_summary, gate_summary,  # noqa: E402
                           pick_coordinates, plot_gate_bands, plot_gates, plot_query_accuracy_by_step,
                           record_gates, shipped_checkpoint, trace_episode)

@@ -19,7 +19,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from metalstm.episodes import Episode
-from metalstm.train import mean_ci95 as confidence_interval  # one 95% interval for all (SPEC 5)
+from metalstm.stats import mean_ci95 as confidence_interval  # one 95% interval for all (SPEC 5)
 
 
 def cache_candidates(path: str | Path, settings: dict) -> tuple[Path, Path]:
@@ -109,9 +109,6 @@ def report(title: str, results: Sequence[Evaluation], notes: dict[str, str], jso
     text = "\n".join([f"**{title}**", "", markdown_table(results), ""] +
                       [f"- {name}: {note}" for name, note in notes.items()])
     if json_path:
-        import json
-        from pathlib import Path
-
         Path(json_path).parent.mkdir(parents=True, exist_ok=True)
         Path(json_path).write_text(json.dumps(
             {"title": title, **extra,

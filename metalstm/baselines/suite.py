@@ -6,7 +6,7 @@
 
 `build_baselines(cfg, ...)` returns {name: method} (each with predict(episode));
 hyper-parameters are chosen on meta-VALIDATION episodes only, and the test
-episodes are `metalstm.train.sampler_for(cfg, "test")`: the very episodes
+episodes are `metalstm.episodes.sampler_for(cfg, "test")`: the very episodes
 `python -m metalstm.evaluate` gives the meta-learner.
 """
 from __future__ import annotations
@@ -26,7 +26,9 @@ from metalstm.baselines.pretrain import load_or_pretrain
 from metalstm.baselines.sgd import learned_init, random_init, tune_lr
 from metalstm.checkpoint import CheckpointError
 from metalstm.config import Config, get_config
+from metalstm.episodes import load_split, sampler_for
 from metalstm.learner import Learner
+from metalstm.rules import load_trained
 
 METHODS = ("finetune", "nearest", "matching", "sgd", "adam", "learned")
 FINETUNE_STEPS = (5, 10, 20, 40)
@@ -66,8 +68,6 @@ def build_baselines(cfg: Config, methods=METHODS, c0: torch.Tensor | None = None
     cached beside it, never over it. train=False: a missing one is a FileNotFoundError
     (for notebooks, which should not start minutes of training unasked).
     """
-    from metalstm.train import load_split, sampler_for      # the meta-learner's own episodes
-
     unknown = sorted(set(methods) - set(METHODS))
     if unknown:
         raise ValueError(f"unknown baselines {unknown}; known: {', '.join(METHODS)}")
@@ -84,7 +84,6 @@ def build_baselines(cfg: Config, methods=METHODS, c0: torch.Tensor | None = None
     built, notes = {}, {}
 
     if "finetune" in methods or "nearest" in methods:
-        start = time.perf_counter()
         pre = pretrained_for(cfg, data["train"], cache, pretrain_epochs, progress, train)
         last = pre.meta["history"][-1] if pre.meta["history"] else {"loss": float("nan"), "acc": 0.0}
         pre_note = (f"pre-trained {pre.meta['epochs']} epochs on {pre.meta['num_classes']} classes "
@@ -171,12 +170,9 @@ def main(argv: list[str] | None = None) -> int:
         methods = args.methods or [m for m in METHODS if m != "learned" or args.checkpoint]
         c0 = None
         if args.checkpoint:
-            from metalstm.train import load_trained
-            _, meta, trained_cfg, _ = load_trained(args.checkpoint, expect=cfg)
-            c0 = meta.c0.detach()
+            c0 = load_trained(args.checkpoint, expect=cfg)[1].c0.detach()
             if "learned" not in methods:
                 methods.append("learned")
-        from metalstm.train import sampler_for
         n = args.episodes or cfg.test_episodes
         start = time.perf_counter()
         built, notes = build_baselines(cfg, methods, c0=c0, val_episodes=args.val_episodes,

@@ -40,8 +40,12 @@ from metalstm.baselines.pretrain import Pretrained
 from metalstm.baselines.suite import pretrained_for
 from metalstm.checkpoint import CheckpointError, load_checkpoint
 from metalstm.config import Config
-from metalstm.train import (build_model, evaluate_rule, load_split, load_trained, mean_ci95,
-                            sampler_for, train)
+from metalstm.rules import build_model, load_trained
+from metalstm.evaluate import evaluate_rule
+from metalstm.episodes import load_split
+from metalstm.episodes import sampler_for
+from metalstm.stats import mean_ci95
+from metalstm.train import train
 
 
 @dataclass

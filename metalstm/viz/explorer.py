@@ -79,7 +79,7 @@ class InnerLoopExplorer:
         if not 0 <= episode < self.n_episodes:
             raise ValueError(f"episode must be in 0..{self.n_episodes - 1}, got {episode}")
         if episode not in self._traces:
-            from metalstm.train import episode_generator
+            from metalstm.episodes import episode_generator
             ep = self.sampler[episode].to(self.device)
             trace = trace_episode(self.learner, self.metalearner, ep, self.cfg.steps, self.cfg.batch_size,
                                   generator=episode_generator(self.sampler.seed, episode))

@@ -176,11 +176,11 @@ def record_gates(learner: Learner, metalearner, sampler, cfg, episodes: int | ra
     """Run the trained meta-learner (meta-test protocol) on meta-validation episodes and keep
     f_t, i_t of every coordinate and the query accuracy after every step (SPEC 10).
 
-    sampler: e.g. `metalstm.train.sampler_for(cfg, "val")`; episodes: the first n, or indices.
+    sampler: e.g. `metalstm.episodes.sampler_for(cfg, "val")`; episodes: the first n, or indices.
     Episode i's mini-batches come from `episode_generator(sampler.seed, i)`, as in
-    `metalstm.train.evaluate_rule`, so the last step's accuracies are the ones it reports.
+    `metalstm.evaluate.evaluate_rule`, so the last step's accuracies are the ones it reports.
     """
-    from metalstm.train import episode_generator   # train imports the data loaders; keep viz light
+    from metalstm.episodes import episode_generator
 
     indices = list(range(episodes)) if isinstance(episodes, int) else [int(i) for i in episodes]
     if not indices:

@@ -68,7 +68,7 @@ def compare_with_schedule(learner, metalearner, sampler, cfg, record: GateRecord
                           episodes: range) -> tuple[float, float]:
     """Mean query accuracy (meta-test protocol) of the meta-learner and of its median schedule
     (same c_0) on the same episodes - episodes the record was NOT made from."""
-    from metalstm.train import evaluate_rule
+    from metalstm.evaluate import evaluate_rule
 
     rule = ScheduleRule(metalearner.c0, *schedule_from_record(record))
     ours = evaluate_rule(learner, metalearner, sampler, episodes, cfg)
@@ -81,7 +81,7 @@ def accuracy_beyond_T(learner, metalearner, sampler, cfg, factor: int = 2, episo
     """Mean query accuracy of theta_0 .. theta_{factor*T}: the meta-learner run for more steps than
     the T it was trained for (same episodes and mini-batch order as record_gates; the first
     T+1 entries are therefore the record's). Returns [factor*T + 1]."""
-    from metalstm.train import episode_generator
+    from metalstm.episodes import episode_generator
 
     accs = [trace_episode(learner, metalearner, sampler[i], factor * cfg.steps, cfg.batch_size,
                           generator=episode_generator(sampler.seed, i)).query_acc for i in range(episodes)]
