@@ -1,7 +1,9 @@
-"""Notebook 01 and the package cannot drift apart; the notebook's exercise solutions work.
+"""Notebook 01 and the package cannot drift apart; its printed claims hold; its exercise solutions work.
 
-The notebook develops `sample_episode`; its source is taken from the .ipynb and
-run here against `metalstm.episodes.EpisodeSampler` on the same generator.
+The notebook's `sample_episode` (the cell marked `# package: metalstm.episodes.EpisodeSampler.__getitem__`)
+is run here against `metalstm.episodes.EpisodeSampler` on the same generator. The claims its prose
+makes about printed numbers (the Latin blocks of the split, the two shortcuts, the memoriser's
+transfer to new classes) are recomputed here, so a change that breaks one fails this file.
 """
 import itertools
 import math
@@ -12,20 +14,17 @@ import pytest
 import torch
 
 from metalstm.data import ImageSet
-from metalstm.data.glyphs import load_glyphs
+from metalstm.data.glyphs import load_glyphs, split_table
 from metalstm.episodes import EpisodeSampler
-from testkit import cell_defining, load_solutions
+from testkit import check_markers, load_solutions, notebook_code
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 NOTEBOOK = NOTEBOOKS / "01_episodes.ipynb"
 
 
 def notebook_function(name: str):
-    """The function `name` as defined in the notebook's code cell that defines it."""
-    source = cell_defining(NOTEBOOK, name).split("\n\n\n")[0]          # the definition, not the demo lines after it
-    namespace = {"torch": torch}
-    exec(compile(source, f"{NOTEBOOK.name}:{name}", "exec"), namespace)
-    return namespace[name]
+    """The function `name` as the notebook's marked cells define it."""
+    return notebook_code(NOTEBOOK, name)[name]
 
 
 @pytest.fixture(scope="module")
@@ -73,6 +72,65 @@ def test_notebook_sampler_keeps_the_episode_rules():
     assert torch.equal(s_cls, classes[sy]) and torch.equal(q_cls, classes[qy])
     assert not set(s_idx.tolist()) & set(q_idx.tolist())
     assert sy.tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3]
+
+
+def test_the_markers_name_package_functions_whose_source_the_notebook_shows():
+    assert check_markers(NOTEBOOK) == ["metalstm.episodes.EpisodeSampler.__getitem__"]
+
+
+# -- the claims the prose makes about printed numbers ---------------------------------
+def test_latin_blocks_are_split_between_meta_train_and_meta_val_and_absent_from_meta_test():
+    latin = {}
+    for row in split_table():
+        if "Latin" in row["alphabet"]:
+            latin.setdefault(row["split"], []).append(row["alphabet"])
+    assert len(latin["train"]) == 2 and len(latin["val"]) == 3 and "test" not in latin   # "two ... three ..."
+    assert sum(map(len, latin.values())) == 5                                             # "five Unicode blocks"
+
+
+@pytest.fixture(scope="module")
+def memoriser(glyphs_train):
+    """The notebook's memoriser: the nearest mean image of a meta-train class."""
+    train = glyphs_train
+    means = torch.stack([train.float_images(train.indices_of(c)).mean(0)
+                         for c in range(train.num_classes)]).flatten(1)
+    return means, (lambda x: torch.cdist(x.flatten(1), means).argmin(1))
+
+
+def test_shortcut_1_a_fixed_label_order_can_be_guessed_a_shuffled_one_cannot(glyphs_train, memoriser):
+    sample_episode = notebook_function("sample_episode")
+    _, recognise = memoriser
+    g, n, hits_sorted, hits_shuffled = torch.Generator().manual_seed(0), 5, [], []
+    for _ in range(300):
+        _, _, query_x, query_y, classes = sample_episode(glyphs_train, n, 1, 15, g)
+        sorted_y = classes.argsort().argsort()[query_y]
+        guess = (recognise(query_x) / (glyphs_train.num_classes - 1) * (n - 1)).round().long()
+        hits_sorted.append((guess == sorted_y).float().mean())
+        hits_shuffled.append((guess == query_y).float().mean())
+    assert torch.stack(hits_sorted).mean() > 1.5 / n
+    assert abs(torch.stack(hits_shuffled).mean() - 1 / n) < 0.03          # "at chance, 1/N"
+
+
+def test_shortcut_2_the_memoriser_wins_on_seen_classes_and_transfers_well_above_chance(glyphs_train, memoriser):
+    sample_episode = notebook_function("sample_episode")
+    means, recognise = memoriser
+    test = load_glyphs("test")
+
+    def nearest_neighbour(sx, sy, qx):
+        return sy[torch.cdist(qx.flatten(1), sx.flatten(1)).argmin(1)]
+
+    def memorise(sx, sy, qx):
+        return sy[torch.cdist(means[recognise(qx)], means[recognise(sx)]).argmin(1)]
+
+    acc = {}
+    for model in (nearest_neighbour, memorise):
+        for name, data in (("train", glyphs_train), ("test", test)):
+            g = torch.Generator().manual_seed(1)
+            acc[model.__name__, name] = torch.stack([(model(sx, sy, qx) == qy).float().mean() for sx, sy, qx, qy, _
+                                                     in (sample_episode(data, 5, 1, 15, g) for _ in range(200))]).mean()
+    assert acc["memorise", "train"] > acc["nearest_neighbour", "train"]   # wins on meta-train classes
+    assert acc["memorise", "test"] < acc["nearest_neighbour", "test"]     # falls behind on new classes
+    assert acc["memorise", "test"] > 2 / 5                                # but stays far above chance (20%)
 
 
 def test_notebook_is_stored_without_outputs():

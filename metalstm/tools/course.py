@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import re
 import shutil
 import subprocess
 import sys
@@ -206,16 +207,37 @@ def install_assets(dest: Path, names=("reveal.js", "mathjax"), cache: Path | Non
     return done
 
 
+# the Open-in-Colab badge is an image on the web: a page made to be read offline drops it
+COLAB_BADGE = re.compile(r"^\[!\[Open In Colab\]\([^)]*\)\]\([^)]*\)[ \t]*\n*", re.MULTILINE)
+
+
 def exporter(fmt: str):
     """nbconvert's HTML ('html') or reveal.js ('slides') exporter with the offline templates."""
     from jinja2 import DictLoader
     from nbconvert import HTMLExporter, SlidesExporter
+    from nbconvert.preprocessors import Preprocessor
+    from traitlets.config import Config
+
+    class DropColabBadge(Preprocessor):
+        def preprocess_cell(self, cell, resources, index):
+            if cell.cell_type == "markdown":
+                cell.source = COLAB_BADGE.sub("", cell.source)
+            return cell, resources
 
     loaders = [DictLoader(TEMPLATES)]
+    made = _exporter(fmt, loaders, Config, HTMLExporter, SlidesExporter)
+    made.register_preprocessor(DropColabBadge(), enabled=True)
+    return made
+
+
+def _exporter(fmt, loaders, Config, HTMLExporter, SlidesExporter):
     if fmt == "html":
         return HTMLExporter(extra_loaders=loaders, template_file="metalstm_html.j2", mathjax_url=MATHJAX_URL)
     if fmt == "slides":
-        return SlidesExporter(extra_loaders=loaders, template_file="metalstm_reveal.j2", mathjax_url=MATHJAX_URL,
+        # a cell tagged "hide-input" shows only its output on a slide (a figure without its plotting code)
+        hide = Config({"TagRemovePreprocessor": {"enabled": True, "remove_input_tags": ["hide-input"]}})
+        return SlidesExporter(config=hide, extra_loaders=loaders, template_file="metalstm_reveal.j2",
+                              mathjax_url=MATHJAX_URL,
                               reveal_url_prefix="reveal.js", reveal_theme="white", reveal_transition="none",
                               reveal_width=str(SLIDE_SIZE[0]), reveal_height=str(SLIDE_SIZE[1]))
     raise ValueError(f"fmt must be 'html' or 'slides', got {fmt!r}")
