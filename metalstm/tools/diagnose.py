@@ -134,8 +134,9 @@ def diagnose(checkpoint: str | Path, episodes: int = 100, cache: str | Path | No
                  fresh.state_dict(), cfg.lr * pretrained_lr_factor, folder / RUN_FOLDERS[1])]
         for name, state, lr, run_out in runs:
             history, final = short_run(cfg, state, train_episodes, lr, run_out, episodes, progress)
+            # (train's curve starts at episode 0, the rule before training: rows above measure it)
             rows += [Row("meta-training", f"{name}: after {h['episode']}", "val", h["val_acc"],
-                         h["val_ci95"], episodes) for h in history]
+                         h["val_ci95"], episodes) for h in history if h["episode"] > 0]
             _, trained = build_model(cfg)
             trained.load_state_dict(final)
             rows.append(rule_row("meta-training", f"{name}: at the end", "test", trained.eval()))
