@@ -1,8 +1,10 @@
-"""Notebook 02 and the package cannot drift apart; the notebook's exercise solutions work.
+"""Notebook 02 and the package cannot drift apart; its printed claims hold; its exercise solutions work.
 
-The notebook's `#| export` cells (the learner as f(x; theta), the SGD step, the
-LSTM cell update) are taken from the .ipynb, run here, and compared with
-`metalstm.learner.Learner` and `metalstm.metalearner` on the same inputs.
+The notebook's cells marked `# package: NAME` (the learner as f(x; theta), loss_and_grad, the SGD
+step, the LSTM cell update) are taken from the .ipynb, run here, and compared with NAME
+(`metalstm.learner.Learner`, `metalstm.metalearner`) on the same inputs. The claim of its prose
+about the start made from other episodes (well ahead early, the lead then mostly gone) is
+recomputed here.
 """
 from pathlib import Path
 
@@ -13,7 +15,7 @@ import torch.nn.functional as F
 
 from metalstm.learner import Learner
 from metalstm.metalearner import SGDCell, inner_loop, loss_and_grad
-from testkit import exported_cells, load_solutions
+from testkit import check_markers, load_solutions, notebook_code
 from testkit import random_episode as _random_episode
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
@@ -24,7 +26,8 @@ TOL = 1e-4
 
 @pytest.fixture(scope="module")
 def nb():
-    return exported_cells(NOTEBOOK)
+    return notebook_code(NOTEBOOK, "conv_learner_layout", "n_params", "unflatten", "init_theta", "forward",
+                         "loss_and_grad", "sgd_step", "accuracy", "lstm_cell_update")
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +102,7 @@ def test_forward_on_a_glyph_episode_gives_the_package_logits(nb):
 def test_loss_and_grad_match_the_package(nb):
     layout, learner, ep = nb["conv_learner_layout"](5, 1, 28), Learner(5, 1, 28), random_episode()
     theta = learner.init_params(torch.Generator().manual_seed(2))
-    loss, grad = nb["loss_and_grad"](theta, ep.support_x, ep.support_y, layout)
+    loss, grad = nb["loss_and_grad"](layout, ep.support_x, ep.support_y, theta)
     package_loss, package_grad = loss_and_grad(learner, ep.support_x, ep.support_y, theta)
     assert not loss.requires_grad and not grad.requires_grad
     torch.testing.assert_close(package_loss, loss, rtol=TOL, atol=TOL)
@@ -121,7 +124,7 @@ def test_sgd_steps_end_where_the_package_inner_loop_ends(nb):
     theta0 = learner.init_params(torch.Generator().manual_seed(4))
     theta, losses = theta0, []
     for _ in range(5):
-        loss, grad = nb["loss_and_grad"](theta, ep.support_x, ep.support_y, layout)
+        loss, grad = nb["loss_and_grad"](layout, ep.support_x, ep.support_y, theta)
         theta = nb["lstm_cell_update"](theta, -grad, torch.ones_like(theta), torch.full_like(theta, 0.1))
         losses.append(loss.item())
     theta_T, package_losses, _ = inner_loop(learner, SGDCell(theta0, lr=0.1), ep.support_x, ep.support_y,
@@ -129,6 +132,55 @@ def test_sgd_steps_end_where_the_package_inner_loop_ends(nb):
     torch.testing.assert_close(theta_T, theta, rtol=TOL, atol=TOL)
     torch.testing.assert_close(torch.tensor(package_losses), torch.tensor(losses), rtol=TOL, atol=TOL)
     assert losses[-1] < losses[0]
+
+
+def test_loss_and_grad_takes_its_arguments_in_the_package_order(nb):
+    import inspect
+
+    ours = list(inspect.signature(nb["loss_and_grad"]).parameters)
+    theirs = list(inspect.signature(loss_and_grad).parameters)
+    assert ours == ["layout", "x", "y", "theta"] and theirs[:4] == ["learner", "x", "y", "theta"]
+
+
+def test_the_markers_name_package_functions_whose_source_the_notebook_shows():
+    names = check_markers(NOTEBOOK)
+    assert {"metalstm.learner.Learner.__call__", "metalstm.metalearner.loss_and_grad",
+            "metalstm.metalearner.SGDCell.step"} <= set(names)
+
+
+def test_a_start_made_from_other_episodes_leads_early_and_the_lead_then_shrinks(nb):
+    """The claim after the c_0 figure: well ahead after 2 steps, the lead mostly gone by step 8;
+    before any step neither start can predict the labels (about chance)."""
+    from metalstm.data.glyphs import load_glyphs
+    from metalstm.episodes import EpisodeSampler
+
+    layout = nb["conv_learner_layout"](5, 1, 28)
+    theta0 = nb["init_theta"](layout, torch.Generator().manual_seed(0))
+
+    def sgd(theta, episode, steps):
+        for _ in range(steps):
+            _, grad = nb["loss_and_grad"](layout, episode.support_x, episode.support_y, theta)
+            theta = nb["sgd_step"](theta, grad, 0.1)
+        return theta
+
+    better = theta0
+    for other in EpisodeSampler(load_glyphs("train"), 5, 5, 15, seed=1).take(20):
+        better = better + 0.3 * (sgd(better, other, 5) - better)
+    curves = []
+    for start in (theta0, better):
+        accs = torch.zeros(9)
+        for ep in EpisodeSampler(load_glyphs("val"), 5, 5, 15, seed=0).take(8):
+            theta = start
+            for t in range(9):
+                if t:
+                    theta = sgd(theta, ep, 1)
+                with torch.no_grad():
+                    accs[t] += nb["accuracy"](nb["forward"](ep.query_x, theta, layout), ep.query_y) / 8
+        curves.append(accs)
+    lead = curves[1] - curves[0]
+    assert all(0.05 < c[0] < 0.35 for c in curves)                     # no start predicts before a step
+    assert lead[2] > 0.05                                               # well ahead after 2 steps
+    assert lead[8] < lead[2] / 2                                        # the lead then mostly gone
 
 
 def test_notebook_is_stored_without_outputs_except_checked_cells():
