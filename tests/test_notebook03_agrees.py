@@ -1,9 +1,11 @@
-"""Notebook 03 and the package cannot drift apart; the notebook's exercise solutions work.
+"""Notebook 03 and the package cannot drift apart; its printed claims hold; its exercise solutions work.
 
-The notebook's `#| export` cells (the preprocessing, the coordinate-wise
-meta-learner's weights, initial state and step) are taken from the .ipynb, run
-here, and compared with `metalstm.preprocess.preprocess` and
-`metalstm.metalearner.MetaLearner` on the same inputs.
+The notebook's cells marked `# package: NAME` (the preprocessing, the coordinate-wise
+meta-learner's weights, initial state and step) are taken from the .ipynb, run here, and
+compared with NAME (`metalstm.preprocess.preprocess`, `metalstm.metalearner.MetaLearner`) on the
+same inputs. The claims its prose makes about printed numbers (the span of the gradients, the
+conv biases' rounding noise, the gates' spread at initialisation, the meta-learner at
+initialisation beside SGD and the constant-gate cell) are recomputed here.
 """
 import math
 from pathlib import Path
@@ -15,7 +17,7 @@ import torch
 from metalstm.learner import Learner
 from metalstm.metalearner import MetaLearner
 from metalstm.preprocess import preprocess
-from testkit import exported_cells, load_solutions
+from testkit import check_markers, load_solutions, notebook_code
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 NOTEBOOK = NOTEBOOKS / "03_preprocessing_and_parameter_sharing.ipynb"
@@ -23,7 +25,7 @@ NOTEBOOK = NOTEBOOKS / "03_preprocessing_and_parameter_sharing.ipynb"
 
 @pytest.fixture(scope="module")
 def nb():
-    return exported_cells(NOTEBOOK)
+    return notebook_code(NOTEBOOK, "preprocess", "init_meta_params", "meta_initial_state", "meta_step")
 
 
 @pytest.fixture(scope="module")
@@ -95,10 +97,9 @@ def test_meta_initialisation_ranges(nb):
 
 
 def package_weights_in_notebook_layout(meta: MetaLearner, reference: dict) -> dict:
-    """The package's weights, laid out like the notebook's (the package may store W_1 transposed)."""
+    """The package's weights, laid out like the notebook's (the package stores W_1 transposed)."""
     weights = {k: v.detach() for k, v in meta.named_parameters() if k != "c0"}
-    if weights["lstm_weight"].shape != reference["lstm_weight"].shape:
-        weights["lstm_weight"] = weights["lstm_weight"].T
+    weights["lstm_weight"] = weights["lstm_weight"].T        # stored [4H, 4 + H], as nn.LSTMCell does
     assert weights["lstm_weight"].shape == reference["lstm_weight"].shape
     return weights
 
@@ -137,6 +138,85 @@ def test_meta_step_at_initialisation_is_small_step_sgd(nb):
     new_theta, _, (f, i) = nb["meta_step"](w, torch.tensor(1.6), grad, theta, nb["meta_initial_state"](n))
     assert f.min() > 0.98 and f.max() < 0.994 and i.min() > 0.006 and i.max() < 0.019
     torch.testing.assert_close(new_theta, f * theta - i * grad)
+
+
+def test_the_markers_name_package_functions_whose_source_the_notebook_shows():
+    assert check_markers(NOTEBOOK) == ["metalstm.preprocess.preprocess", "metalstm.metalearner.MetaLearner.__init__",
+                                       "metalstm.metalearner.MetaLearner.initial_state",
+                                       "metalstm.metalearner.MetaLearner.reference_step"]
+
+
+# -- the claims the prose makes about printed numbers ---------------------------------
+@pytest.fixture(scope="module")
+def glyph_steps():
+    """The notebook's 40 SGD steps on 4 glyph episodes: (learner, episodes, losses [40], grads [40, n])."""
+    from metalstm.data.glyphs import load_glyphs
+    from metalstm.episodes import EpisodeSampler
+    from metalstm.metalearner import loss_and_grad
+
+    learner = Learner(5, 1, 28)
+    episodes = EpisodeSampler(load_glyphs("train"), 5, 5, 15, seed=0).take(4)
+    losses, grads = [], []
+    for e, episode in enumerate(episodes):
+        theta = learner.init_params(torch.Generator().manual_seed(e))
+        for _ in range(10):
+            loss, grad = loss_and_grad(learner, episode.support_x, episode.support_y, theta)
+            losses.append(loss.item())
+            grads.append(grad)
+            theta = theta - 0.1 * grad
+    return learner, episodes, torch.tensor(losses), torch.stack(grads)
+
+
+def test_gradients_span_eleven_orders_and_the_loss_falls_10_to_40_fold(glyph_steps):
+    learner, _, losses, grads = glyph_steps
+    nonzero = grads.abs()[grads != 0]
+    assert math.log10(nonzero.max() / nonzero.min()) > 11                    # "more than eleven orders"
+    falls = [(losses[e * 10:(e + 1) * 10].max() / losses[e * 10:(e + 1) * 10].min()).item() for e in range(4)]
+    assert min(falls) > 9 and max(falls) < 45                                # "a factor of about 10 to 40"
+    slices = learner.slices()
+    bias = torch.cat([grads[:, slices[f"conv{k}.bias"]].flatten() for k in range(1, 5)]).abs()
+    weight = torch.cat([grads[:, slices[f"conv{k}.weight"]].flatten() for k in range(1, 5)]).abs()
+    assert bias.max() < 1e-3 and bias[bias > 0].min() < 1e-10                # "about 1e-12 to 1e-4"
+    assert 1e-3 < weight.median() < 1e-2                                     # "median about 1e-3 to 1e-2"
+
+
+def test_at_initialisation_the_gates_barely_vary_and_the_meta_learner_is_small_step_sgd(nb, glyph_steps):
+    from metalstm.metalearner import loss_and_grad
+
+    learner, episodes, _, _ = glyph_steps
+    episode = episodes[0]
+    theta0 = learner.init_params(torch.Generator().manual_seed(0))
+    loss, grad = loss_and_grad(learner, episode.support_x, episode.support_y, theta0)
+    spread = 0.0
+    for seed in range(3):
+        params = nb["init_meta_params"](20, torch.Generator().manual_seed(seed))
+        _, _, (f, i) = nb["meta_step"](params, loss, grad, theta0, nb["meta_initial_state"](learner.n_params))
+        spread = max(spread, (f.max() - f.min()).item(), (i.max() - i.min()).item())
+    assert 1e-5 < spread < 3e-4                                              # "by about 1e-4"
+
+    params = nb["init_meta_params"](20, torch.Generator().manual_seed(0))
+    _, _, (f1, i1) = nb["meta_step"](params, loss, grad, theta0, nb["meta_initial_state"](learner.n_params))
+    f_bar, i_bar = f1.mean().item(), i1.mean().item()
+
+    def run(update):
+        theta, state, seen = theta0, None, []
+        for _ in range(8):
+            loss, grad = loss_and_grad(learner, episode.support_x, episode.support_y, theta)
+            theta, state = update(loss, grad, theta, state)
+            seen.append(loss.item())
+        return torch.tensor(seen), theta
+
+    def meta_update(loss, grad, theta, state):
+        theta, state, _ = nb["meta_step"](params, loss, grad, theta, state or nb["meta_initial_state"](len(theta)))
+        return theta, state
+
+    meta_losses, meta_theta = run(meta_update)
+    sgd_losses, _ = run(lambda loss, grad, theta, state: (theta - 0.01 * grad, None))
+    cell_losses, cell_theta = run(lambda loss, grad, theta, state: (f_bar * theta - i_bar * grad, None))
+    # "the three loss curves stay within a few hundredths of each other over the 8 steps"
+    assert (meta_losses - sgd_losses).abs().max() < 0.05 and (meta_losses - cell_losses).abs().max() < 0.05
+    assert 2e-4 < (meta_theta - cell_theta).abs().max() < 5e-3               # "within about 1e-3"
+    assert 0.005 < 1 - f_bar < 0.012 and 0.04 < 1 - f_bar ** 8 < 0.09        # gamma's shrinkage per step, in 8
 
 
 def test_notebook_is_stored_without_outputs_except_checked_cells():
