@@ -25,7 +25,6 @@ def no_env(monkeypatch):
 def test_checkout_data_folder_by_default(no_env):
     assert paths.data_dir() == REPO / "data"
     assert glyphs.paths()[0] == REPO / "data" / "glyphs-v1.npz"
-    assert glyphs.DATA_DIR == REPO / "data"                       # the older name still works
     assert shipped_checkpoint("glyphs-5shot") == REPO / "data" / "checkpoints" / "glyphs-5shot.pt"
 
 

@@ -30,13 +30,6 @@ VERSION = "v1"
 SPLIT_NAMES = ("train", "val", "test")
 
 
-def __getattr__(name: str):
-    """glyphs.DATA_DIR, kept for older callers: the data folder (metalstm.paths.data_dir)."""
-    if name == "DATA_DIR":
-        return default_data_dir()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 # -- the shipped files ------------------------------------------------------------
 def sha256(images: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(images).tobytes()).hexdigest()
