@@ -1,12 +1,15 @@
-"""Notebook 04 (batch norm inside episodes, SPEC 7) agrees with the package, and its exercise solutions work.
+"""Notebook 04 (batch norm inside episodes, paper notes 7) agrees with the package; its printed claims hold;
+its exercise solutions work.
 
-The notebook's defining cells (tagged "define") are executed in a namespace:
-its batch norm, its learner forward pass, its meta-test protocol and its naive
-reused-module episode are compared with F.batch_norm, metalstm.learner and
-run_episode on the same inputs, in float64: in float32 the implementations
-differ by rounding (PyTorch's batch-norm kernels accumulate in their own
-order, up to ~1e-3 in the logits), which can also land on different sides of
-a ReLU / max-pool kink, and SGD amplifies that into different trajectories.
+The notebook's cells marked `# package: NAME` are executed in a namespace (after its imports):
+its batch norm, its learner forward pass, its meta-test protocol and its naive reused-module
+episode are compared with F.batch_norm, metalstm.learner and run_episode on the same inputs, in
+float64: in float32 the implementations differ by rounding (PyTorch's batch-norm kernels
+accumulate in their own order, up to ~1e-3 in the logits), which can also land on different
+sides of a ReLU / max-pool kink, and SGD amplifies that into different trajectories.
+The claims its prose makes about printed numbers (one query's probabilities in four batches,
+which presentation flips most predictions, the reused module's leak and climb, the momentum
+sweep's chance level, plateau and gap) are recomputed here with the notebook's own functions.
 """
 import dataclasses
 from pathlib import Path
@@ -20,7 +23,7 @@ from metalstm.data.glyphs import load_glyphs
 from metalstm.episodes import EpisodeSampler
 from metalstm.learner import BNStats, Learner
 from metalstm.metalearner import SGDCell, inner_loop, run_episode
-from testkit import load_solutions
+from testkit import check_markers, load_solutions, notebook_code
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "notebooks" / "04_batch_norm_in_episodes.ipynb"
@@ -30,22 +33,9 @@ STEPS, MOMENTUM, LR = {5: 8, 1: 12}, {5: 0.95, 1: 0.9}, 0.1
 
 @pytest.fixture(scope="module")
 def nb():
-    """The namespace of the notebook's defining cells (IPython magics dropped)."""
-    notebook = nbformat.read(NOTEBOOK, as_version=4)
-    ns: dict = {}
-    threads, rng = torch.get_num_threads(), torch.get_rng_state()   # the setup cell changes both
-    try:
-        for i, cell in enumerate(notebook.cells):
-            if cell.cell_type == "code" and "define" in cell.metadata.get("tags", []):
-                source = "\n".join(line for line in cell.source.splitlines() if not line.lstrip().startswith("%"))
-                exec(compile(source, f"{NOTEBOOK.name}[cell {i}]", "exec"), ns)
-    finally:
-        torch.set_num_threads(threads)
-        torch.set_rng_state(rng)
-    missing = {"bn_batch", "bn_running", "update_running", "forward", "adapt", "running_averages",
-               "paper_protocol", "naive_episode"} - ns.keys()
-    assert not missing, f"the notebook no longer defines {missing} in cells tagged 'define'"
-    return ns
+    """The namespace of the notebook's cells marked '# package: ...' (after its imports)."""
+    return notebook_code(NOTEBOOK, "bn_batch", "bn_running", "update_running", "forward", "adapt", "running_averages",
+                         "paper_protocol", "naive_episode", "accuracy", "EPS")
 
 
 @pytest.fixture(scope="module")
@@ -220,3 +210,93 @@ def test_exercise3_transductive_bn_is_batch_statistics_and_depends_on_the_batch(
     assert set(accs) == {"running averages", "transductive", "transductive, one class at a time",
                          "transductive, first 5 per class", "running averages, first 5 per class"}
     assert accs["transductive, one class at a time"] < accs["transductive"] - 0.05
+
+
+# -- the markers and the claims the prose makes about printed numbers ---------------------
+def test_the_markers_name_package_functions_whose_source_the_notebook_shows():
+    names = check_markers(NOTEBOOK)
+    assert {"torch.nn.functional.batch_norm", "metalstm.learner.Learner.__call__", "metalstm.metalearner.inner_loop",
+            "metalstm.metalearner.run_episode", "metalstm.learner.Learner.to_module"} <= set(names)
+
+
+@pytest.fixture(scope="module")
+def adapted(nb, episodes, theta0):
+    """Section 1's setting: episode 0 (5-shot) adapted once; its running averages; episode 1."""
+    episode = episodes[5][0]
+    theta_T, history = nb["adapt"](theta0, episode.support_x, episode.support_y, STEPS[5], LR)
+    return episode, theta_T, nb["running_averages"](history, MOMENTUM[5]), episodes[5][1]
+
+
+def test_one_query_in_four_batches_changes_its_probabilities_only_with_batch_statistics(nb, adapted):
+    episode, theta_T, running, other = adapted
+    q0, y0 = episode.query_x[:1], episode.query_y[0].item()
+    batches = [episode.query_x, episode.query_x[episode.query_y == y0], torch.cat([q0, other.query_x[1:]]), q0]
+    with torch.no_grad():
+        batch = [nb["forward"](b, theta_T)[0][0].softmax(0) for b in batches]
+        run = [nb["forward"](b, theta_T, running)[0][0].softmax(0) for b in batches]
+    true_batch = torch.stack([p[y0] for p in batch])
+    true_run = torch.stack([p[y0] for p in run])
+    assert true_batch.max() - true_batch.min() > 0.2          # "moves a lot from batch to batch"
+    assert true_run.max() - true_run.min() < 1e-5             # "the four bars ... are identical"
+    assert {p.argmax().item() for p in batch} == {y0}         # "happens to stay the same in all four"
+
+
+def test_one_class_at_a_time_flips_the_most_predictions_and_costs_transductive_accuracy(nb, adapted):
+    episode, theta_T, _, other = adapted
+    y = episode.query_y
+
+    def logits(batches, extra=None):
+        out = torch.empty(75, 5)
+        for idx in batches:
+            x = episode.query_x[idx] if extra is None else torch.cat([episode.query_x[idx], extra])
+            out[idx] = nb["forward"](x, theta_T)[0][: len(idx)]
+        return out
+
+    with torch.no_grad():
+        usual = logits([torch.arange(75)])
+        cases = {"class": logits([torch.nonzero(y == c).flatten() for c in range(5)]),
+                 "random 5": logits(list(torch.randperm(75, generator=torch.Generator().manual_seed(0)).split(5))),
+                 "other episode": logits([torch.arange(75)], extra=other.query_x)}
+    flips = {name: (out.argmax(1) != usual.argmax(1)).sum().item() for name, out in cases.items()}
+    assert flips["class"] > max(flips["random 5"], flips["other episode"])          # "the worst"
+    assert nb["accuracy"](usual, y) - nb["accuracy"](cases["class"], y) > 0.15      # "drops sharply"
+
+
+def test_a_reused_module_leaks_at_momentum_0_1_hides_it_at_0_95_and_climbs_over_a_sequence(nb, episodes, theta0):
+    b, a = episodes[5][0], episodes[5][1]
+    for momentum in (0.1, 0.95):
+        fresh = nb["naive_episode"](Learner(5, 1, 28, bn_momentum=momentum).to_module(theta0), theta0, b, STEPS[5], LR)
+        net = Learner(5, 1, 28, bn_momentum=momentum).to_module(theta0)
+        nb["naive_episode"](net, theta0, a, STEPS[5], LR)
+        after_a = nb["naive_episode"](net, theta0, b, STEPS[5], LR)
+        change = (after_a - fresh).abs().max().item()
+        if momentum == 0.1:
+            assert change > 0.1 and (after_a.argmax(1) != fresh.argmax(1)).sum() == 0   # logits, not predictions
+            assert nb["accuracy"](fresh, b.query_y) < 0.3                               # "B alone ... chance"
+        else:
+            assert change < 1e-5                                                        # vanishes in rounding
+    shared = Learner(5, 1, 28, bn_momentum=0.1).to_module(theta0)
+    first = nb["accuracy"](nb["naive_episode"](shared, theta0, b, STEPS[5], LR), b.query_y)
+    for e in episodes[5].take(11, start=1):
+        nb["naive_episode"](shared, theta0, e, STEPS[5], LR)
+    again = nb["accuracy"](nb["naive_episode"](shared, theta0, b, STEPS[5], LR), b.query_y)
+    assert again > first + 0.3                                                          # "climbs"
+
+
+@pytest.mark.parametrize("k", [5, 1])
+def test_the_momentum_sweep_chance_plateau_and_gap(nb, episodes, theta0, k):
+    momenta = [0.01, 0.1, 0.7, 0.9, 0.95, 1.0]
+    acc_batch, acc_running = 0.0, torch.zeros(len(momenta))
+    for e in episodes[k].take(15, start=100):
+        theta_e, history_e = nb["adapt"](theta0, e.support_x, e.support_y, STEPS[k], LR)
+        with torch.no_grad():
+            acc_batch += nb["accuracy"](nb["forward"](e.query_x, theta_e)[0], e.query_y) / 15
+            for j, momentum in enumerate(momenta):
+                logits = nb["forward"](e.query_x, theta_e, nb["running_averages"](history_e, momentum))[0]
+                acc_running[j] += nb["accuracy"](logits, e.query_y) / 15
+    assert acc_running[:2].max() < 0.32                        # 0.01 and 0.1: "about chance"
+    plateau = acc_running[2:]
+    assert plateau.max() - plateau.min() < 0.015               # 0.7 to 1.0: "within about a point"
+    gap = acc_batch - acc_running[momenta.index(MOMENTUM[k])]
+    assert 0.03 < gap < 0.15                                   # "a gap of several points remains"
+    assert acc_batch > plateau.max()                           # transductive "scores higher here"
