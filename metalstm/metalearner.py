@@ -37,6 +37,7 @@ backpropagates through theta_T ... theta_1 to c_0 and both layers.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -218,27 +219,58 @@ def support_batches(n: int, batch_size: int, steps: int,
     return batches[:steps]
 
 
+@dataclass
+class InnerStep:
+    """What `inner_loop` hands its hook after update t (t = 1..T):
+
+    t            the step number, 1..T
+    theta        theta_t, after the update (in the graph when meta-training)
+    theta_prev   theta_{t-1}, the point where loss and grad were taken
+    loss, grad   L_t and grad_t, detached (SPEC 5), on this step's mini-batch
+    gates        f_t, i_t of the update (as the rule returned them)
+    state        the rule's state after the step
+    batch        the indices of the support examples in this step's mini-batch
+    """
+
+    t: int
+    theta: Tensor
+    theta_prev: Tensor
+    loss: Tensor
+    grad: Tensor
+    gates: Gates
+    state: object
+    batch: Tensor
+
+
 def inner_loop(learner: Learner, rule: nn.Module, support_x: Tensor, support_y: Tensor, steps: int,
                batch_size: int, theta0: Tensor | None = None, bn: str = "batch",
                stats: BNStats | None = None, generator: torch.Generator | None = None,
-               record: bool = False) -> tuple[Tensor, list[float], list[Gates] | None]:
+               record: bool = False,
+               hook: Callable[[InnerStep], None] | None = None) -> tuple[Tensor, list[float], list[Gates] | None]:
     """T update steps of `rule` on the support set (SPEC 5): (theta_T, support losses, gates).
 
     theta_0 = theta0 or rule.c0. Each step feeds the detached loss and gradient of
     f(.; theta_{t-1}) on one mini-batch to rule.step; theta_t stays in the graph.
     With stats given, the support passes also accumulate its running averages.
     gates: one detached `Gates` per step when record=True, else None.
+    hook: called as hook(InnerStep(t, theta_t, ...)) after every update - the one place
+    where the gate recorder (metalstm.viz.trace_episode), the baselines' accuracy curves
+    and notebook 06 look inside the loop. When it runs, `stats` hold the running
+    averages of the t support passes so far.
     """
     theta = rule.c0 if theta0 is None else theta0
     state = rule.initial_state()
     losses, gates = [], ([] if record else None)
-    for idx in support_batches(support_x.shape[0], batch_size, steps, generator):
+    for t, idx in enumerate(support_batches(support_x.shape[0], batch_size, steps, generator), start=1):
         idx = idx.to(support_x.device)
         loss, grad = loss_and_grad(learner, support_x[idx], support_y[idx], theta, bn, stats)
+        theta_prev = theta
         theta, state, g = rule.step(loss, grad, theta, state)
         losses.append(loss)
         if record:
             gates.append(Gates(g.f.detach(), g.i.detach()))
+        if hook is not None:
+            hook(InnerStep(t, theta, theta_prev, loss, grad, g, state, idx))
     return theta, torch.stack(losses).tolist() if losses else [], gates
 
 

@@ -12,7 +12,7 @@ import torch  # noqa: E402
 
 import metalstm.viz.explorer as explorer_module  # noqa: E402
 from metalstm.config import get_config  # noqa: E402
-from metalstm.metalearner import loss_and_grad, run_episode, support_batches  # noqa: E402
+from metalstm.metalearner import SGDCell, inner_loop, loss_and_grad, run_episode, support_batches  # noqa: E402
 from metalstm.rules import build_model# noqa: E402
 from metalstm.episodes import episode_generator, sampler_for  # noqa: E402
 from metalstm.viz import (LAYERS, GateRecord, InnerLoopExplorer, format_summary, gate_summary,  # noqa: E402
@@ -94,6 +94,44 @@ def test_accuracy_after_each_step_is_run_episode_with_that_many_steps(model, sam
             res = reference(model, sampler, e, steps=t, record=False)
             assert record.query_acc[e, t].item() == pytest.approx(res.query_acc, abs=0)
             assert record.query_loss[e, t].item() == pytest.approx(res.query_loss.item(), rel=1e-6)
+
+
+def test_inner_loop_hook_sees_every_step_and_changes_nothing(model, sampler):
+    """The one inner loop: its hook gets t = 1..T with theta_{t-1} -> theta_t, the loss and
+    gradient fed to the rule, the gates and the mini-batch; running it changes no number."""
+    learner, meta = model
+    ep = sampler[1]
+    seen = []
+    with torch.no_grad():
+        stats_a, stats_b = learner.new_bn_stats(), learner.new_bn_stats()
+        theta_a, losses_a, gates_a = inner_loop(learner, meta, ep.support_x, ep.support_y, CFG.steps,
+                                                CFG.batch_size, stats=stats_a, record=True,
+                                                generator=episode_generator(sampler.seed, 1))
+        theta_b, losses_b, _ = inner_loop(learner, meta, ep.support_x, ep.support_y, CFG.steps,
+                                          CFG.batch_size, stats=stats_b, hook=seen.append,
+                                          generator=episode_generator(sampler.seed, 1))
+    assert torch.equal(theta_a, theta_b) and losses_a == losses_b
+    assert stats_a.updates == stats_b.updates == CFG.steps
+    assert all(torch.equal(a, b) for a, b in zip(stats_a.mean + stats_a.var, stats_b.mean + stats_b.var))
+    assert [s.t for s in seen] == list(range(1, CFG.steps + 1))
+    batches = support_batches(len(ep.support_y), CFG.batch_size, CFG.steps, episode_generator(sampler.seed, 1))
+    previous = meta.c0
+    for step, gates, loss, idx in zip(seen, gates_a, losses_a, batches):
+        assert step.theta_prev is previous and torch.equal(step.gates.f, gates.f)
+        assert step.loss.item() == loss and torch.equal(step.batch, idx)
+        l, g = loss_and_grad(learner, ep.support_x[idx], ep.support_y[idx], previous)
+        assert torch.equal(step.grad, g) and l.item() == loss
+        torch.testing.assert_close(step.theta, step.gates.f * previous - step.gates.i * step.grad)
+        previous = step.theta
+    assert torch.equal(previous, theta_a)
+
+
+def test_sgd_trace_gates_are_the_fixed_step(model, sampler):
+    learner, meta = model
+    trace = trace_episode(learner, SGDCell(meta.c0, 0.1), sampler[0], CFG.steps, CFG.batch_size,
+                          episode_generator(sampler.seed, 0))
+    assert (trace.forget == 1).all() and (trace.input == 0.1).all()
+    torch.testing.assert_close(trace.theta[1:], trace.theta[:-1] - 0.1 * trace.grad)
 
 
 def test_step_zero_evaluates_c0_with_the_first_support_pass_statistics(model, sampler):

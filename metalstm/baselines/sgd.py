@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from metalstm.episodes import Episode
 from metalstm.learner import Learner
-from metalstm.metalearner import Gates, SGDCell, loss_and_grad, run_episode, support_batches
+from metalstm.metalearner import Gates, InnerStep, SGDCell, inner_loop, run_episode
 from metalstm.baselines.common import grid_search
 
 
@@ -98,20 +98,20 @@ class SupportFit:
         learner, x, y = self.learner, episode.support_x, episode.support_y
         g = torch.Generator().manual_seed(self.seed)
         stats = learner.new_bn_stats(x.device)
-        theta, state, curve = self.rule.c0, self.rule.initial_state(), {}
+        curve = {}
 
-        def query_acc() -> float:
+        def query_acc(theta) -> float:
             logits = learner(episode.query_x, theta, bn="running", stats=stats)
             return (logits.argmax(1) == episode.query_y).float().mean().item()
 
+        def after(step: InnerStep) -> None:
+            if step.t in steps:
+                curve[step.t] = query_acc(step.theta)
+
         if 0 in steps:
-            curve[0] = query_acc()
-        batches = support_batches(len(y), self.batch_size or len(y), max(steps), g)
-        for t, idx in enumerate(batches, start=1):
-            loss, grad = loss_and_grad(learner, x[idx], y[idx], theta, "batch", stats)
-            theta, state, _ = self.rule.step(loss, grad, theta, state)
-            if t in steps:
-                curve[t] = query_acc()
+            curve[0] = query_acc(self.rule.c0)          # before any support pass: fresh averages
+        inner_loop(learner, self.rule, x, y, max(steps), self.batch_size or len(y), stats=stats,
+                   generator=g, hook=after)
         return curve
 
 

@@ -30,7 +30,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from metalstm.learner import Learner
-from metalstm.metalearner import loss_and_grad, support_batches
+from metalstm.metalearner import InnerStep, inner_loop
 from metalstm.paths import data_dir
 
 # the layers of the paper's Figure 2: the four conv weights and the linear weight
@@ -46,6 +46,7 @@ class EpisodeTrace:
 
     forget, input   [T, P]         f_t, i_t of steps t = 1..T
     theta           [T+1, P]       theta_0 = c_0, theta_1, ..., theta_T
+    grad            [T, P]         grad_t, the gradient fed to the rule at step t (at theta_{t-1})
     query_logits    [T+1, Q, N]    the query pass at theta_t (running averages, SPEC 7)
     query_acc       [T+1]          its accuracy; query_acc[T] = run_episode(mode="test").query_acc
     query_loss      [T+1]
@@ -56,6 +57,7 @@ class EpisodeTrace:
     forget: Tensor
     input: Tensor
     theta: Tensor
+    grad: Tensor
     query_logits: Tensor
     query_acc: Tensor
     query_loss: Tensor
@@ -72,42 +74,41 @@ def trace_episode(learner: Learner, rule, episode, steps: int, batch_size: int,
                   generator: torch.Generator | None = None) -> EpisodeTrace:
     """`run_episode(mode="test")` one step at a time, keeping gates and query results after every step.
 
-    Same mini-batches (from `generator`), same updates, same batch-norm
-    protocol (a fresh BNStats; batch statistics in the support passes,
-    running averages in the query passes) as `run_episode(mode="test")`.
+    It runs the same `inner_loop` (same mini-batches from `generator`, same updates, same
+    batch-norm protocol: a fresh BNStats, batch statistics in the support passes, running
+    averages in the query passes) with a hook that does a query pass after every update.
     """
     stats = learner.new_bn_stats(episode.support_x.device)
-    theta, state = rule.c0, rule.initial_state()
-    batches = support_batches(episode.support_x.shape[0], batch_size, steps, generator)
-    forget, input_, thetas, logits, support_loss = [], [], [theta.detach()], [], []
+    forget, input_, thetas, grads, logits, support_loss, batches = [], [], [rule.c0.detach()], [], [], [], []
 
     def query_pass(theta):
         logits.append(learner(episode.query_x, theta, bn="running", stats=stats))
 
-    for t, idx in enumerate(batches):
-        idx = idx.to(episode.support_x.device)
-        loss, grad = loss_and_grad(learner, episode.support_x[idx], episode.support_y[idx],
-                                   theta, "batch", stats)
-        if t == 0:
-            query_pass(theta)          # theta_0 with the averages of the first support pass
-        theta, state, gates = rule.step(loss, grad, theta, state)
-        forget.append(gates.f.detach())
-        input_.append(gates.i.detach())
-        thetas.append(theta.detach())
-        support_loss.append(loss)
-        query_pass(theta)
+    def keep(step: InnerStep) -> None:
+        if step.t == 1:
+            query_pass(step.theta_prev)    # theta_0 with the averages of the first support pass
+        forget.append(step.gates.f.detach())
+        input_.append(step.gates.i.detach())
+        thetas.append(step.theta.detach())
+        grads.append(step.grad)
+        support_loss.append(step.loss)
+        batches.append(step.batch.cpu())
+        query_pass(step.theta)
+
+    theta, _, _ = inner_loop(learner, rule, episode.support_x, episode.support_y, steps, batch_size,
+                             bn="batch", stats=stats, generator=generator, hook=keep)
     if not batches:                    # T = 0: theta_0 with fresh averages, as run_episode would
         query_pass(theta)
     logits = torch.stack(logits)
     y = episode.query_y
     empty = theta.new_zeros(0, theta.shape[0])
+    stack = lambda values: torch.stack(values) if values else empty        # noqa: E731
     return EpisodeTrace(
-        forget=torch.stack(forget) if forget else empty, input=torch.stack(input_) if input_ else empty,
-        theta=torch.stack(thetas), query_logits=logits,
-        query_acc=(logits.argmax(dim=2) == y).float().mean(dim=1),
+        forget=stack(forget), input=stack(input_), theta=torch.stack(thetas), grad=stack(grads),
+        query_logits=logits, query_acc=(logits.argmax(dim=2) == y).float().mean(dim=1),
         query_loss=torch.stack([F.cross_entropy(step_logits, y) for step_logits in logits]),
         support_loss=torch.stack(support_loss) if support_loss else theta.new_zeros(0),
-        batches=[idx.cpu() for idx in batches])
+        batches=batches)
 
 
 @dataclass
