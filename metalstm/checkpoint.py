@@ -1,25 +1,66 @@
-"""Checkpoints: a plain state_dict plus a JSON-able config and metrics.
+"""Checkpoints: a plain state_dict plus a JSON-able config and metrics; the run folder's lock.
 
 Written atomically (a temporary file in the same folder, fsync, rename), so an
-interrupted save never leaves a half-written file where a good one was; read
-with ``torch.load(weights_only=True)``; carry a SHA-256 of their tensors, so a
-damaged or edited file is refused with one clear message.
+interrupted save never leaves a half-written file where a good one was: a
+failed write (a full disk) is one `CheckpointWriteError` line and the old file
+stays as it was. Read with ``torch.load(weights_only=True)``; carry a SHA-256
+of their tensors, so a damaged or edited file is refused with one clear
+message. A checkpoint whose tensors hold NaN or infinity is never written and
+never loaded (a diverged run has nothing worth keeping).
+
+A run folder is held by one run at a time (`hold_folder`: an flock on
+FOLDER/.lock, which the kernel releases when the process dies, even by kill -9,
+so a killed run never leaves its folder locked); the holder may clean the
+temporary files that a kill in the middle of a save leaves behind
+(`remove_temporaries`).
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import torch
 
+try:
+    import fcntl
+except ImportError:        # Windows: no flock; a run folder is then not locked
+    fcntl = None
+
 FORMAT = "metalstm-checkpoint-1"
+LOCK_NAME = ".lock"
+# what the other checkpoints of the package are, and which command reads them
+KINDS = {
+    "matching": "a Matching Network baseline (metalstm.baselines), not a meta-learner; "
+                "`python -m metalstm.evaluate --checkpoint META-LEARNER.pt --baselines matching "
+                "--cache {folder}` reads it",
+    "pretrained": "a pre-trained classifier of the baselines (metalstm.baselines), not a meta-learner; "
+                  "`python -m metalstm.evaluate --checkpoint META-LEARNER.pt --baselines finetune "
+                  "nearest --cache {folder}` reads it",
+}
 
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be used: missing, damaged, or of another configuration."""
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (full disk, no permission); the old file is unchanged."""
+
+
+class FolderInUseError(OSError):
+    """Another living process holds the run folder."""
+
+
+def _non_finite(state: dict) -> list[str]:
+    """Paths of the floating tensors in `state` that hold NaN or infinity."""
+    return [name.lstrip("/") for name, t in _tensors(state)
+            if t.is_floating_point() and not bool(torch.isfinite(t).all())]
 
 
 def _tensors(obj, prefix=""):
@@ -45,24 +86,51 @@ def checksum(state: dict, meta: dict) -> str:
 
 
 def save_checkpoint(path: str | os.PathLike, state: dict, config: dict, metrics: dict | None = None) -> Path:
-    """Atomically write {state, config, metrics} to `path` with a checksum."""
+    """Atomically write {state, config, metrics} to `path` with a checksum.
+
+    Refuses (CheckpointError) a state with NaN or infinity; a failed write raises
+    CheckpointWriteError (one line) and leaves the file that was at `path` as it was.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    bad = _non_finite(state)
+    if bad:
+        raise CheckpointError(f"refusing to write {path}: {', '.join(bad[:3])} "
+                              f"{'holds' if len(bad) == 1 else 'hold'} NaN or infinity")
     meta = {"format": FORMAT, "config": config, "metrics": metrics or {}}
     payload = {"meta_json": json.dumps(meta, sort_keys=True), "state": state,
                "sha256": checksum(state, meta)}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         with os.fdopen(fd, "wb") as f:
             torch.save(payload, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
+    except BaseException as exc:
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
-        raise
+        if not isinstance(exc, (OSError, RuntimeError)) or isinstance(exc, CheckpointWriteError):
+            raise                                     # an interrupt, or a bug: as it is
+        raise CheckpointWriteError(f"could not write {path}: {_write_failure(exc, path.parent)}; "
+                                   + (f"the previous {path.name} is unchanged" if path.exists()
+                                      else "nothing was written")) from None
     return path
+
+
+def _write_failure(exc: BaseException, folder: Path) -> str:
+    """One line for why a write failed: the OS's reason, or what torch's zip writer means."""
+    if isinstance(exc, OSError):
+        reason = exc.strerror or str(exc)
+    else:   # torch's writer reports a short write as "[enforce fail at inline_container.cc] ..."
+        reason = "the file could not be written in full"
+    try:
+        free = shutil.disk_usage(folder).free
+        reason += f" ({free / 2**20:.1f} MiB free in {folder}; is the disk full?)"
+    except OSError:
+        pass
+    return reason
 
 
 def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> tuple[dict, dict, dict]:
@@ -82,4 +150,61 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> tuple[dict, 
         raise CheckpointError(f"{path} has format {meta.get('format')!r}, expected {FORMAT!r}")
     if checksum(state, meta) != stored:
         raise CheckpointError(f"{path} is damaged: its contents do not match its checksum")
+    bad = _non_finite(state)
+    if bad:
+        raise CheckpointError(f"{path} holds NaN or infinity (in {', '.join(bad[:3])}): it comes "
+                              f"from a run that diverged; use an earlier checkpoint")
     return state, meta["config"], meta["metrics"]
+
+
+def refuse_other_kinds(path: str | os.PathLike, wanted: str = "a meta-learner checkpoint") -> None:
+    """CheckpointError naming what the file is and which command reads it, when `path` is
+    one of the baselines' checkpoints (KINDS) rather than a trained update rule."""
+    _, config, metrics = load_checkpoint(path)
+    kind = metrics.get("kind") if isinstance(metrics, dict) else None
+    if kind in KINDS:
+        raise CheckpointError(f"{path} is {KINDS[kind].format(folder=Path(path).parent)}; "
+                              f"this command needs {wanted} (a best.pt or data/checkpoints/*.pt)")
+
+
+# -- the run folder ------------------------------------------------------------------
+@contextmanager
+def hold_folder(folder: str | os.PathLike) -> Iterator[Path]:
+    """Create `folder` if needed and hold it for this process while the block runs.
+
+    FolderInUseError (one line, with the holder's pid) when another living process
+    holds it. The lock is an flock on folder/.lock: the kernel drops it when the
+    holder exits or is killed, so a dead run never keeps the folder.
+    """
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise NotADirectoryError(f"{folder} is a file, not a run folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd = os.open(folder / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise type(exc)(f"cannot write to the run folder {folder}: {exc.strerror or exc}") from None
+    try:
+        if fcntl is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+                raise FolderInUseError(f"{folder} is in use by another run (pid {holder}); wait for "
+                                       f"it to end, or choose another --out") from None
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield folder
+    finally:
+        os.close(fd)                                  # releases the lock
+
+
+def remove_temporaries(folder: str | os.PathLike, names: tuple[str, ...]) -> list[Path]:
+    """Delete the temporary files that saves of these file names left behind when a process
+    was killed mid-write (.NAME.*.tmp); call it only while holding the folder."""
+    gone = []
+    for name in names:
+        for tmp in Path(folder).glob(f".{name}.*.tmp"):
+            tmp.unlink(missing_ok=True)
+            gone.append(tmp)
+    return gone

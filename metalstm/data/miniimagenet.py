@@ -12,7 +12,8 @@ order of first appearance in the CSV.
 
 Decoding 38,400 JPEGs takes minutes, so the decoded uint8 tensor is cached
 beside the data in root/cache/<split>-<size>.pt (written atomically, read with
-weights_only=True) and reused while the CSV is unchanged.
+weights_only=True, with a SHA-256 of its arrays) and reused while the CSV is
+unchanged and the arrays match their checksum; a damaged cache is decoded again.
 """
 from __future__ import annotations
 
@@ -67,6 +68,13 @@ def decode_image(path: Path, image_size: int, mode: str = "RGB") -> torch.Tensor
     return pixels.view(image_size, image_size, channels).permute(2, 0, 1)
 
 
+def _arrays_sha256(images: torch.Tensor, targets: torch.Tensor) -> str:
+    """SHA-256 of the decoded images and their targets (what the cache must give back)."""
+    h = hashlib.sha256(images.contiguous().numpy().tobytes())
+    h.update(targets.to(torch.long).contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
 def _save_atomic(obj: dict, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
@@ -103,6 +111,8 @@ def load_mini_imagenet(root: str | os.PathLike, split: str = "train", image_size
         try:
             saved = torch.load(cache_path, weights_only=True)
             if saved.get("csv_sha256") == csv_hash:
+                if saved.get("sha256") != _arrays_sha256(saved["images"], saved["targets"]):
+                    raise ValueError("its arrays do not match their checksum")
                 return ImageSet(saved["images"], saved["targets"], list(saved["classes"]),
                                 name=f"mini-imagenet/{split}")
         except Exception as e:  # a damaged cache is rebuilt, never trusted
@@ -119,7 +129,7 @@ def load_mini_imagenet(root: str | os.PathLike, split: str = "train", image_size
     if cache:
         try:
             _save_atomic({"images": images, "targets": targets, "classes": classes,
-                          "csv_sha256": csv_hash}, cache_path)
+                          "csv_sha256": csv_hash, "sha256": _arrays_sha256(images, targets)}, cache_path)
         except OSError as e:                               # e.g. a read-only data folder
             warnings.warn(f"could not write the cache {cache_path} ({e}); "
                           f"the next load will decode the images again")
