@@ -30,8 +30,9 @@ import torch
 from tqdm.auto import tqdm
 
 from metalstm.baselines.common import Evaluation
-from metalstm.baselines.suite import METHODS, build_baselines
-from metalstm.checkpoint import CheckpointError
+from metalstm.baselines.suite import METHODS, NAMES, build_baselines
+from metalstm.checkpoint import CheckpointError, refuse_other_kinds
+from metalstm.cli import check_device, check_folder, check_output_file, positive_int, set_threads
 from metalstm.config import Config, get_config
 from metalstm.data import load_dataset
 from metalstm.episodes import Episode, EpisodeSampler, check_request, episode_generator, sampler_for
@@ -110,6 +111,19 @@ def meta_test_sampler(cfg: Config, test_set: str | None = None) -> EpisodeSample
     return sampler_for(cfg, "test", data)
 
 
+def reusable(path, cfg: Config, n: int, samplers: dict) -> dict:
+    """{(test set, method name): saved row} of an earlier --json run of the same configuration,
+    episode count and test episodes; {} without a path."""
+    if path is None:
+        return {}
+    old = json.loads(Path(path).read_text())
+    if old.get("config") != cfg.to_dict() or old.get("episodes") != n:
+        raise ValueError(f"--reuse {path} was made with another checkpoint configuration or episode "
+                         f"count ({old.get('episodes')}); it cannot stand in for this run")
+    return {(t, r["name"]): r for t, block in old.get("test_sets", {}).items()
+            if t in samplers and block.get("seed") == samplers[t].seed for r in block["results"]}
+
+
 def paired_rows(results: list[Evaluation], rung_of: dict[str, str],
                 reference: str = RUNG_NAMES["lstm"]) -> list[dict]:
     """Each result with its paired difference (mean of per-episode differences, 95% interval)
@@ -155,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rungs", nargs="*", default=[], metavar="CHECKPOINT",
                     help="more trained rules of the same setting (e.g. data/checkpoints/ladder/glyphs-5shot-*.pt)")
     ap.add_argument("--config", help="refuse the checkpoint unless it fits this configuration")
-    ap.add_argument("--episodes", type=int, help="meta-test episodes (default: the config's, 600)")
+    ap.add_argument("--episodes", type=positive_int, help="meta-test episodes (default: the config's, 600)")
     ap.add_argument("--test-sets", nargs="*", default=None, metavar="DATASET",
                     help="test on these data sets' test splits (default: the checkpoint's own; "
                          "'digits' is the out-of-domain test)")
@@ -164,16 +178,27 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cache", default="runs/baselines",
                     help="where pre-trained / trained baselines are kept and reused")
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--threads", type=int)
+    ap.add_argument("--threads", type=positive_int)
     ap.add_argument("--json", help="also write the results (with every episode's accuracy) as JSON here")
     ap.add_argument("--reference", action="store_true", help="the readable path: reference_step and "
                     "plain pooling instead of the fused step (the same numbers to rounding, slower)")
+    ap.add_argument("--reuse", metavar="JSON", help="take the per-episode accuracies of methods that this "
+                    "earlier --json of the same checkpoint, episodes and test sets already holds (every "
+                    "method is deterministic, so they are the numbers a new run would give)")
     args = ap.parse_args(argv)
     try:
-        if args.threads:
-            torch.set_num_threads(args.threads)
+        check_device(args.device)
+        check_output_file(args.json, "--json")             # before the work, not after it
+        check_folder(args.cache, "--cache")
+        set_threads(args.threads)
         expect = get_config(args.config) if args.config else None
+        for path in [args.checkpoint, *args.rungs]:
+            refuse_other_kinds(path, "a trained update rule (a best.pt or data/checkpoints/*.pt)")
         learner, meta, cfg, _ = load_trained(args.checkpoint, args.device, expect=expect)
+        if expect is not None and (cfg.dataset, cfg.k_shot) != (expect.dataset, expect.k_shot):
+            raise CheckpointError(f"{args.checkpoint} holds a {cfg.k_shot}-shot {cfg.dataset} rule "
+                                  f"({cfg.name!r}); --config {expect.name} is {expect.k_shot}-shot "
+                                  f"{expect.dataset}: pass --config {cfg.name}, or no --config")
         if args.reference:                 # Config.fast=False, as build_model would have made it
             cfg, learner.fast, meta.fused = cfg.replace(fast=False), False, False
         n = args.episodes or cfg.test_episodes
@@ -187,28 +212,42 @@ def main(argv: list[str] | None = None) -> int:
                                  f"{cfg.steps} x {cfg.batch_size}: compare rules of one setting")
             if args.reference:
                 r_learner.fast = False
-            if RUNG_NAMES[r_cfg.rule] in rules:
-                raise ValueError(f"two checkpoints of the rung {r_cfg.rule!r}: {rules[RUNG_NAMES[r_cfg.rule]][3]} "
-                                 f"and {path}")
-            rules[RUNG_NAMES[r_cfg.rule]] = (r_learner, rule, r_cfg, path)
-        order = sorted(rules, key=lambda name: RUNGS.index(rules[name][2].rule))
+            name = RUNG_NAMES[r_cfg.rule]
+            if name in rules:                      # e.g. the same rule trained for fewer episodes
+                name = f"{name} ({r_cfg.episodes:,} episodes)"
+            if name in rules:
+                raise ValueError(f"two checkpoints of the rung {r_cfg.rule!r} with {r_cfg.episodes} "
+                                 f"episodes: {rules[name][3]} and {path}")
+            rules[name] = (r_learner, rule, r_cfg, path)
+        order = sorted(rules, key=lambda name: (RUNGS.index(rules[name][2].rule), rules[name][2].episodes))
         rung_of = {name: rules[name][2].rule for name in order}
         notes = {name: str(rules[name][3]) for name in order}
+        reused = reusable(args.reuse, cfg, n, samplers)
         baselines = {}
         wanted = list(METHODS) if args.baselines == ["all"] else args.baselines
-        if wanted:
-            c0 = meta.c0.detach().cpu() if cfg.rule == "lstm" else None
-            if c0 is None and "learned" in wanted:
-                wanted = [m for m in wanted if m != "learned"]   # 'SGD from learned c_0' uses the LSTM's c_0
-            baselines, more = build_baselines(cfg, wanted, c0=c0, cache=args.cache)
+        c0 = meta.c0.detach().cpu() if cfg.rule == "lstm" else None
+        if c0 is None and "learned" in wanted:
+            wanted = [m for m in wanted if m != "learned"]   # 'SGD from learned c_0' uses the LSTM's c_0
+        to_build = [m for m in wanted if any((t, NAMES[m]) not in reused for t in samplers)]
+        if to_build:
+            baselines, more = build_baselines(cfg, to_build, c0=c0, cache=args.cache)
             notes.update(more)
+        names = order + [NAMES[m] for m in wanted]
+        for t, name in reused:
+            if name in names and name not in notes:
+                notes[name] = reused[t, name]["note"]
         tables, report_json = [], {"config": cfg.to_dict(), "episodes": n, "checkpoint": str(args.checkpoint),
                                    "rungs": [str(p) for p in args.rungs], "test_sets": {}}
         for test_set, sampler in samplers.items():
             methods = {name: rule_accuracy(rules[name][0], rules[name][1].eval(), rules[name][2], sampler.seed,
                                            args.device) for name in order}
             methods.update({m.name: logits_accuracy(m.predict) for m in baselines.values()})
-            results = evaluate_methods(methods, sampler, n)
+            old = {name: reused[test_set, name] for name in names if (test_set, name) in reused
+                   and (name not in rules or reused[test_set, name]["note"] == notes[name])}
+            fresh = {r.name: r for r in evaluate_methods({k: v for k, v in methods.items() if k not in old},
+                                                          sampler, n)}
+            results = [fresh[name] if name in fresh else
+                       Evaluation(name, old[name]["accuracies"], old[name]["seconds"]) for name in names]
             rows = paired_rows(results, rung_of)
             title = (f"{cfg.name}: {cfg.n_way}-way {cfg.k_shot}-shot, {n} meta-test episodes of "
                      f"{test_set} (seed {sampler.seed})")
@@ -218,14 +257,19 @@ def main(argv: list[str] | None = None) -> int:
                 "results": [{**row, "note": notes.get(row["name"], ""), "accuracies": r.accuracies}
                             for row, r in zip(rows, results)]}
             print(tables[-1] + "\n", flush=True)            # each table as soon as it is measured
-    except (ValueError, FileNotFoundError, CheckpointError) as exc:
+    except (ValueError, OSError) as exc:               # CheckpointError is a ValueError
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print("\n".join(f"- {name}: {note}" for name, note in notes.items()))
     print("\n(n.s.: the paired 95% interval includes 0)")
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(report_json, indent=1))
+        try:
+            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.json).write_text(json.dumps(report_json, indent=1))
+        except OSError as exc:
+            print(f"error: could not write --json {args.json} ({exc.strerror or exc}); "
+                  f"the tables above are complete", file=sys.stderr)
+            return 2
     return 0
 
 

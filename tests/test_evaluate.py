@@ -52,3 +52,17 @@ def test_a_rung_of_another_setting_is_refused(ladder, tmp_path, capsys):
     code = main(["--checkpoint", str(ladder["lstm"]), "--rungs", str(other / "best.pt"), "--episodes", "2"])
     assert code == 2
     assert "compare rules of one setting" in capsys.readouterr().err
+
+
+def test_reuse_gives_the_same_table_without_recomputing(ladder, tmp_path, capsys):
+    first, second = tmp_path / "first.json", tmp_path / "second.json"
+    common = ["--checkpoint", str(ladder["lstm"]), "--episodes", "4", "--test-sets", "glyphs", "--threads", "1"]
+    assert main([*common, "--json", str(first)]) == 0
+    assert main([*common, "--rungs", str(ladder["init"]), "--json", str(second), "--reuse", str(first)]) == 0
+    old, new = (json.loads(p.read_text())["test_sets"]["glyphs"]["results"] for p in (first, second))
+    lstm_old = next(r for r in old if r["rung"] == "lstm")
+    lstm_new = next(r for r in new if r["rung"] == "lstm")
+    assert lstm_new["accuracies"] == lstm_old["accuracies"] and lstm_new["seconds"] == lstm_old["seconds"]
+    assert [r["rung"] for r in new] == ["init", "lstm"]
+    assert main([*common[:3], "3", *common[4:], "--reuse", str(first)]) == 2   # another episode count
+    assert "cannot stand in" in capsys.readouterr().err

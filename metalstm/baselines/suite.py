@@ -24,13 +24,16 @@ from metalstm.baselines.matching import MatchingNetwork, load_matching, save_mat
 from metalstm.baselines.nearest import NearestNeighbour
 from metalstm.baselines.pretrain import load_or_pretrain
 from metalstm.baselines.sgd import learned_init, random_init, tune_lr
-from metalstm.checkpoint import CheckpointError
+from metalstm.checkpoint import CheckpointError, refuse_other_kinds
+from metalstm.cli import check_folder, check_output_file, non_negative_int, positive_float, positive_int, set_threads
 from metalstm.config import Config, get_config
 from metalstm.episodes import load_split, sampler_for
 from metalstm.learner import Learner
 from metalstm.rules import load_trained
 
 METHODS = ("finetune", "nearest", "matching", "sgd", "adam", "learned")
+NAMES = {"finetune": "Fine-tune", "nearest": "Nearest neighbour", "matching": "Matching Networks",
+         "sgd": "SGD from random init", "adam": "Adam from random init", "learned": "SGD from learned c_0"}
 FINETUNE_STEPS = (5, 10, 20, 40)
 FINETUNE_LRS = (1e-3, 1e-2, 1e-1)
 ADAM_LRS = (1e-4, 1e-3, 3e-3, 1e-2, 3e-2)
@@ -151,21 +154,24 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="Measure the baselines (SPEC 9) on meta-test episodes.")
     ap.add_argument("--shot", type=int, choices=(1, 5), default=5, help="picks glyphs-1shot / glyphs-5shot")
     ap.add_argument("--config", help="a named configuration instead (metalstm.config)")
-    ap.add_argument("--episodes", type=int, help="meta-test episodes (default: the config's, 600)")
-    ap.add_argument("--val-episodes", type=int, default=50, help="meta-val episodes for tuning")
+    ap.add_argument("--episodes", type=positive_int, help="meta-test episodes (default: the config's, 600)")
+    ap.add_argument("--val-episodes", type=positive_int, default=50, help="meta-val episodes for tuning")
     ap.add_argument("--methods", nargs="*", default=None, choices=METHODS)
-    ap.add_argument("--pretrain-epochs", type=int, default=10)
-    ap.add_argument("--matching-episodes", type=int, default=4_000)
-    ap.add_argument("--matching-minutes", type=float, default=None,
+    ap.add_argument("--pretrain-epochs", type=non_negative_int, default=10)
+    ap.add_argument("--matching-episodes", type=non_negative_int, default=4_000)
+    ap.add_argument("--matching-minutes", type=positive_float, default=None,
                     help="optional wall-time budget of Matching Networks (makes the result machine-dependent)")
     ap.add_argument("--checkpoint", help="a trained meta-learner: adds 'SGD from learned c_0'")
     ap.add_argument("--cache", default="runs/baselines", help="folder for the pre-trained / trained baselines")
-    ap.add_argument("--threads", type=int, help="torch.set_num_threads")
+    ap.add_argument("--threads", type=positive_int, help="torch.set_num_threads")
     ap.add_argument("--json", help="also write the results as JSON here")
     args = ap.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     try:
+        check_output_file(args.json, "--json")             # before the work, not after it
+        check_folder(args.cache, "--cache")
+        if args.checkpoint:
+            refuse_other_kinds(args.checkpoint, "a trained meta-learner (a best.pt or data/checkpoints/*.pt)")
         cfg = get_config(args.config or f"glyphs-{args.shot}shot")
         methods = args.methods or [m for m in METHODS if m != "learned" or args.checkpoint]
         c0 = None
@@ -184,10 +190,18 @@ def main(argv: list[str] | None = None) -> int:
         sampler = sampler_for(cfg, "test")
         episodes = sampler.take(n)
         results = [evaluate(m, episodes) for m in built.values()]
-    except (ValueError, FileNotFoundError, CheckpointError) as exc:
+    except (ValueError, OSError) as exc:                  # CheckpointError is a ValueError
         print(f"error: {exc}", file=sys.stderr)
         return 2
     title = (f"{cfg.name}: {cfg.n_way}-way {cfg.k_shot}-shot, {n} meta-test episodes of {cfg.dataset} "
              f"(seed {sampler.seed}); training and tuning took {setup:.0f} s")
-    print(report(title, results, notes, args.json, config=cfg.to_dict(), episodes=n, setup_seconds=setup))
+    extra = dict(config=cfg.to_dict(), episodes=n, setup_seconds=setup)
+    print(report(title, results, notes, None, **extra), flush=True)     # the results first, then the file
+    if args.json:
+        try:
+            report(title, results, notes, args.json, **extra)
+        except OSError as exc:
+            print(f"error: could not write --json {args.json} ({exc.strerror or exc}); "
+                  f"the table above is complete", file=sys.stderr)
+            return 2
     return 0
