@@ -13,105 +13,60 @@
 
 A run folder holds last.pt (everything needed to resume), best.pt (the best
 meta-learner so far) and log.csv (the learning curves). Episode i and its
-mini-batch order depend only on (seed, i), so a resumed run sees exactly what
-an uninterrupted one would have and ends with the same numbers.
+mini-batch order depend only on (seed, i), and meta-update u always takes
+episodes u*G .. u*G+G-1, so a resumed run sees exactly what an uninterrupted
+one would have and ends with the same numbers.
+
+`train` is a few named steps: `meta_gradient` and `meta_step` (one
+meta-update), `validate_and_save`, and `resume_state` (the `RunState` that
+last.pt records). What can go wrong is refused or stopped with one line and
+nothing lost: a run folder is held by one run at a time (a killed run frees
+it); a NaN or infinity stops training before anything is written; Ctrl-C
+saves the last finished meta-update (an interrupted validation is repeated on
+`--resume`); last.pt of another configuration, process count or meta-update
+grouping is refused with the command that continues it.
 """
 from __future__ import annotations
 
 import argparse
+import copy
 import csv
+import dataclasses
 import math
+import os
+import signal
 import sys
+import tempfile
+import threading
 import time
-from dataclasses import dataclass
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Iterator
 
 import torch
 from tqdm.auto import tqdm
 
-from metalstm.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from metalstm.checkpoint import (CheckpointError, hold_folder, load_checkpoint, refuse_other_kinds,
+                                 remove_temporaries, save_checkpoint)
+from metalstm.cli import check_device, non_negative_float, positive_int, set_threads
 from metalstm.config import CONFIGS, Config, get_config
-from metalstm.data import load_dataset
 from metalstm.distributed import World, all_reduce_grads_, init_from_env, shutdown
-from metalstm.episodes import EpisodeSampler, check_request
-from metalstm.learner import Learner
-from metalstm.metalearner import MetaLearner, run_episode
-from metalstm.rules import RUNGS, make_rule
+from metalstm.episodes import episode_generator, sampler_for
+from metalstm.evaluate import evaluate_rule
+from metalstm.rules import RUNGS, build_model, load_trained
+from metalstm.stats import mean_ci95
+from metalstm.metalearner import run_episode
+
+if TYPE_CHECKING:
+    from metalstm.episodes import EpisodeSampler
+    from metalstm.learner import Learner
 
 LOG_FIELDS = ["episode", "train_loss", "train_acc", "val_acc", "val_ci95", "seconds"]
 
 
 class NonFiniteError(RuntimeError):
-    """The meta-loss or meta-gradient stopped being a finite number."""
-
-
-def episode_generator(seed: int, i: int, stream: int = 0) -> torch.Generator:
-    """The generator of episode i's own random choices (mini-batch order), from (seed, i, stream) alone."""
-    g = torch.Generator()
-    g.manual_seed((seed * 1_000_003 + i * 7_919 + stream * 104_729 + 12_345) % (2**63 - 1))
-    return g
-
-
-def build_model(cfg: Config, device: str | torch.device = "cpu") -> tuple[Learner, MetaLearner]:
-    """The learner f(x; theta) and the update rule cfg.rule (paper notes 11), c_0 = a seeded
-    initial theta: the same c_0 for every rung of the ladder."""
-    learner = Learner(n_way=cfg.n_way, in_channels=cfg.in_channels, image_size=cfg.image_size,
-                      bn_eps=cfg.bn_eps, bn_momentum=cfg.bn_momentum, fast=cfg.fast)
-    g = torch.Generator().manual_seed(cfg.seed)
-    theta0 = learner.init_params(generator=g)
-    if cfg.rule != "lstm":
-        return learner, make_rule(cfg.rule, learner, theta0, cfg.rule_lr, cfg.steps).to(device)
-    meta = MetaLearner(learner.n_params, hidden=cfg.hidden, p=cfg.p, forget_bias=cfg.forget_bias,
-                       input_bias=cfg.input_bias, theta0=theta0, generator=g, fused=cfg.fast)
-    return learner, meta.to(device)
-
-
-def load_split(cfg: Config, split: str):
-    """One meta-split of the configuration's data set, checked against its episode shape."""
-    data = load_dataset(cfg.dataset, split, root=cfg.data_root, image_size=cfg.image_size)
-    if data.image_shape != (cfg.in_channels, cfg.image_size, cfg.image_size):
-        raise ValueError(f"{cfg.name}: expects {cfg.in_channels}x{cfg.image_size}x{cfg.image_size} "
-                         f"images but {data.name} has {'x'.join(map(str, data.image_shape))}")
-    check_request(data, cfg.n_way, cfg.k_shot, cfg.n_query)
-    return data
-
-
-def sampler_for(cfg: Config, split: str, data=None) -> EpisodeSampler:
-    """The fixed episode stream of a split: seeds differ per split so val/test never reuse train's."""
-    offset = {"train": 0, "val": 1, "test": 2}[split]
-    data = data if data is not None else load_split(cfg, split)
-    return EpisodeSampler(data, cfg.n_way, cfg.k_shot, cfg.n_query, seed=cfg.seed * 10 + offset)
-
-
-@torch.no_grad()
-def mean_ci95(values: list[float]) -> tuple[float, float]:
-    """Mean and the half-width 1.96 * std / sqrt(n) of a 95% interval (SPEC 5); nan for one value."""
-    t = torch.as_tensor(list(values), dtype=torch.float64)
-    if t.numel() == 0:
-        raise ValueError("no values to average")
-    half = 1.96 * t.std().item() / math.sqrt(t.numel()) if t.numel() > 1 else float("nan")
-    return t.mean().item(), half
-
-
-def evaluate_rule(learner, rule, sampler: EpisodeSampler, episodes: int | range, cfg: Config,
-                  device="cpu", desc: str | None = None, query_bn: str = "running") -> list[float]:
-    """Query accuracy of each episode (the first n, or those in a range), meta-test protocol (SPEC 7).
-
-    query_bn="batch" normalises the query pass with its own batch statistics instead
-    (SPEC 7's meta-training protocol; for measuring what the protocol costs).
-    """
-    if query_bn not in ("running", "batch"):
-        raise ValueError(f"query_bn must be 'running' or 'batch', got {query_bn!r}")
-    accs = []
-    indices = range(episodes) if isinstance(episodes, int) else episodes
-    for i in tqdm(indices, desc=desc, leave=False, disable=True if desc is None else None):
-        ep = sampler[i].to(device)
-        with torch.no_grad():      # mode="train" would otherwise keep the meta-graph
-            res = run_episode(learner, rule, ep, cfg.steps, cfg.batch_size,
-                              mode="test" if query_bn == "running" else "train",
-                              generator=episode_generator(sampler.seed, i))
-        accs.append(float(res.query_acc))
-    return accs
+    """The meta-loss, the meta-gradient or a meta-parameter stopped being a finite number."""
 
 
 @dataclass
@@ -123,23 +78,337 @@ class TrainResult:
     history: list[dict]
 
 
+# -- the settings a run can be trained with -------------------------------------------
+def check_config(cfg: Config) -> None:
+    """One ValueError for a configuration that cannot be meta-trained, before any work.
+
+    Meaningless values are refused: no episodes, validation every 0 episodes, 0 inner
+    steps (theta_T would be c_0 and the rule never used; `run_episode` itself accepts
+    steps=0), clip <= 0 (it would zero every meta-gradient; inf turns clipping off), a
+    negative or non-finite learning rate. lr = 0 is allowed: Adam then moves nothing
+    (a frozen run, which the warm-start test uses).
+    """
+    for name in ("episodes", "val_every", "val_episodes", "test_episodes", "meta_batch", "steps",
+                 "batch_size", "n_way", "k_shot", "n_query", "image_size", "in_channels", "hidden"):
+        value = getattr(cfg, name)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{name} must be a whole number >= 1, got {value!r}")
+    for name in ("lr", "rule_lr"):
+        value = getattr(cfg, name)
+        if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+            raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    if not isinstance(cfg.clip, (int, float)) or math.isnan(cfg.clip) or cfg.clip <= 0:
+        raise ValueError(f"clip (the meta-gradient's largest norm) must be > 0 (inf: no clipping), "
+                         f"got {cfg.clip!r}")
+    if cfg.rule not in RUNGS:
+        raise ValueError(f"unknown update rule {cfg.rule!r}; the ladder is: {', '.join(RUNGS)}")
+
+
+# flags of `python -m metalstm.train` that set a configuration field (resume_command)
+FLAGS = {"episodes": "--episodes", "seed": "--seed", "rule": "--rule", "data_root": "--data-root",
+         "lr": "--lr", "meta_batch": "--meta-batch", "val_every": "--val-every",
+         "val_episodes": "--val-episodes"}
+
+
+def resume_command(cfg: Config, out: Path, processes: int = 1) -> str:
+    """The command line that continues the run of `cfg` in `out` on `processes` processes."""
+    launch = ("python -m metalstm.train" if processes == 1 else
+              f"torchrun --nproc_per_node={processes} -m metalstm.train")
+    words = [launch, "--config", cfg.name]
+    base = CONFIGS.get(cfg.name)
+    for f in dataclasses.fields(Config):
+        if base is None or not f.compare:
+            continue
+        value = getattr(cfg, f.name)
+        if value == getattr(base, f.name):
+            continue
+        if f.name == "fast" and value is False:
+            words.append("--reference")
+        elif f.name in FLAGS:
+            words += [FLAGS[f.name], str(value)]
+        else:
+            words.append(f"(and {f.name}={value!r}, which only the Python API sets)")
+    return " ".join(words + ["--out", str(out), "--resume"])
+
+
+# -- where a run stands: what last.pt holds besides the weights -------------------------
+@dataclass
+class RunState:
+    """The place of a run, as last.pt records it (its metrics): `--resume` continues here.
+
+    episode: episodes done (always the end of a meta-update); history: one row of
+    LOG_FIELDS per validation; window_loss/acc: the training loss and accuracy of
+    each meta-update since the last validation; processes: how many processes
+    trained it (None in checkpoints written before it was recorded).
+    """
+
+    episode: int = 0
+    best_val_acc: float = -1.0
+    best_episode: int = -1
+    history: list[dict] = field(default_factory=list)
+    window_loss: list[float] = field(default_factory=list)
+    window_acc: list[float] = field(default_factory=list)
+    processes: int | None = 1
+
+    KEYS = ("episode", "best_val_acc", "best_episode", "history", "window_loss", "window_acc")
+
+    def to_metrics(self) -> dict:
+        return copy.deepcopy(dataclasses.asdict(self))
+
+    @classmethod
+    def from_metrics(cls, metrics: dict, path: Path) -> "RunState":
+        """The state last.pt recorded; a CheckpointError for a file that is no run's last.pt."""
+        if not all(k in metrics for k in cls.KEYS):
+            raise CheckpointError(
+                f"{path} cannot be resumed: it holds a trained rule but no place in a run (no "
+                f"episode counter, no optimiser state), like a best.pt or a shipped checkpoint; "
+                f"start a new run from it with --init-from {path} and another --out")
+        return cls(**copy.deepcopy({k: metrics[k] for k in cls.KEYS}), processes=metrics.get("processes"))
+
+    def after_update(self, n: int, loss: float, acc: float) -> None:
+        """Record one finished meta-update of n episodes."""
+        self.episode += n
+        self.window_loss.append(loss)
+        self.window_acc.append(acc)
+
+    def after_validation(self, val_acc: float, val_ci: float, seconds: float) -> "RunState":
+        """A new state with this validation's row, the best so far, and an empty window."""
+        mean = (lambda xs: sum(xs) / len(xs) if xs else None)
+        row = {"episode": self.episode, "train_loss": mean(self.window_loss),
+               "train_acc": mean(self.window_acc), "val_acc": val_acc, "val_ci95": val_ci,
+               "seconds": round(seconds, 2)}
+        best = val_acc > self.best_val_acc
+        return dataclasses.replace(
+            self, history=self.history + [row], window_loss=[], window_acc=[],
+            best_val_acc=val_acc if best else self.best_val_acc,
+            best_episode=self.episode if best else self.best_episode)
+
+
+def update_groups(start: int, end: int, group: int) -> Iterator[range]:
+    """The meta-updates from episode `start` to `end`: update u takes episodes u*G .. u*G+G-1
+    (clipped to `end`), whatever the run stopped at before, so a resumed run meets the same
+    groups as an uninterrupted one."""
+    first = start
+    while first < end:
+        last = min((first // group + 1) * group, end)
+        yield range(first, last)
+        first = last
+
+
+def validation_due(done: int, cfg: Config, group: int) -> bool:
+    """True when the meta-update that ended at episode `done` is followed by a validation:
+    the untrained rule (0), every val_every episodes (the first update that reaches a
+    multiple), and the end of the run."""
+    if done == 0 or done == cfg.episodes:
+        return True
+    previous = (done - 1) // group * group           # where that meta-update began
+    return done // cfg.val_every > previous // cfg.val_every
+
+
+@contextmanager
+def uninterrupted() -> Iterator[None]:
+    """Hold back Ctrl-C (SIGINT) and SIGTERM while the block runs, then deliver them: an
+    optimiser step and the counter that records it happen together or not at all."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught = []
+    held = (signal.SIGINT, signal.SIGTERM)
+    previous = {sig: signal.signal(sig, lambda signum, frame: caught.append(signum)) for sig in held}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, signal.SIG_DFL if handler is None else handler)
+        for sig in dict.fromkeys(caught):
+            signal.raise_signal(sig)                 # now its own handler runs (Ctrl-C: KeyboardInterrupt)
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C: `saved` is the last.pt that holds the run's place (None if none was written)."""
+
+    def __init__(self, saved: Path | None, episode: int | None) -> None:
+        super().__init__()
+        self.saved, self.episode = saved, episode
+
+
+# -- the fixed parts of a run and its steps ---------------------------------------------
+@dataclass
+class Run:
+    """What a run does not change while it trains: the settings, the model and optimiser
+    (their tensors change), the episode streams, the folder, the processes."""
+
+    cfg: Config
+    out: Path
+    learner: Learner
+    rule: torch.nn.Module
+    opt: torch.optim.Optimizer | None          # None: a rule with nothing to learn (sgd)
+    params: list[torch.nn.Parameter]
+    train_episodes: EpisodeSampler
+    val_episodes: EpisodeSampler
+    device: str
+    world: World
+    started: float = field(default_factory=time.perf_counter)
+    saved_episode: int | None = None            # the episode of the last.pt on disk
+
+    @property
+    def last(self) -> Path:
+        return self.out / "last.pt"
+
+    @property
+    def group(self) -> int:
+        """Episodes per meta-update, all processes together."""
+        return self.cfg.meta_batch * self.world.size
+
+    def last_good(self) -> str:
+        """Where a person finds the last good state, for error messages."""
+        if self.saved_episode is None:
+            return "no checkpoint was written"
+        return f"the last good checkpoint is {self.last} (episode {self.saved_episode})"
+
+
+def meta_gradient(run: Run, episodes: range) -> tuple[float, float]:
+    """The meta-gradient of the mean query loss of one meta-update's episodes (SPEC 5), summed
+    over processes into the parameters' .grad; returns the group's mean query loss and accuracy.
+
+    This process runs its share (cfg.meta_batch of them); every loss is divided by the
+    number of episodes in the group, n, so a last group shorter than the meta-batch is
+    averaged over its own episodes.
+    """
+    cfg, world, n = run.cfg, run.world, len(episodes)
+    first = episodes.start + world.rank * cfg.meta_batch
+    mine = range(first, min(first + cfg.meta_batch, episodes.stop))
+    run.opt.zero_grad(set_to_none=True)
+    totals = torch.zeros(2)                          # this process's summed query loss and accuracy
+    for i in mine:
+        ep = run.train_episodes[i].to(run.device)
+        res = run_episode(run.learner, run.rule, ep, cfg.steps, cfg.batch_size, mode="train",
+                          generator=episode_generator(run.train_episodes.seed, i))
+        (res.query_loss / n).backward()              # the meta-gradient of the mean query loss
+        totals += torch.tensor([res.query_loss.item(), res.query_acc])
+    all_reduce_grads_(run.params, world)
+    world.all_reduce_(totals)
+    loss, acc = (totals / n).tolist()
+    if not math.isfinite(loss):
+        raise NonFiniteError(f"{_span(episodes)}: the query loss is {loss}; training stopped, "
+                             f"{run.last_good()}")
+    return loss, acc
+
+
+def _span(episodes: range) -> str:
+    """'episode 3' or 'episodes 2-3', for messages."""
+    if len(episodes) == 1:
+        return f"episode {episodes.start}"
+    return f"episodes {episodes.start}-{episodes.stop - 1}"
+
+
+def meta_step(run: Run, episodes: range) -> None:
+    """Clip the meta-gradient's norm to cfg.clip and take the Adam step; stop (NonFiniteError,
+    nothing written) if the gradient or any meta-parameter after the step is not finite."""
+    norm = torch.nn.utils.clip_grad_norm_(run.params, run.cfg.clip)
+    where = _span(episodes)
+    if not torch.isfinite(norm):
+        raise NonFiniteError(f"{where}: the meta-gradient norm is {norm.item()}; training stopped, "
+                             f"{run.last_good()}")
+    run.opt.step()
+    bad = [name for name, p in run.rule.named_parameters() if not bool(torch.isfinite(p).all())]
+    if bad:
+        raise NonFiniteError(f"{where}: the update made {', '.join(bad)} NaN or infinite (Adam lr "
+                             f"{run.cfg.lr:g}); training stopped, nothing of it was saved, "
+                             f"{run.last_good()}")
+
+
+def save_last(run: Run, state: RunState) -> None:
+    """last.pt: the rule, the optimiser and the run's place (the main process writes it)."""
+    if run.world.is_main:
+        save_checkpoint(run.last, _state(run.rule, run.opt), run.cfg.to_dict(),
+                        {**state.to_metrics(), "processes": run.world.size})
+    run.saved_episode = state.episode
+
+
+def validate_and_save(run: Run, state: RunState) -> RunState:
+    """Meta-validation after state.episode episodes (0: the untrained rule), then best.pt (when
+    it is the best so far), last.pt and log.csv. Returns the new state; until it returns, the
+    old one is the run's place (an interrupt in here repeats the validation on resume)."""
+    cfg, world = run.cfg, run.world
+    mine = range(world.rank, cfg.val_episodes, world.size)
+    accs = world.all_gather(evaluate_rule(run.learner, run.rule, run.val_episodes, mine, cfg, run.device))
+    val_acc, val_ci = mean_ci95(accs)
+    new = state.after_validation(val_acc, val_ci, time.perf_counter() - run.started)
+    if world.is_main and val_acc > state.best_val_acc:
+        save_checkpoint(run.out / "best.pt", {"metalearner": run.rule.state_dict()}, cfg.to_dict(),
+                        {"episode": state.episode, "val_acc": val_acc, "val_ci95": val_ci})
+    save_last(run, new)
+    if world.is_main:
+        _write_log(run.out / "log.csv", new.history)
+    return new
+
+
+def resume_state(run: Run) -> RunState:
+    """Load last.pt into the rule and optimiser and return its place; one CheckpointError
+    naming the difference for a file this run cannot continue exactly."""
+    last, cfg = run.last, run.cfg
+    if not last.is_file():
+        raise CheckpointError(f"nothing to resume: {last} does not exist (start the run "
+                              f"without --resume)")
+    tensors, saved_cfg, metrics = load_checkpoint(last)
+    state = RunState.from_metrics(metrics, last)
+    try:
+        saved = Config.from_dict(saved_cfg)
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{last} holds no configuration of this package: {exc}") from None
+    if saved.replace(episodes=cfg.episodes) != cfg:
+        diffs = ", ".join(f"{f.name} {getattr(saved, f.name)!r} (this run: {getattr(cfg, f.name)!r})"
+                          for f in dataclasses.fields(Config) if f.compare and f.name != "episodes"
+                          and getattr(saved, f.name) != getattr(cfg, f.name))
+        raise CheckpointError(f"{last} was trained with configuration {saved.name!r} and other "
+                              f"settings: {diffs}; resume it with `{resume_command(saved, run.out)}`")
+    if state.processes is not None and state.processes != run.world.size:
+        raise CheckpointError(
+            f"{last} was trained by {state.processes} process(es), this run has {run.world.size}: "
+            f"the meta-updates would group other episodes and give other numbers; resume it with "
+            f"`{resume_command(cfg, run.out, state.processes)}`")
+    if state.episode % run.group and state.episode < cfg.episodes:
+        g = state.episode // run.group * run.group
+        raise CheckpointError(
+            f"{last} stopped at episode {state.episode}, inside the meta-update of episodes "
+            f"{g}-{g + run.group - 1} ({run.group} per update): continued, it would not equal a run "
+            f"trained straight to {cfg.episodes}; resume it only up to --episodes {state.episode}, "
+            f"or start a new run from it with --init-from {last}")
+    try:
+        run.rule.load_state_dict(tensors["metalearner"])
+        if run.opt is not None:
+            run.opt.load_state_dict(tensors["optimizer"])
+    except (KeyError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(f"{last} does not hold this run's rule and optimiser: "
+                              f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}") from None
+    run.saved_episode = state.episode
+    return state
+
+
 def _state(meta, opt) -> dict:
     return {"metalearner": meta.state_dict(), "optimizer": opt.state_dict() if opt is not None else {}}
 
 
 def _write_log(path: Path, history: list[dict]) -> None:
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=LOG_FIELDS)
-        w.writeheader()
-        w.writerows(history)
-    tmp.replace(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=LOG_FIELDS)
+            w.writeheader()
+            w.writerows(history)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
 
 
 def train(cfg: Config, out_dir: str | Path, device: str = "cpu", resume: bool = False,
           stop_after: int | None = None, progress: bool = True,
           world: World | None = None, init_state: dict | None = None) -> TrainResult:
-    """Meta-train `cfg` into out_dir (SPEC 5); `stop_after` ends early as an interruption would.
+    """Meta-train `cfg` into out_dir (SPEC 5); `stop_after` ends early as an interruption
+    would: after the meta-update that reaches that many episodes.
 
     init_state: a meta-learner state_dict to start from instead of the seeded
     initialisation (a warm start, with a fresh Adam); ignored by `resume`, which
@@ -148,136 +417,62 @@ def train(cfg: Config, out_dir: str | Path, device: str = "cpu", resume: bool = 
     A meta-update averages the meta-gradients of G = cfg.meta_batch * world.size
     episodes: update u uses episodes u*G .. u*G+G-1, and rank r runs its
     cfg.meta_batch of them. G = 1 is the paper's one episode per update.
+
+    The folder is held for the run (a second run into it is refused); an interrupt
+    (Ctrl-C) saves last.pt at the last finished meta-update, and `resume=True`
+    then ends with the files of an uninterrupted run.
     """
+    check_config(cfg)
     out = Path(out_dir)
     world = world or World.single()
     torch.manual_seed(cfg.seed)
-    learner, meta = build_model(cfg, device)
+    learner, rule = build_model(cfg, device)
     if init_state is not None and not resume:
-        meta.load_state_dict(init_state)
-    trainable = [p for p in meta.parameters() if p.requires_grad]
-    opt = torch.optim.Adam(trainable, lr=cfg.lr) if trainable else None   # sgd: nothing to learn
-    start, best_acc, best_ep, history = 0, -1.0, -1, []
-    window_loss, window_acc = [], []  # training loss/accuracy since the last validation
-    last = out / "last.pt"
-    if resume:
-        state, saved_cfg, metrics = load_checkpoint(last)
-        if Config.from_dict(saved_cfg).replace(episodes=cfg.episodes) != cfg:
-            raise CheckpointError(f"{last} was trained with configuration {saved_cfg['name']!r} "
-                                  f"and other settings; resume it with that configuration")
-        meta.load_state_dict(state["metalearner"])
-        if opt is not None:
-            opt.load_state_dict(state["optimizer"])
-        start, best_acc, best_ep = metrics["episode"], metrics["best_val_acc"], metrics["best_episode"]
-        history = metrics["history"]
-        window_loss, window_acc = metrics["window_loss"], metrics["window_acc"]
-    elif last.exists():
-        raise FileExistsError(f"{out} already holds a run; pass --resume to continue it, "
-                              f"or choose another --out")
-
-    train_s = sampler_for(cfg, "train")
-    val_s = sampler_for(cfg, "val")
-    end = cfg.episodes if stop_after is None else min(cfg.episodes, stop_after)
-    if opt is None:
-        end = 0                                   # a rule without parameters is its own best
-    group = cfg.meta_batch * world.size           # episodes per meta-update, all ranks together
-    params = trainable
-    t0 = time.perf_counter()
-
-    def save_last(done: int) -> None:
+        rule.load_state_dict(init_state)
+    params = [p for p in rule.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(params, lr=cfg.lr) if params else None     # sgd: nothing to learn
+    run = Run(cfg, out, learner, rule, opt, params, sampler_for(cfg, "train"), sampler_for(cfg, "val"),
+              device, world)
+    with hold_folder(out) if world.is_main else nullcontext():
         if world.is_main:
-            save_checkpoint(last, _state(meta, opt), cfg.to_dict(),
-                            {"episode": done, "best_val_acc": best_acc, "best_episode": best_ep,
-                             "history": history, "window_loss": window_loss,
-                             "window_acc": window_acc})
-
-    def validate(done: int) -> None:
-        """Meta-validation after `done` episodes (0: the untrained rule); keeps the best."""
-        nonlocal best_acc, best_ep, window_loss, window_acc
-        mine_val = range(world.rank, cfg.val_episodes, world.size)
-        accs = world.all_gather(evaluate_rule(learner, meta, val_s, mine_val, cfg, device))
-        val_acc, val_ci = mean_ci95(accs)
-        mean = (lambda xs: sum(xs) / len(xs) if xs else None)
-        history.append({"episode": done, "train_loss": mean(window_loss), "train_acc": mean(window_acc),
-                        "val_acc": val_acc, "val_ci95": val_ci,
-                        "seconds": round(time.perf_counter() - t0, 2)})
-        window_loss, window_acc = [], []
-        if val_acc > best_acc:
-            best_acc, best_ep = val_acc, done
-            if world.is_main:
-                save_checkpoint(out / "best.pt", {"metalearner": meta.state_dict()},
-                                cfg.to_dict(), {"episode": done, "val_acc": val_acc,
-                                                "val_ci95": val_ci})
-        save_last(done)
-        if world.is_main:
-            _write_log(out / "log.csv", history)
-
-    if start == 0 and not history:
-        validate(0)                               # the curve starts at the untrained rule
-    bar = tqdm(total=cfg.episodes, initial=start, desc=cfg.name, dynamic_ncols=True,
-               disable=not (progress and world.is_main) or None)
-    done = start
-    try:
-        while done < end:
-            first = done + world.rank * cfg.meta_batch
-            mine = range(first, min(first + cfg.meta_batch, end))
-            opt.zero_grad(set_to_none=True)
-            totals = torch.zeros(2)                     # this rank's summed query loss and accuracy
-            for i in mine:
-                ep = train_s[i].to(device)
-                res = run_episode(learner, meta, ep, cfg.steps, cfg.batch_size, mode="train",
-                                  generator=episode_generator(train_s.seed, i))
-                (res.query_loss / group).backward()      # the meta-gradient of the mean query loss
-                totals += torch.tensor([res.query_loss.item(), res.query_acc])
-            all_reduce_grads_(params, world)
-            world.all_reduce_(totals)
-            n = min(group, end - done)
-            loss, acc = (totals / n).tolist()
-            if not math.isfinite(loss):
-                raise NonFiniteError(f"episode {done}: the query loss is {loss}; training stopped, "
-                                     f"the last good checkpoint is {last}")
-            norm = torch.nn.utils.clip_grad_norm_(params, cfg.clip)
-            if not torch.isfinite(norm):
-                raise NonFiniteError(f"episode {done}: the meta-gradient norm is {norm.item()}; "
-                                     f"training stopped, the last good checkpoint is {last}")
-            opt.step()
-            window_loss.append(loss)
-            window_acc.append(acc)
-            previous, done = done, done + n
-            bar.update(n)
-            if done // cfg.val_every > previous // cfg.val_every or done == cfg.episodes:
-                validate(done)
-                bar.set_postfix(loss=f"{history[-1]['train_loss']:.3f}",
-                                acc=f"{history[-1]['train_acc']:.3f}", val=f"{history[-1]['val_acc']:.3f}")
-    except KeyboardInterrupt:
-        save_last(done)  # between updates the state is consistent: resume continues exactly here
-        raise
-    bar.close()
-    if done < cfg.episodes and (not history or history[-1]["episode"] != done):
-        save_last(done)  # stopped between validations: keep the place, resume continues from it
+            remove_temporaries(out, ("last.pt", "best.pt", "log.csv"))
+        if resume:
+            state = resume_state(run)
+        elif run.last.exists():
+            raise FileExistsError(f"{out} already holds a run; pass --resume to continue it, "
+                                  f"or choose another --out")
+        else:
+            state = RunState(processes=world.size)
+        end = cfg.episodes if stop_after is None else min(cfg.episodes, -(-stop_after // run.group) * run.group)
+        if opt is None:
+            end = 0                                   # a rule without parameters is its own best
+        bar = tqdm(total=cfg.episodes, initial=state.episode, desc=cfg.name, dynamic_ncols=True,
+                   disable=not (progress and world.is_main) or None)
+        try:
+            if validation_due(state.episode, cfg, run.group) and (
+                    not state.history or state.history[-1]["episode"] != state.episode):
+                state = validate_and_save(run, state)   # the untrained rule, or one an interrupt skipped
+            for episodes in update_groups(state.episode, end, run.group):
+                loss, acc = meta_gradient(run, episodes)
+                with uninterrupted():                     # the step and its record: both or neither
+                    meta_step(run, episodes)
+                    state.after_update(len(episodes), loss, acc)
+                bar.update(len(episodes))
+                if validation_due(state.episode, cfg, run.group):
+                    state = validate_and_save(run, state)
+                    row = state.history[-1]
+                    bar.set_postfix(loss=f"{row['train_loss']:.3f}", acc=f"{row['train_acc']:.3f}",
+                                    val=f"{row['val_acc']:.3f}")
+            if run.saved_episode != state.episode:
+                save_last(run, state)  # stopped between validations: keep the place, resume continues from it
+        except KeyboardInterrupt:
+            with uninterrupted():                         # a second Ctrl-C does not cut this save short
+                save_last(run, state)  # between updates the state is consistent: resume continues here
+            raise TrainingInterrupted(run.last if world.is_main else None, state.episode) from None
+        finally:
+            bar.close()
     world.barrier()
-    return TrainResult(out, done, best_acc, best_ep, history)
-
-
-def load_trained(path: str | Path, device: str = "cpu",
-                 expect: Config | None = None) -> tuple[Learner, MetaLearner, Config, dict]:
-    """A trained meta-learner from a checkpoint: (learner, metalearner, config, metrics)."""
-    state, cfg_dict, metrics = load_checkpoint(path)
-    cfg = Config.from_dict(cfg_dict)
-    if expect is not None and not expect.same_model(cfg):
-        raise CheckpointError(
-            f"{path} holds a {cfg.name!r} model ({cfg.n_way}-way, {cfg.in_channels}x{cfg.image_size}"
-            f"x{cfg.image_size}, hidden {cfg.hidden}), which does not fit configuration "
-            f"{expect.name!r} ({expect.n_way}-way, {expect.in_channels}x{expect.image_size}"
-            f"x{expect.image_size}, hidden {expect.hidden})")
-    learner, meta = build_model(cfg, device)
-    try:
-        meta.load_state_dict(state["metalearner"])
-    except (KeyError, RuntimeError) as exc:
-        raise CheckpointError(f"{path} does not hold a meta-learner of this shape: {exc}") from None
-    return learner, meta, cfg, metrics
-
-
+    return TrainResult(out, state.episode, state.best_val_acc, state.best_episode, state.history)
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         description="Meta-train the Meta-Learner LSTM (SPEC 5). Under torchrun, every process "
@@ -288,20 +483,23 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--resume", action="store_true", help="continue the run in --out")
     ap.add_argument("--rule", choices=RUNGS, help="the update rule to meta-train (default lstm, the "
                     "paper's; the ladder: paper notes 11)")
-    ap.add_argument("--episodes", type=int, help="override the number of training episodes")
-    ap.add_argument("--lr", type=float, help="override Adam's learning rate (SPEC 5: 1e-3)")
+    ap.add_argument("--episodes", type=positive_int, help="override the number of training episodes")
+    ap.add_argument("--lr", type=non_negative_float,
+                    help="override Adam's learning rate (SPEC 5: 1e-3; 0 freezes the meta-learner)")
     ap.add_argument("--init-from", metavar="CHECKPOINT",
                     help="start from this trained meta-learner (c_0 and the LSTM) instead of a fresh one")
-    ap.add_argument("--meta-batch", type=int, help="episodes per meta-update and process (default 1)")
-    ap.add_argument("--val-every", type=int, help="override: validate every this many episodes")
-    ap.add_argument("--val-episodes", type=int, help="override: meta-validation episodes")
+    ap.add_argument("--meta-batch", type=positive_int, help="episodes per meta-update and process (default 1)")
+    ap.add_argument("--val-every", type=positive_int, help="override: validate every this many episodes")
+    ap.add_argument("--val-episodes", type=positive_int, help="override: meta-validation episodes")
     ap.add_argument("--seed", type=int, help="override the seed")
     ap.add_argument("--data-root", help="where a real data set lives")
-    ap.add_argument("--threads", type=int, help="torch.set_num_threads")
+    ap.add_argument("--threads", type=positive_int, help="torch.set_num_threads")
     ap.add_argument("--reference", action="store_true", help="the readable path: reference_step and "
                     "plain pooling instead of the fused step (the same numbers to rounding, slower)")
     args = ap.parse_args(argv)
-    world = World.single()
+    world, out, cfg = World.single(), None, None
+    terminated = []                   # SIGTERM (torchrun stopping the survivors, a scheduler): as Ctrl-C
+    previous = _on_sigterm(lambda signum, frame: (terminated.append(signum), _raise_interrupt()))
     try:
         overrides = {k: v for k, v in (("episodes", args.episodes), ("seed", args.seed), ("rule", args.rule),
                                        ("data_root", args.data_root), ("lr", args.lr),
@@ -309,12 +507,12 @@ def main(argv: list[str] | None = None) -> int:
                                        ("val_episodes", args.val_episodes),
                                        ("fast", False if args.reference else None)) if v is not None}
         cfg = get_config(args.config, **overrides)
-        if cfg.meta_batch < 1:
-            raise ValueError(f"--meta-batch must be at least 1, got {cfg.meta_batch}")
-        if args.threads:
-            torch.set_num_threads(args.threads)
+        check_config(cfg)
+        check_device(args.device)
+        set_threads(args.threads)
         init_state = None
         if args.init_from:
+            refuse_other_kinds(args.init_from, "a trained update rule to start from")
             init_state = load_trained(args.init_from, expect=cfg)[1].state_dict()
         world = init_from_env(args.device)
         out = Path(args.out or f"runs/{cfg.name}")
@@ -325,19 +523,71 @@ def main(argv: list[str] | None = None) -> int:
         started = time.perf_counter()
         res = train(cfg, out, device=args.device, resume=args.resume, world=world, init_state=init_state)
         seconds = time.perf_counter() - started
-    except (ValueError, FileNotFoundError, FileExistsError, NonFiniteError) as exc:
-        print(f"error{f' (rank {world.rank})' if world.size > 1 else ''}: {exc}", file=sys.stderr)
+    except (ValueError, OSError, NonFiniteError) as exc:
+        print(f"error{f' (rank {world.rank})' if world.size > 1 else ''}: {_one_line(exc)}", file=sys.stderr)
         return 2
+    except TrainingInterrupted as exc:
+        why = "interrupted"
+        if terminated:
+            why = "stopped by SIGTERM" + (" (torchrun stops every process when one of them fails)"
+                                          if world.size > 1 else "")
+        if world.is_main or terminated:
+            print(f"\n{why} at episode {exc.episode}; {out / 'last.pt'} holds the run: continue it with "
+                  f"`{resume_command(cfg, out, world.size)}`", file=sys.stderr)
+        return 143 if terminated else 130
     except KeyboardInterrupt:
-        print("\ninterrupted; `--resume` continues from the last finished meta-update", file=sys.stderr)
-        return 130
+        print(f"\n{'stopped by SIGTERM' if terminated else 'interrupted'} before training began; "
+              f"nothing was saved", file=sys.stderr)
+        return 143 if terminated else 130
+    except RuntimeError as exc:       # under torchrun: another process died (gloo / nccl errors)
+        if world.size == 1:
+            raise
+        print(f"error (rank {world.rank}): {_peer_failure(exc, world, cfg, out)}", file=sys.stderr)
+        return 2
     finally:
         shutdown()
+        _on_sigterm(previous)
     if world.is_main:
+        files = ", ".join(n for n in ("best.pt", "last.pt", "log.csv") if (res.out_dir / n).exists())
         print(f"best meta-validation accuracy {res.best_val_acc:.4f} at episode {res.best_episode}; "
-              f"best.pt, last.pt and log.csv in {res.out_dir}; {seconds:.1f} s "
+              f"{files} in {res.out_dir}; {seconds:.1f} s "
               f"(validation included) on {world.size} process(es)")
     return 0
+
+
+def _raise_interrupt() -> None:
+    raise KeyboardInterrupt
+
+
+def _on_sigterm(handler):
+    """Install a SIGTERM handler (main thread only); returns the previous one (or None)."""
+    if threading.current_thread() is not threading.main_thread() or handler is None:
+        return None
+    return signal.signal(signal.SIGTERM, handler) or signal.SIG_DFL
+
+
+def _one_line(exc: BaseException) -> str:
+    """An exception's message as one line (torch's own messages can run to several)."""
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    return " ".join(lines) if len(" ".join(lines)) <= 400 else lines[0][:400]
+
+
+def _peer_failure(exc: BaseException, world: World, cfg: Config | None, out: Path | None) -> str:
+    """What a surviving process says when a collective fails because another process stopped."""
+    who = f"rank {1 - world.rank}" if world.size == 2 else "another process"
+    reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+    text = f"{who} of this {world.size}-process run stopped, so this one stopped too ({reason})"
+    last = out / "last.pt" if out is not None else None
+    if last is not None and last.is_file():
+        try:
+            episode = load_checkpoint(last)[2].get("episode")
+            text += (f"; {last} (episode {episode}) is intact: resume with "
+                     f"`{resume_command(cfg, out, world.size)}`")
+        except CheckpointError as bad:
+            text += f"; {bad}"
+    else:
+        text += "; no checkpoint was written yet"
+    return text
 
 
 if __name__ == "__main__":

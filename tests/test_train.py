@@ -1,5 +1,12 @@
 """Meta-training: runs end to end, resumes exactly, stops cleanly on bad numbers."""
 import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -7,7 +14,8 @@ import torch
 from metalstm import evaluate, train as train_mod
 from metalstm.checkpoint import CheckpointError, load_checkpoint
 from metalstm.config import get_config
-from metalstm.train import NonFiniteError, load_trained, train
+from metalstm.train import NonFiniteError, train
+from metalstm.rules import load_trained
 
 SMOKE = get_config("smoke")
 
@@ -21,7 +29,7 @@ def test_smoke_run_writes_checkpoints_and_learning_curves(tmp_path):
     assert res.episodes_done == SMOKE.episodes
     assert {"best.pt", "last.pt", "log.csv"} <= {p.name for p in tmp_path.iterdir()}
     rows = list(csv.DictReader(open(tmp_path / "log.csv")))
-    assert [int(r["episode"]) for r in rows] == [3, 6]
+    assert [int(r["episode"]) for r in rows] == [0, 3, 6]          # 0: the untrained rule
     assert all(0.0 <= float(r["val_acc"]) <= 1.0 for r in rows)
     assert res.best_val_acc == max(float(r["val_acc"]) for r in rows)
 
@@ -130,3 +138,220 @@ def test_train_cli_warm_start_and_learning_rate(tmp_path, capsys):
                                   "--init-from", str(tmp_path / "missing.pt")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error:") and len(err.strip().splitlines()) == 1
+
+
+# -- the meta-update groups (issue 15, point 7) -------------------------------------------
+def grads_at_each_step(monkeypatch):
+    """The gradients Adam is given at every step, in order (clipping off: clip=inf)."""
+    seen = []
+    real = torch.optim.Adam.step
+
+    def step(self, *args, **kwargs):
+        seen.append([p.grad.clone() for group in self.param_groups for p in group["params"]])
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.Adam, "step", step)
+    return seen
+
+
+def test_a_partial_meta_batch_is_averaged_over_its_own_episodes(tmp_path, monkeypatch):
+    """One episode in a meta-batch of 2 gives the meta-gradient of that episode, not half of it."""
+    seen = grads_at_each_step(monkeypatch)
+    cfg = SMOKE.replace(episodes=1, val_every=1, clip=float("inf"))
+    train(cfg.replace(meta_batch=2), tmp_path / "partial", progress=False)
+    train(cfg, tmp_path / "single", progress=False)
+    assert len(seen) == 2
+    for a, b in zip(*seen):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=0)
+
+
+def same_files(a, b):
+    """Two run folders hold the same last.pt (tensors, optimiser, place), best.pt and log.csv."""
+    sa, _, ma = load_checkpoint(a / "last.pt")
+    sb, _, mb = load_checkpoint(b / "last.pt")
+    for k in sa["metalearner"]:
+        assert torch.equal(sa["metalearner"][k], sb["metalearner"][k]), k
+    assert str(sa["optimizer"]) == str(sb["optimizer"])
+    strip = lambda h: [{k: v for k, v in r.items() if k != "seconds"} for r in h]
+    assert strip(ma.pop("history")) == strip(mb.pop("history"))
+    assert ma == mb
+    ba, _, bma = load_checkpoint(a / "best.pt")
+    bb, _, bmb = load_checkpoint(b / "best.pt")
+    assert bma == bmb and all(torch.equal(ba["metalearner"][k], bb["metalearner"][k]) for k in ba["metalearner"])
+    rows = lambda p: [{k: v for k, v in r.items() if k != "seconds"} for r in csv.DictReader(open(p / "log.csv"))]
+    assert rows(a) == rows(b)
+
+
+def test_a_stop_inside_a_meta_batch_resumes_to_the_uninterrupted_run(tmp_path):
+    cfg = SMOKE.replace(meta_batch=2)
+    train(cfg, tmp_path / "straight", progress=False)
+    train(cfg, tmp_path / "resumed", stop_after=3, progress=False)    # 3: inside the update of 2-3
+    train(cfg, tmp_path / "resumed", resume=True, progress=False)
+    same_files(tmp_path / "straight", tmp_path / "resumed")
+
+
+def test_a_run_that_ended_inside_a_meta_batch_is_not_extended(tmp_path):
+    train(SMOKE.replace(meta_batch=2, episodes=3), tmp_path, progress=False)
+    with pytest.raises(CheckpointError, match="inside the meta-update of episodes 2-3.*--init-from"):
+        train(SMOKE.replace(meta_batch=2), tmp_path, resume=True, progress=False)
+
+
+# -- nothing is ever lost (issue 16, points 1-7) ------------------------------------------
+def finite(path):
+    payload = torch.load(path, weights_only=True)
+    tensors = [t for part in payload["state"].values() if isinstance(part, dict)
+               for t in part.values() if torch.is_tensor(t)]
+    return all(bool(torch.isfinite(t).all()) for t in tensors if t.is_floating_point())
+
+
+def test_a_non_finite_update_writes_no_checkpoint_and_names_an_existing_one(tmp_path, monkeypatch):
+    real = torch.optim.Adam.step
+
+    def diverging(self, *args, **kwargs):           # as `--lr inf` did: the step leaves NaN behind
+        out = real(self, *args, **kwargs)
+        self.param_groups[0]["params"][0].data[0] = float("nan")
+        return out
+
+    monkeypatch.setattr(torch.optim.Adam, "step", diverging)
+    with pytest.raises(NonFiniteError) as info:
+        train(SMOKE.replace(val_every=1), tmp_path, progress=False)
+    assert "episode 0" in str(info.value)
+    checkpoints = sorted(tmp_path.glob("*.pt"))
+    assert [p.name for p in checkpoints] == ["best.pt", "last.pt"]     # of episode 0, the untrained rule
+    assert all(finite(p) for p in checkpoints)
+    named = str(info.value).split("last good checkpoint is ")[1].split(" ")[0]
+    assert Path(named).is_file() and load_checkpoint(named)[2]["episode"] == 0
+
+
+def test_evaluate_refuses_a_checkpoint_with_nan(tmp_path, capsys):
+    from metalstm.checkpoint import checksum
+
+    train(SMOKE.replace(episodes=1, val_every=1), tmp_path, progress=False)
+    payload = torch.load(tmp_path / "best.pt", weights_only=True)
+    payload["state"]["metalearner"]["c0"][5] = float("nan")
+    meta = json.loads(payload["meta_json"])
+    payload["sha256"] = checksum(payload["state"], meta)      # a consistent file, as a diverged run wrote it
+    torch.save(payload, tmp_path / "nan.pt")
+    assert evaluate.main(["--checkpoint", str(tmp_path / "nan.pt"), "--episodes", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "NaN" in err and len(err.strip().splitlines()) == 1
+
+
+def interrupt_on_call(monkeypatch, name, when):
+    """Make train_mod.<name> raise KeyboardInterrupt (once) at the first call n (1-based) with
+    when(n, args) true, as a Ctrl-C inside it would."""
+    real, calls, fired = getattr(train_mod, name), [], []
+
+    def wrapped(*args, **kwargs):
+        calls.append(args)
+        if not fired and when(len(calls), args):
+            fired.append(True)
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train_mod, name, wrapped)
+
+
+def test_ctrl_c_during_validation_then_resume_gives_the_uninterrupted_files(tmp_path, monkeypatch):
+    train(SMOKE, tmp_path / "straight", progress=False)
+    with monkeypatch.context() as m:
+        interrupt_on_call(m, "evaluate_rule", lambda n, args: n == 2)       # the validation at episode 3
+        with pytest.raises(KeyboardInterrupt):
+            train(SMOKE, tmp_path / "resumed", progress=False)
+    train(SMOKE, tmp_path / "resumed", resume=True, progress=False)
+    same_files(tmp_path / "straight", tmp_path / "resumed")
+
+
+def test_ctrl_c_while_best_pt_is_written_then_resume_gives_the_uninterrupted_files(tmp_path, monkeypatch):
+    train(SMOKE, tmp_path / "straight", progress=False)
+    with monkeypatch.context() as m:
+        interrupt_on_call(m, "save_checkpoint", lambda n, args: Path(args[0]).name == "best.pt")
+        with pytest.raises(KeyboardInterrupt):
+            train(SMOKE, tmp_path / "resumed", progress=False)
+    assert not (tmp_path / "resumed" / "best.pt").exists()
+    train(SMOKE, tmp_path / "resumed", resume=True, progress=False)
+    same_files(tmp_path / "straight", tmp_path / "resumed")
+
+
+def test_ctrl_c_right_after_an_optimiser_step_then_resume_gives_the_uninterrupted_files(tmp_path, monkeypatch):
+    train(SMOKE, tmp_path / "straight", progress=False)
+    real, steps = torch.optim.Adam.step, []
+
+    def step(self, *args, **kwargs):                # SIGINT arrives just after the 2nd step
+        out = real(self, *args, **kwargs)
+        steps.append(1)
+        if len(steps) == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+        return out
+
+    with monkeypatch.context() as m:
+        m.setattr(torch.optim.Adam, "step", step)
+        with pytest.raises(KeyboardInterrupt):
+            train(SMOKE, tmp_path / "resumed", progress=False)
+    train(SMOKE, tmp_path / "resumed", resume=True, progress=False)
+    same_files(tmp_path / "straight", tmp_path / "resumed")
+
+
+def test_two_runs_cannot_share_a_folder_and_a_killed_run_frees_it(tmp_path):
+    out, same = tmp_path / "run", SMOKE.replace(episodes=100000, val_every=2)
+    env = {**os.environ, "TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1"}
+    child = subprocess.Popen([sys.executable, "-m", "metalstm.train", "--config", "smoke", "--threads", "1",
+                              "--episodes", "100000", "--val-every", "2", "--out", str(out)],
+                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while not (out / "last.pt").exists():
+            assert child.poll() is None and time.monotonic() < deadline, "the first run did not start"
+            time.sleep(0.05)
+        with pytest.raises(OSError, match=f"in use by another run \\(pid {child.pid}\\)"):
+            train(same, out, resume=True, stop_after=2, progress=False)
+    finally:
+        child.kill()
+        child.wait()
+    train(same, out, resume=True, stop_after=2, progress=False)        # the killed run left it free
+
+
+def test_an_unwritable_out_is_found_before_any_episode(tmp_path, monkeypatch):
+    (tmp_path / "file").write_text("not a folder")
+
+    def no_episodes(*args, **kwargs):
+        raise AssertionError("an episode ran before the folder was checked")
+
+    monkeypatch.setattr(train_mod, "run_episode", no_episodes)
+    for out in (tmp_path / "file", tmp_path / "file" / "run"):
+        with pytest.raises(OSError):
+            train(SMOKE, out, progress=False)
+    assert (tmp_path / "file").read_text() == "not a folder"
+
+
+def test_a_full_disk_is_one_line_and_keeps_the_last_checkpoint(tmp_path, monkeypatch, capsys):
+    train(SMOKE.replace(episodes=3), tmp_path, progress=False)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    real = torch.save
+    monkeypatch.setattr(torch, "save", lambda obj, f: real(obj, open("/dev/full", "wb")))   # ENOSPC
+    assert train_mod.main(["--config", "smoke", "--threads", "1", "--out", str(tmp_path), "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "could not write" in err and "unchanged" in err
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
+def test_stale_temporary_files_of_a_killed_save_are_removed(tmp_path):
+    train(SMOKE.replace(episodes=3), tmp_path, progress=False)
+    stale = [tmp_path / ".last.pt.k1ll3d.tmp", tmp_path / ".best.pt.x8y2.tmp"]
+    for p in stale:
+        p.write_bytes(b"PK\x03\x04 half a checkpoint")
+    (tmp_path / "notes.tmp").write_text("not ours")
+    train(SMOKE, tmp_path, resume=True, progress=False)
+    assert not any(p.exists() for p in stale)
+    assert (tmp_path / "notes.tmp").read_text() == "not ours"
+
+
+def test_resuming_a_two_process_run_with_one_process_is_refused_with_the_command(tmp_path):
+    from metalstm.checkpoint import save_checkpoint
+
+    train(SMOKE.replace(episodes=4), tmp_path, progress=False)
+    state, cfg, metrics = load_checkpoint(tmp_path / "last.pt")
+    save_checkpoint(tmp_path / "last.pt", state, cfg, {**metrics, "processes": 2})   # as torchrun wrote it
+    with pytest.raises(CheckpointError, match=f"2 process.*`torchrun --nproc_per_node=2 -m metalstm.train "
+                                              f"--config smoke --out {tmp_path} --resume`"):
+        train(SMOKE, tmp_path, resume=True, progress=False)

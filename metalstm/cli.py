@@ -1,0 +1,118 @@
+"""What every command line of the package checks before it starts work.
+
+A person's mistake gets one line that names the bad value and what would be
+valid, and exit code 2, never a traceback or a silently changed request:
+
+    ap.add_argument("--episodes", type=positive_int)     # 0 or -5: "must be at least 1"
+    ap.add_argument("--threads", type=positive_int)      # 0 would silently mean "torch's choice"
+    check_device(args.device)                            # "cuda" without a GPU, "gpu", "cuda:7"
+    check_output_file(args.json, "--json")               # a folder, or under a file
+
+Type functions raise argparse.ArgumentTypeError, which argparse prints as
+"error: argument --episodes: must be a whole number >= 1, got '0'" (after its
+usage line) and exits with 2; the checks raise ValueError, which each main()
+prints as "error: ..." and turns into exit code 2.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+from pathlib import Path
+
+import torch
+
+
+def _int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number >= 1."""
+    value = _int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """An argparse type: a whole number >= 0."""
+    value = _int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 0, got {text!r}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    """An argparse type: a finite number >= 0 (a learning rate: 0 freezes, which tests use)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text!r}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """An argparse type: a finite number > 0."""
+    value = non_negative_float(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text!r}")
+    return value
+
+
+def check_device(device: str) -> str:
+    """`device` if torch can compute on it here, else one ValueError saying what can."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ValueError(f"unknown device {device!r}; use cpu, cuda or cuda:N") from None
+    if dev.type == "cpu":
+        return device
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {device}: torch sees no CUDA GPU on this machine "
+                             f"(torch.cuda.is_available() is False); use --device cpu")
+        count = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= count:
+            raise ValueError(f"--device {device}: this machine has {count} CUDA GPU(s), "
+                             f"cuda:0 .. cuda:{count - 1}")
+        return device
+    if dev.type == "mps":
+        if not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+            raise ValueError(f"--device {device}: torch sees no Apple GPU here; use --device cpu")
+        return device
+    raise ValueError(f"device {device!r} is not supported; use cpu, cuda or cuda:N")
+
+
+def check_output_file(path: str | os.PathLike | None, flag: str = "--json") -> None:
+    """ValueError unless a file can be written at `path` (checked before the work, not after):
+    not a folder, and the nearest existing folder above it is a writable folder."""
+    if path is None:
+        return
+    p = Path(path)
+    if p.is_dir():
+        raise ValueError(f"{flag} {path} is a folder; give a file name, e.g. {p / 'results.json'}")
+    parent = p.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ValueError(f"{flag} {path}: {parent} is a file, so nothing can be written under it")
+    if not os.access(parent, os.W_OK):
+        raise ValueError(f"{flag} {path}: the folder {parent} is not writable")
+
+
+def check_folder(path: str | os.PathLike | None, flag: str) -> None:
+    """ValueError when `path` exists and is not a folder (e.g. --cache pointing at a file)."""
+    if path is not None and Path(path).exists() and not Path(path).is_dir():
+        raise ValueError(f"{flag} {path} is a file; it must be a folder (or not exist yet)")
+
+
+def set_threads(n: int | None) -> None:
+    """torch.set_num_threads(n) when n is given (argparse has checked n >= 1)."""
+    if n is not None:
+        torch.set_num_threads(n)
