@@ -15,9 +15,10 @@ from metalstm.config import get_config  # noqa: E402
 from metalstm.metalearner import SGDCell, inner_loop, loss_and_grad, run_episode, support_batches  # noqa: E402
 from metalstm.rules import build_model# noqa: E402
 from metalstm.episodes import episode_generator, sampler_for  # noqa: E402
-from metalstm.viz import (LAYERS, GateRecord, InnerLoopExplorer, format_summary, gate_summary,  # noqa: E402
-                          pick_coordinates, plot_gate_bands, plot_gates, plot_query_accuracy_by_step,
-                          record_gates, shipped_checkpoint, trace_episode)
+from metalstm.viz import (LAYERS, GateRecord, InnerLoopExplorer, forgetting_share, format_summary,  # noqa: E402
+                          gate_summary, implied_weight_decay, pick_coordinates, plot_gate_bands, plot_gates,
+                          plot_query_accuracy_by_step, plot_step_sizes, record_gates, retained_fraction,
+                          shipped_checkpoint, step_sizes, trace_episode, weight_decay_share)
 from testkit import perturb_rule_  # noqa: E402
 
 CFG = get_config("smoke")          # 5-way 1-shot, 5 queries, T = 3 steps of batch 5
@@ -149,6 +150,53 @@ def test_step_zero_evaluates_c0_with_the_first_support_pass_statistics(model, sa
     assert trace.theta.shape == (CFG.steps + 1, learner.n_params)
 
 
+def test_the_record_splits_thetas_change_into_forgetting_and_gradient_steps(model, sampler, record):
+    """moved = theta_T - theta_0 = -forgotten - sum_t i_t grad_t, from each episode's trace."""
+    learner, meta = model
+    for e in range(EPISODES):
+        trace = trace_episode(learner, meta, sampler[e], CFG.steps, CFG.batch_size,
+                              episode_generator(sampler.seed, e))
+        torch.testing.assert_close(record.moved[e], trace.theta[-1] - trace.theta[0])
+        torch.testing.assert_close(record.forgotten[e], ((1 - trace.forget) * trace.theta[:-1]).sum(0))
+        torch.testing.assert_close(record.stepped_theta[e], (trace.input * trace.theta[:-1]).sum(0))
+        stepped = (trace.input * trace.grad).sum(0)
+        torch.testing.assert_close(record.moved[e], -record.forgotten[e] - stepped, rtol=1e-4, atol=1e-5)
+
+
+def test_strategy_numbers(record):
+    """step sizes, retained fraction, implied weight decay and the shares of theta's change, by hand."""
+    E, T = EPISODES, CFG.steps
+    for name in ("conv2.weight", "fc.weight"):
+        f, i = record.layer(name, "forget").double(), record.layer(name, "input").double()
+        sizes = step_sizes(record, name)
+        assert sizes.shape == (E, T)
+        assert sizes[1, 2].item() == i[1, 2].median().item()
+        kept = retained_fraction(record, name)
+        assert kept.shape == (E,) and kept[0].item() == pytest.approx(f[0].prod(dim=0).mean().item())
+        lam = implied_weight_decay(record, name)
+        assert lam.shape == (T,) and lam[0].item() == pytest.approx(((1 - f[:, 0]) / i[:, 0]).median().item())
+        part = record.slices[name]
+        share = forgetting_share(record, name)
+        assert share[2].item() == pytest.approx(
+            (record.forgotten[2, part].norm() / record.moved[2, part].norm()).item(), rel=1e-6)
+        decay = weight_decay_share(record, name, 5e-4)
+        assert decay[0].item() == pytest.approx(
+            (5e-4 * record.stepped_theta[0, part].norm() / record.moved[0, part].norm()).item(), rel=1e-6)
+    # a record of f = 1 - 0.01 i (weight decay 0.01 at every step): the forgetting IS that weight decay
+    made = GateRecord(forget=1 - 0.01 * record.input, input=record.input, query_acc=record.query_acc,
+                      query_loss=record.query_loss, support_loss=record.support_loss, episodes=record.episodes,
+                      slices=record.slices, forgotten=0.01 * record.stepped_theta, moved=record.moved,
+                      stepped_theta=record.stepped_theta)
+    torch.testing.assert_close(implied_weight_decay(made, "conv1.weight"),
+                               torch.full((T,), 0.01, dtype=torch.float64), rtol=1e-3, atol=0)
+    torch.testing.assert_close(forgetting_share(made, "conv1.weight"), weight_decay_share(made, "conv1.weight", 0.01))
+    bare = GateRecord(forget=record.forget, input=record.input, query_acc=record.query_acc,
+                      query_loss=record.query_loss, support_loss=record.support_loss, episodes=record.episodes,
+                      slices=record.slices)
+    with pytest.raises(ValueError, match="record_gates"):
+        forgetting_share(bare, "fc.weight")
+
+
 def test_pick_coordinates_is_seeded_and_in_range(model):
     slices = model[0].slices()
     a, b = pick_coordinates(slices, seed=0), pick_coordinates(slices, seed=0)
@@ -176,7 +224,10 @@ def test_band_and_summary_are_the_quantiles_and_means_of_the_layer(record):
 def test_plots_render(record):
     fig = plot_gates(record, record)
     assert len(fig.axes) == 2 * 2 * len(LAYERS)
-    for make in (lambda: fig, lambda: plot_gate_bands(record, record),
+    alpha = {CFG.k_shot: torch.linspace(0.1, 0.5, CFG.steps)[:, None].expand(CFG.steps, len(LAYERS))}
+    sizes = plot_step_sizes(record, schedule=alpha, meta_sgd={CFG.k_shot: torch.full((len(LAYERS),), 0.1)}, sgd=0.1)
+    assert len(sizes.axes) == 1 and len(sizes.axes[0].lines) == 3 * len(LAYERS) + 1
+    for make in (lambda: fig, lambda: sizes, lambda: plot_gate_bands(record, record),
                  lambda: plot_query_accuracy_by_step(record, record)):
         make().savefig(io.BytesIO(), format="png", dpi=30)
     plt.close("all")
@@ -256,3 +307,12 @@ def test_record_and_checkpoint_errors(model, sampler, tmp_path, monkeypatch):
     assert shipped_checkpoint("glyphs-1shot").parts[-3:] == ("data", "checkpoints", "glyphs-1shot.pt")
     with pytest.raises(FileNotFoundError, match="data/checkpoints/glyphs-7shot.pt"):
         shipped_checkpoint("glyphs-7shot")
+    # a rung of the ladder: data/checkpoints/ladder/<config>-<rung>.pt, or in $METALSTM_CHECKPOINTS/ladder
+    with pytest.raises(FileNotFoundError, match="--rule schedule --episodes 2000 --out runs/glyphs-5shot-schedule"):
+        shipped_checkpoint("glyphs-5shot", root=tmp_path, rung="schedule")
+    (tmp_path / "ladder").mkdir()
+    (tmp_path / "ladder" / "glyphs-5shot-meta-sgd.pt").write_bytes(b"")
+    monkeypatch.setenv("METALSTM_CHECKPOINTS", str(tmp_path))
+    assert shipped_checkpoint("glyphs-5shot", rung="meta-sgd") == tmp_path / "ladder" / "glyphs-5shot-meta-sgd.pt"
+    with pytest.raises(ValueError, match="unknown rung"):
+        shipped_checkpoint("glyphs-5shot", rung="adam")

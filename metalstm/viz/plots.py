@@ -1,9 +1,11 @@
 """Pictures of a `GateRecord`: the paper's Figure 2 and the query accuracy after each step (SPEC 10).
 
-    plot_gates(r1, r5)                  one row per gate, one panel per layer, 1-shot beside 5-shot:
+    plot_gates(r1, r5)                  one panel per layer, two rows (1 - f_t, i_t) per record:
                                         a fixed coordinate per layer, one line per episode, over the
                                         band (10%-90%) and median of all the layer's coordinates
     plot_gate_bands(r1, r5)             the bands alone, all layers on one axis per gate and record
+    plot_step_sizes(r1, r5, ...)        the input gate as a learning rate per step, beside the ladder's
+                                        learned steps (schedule, meta-sgd) and SGD's tuned step
     plot_query_accuracy_by_step(r1, r5) query accuracy (mean, 95% interval) and losses per step
 """
 from __future__ import annotations
@@ -32,49 +34,125 @@ def _limits(values: list[torch.Tensor], pad: float = 0.05) -> tuple[float, float
     return low - margin, high + margin
 
 
+# text sizes that stay legible when a figure is projected (notebook 06, lecture slides)
+PROJECTOR = {"font.size": 13, "axes.titlesize": 14, "axes.labelsize": 13, "xtick.labelsize": 12,
+             "ytick.labelsize": 12, "legend.fontsize": 12, "figure.titlesize": 15}
+FORGET_FLOOR = 1e-8          # 1 - f below this (f = 1 in float32: 1 - f < 6e-8) is drawn at the floor
+
+
 def plot_gates(*records: GateRecord, layers=LAYERS, seed: int = 0, band: bool = True):
     """The paper's Figure 2: per layer, gate value vs step for ONE coordinate (chosen with
     `seed`), one line per episode; grey band = 10%-90% of all the layer's coordinates and
-    episodes, dashed = their median. Rows: forget, input; one block of panels per record."""
+    episodes, dashed = their median. One column per layer; two rows per record: the forget
+    gate as its distance from 1, 1 - f_t, on a log scale (f_t itself is 0.9990-1.0000 and would
+    read as a flat line), then the input gate i_t. A gate's rows share their y-axis across
+    records, so 1-shot and 5-shot compare directly. Sized and lettered to be projected."""
     _check(records)
     coords = pick_coordinates(records[0].slices, layers, seed)
-    fig = plt.figure(figsize=(1.9 * len(layers) * len(records) + 0.6, 4.8), layout="constrained")
-    blocks = fig.subfigures(1, len(records), squeeze=False)[0]
-    axes = [block.subplots(len(GATES), len(layers), sharex=True, squeeze=False) for block in blocks]
-    for gate_row, gate in enumerate(GATES):
-        shown = []
-        for record, block, ax_grid in zip(records, blocks, axes):
+    rows = [(record, gate) for record in records for gate in GATES]
+    with plt.rc_context(PROJECTOR):
+        fig, axes = plt.subplots(len(rows), len(layers), figsize=(2.7 * len(layers) + 1.0, 2.45 * len(rows) + 1.1),
+                                 squeeze=False, layout="constrained")
+        shown = {gate: [] for gate in GATES}
+        for row, (record, gate) in enumerate(rows):
             steps = torch.arange(1, record.steps + 1).numpy()
             for col, name in enumerate(layers):
-                ax = ax_grid[gate_row, col]
-                trace = record.coordinate(name, gate, coords[name])                 # [E, T]
-                shown.append(trace)
+                ax = axes[row, col]
+                show = (lambda v: (1 - v.double()).clamp_min(FORGET_FLOOR)) if gate == "forget" else (lambda v: v)
+                trace = show(record.coordinate(name, gate, coords[name]))                 # [E, T]
+                shown[gate].append(trace)
                 if band:
-                    low, mid, high = record.band(name, gate)
-                    ax.fill_between(steps, low.numpy(), high.numpy(), color="0.8", label="10%-90% of the layer")
-                    ax.plot(steps, mid.numpy(), "k--", lw=1, label="median of the layer")
-                    shown += [low, high]
+                    low, mid, high = (show(v) for v in record.band(name, gate))
+                    if gate == "forget":
+                        low, high = high, low                # 1 - f: the 90% quantile of f is the low end
+                    ax.fill_between(steps, low.numpy(), high.numpy(), color="0.82", label="10%-90% of the layer")
+                    ax.plot(steps, mid.numpy(), "k--", lw=1.5, label="median of the layer")
+                    shown[gate] += [low, high]
                 colors = plt.get_cmap("viridis")(torch.linspace(0, 0.9, len(trace)).numpy())
                 for e, line in enumerate(trace):
-                    ax.plot(steps, line.numpy(), color=colors[e], lw=0.9, alpha=0.7)
-                if gate_row == 0:
-                    ax.set_title(f"{LAYER_TITLES.get(name, name)}  [#{coords[name]}]", fontsize=9)
-                if gate_row == len(GATES) - 1:
+                    ax.plot(steps, line.numpy(), color=colors[e], lw=1.1, alpha=0.75,
+                            label="one episode (this coordinate)" if e == 0 else None)
+                if gate == "forget":
+                    ax.set_yscale("log")
+                if row == 0:
+                    ax.set_title(f"{LAYER_TITLES.get(name, name)}  [#{coords[name]}]")
+                if row == len(rows) - 1 or rows[row + 1][0] is not record:
                     ax.set_xlabel("step t")
                 if col == 0:
-                    ax.set_ylabel(GATE_LABELS[gate])
-                ax.tick_params(labelsize=7)
+                    ax.set_ylabel(f"{record.label}\n" + ("$1 - f_t$ (log)" if gate == "forget" else "$i_t$"))
                 ax.xaxis.set_major_locator(MaxNLocator(nbins=4, integer=True))
-            block.suptitle(f"{record.label}: {len(record.episodes)} meta-validation episodes",
-                           fontsize=11)
-        low, high = _limits(shown)
-        for ax_grid in axes:
-            for ax in ax_grid[gate_row]:
-                ax.set_ylim(low, high)
-                if ax is not ax_grid[gate_row, 0]:
-                    ax.tick_params(labelleft=False)
-    if band:
-        axes[-1][0, -1].legend(fontsize=7, loc="lower left")
+                ax.grid(alpha=0.3)
+        for gate in GATES:
+            low = min(v.min().item() for v in shown[gate])
+            high = max(v.max().item() for v in shown[gate])
+            if gate == "forget":
+                limits = (low / 1.5, high * 1.5)
+            else:
+                margin = 0.05 * (high - low) or 1e-3
+                limits = (low - margin, high + margin)
+            for row, (_, g) in enumerate(rows):
+                if g != gate:
+                    continue
+                for col, ax in enumerate(axes[row]):
+                    ax.set_ylim(*limits)
+                    if col:
+                        ax.tick_params(labelleft=False)
+        handles, labels = axes[0, 0].get_legend_handles_labels()
+        fig.legend(handles, labels, loc="outside lower center", ncols=len(labels), frameon=False)
+        fig.suptitle(f"Figure 2, our version: one coordinate per layer (its index in brackets), "
+                     f"{len(records[0].episodes)} meta-validation episodes")
+    return fig
+
+
+def plot_step_sizes(*records: GateRecord, schedule: dict | None = None, meta_sgd: dict | None = None,
+                    sgd: float | None = None, layers=LAYERS):
+    """The input gate read as a learning rate: one panel per record, step size vs step t.
+
+    Meta-Learner LSTM: solid, the median over episodes of each layer's median i_t over its
+    weights (`step_sizes`); grey band: 10%-90% of the episodes (all layers pooled).
+    schedule: {k_shot: alpha [T, len(layers)]}, the `schedule` rung's alpha[t, layer] (dashed);
+    meta_sgd: {k_shot: [len(layers)]}, the median of the `meta-sgd` rung's alpha over each layer's
+    weights (dotted, the same at every step); sgd: the fixed step of `sgd` and `init` (black)."""
+    from matplotlib.lines import Line2D
+
+    from metalstm.viz.record import step_sizes
+
+    _check(records)
+    with plt.rc_context(PROJECTOR):
+        fig, axes = plt.subplots(1, len(records), figsize=(6.6 * len(records), 5.0), squeeze=False,
+                                 sharey=True, layout="constrained")
+        for ax, record in zip(axes[0], records):
+            steps = torch.arange(1, record.steps + 1).numpy()
+            per_layer = torch.stack([step_sizes(record, name) for name in layers])        # [L, E, T]
+            pooled = per_layer.flatten(0, 1)                                            # [L * E, T]
+            low, high = torch.quantile(pooled, torch.tensor([0.1, 0.9], dtype=pooled.dtype), dim=0)
+            ax.fill_between(steps, low.numpy(), high.numpy(), color="0.85")
+            for j, name in enumerate(layers):
+                color = LAYER_COLORS.get(name)
+                ax.plot(steps, per_layer[j].median(dim=0).values.numpy(), color=color, marker="o", ms=4, lw=2)
+                if schedule is not None and record.k_shot in schedule:
+                    alpha = torch.as_tensor(schedule[record.k_shot]).detach()
+                    ax.plot(torch.arange(1, alpha.shape[0] + 1).numpy(), alpha[:, j].numpy(), color=color,
+                            ls="--", marker="s", ms=4, lw=1.5)
+                if meta_sgd is not None and record.k_shot in meta_sgd:
+                    value = float(torch.as_tensor(meta_sgd[record.k_shot])[j])
+                    ax.plot([steps[0], steps[-1]], [value, value], color=color, ls=":", lw=2)
+            if sgd is not None:
+                ax.axhline(sgd, color="k", lw=1.5)
+            ax.set(title=f"{record.label} (T = {record.steps})", xlabel="step t")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.grid(alpha=0.3)
+        axes[0, 0].set_ylabel("step size (median over a layer's weights)")
+        styles = [Line2D([], [], color="0.3", marker="o", lw=2, label="Meta-Learner LSTM: $i_t$"),
+                  Line2D([], [], color="0.85", lw=8, label="its 10%-90% over episodes")]
+        if schedule is not None:
+            styles.append(Line2D([], [], color="0.3", ls="--", marker="s", label="schedule rung: $\\alpha_{t,layer}$"))
+        if meta_sgd is not None:
+            styles.append(Line2D([], [], color="0.3", ls=":", lw=2, label="meta-sgd rung: median $\\alpha_j$"))
+        if sgd is not None:
+            styles.append(Line2D([], [], color="k", lw=1.5, label=f"SGD, tuned fixed step {sgd:g}"))
+        layer_keys = [Line2D([], [], color=LAYER_COLORS.get(n), lw=3, label=LAYER_TITLES.get(n, n)) for n in layers]
+        fig.legend(handles=styles + layer_keys, loc="outside right upper", frameon=False)
     return fig
 
 
@@ -82,7 +160,12 @@ def plot_gate_bands(*records: GateRecord, layers=LAYERS):
     """Median and 10%-90% band over all coordinates and episodes, every layer on one axis,
     one column per record, one row per gate: do the layers (and 1-shot / 5-shot) differ?"""
     _check(records)
-    fig, axes = plt.subplots(len(GATES), len(records), figsize=(5.2 * len(records), 6.4),
+    with plt.rc_context(PROJECTOR):
+        return _plot_gate_bands(records, layers)
+
+
+def _plot_gate_bands(records, layers):
+    fig, axes = plt.subplots(len(GATES), len(records), figsize=(6.2 * len(records), 7.6),
                              squeeze=False, sharey="row", layout="constrained")
     for col, record in enumerate(records):
         steps = torch.arange(1, record.steps + 1).numpy()
@@ -93,11 +176,12 @@ def plot_gate_bands(*records: GateRecord, layers=LAYERS):
                 color = LAYER_COLORS.get(name)
                 ax.fill_between(steps, low, high, color=color, alpha=0.15)
                 ax.plot(steps, mid, color=color, marker=".", label=LAYER_TITLES.get(name, name))
-            ax.set_title(f"{record.label}: {GATE_LABELS[gate]}", fontsize=10)
+            ax.set_title(f"{record.label}: {GATE_LABELS[gate]}")
             ax.set_xlabel("step t")
+            ax.grid(alpha=0.3)
             if col == 0:
                 ax.set_ylabel(f"{gate} gate (median, 10%-90%)")
-    axes[0, -1].legend(fontsize=8)
+    axes[0, -1].legend()
     return fig
 
 
@@ -113,7 +197,12 @@ def plot_query_accuracy_by_step(*records: GateRecord):
     """Left: query accuracy of theta_t, t = 0..T (mean over episodes, 95% interval);
     right: the support loss L_t fed to the meta-learner and the query loss of theta_t."""
     _check(records)
-    fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(11, 3.8), layout="constrained")
+    with plt.rc_context(PROJECTOR):
+        return _plot_query_accuracy_by_step(records)
+
+
+def _plot_query_accuracy_by_step(records):
+    fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(13, 4.8), layout="constrained")
     for k, record in enumerate(records):
         color = plt.get_cmap("tab10")(k)
         mean, half = (v.numpy() for v in accuracy_by_step(record))
@@ -129,6 +218,8 @@ def plot_query_accuracy_by_step(*records: GateRecord):
     ax_acc.set(xlabel="step t (0 = the learned initialisation $c_0$)", ylabel="query accuracy",
                title="query accuracy of $\\theta_t$ (mean, 95% interval)")
     ax_loss.set(xlabel="step t", ylabel="cross-entropy", title="losses per step")
-    ax_acc.legend(fontsize=8)
-    ax_loss.legend(fontsize=8)
+    ax_acc.legend()
+    ax_loss.legend()
+    for ax in (ax_acc, ax_loss):
+        ax.grid(alpha=0.3)
     return fig

@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 from metalstm.learner import Learner
 from metalstm.metalearner import InnerStep, inner_loop
 from metalstm.paths import data_dir
+from metalstm.rules import RUNGS
 
 # the layers of the paper's Figure 2: the four conv weights and the linear weight
 LAYERS = ("conv1.weight", "conv2.weight", "conv3.weight", "conv4.weight", "fc.weight")
@@ -122,6 +123,11 @@ class GateRecord:
     episodes        the E episode indices (of the sampler the record was made from)
     slices          layer name -> slice of theta (Learner.slices())
     name, k_shot, n_way   e.g. "glyphs-5shot", K and N, for titles
+    forgotten       [E, P]      sum_t (1 - f_t) * theta_{t-1}: what the forget gate took off theta
+    moved           [E, P]      theta_T - theta_0: the whole change the inner loop made
+                                (theta_T = theta_0 - forgotten - sum_t i_t * grad_t)
+    stepped_theta   [E, P]      sum_t i_t * theta_{t-1}: what a weight decay lambda, added to the
+                                gradient (grad_t + lambda theta_{t-1}), would take off: lambda times this
     """
 
     forget: Tensor
@@ -134,6 +140,9 @@ class GateRecord:
     name: str = ""
     k_shot: int = 0
     n_way: int = 0
+    forgotten: Tensor | None = None
+    moved: Tensor | None = None
+    stepped_theta: Tensor | None = None
 
     @property
     def steps(self) -> int:
@@ -191,10 +200,14 @@ def record_gates(learner: Learner, metalearner, sampler, cfg, episodes: int | ra
         traces.append(trace_episode(learner, metalearner, sampler[i].to(device), cfg.steps, cfg.batch_size,
                                     generator=episode_generator(sampler.seed, i)))
     stack = lambda field: torch.stack([getattr(t, field).cpu() for t in traces])   # noqa: E731
+    forgotten = torch.stack([((1 - t.forget) * t.theta[:-1]).sum(dim=0).cpu() for t in traces])
+    moved = torch.stack([(t.theta[-1] - t.theta[0]).cpu() for t in traces])
+    stepped_theta = torch.stack([(t.input * t.theta[:-1]).sum(dim=0).cpu() for t in traces])
     return GateRecord(forget=stack("forget"), input=stack("input"), query_acc=stack("query_acc"),
                       query_loss=stack("query_loss"), support_loss=stack("support_loss"),
                       episodes=indices, slices=learner.slices(), name=cfg.name, k_shot=cfg.k_shot,
-                      n_way=cfg.n_way)
+                      n_way=cfg.n_way, forgotten=forgotten, moved=moved,
+                      stepped_theta=stepped_theta)
 
 
 def gate_summary(record: GateRecord, layers=LAYERS) -> list[dict]:
@@ -245,6 +258,49 @@ def variance_shares(record: GateRecord, name: str, gate: str) -> dict[str, float
     return {k: (p / total).item() if total > 0 else 0.0 for k, p in parts.items()}
 
 
+# -- the strategy in numbers (notebook 06, section 6) --------------------------------
+def step_sizes(record: GateRecord, layer: str) -> Tensor:
+    """The input gate as a step size: its median over the layer's coordinates, for every
+    episode and step, [E, T] (a per-step learning rate, comparable with SGD's alpha)."""
+    return record.layer(layer, "input").double().median(dim=2).values
+
+
+def retained_fraction(record: GateRecord, layer: str) -> Tensor:
+    """prod_t f_t, the part of theta_0 that the T steps' forgetting leaves, averaged over
+    the layer's coordinates: one number per episode, [E]."""
+    return record.layer(layer, "forget").double().prod(dim=1).mean(dim=1)
+
+
+def implied_weight_decay(record: GateRecord, layer: str) -> Tensor:
+    """lambda_t = (1 - f_t) / i_t, the weight decay of the update written as
+        theta_t = theta_{t-1} - i_t * (grad_t + lambda_t * theta_{t-1}):
+    its median over the layer's coordinates and the episodes, for every step, [T]."""
+    f, i = record.layer(layer, "forget").double(), record.layer(layer, "input").double()
+    return ((1 - f) / i).transpose(0, 1).flatten(1).median(dim=1).values
+
+
+def forgetting_share(record: GateRecord, layer: str) -> Tensor:
+    """How much of the inner loop's change to the layer the forget gate made, per episode, [E]:
+    ||sum_t (1 - f_t) theta_{t-1}|| / ||theta_T - theta_0|| over the layer's coordinates
+    (0: plain gradient steps; a weight decay that matters makes it a few percent or more)."""
+    return _share_of_change(record, layer, record.forgotten)
+
+
+def weight_decay_share(record: GateRecord, layer: str, decay: float) -> Tensor:
+    """The same share for a usual weight decay `decay` (e.g. 5e-4) at the meta-learner's own step
+    sizes, i.e. f_t = 1 - i_t * decay: ||decay * sum_t i_t theta_{t-1}|| / ||theta_T - theta_0||, [E]
+    (to first order: the decay would change the path a little too)."""
+    return decay * _share_of_change(record, layer, record.stepped_theta)
+
+
+def _share_of_change(record: GateRecord, layer: str, part_of_change: Tensor | None) -> Tensor:
+    if part_of_change is None or record.moved is None:
+        raise ValueError("this record does not hold the parts of theta's change (make it with record_gates)")
+    part = record.slices[layer]
+    return (part_of_change[:, part].double().norm(dim=1)
+            / record.moved[:, part].double().norm(dim=1).clamp_min(1e-30))
+
+
 def format_summary(*records: GateRecord, layers=LAYERS) -> str:
     """A plain-text table of `gate_summary` for one or more records, one line per (record, layer)."""
     head = (f"{'':8} {'layer':7} {'forget mean':>11} {'10%-90%':>15} {'min':>7}   "
@@ -261,21 +317,30 @@ def format_summary(*records: GateRecord, layers=LAYERS) -> str:
     return "\n".join(lines)
 
 
-def shipped_checkpoint(config_name: str, root: str | os.PathLike | None = None) -> Path:
-    """Path of a shipped checkpoint, data/checkpoints/<config_name>.pt.
+def shipped_checkpoint(config_name: str, root: str | os.PathLike | None = None,
+                       rung: str | None = None) -> Path:
+    """Path of a shipped checkpoint: data/checkpoints/<config_name>.pt (the Meta-Learner LSTM),
+    or with `rung` (a rung of the ladder, metalstm.rules.RUNGS) data/checkpoints/ladder/
+    <config_name>-<rung>.pt.
 
     root: a folder to look in instead; by default $METALSTM_CHECKPOINTS when set
-    (for testing with your own short-trained checkpoints), else the repository's
-    data/checkpoints. A missing file raises one FileNotFoundError that says how to train it.
+    (for testing with your own short-trained checkpoints; rungs in its ladder/), else the
+    repository's data/checkpoints. A missing file raises one FileNotFoundError that says how to train it.
     """
+    if rung is not None and rung not in RUNGS:
+        raise ValueError(f"unknown rung {rung!r}; the ladder is: {', '.join(RUNGS)}")
     from_env = root is None and bool(os.environ.get("METALSTM_CHECKPOINTS"))
     folder = Path(root or os.environ.get("METALSTM_CHECKPOINTS")
                   or data_dir() / "checkpoints")
-    path = folder / f"{config_name}.pt"
+    if rung is None:
+        path, run, flags = folder / f"{config_name}.pt", config_name, ""
+    else:
+        path, run = folder / "ladder" / f"{config_name}-{rung}.pt", f"{config_name}-{rung}"
+        flags = f" --rule {rung} --episodes 2000"
     if not path.is_file():
         where = " (the folder named by $METALSTM_CHECKPOINTS)" if from_env else ""
         raise FileNotFoundError(
             f"no checkpoint {path}{where}. Train it (about half an hour on a 2-core CPU) with\n"
-            f"    python -m metalstm.train --config {config_name} --out runs/{config_name}\n"
-            f"and copy runs/{config_name}/best.pt to {path}")
+            f"    python -m metalstm.train --config {config_name}{flags} --out runs/{run}\n"
+            f"and copy runs/{run}/best.pt to {path}")
     return path
