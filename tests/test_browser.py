@@ -1,12 +1,20 @@
-"""The course in a real browser: notebook 06 run in JupyterLab under headless Chromium,
-its inner-loop explorer widget rendered and answering one key press (issue 6, item 5).
+"""The course in a real browser (headless Chromium through playwright):
 
-Slow (a JupyterLab server, a kernel, about a minute of notebook), so it runs only when
-selected: `make browser-check`, or `pytest -m browser tests/test_browser.py` once
-playwright and Chromium (/usr/bin/chromium, or $CHROMIUM) are installed. It needs the
-checkpoints data/checkpoints/glyphs-{1,5}shot.pt, or a folder of them in $METALSTM_CHECKPOINTS.
-Screenshots: build/browser/jupyterlab-06-{before,after,page}.png (-failure.png when it fails).
-The notebook runs in a temporary copy of notebooks/, so the repository is never modified.
+1. notebook 06 run in JupyterLab, its inner-loop explorer widget rendered and answering one key
+   press (issue 6, item 5);
+2. a lecture deck (`make slides`) opened from a local file with the network blocked: reveal.js
+   and MathJax come from the files beside it, every main section has more than one slide, the
+   maths is typeset, and a slide taller than the screen scrolls (issue 14).
+
+Slow (a JupyterLab server, a kernel, about a minute of notebook; executing notebook 01 for the
+deck), so they run only when selected: `make browser-check`, or `pytest -m browser
+tests/test_browser.py` once playwright and Chromium (/usr/bin/chromium, or $CHROMIUM) are
+installed. Test 1 needs the checkpoints data/checkpoints/glyphs-{1,5}shot.pt, or a folder of
+them in $METALSTM_CHECKPOINTS. Test 2 builds the deck of notebook $METALSTM_DECK (default 01) in
+a temporary folder; the first run downloads the two pinned wheels with reveal.js and MathJax
+into build/vendor/ (that is the only network use, before the browser starts).
+Screenshots: build/browser/jupyterlab-06-{before,after,page}.png and deck-NN-{first,maths,scrolled,last}.png
+(-failure.png when one fails). Nothing in the repository is modified.
 """
 from __future__ import annotations
 
@@ -36,8 +44,7 @@ SERVER_TIMEOUT_S = 120
 
 
 def _requirements() -> None:
-    """Skip where a tool is missing (make browser-check installs them); fail where the checkpoints
-    notebook 06 needs are missing, since then the check asked for cannot be made."""
+    """Skip where a tool is missing (make browser-check installs them)."""
     if not shutil.which("jupyter", path=str(Path(sys.executable).parent)):
         pytest.skip("jupyter is not installed next to this Python; run `make browser-check`")
     try:
@@ -46,6 +53,10 @@ def _requirements() -> None:
         pytest.skip("playwright is not installed; run `make browser-check` (it installs playwright and chromium)")
     if not CHROMIUM.is_file():
         pytest.skip(f"no Chromium at {CHROMIUM}; run `make browser-check` (apt-get install chromium)")
+
+
+def _checkpoints() -> None:
+    """Fail where the checkpoints notebook 06 needs are missing: then the check asked for cannot be made."""
     names = ("glyphs-1shot.pt", "glyphs-5shot.pt")
     folder = Path(os.environ.get("METALSTM_CHECKPOINTS") or REPO / "data" / "checkpoints")
     missing = [str(folder / n) for n in names if not (folder / n).is_file()]
@@ -71,6 +82,7 @@ def _free_port() -> int:
 @pytest.fixture
 def lab(selected, tmp_path):
     """A JupyterLab server on localhost, rooted at a temporary copy of notebooks/; yields its base URL."""
+    _checkpoints()
     root = tmp_path / "course"
     shutil.copytree(REPO / "notebooks", root / "notebooks",
                     ignore=shutil.ignore_patterns(".ipynb_checkpoints", "__pycache__"))
@@ -215,6 +227,110 @@ def test_notebook06_explorer_in_jupyterlab(lab):
                   f"step slider {before_step} -> {after_step} redrew the picture")
         except BaseException:
             page.screenshot(path=str(SHOTS / "jupyterlab-06-failure.png"))
+            raise
+        finally:
+            browser.close()
+
+
+# -- a lecture deck, offline ---------------------------------------------------------------------
+DECK = os.environ.get("METALSTM_DECK", "01")
+SECTIONS = """() => [...document.querySelectorAll('.reveal .slides > section')].map(s => {
+    const h = s.querySelector('h1, h2');
+    return {level: h ? h.tagName : null, title: h ? h.textContent.replace('\u00b6', '').trim() : '',
+            slides: s.querySelectorAll(':scope > section').length};
+})"""
+MATHS = """() => ({typeset: document.querySelectorAll('span.MathJax').length,
+               sources: document.querySelectorAll('script[type^="math/tex"]').length,
+               errors: document.querySelectorAll('.MathJax_Error, merror').length,
+               raw: ['$$', '\\theta', '\\mathcal'].filter(t => document.body.innerText.includes(t))})"""
+
+
+LONGEST = """() => {
+    let best = {h: 0, v: 0, height: 0};
+    Reveal.getHorizontalSlides().forEach((top, h) => top.querySelectorAll(':scope > section').forEach((s, v) => {
+        if (s.scrollHeight > best.height) { best = {h: h, v: v, height: s.scrollHeight}; }
+    }));
+    return best;
+}"""
+SHOWN = """() => {
+    const maths = [...Reveal.getCurrentSlide().querySelectorAll('span.MathJax')];
+    return {formulas: maths.length, visible: maths.filter(m => m.getBoundingClientRect().width > 2).length};
+}"""
+
+
+@pytest.fixture
+def deck(selected, tmp_path):
+    """Notebook $METALSTM_DECK executed and rendered as a deck in a temporary folder, with reveal.js
+    and MathJax copied beside it, as `make slides` does; yields the deck's path."""
+    from metalstm.tools import course
+
+    (book,) = course.course_notebooks([DECK])
+    course.BUILD, build = tmp_path / "build", course.BUILD
+    try:
+        _, error = course.execute(book, tmp_path / "build" / "notebooks")
+        assert error is None, f"{book.name} failed: {error}"
+        path = course.render(tmp_path / "build" / "notebooks" / book.name, "slides")
+        course.install_assets(path.parent, cache=REPO / "build" / "vendor")
+    finally:
+        course.BUILD = build
+    yield path
+
+
+def test_a_deck_opens_offline_from_a_file_with_its_slides_and_typeset_maths(deck):
+    from playwright.sync_api import sync_playwright
+
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    shot = SHOTS / f"deck-{DECK}"
+    blocked, failed = [], []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_FLAGS)
+        page = browser.new_page(viewport={"width": 1280, "height": 800})
+        page.set_default_timeout(60_000)
+        # the network is off: anything but a local file is refused (and recorded)
+        page.route("**/*", lambda route: route.continue_() if route.request.url.startswith("file://")
+                   else (blocked.append(route.request.url), route.abort()))
+        page.on("requestfailed", lambda request: failed.append(request.url))
+        try:
+            page.goto(deck.as_uri(), wait_until="load")
+            page.wait_for_function("() => window.Reveal && Reveal.isReady()")
+            page.wait_for_function("() => window.MathJax && MathJax.Hub && MathJax.Hub.queue.pending === 0"
+                                   " && document.querySelectorAll('.MathJax, .MathJax_Display').length > 0")
+            page.screenshot(path=f"{shot}-first.png")
+            sections = page.evaluate(SECTIONS)
+            maths = page.evaluate(MATHS)
+            main = [s for s in sections if s["level"] == "H2" and s["title"] != "Summary"]
+            assert len(main) >= 4, f"the deck has only {len(main)} main sections: {sections}"
+            thin = [s["title"] for s in main if s["slides"] < 2]
+            assert not thin, f"main sections with a single slide: {thin}"
+            assert maths["typeset"] >= 10 and maths["typeset"] == maths["sources"], maths
+            assert maths["errors"] == 0 and not maths["raw"], maths
+            # the deck answers the keyboard; the slide with the first display maths is typeset
+            total = page.evaluate("() => Reveal.getTotalSlides()")
+            page.keyboard.press("ArrowRight")
+            page.wait_for_function("() => Reveal.getIndices().h === 1 && MathJax.Hub.queue.pending === 0")
+            shown = page.evaluate(SHOWN)
+            assert shown["formulas"] > 0 and shown["visible"] == shown["formulas"], \
+                f"the formulas of slide 2 are not all visible: {shown}"
+            page.screenshot(path=f"{shot}-maths.png")
+            # a slide taller than the screen scrolls instead of being cut off
+            long = page.evaluate(LONGEST)
+            assert long["height"] > 800, f"no slide of this deck is taller than the screen: {long}"
+            page.evaluate(f"() => Reveal.slide({long['h']}, {long['v']})")
+            page.wait_for_function("() => Reveal.getCurrentSlide().classList.contains('metalstm-scroll')")
+            page.mouse.move(640, 400)
+            page.mouse.wheel(0, 600)
+            page.wait_for_function("() => Reveal.getCurrentSlide().scrollTop > 0")
+            page.screenshot(path=f"{shot}-scrolled.png")
+            page.evaluate("() => Reveal.slide(Reveal.getHorizontalSlides().length - 1)")
+            page.screenshot(path=f"{shot}-last.png")
+            assert not blocked, f"the deck asked the network for {blocked}"
+            missing = [u for u in failed if u.startswith("file://") and not u.endswith(".otf")]
+            assert not missing, f"files the deck needs are missing beside it: {missing}"
+            print(f"deck {deck.name}: {total} slides in {len(sections)} sections "
+                  f"({', '.join(str(s['slides']) for s in sections)} slides each), {maths['typeset']} formulas "
+                  f"typeset, no network request")
+        except BaseException:
+            page.screenshot(path=f"{shot}-failure.png")
             raise
         finally:
             browser.close()

@@ -101,19 +101,16 @@ MathJax.Hub.Config({
 </script>
 <script src="{{ resources.mathjax_url }}"></script>
 """
-# a widget needs its kernel: say so where it would be (there is no widget manager to load)
-_WIDGET = """
-{%- block data_widget_view scoped %}
-<div class="jp-OutputArea-output metalstm-widget" style="border: 1px dashed #999; padding: 0.3em 0.6em;
- color: #555; font-size: 80%">Interactive widget: it needs a running kernel. Open this notebook in
- JupyterLab (<code>make lab</code>) to use it.</div>
-{%- endblock data_widget_view -%}
-"""
+# a widget needs its kernel: a page shows this note in its place (there is no widget manager to load)
+WIDGET_NOTE = ('<div class="metalstm-widget" style="border: 1px dashed #999; padding: 0.3em 0.6em; color: #555">'
+               "Interactive widget: it needs a running kernel. Open this notebook in JupyterLab "
+               "(<code>make lab</code>) to use it.</div>")
+WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 _NO_CDN = """
 {%- block html_head_js -%}{%- endblock html_head_js -%}
 {%- block jupyter_widgets -%}{%- endblock jupyter_widgets -%}
 {%- block html_head_js_mathjax -%}""" + _MATHJAX + """{%- endblock html_head_js_mathjax -%}
-""" + _WIDGET
+"""
 TEMPLATES = {
     # plain pages: the lab template without require.js, mermaid and the widget manager
     "metalstm_html.j2": "{%- extends 'lab/index.html.j2' -%}\n" + _NO_CDN + """
@@ -125,8 +122,8 @@ TEMPLATES = {
 {%- block html_head_css -%}
 <style type="text/css">
 .reveal .slides > section > section.metalstm-scroll { overflow-y: auto; }
-.reveal h1, .reveal h2, .reveal h3 { text-transform: none; }
-.reveal .slides section .jp-OutputArea-output img { max-height: 560px; width: auto; }
+.reveal .slides section h1, .reveal .slides section h2, .reveal .slides section h3 { text-transform: none; }
+.reveal .slides section .jp-OutputArea-output img { max-height: 640px; width: auto; }
 </style>
 {%- endblock html_head_css -%}
 {% block footer_js %}
@@ -218,15 +215,24 @@ def exporter(fmt: str):
     from nbconvert.preprocessors import Preprocessor
     from traitlets.config import Config
 
-    class DropColabBadge(Preprocessor):
+    class Offline(Preprocessor):
+        """Drops the Colab badge (a web image) and puts a note where a widget would be."""
+
+        def preprocess(self, nb, resources):
+            nb.metadata.pop("widgets", None)             # the widgets' saved state: nothing can show it
+            return super().preprocess(nb, resources)
+
         def preprocess_cell(self, cell, resources, index):
             if cell.cell_type == "markdown":
                 cell.source = COLAB_BADGE.sub("", cell.source)
+            for output in cell.get("outputs", []):
+                if WIDGET_VIEW in output.get("data", {}):
+                    output["data"] = {"text/html": WIDGET_NOTE}
             return cell, resources
 
     loaders = [DictLoader(TEMPLATES)]
     made = _exporter(fmt, loaders, Config, HTMLExporter, SlidesExporter)
-    made.register_preprocessor(DropColabBadge(), enabled=True)
+    made.register_preprocessor(Offline(), enabled=True)
     return made
 
 
