@@ -19,7 +19,7 @@ def weight_decay_gates(lr: float, weight_decay: float) -> tuple[float, float]:
 
 # Exercise 2 -------------------------------------------------------------------
 def count_params(n_way: int, in_channels: int, image_size: int, n_filters: int = 32, n_blocks: int = 4) -> int:
-    """Parameters of the conv learner (SPEC 2), by formula.
+    """Parameters of the conv learner (paper notes 2), by formula.
 
     conv1: 9 * C * F weights + F biases; conv2..: 9 * F * F + F each; every block's batch norm
     2 * F; linear: n_way * F * s^2 + n_way with s = image_size // 2^n_blocks.
@@ -35,7 +35,7 @@ def count_params(n_way: int, in_channels: int, image_size: int, n_filters: int =
 
 # Exercise 3 -------------------------------------------------------------------
 def c0_meta_gradient(learner, episode, c0: torch.Tensor, lr: float, steps: int) -> torch.Tensor:
-    """d(query loss after `steps` SGD steps from c0) / d c0, with detached gradients (SPEC 5).
+    """d(query loss after `steps` SGD steps from c0) / d c0, with detached gradients (paper notes 5).
 
     What you notice: it equals the gradient of the query loss at theta_T with respect to theta_T.
     theta_T = c0 - lr * (g_1 + ... + g_T) and every g_t is detached (a constant for autograd),

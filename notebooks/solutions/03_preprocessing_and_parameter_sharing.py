@@ -18,7 +18,7 @@ def unpreprocess(z: torch.Tensor, p: float = 10.0) -> torch.Tensor:
 
 # Exercise 2 -------------------------------------------------------------------
 def count_meta_params(hidden: int) -> int:
-    """Weights of the coordinate-wise meta-learner (SPEC 4), c_0 not included.
+    """Weights of the coordinate-wise meta-learner (paper notes 4), c_0 not included.
 
     Layer 1: (4 + H) * 4H weights + 4H biases. Layer 2: W_F and W_I of H + 2 each, b_F and b_I.
     Total 4H^2 + 22H + 6: 2,046 for H = 20. It reaches the 28x28 learner's 28,485 parameters

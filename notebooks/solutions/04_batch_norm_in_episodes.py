@@ -1,6 +1,6 @@
 """Solutions to the exercises of notebook 04_batch_norm_in_episodes (checked by tests/test_notebook04_agrees.py).
 
-All three use the package's explicit batch-norm handling (SPEC 7):
+All three use the package's explicit batch-norm handling (paper notes 7):
 ``learner(x, theta, bn="batch", stats=s)`` updates the running averages of a
 `BNStats` s, ``bn="running"`` normalises with them, `inner_loop` runs the
 support steps of any update rule (`SGDCell`, `MetaLearner`).
