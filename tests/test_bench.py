@@ -1,8 +1,10 @@
 """The episode benchmark (metalstm.tools.bench) prints every measurement, and its numbers
 measure what they claim: on the smallest shape, timings are positive, repeats agree, a
-meta-training episode costs more than the floor and than its lower bound (b0) + (g)."""
+meta-training episode costs more than the floor and than its lower bound (b0) + (g); the
+straightforward implementation it compares with computes the same numbers as metalstm."""
 import statistics
 
+import pytest
 import torch
 
 from metalstm.tools import bench
@@ -26,12 +28,14 @@ def test_bench_rows_and_timings_on_one_small_shape(capsys, monkeypatch):
     out = capsys.readouterr().out
     assert "1 threads" in out and "28x28x1 5-way 1-shot T=12 B=5" in out
     for row in ("(a) floor", "(b) meta-train episode", "(b0) same, SGD as the rule", "(g) LSTM matmuls alone",
-                "(c) meta-test episode", "(d) episode sampling", "lower bound of (b)/(a)", "(b)/(a)", "(b0)/(a)",
-                "(c)/(a)"):
-        assert row in out
+                "(g_fwd) forward matmul alone", "(c) meta-test episode", "(b_naive) straightforward (b)",
+                "(c_naive) straightforward (c)", "(d) episode sampling", "load average",
+                "(b)/((b0)+(g)) = ", "(c)/((a)+(g_fwd)) = ", "(b_naive)/(b) = ", "(c_naive)/(c) = ",
+                "(b)/(a) = ", "(b0)/(a) = ", "(c)/(a) = ", "((b0)+(g))/(a) = "):
+        assert row in out, row
 
     (rows,) = measured
-    keys = ("a", "b", "b0", "g", "c", "d")
+    keys = ("a", "b", "b0", "g", "g_fwd", "c", "b_naive", "c_naive", "d")
     for k in keys:
         wall, cpu, memory = rows[k]
         assert len(wall) == len(cpu) == 3 and memory > 0, k
@@ -43,4 +47,72 @@ def test_bench_rows_and_timings_on_one_small_shape(capsys, monkeypatch):
     # measured on 2 busy cores: (b)/(a) = 4.5-5.2, ((b0) + (g)) / (b) = 0.45-0.51; margins of 2x
     assert cpu["b"] > 2 * cpu["a"], cpu
     assert cpu["b"] > cpu["b0"] + cpu["g"], cpu
+    assert cpu["c"] > cpu["g_fwd"] and cpu["g"] > cpu["g_fwd"], cpu
+    # measured: the straightforward implementation 1.5-1.6x slower meta-training, 1.7-1.9x meta-testing
+    assert cpu["b_naive"] > cpu["b"] and cpu["c_naive"] > cpu["c"], cpu
+    # a ratio is the ratio of the medians; its range, the smallest and largest of the rounds' ratios
+    r = bench.ratios(rows, 1)
+    assert r["(b)/((b0)+(g))"][0] == pytest.approx(cpu["b"] / (cpu["b0"] + cpu["g"]))
+    rounds = [b / (b0 + g) for b, b0, g in zip(rows["b"][1], rows["b0"][1], rows["g"][1])]
+    assert r["(b)/((b0)+(g))"][1:] == pytest.approx((min(rounds), max(rounds)))
     assert cpu["d"] < cpu["a"], cpu           # drawing an episode is no work next to learning on it
+
+
+def tiny_setup(prev_gate: str, fused: bool):
+    """A small double-precision learner, meta-learner (weights moved off their init, so that no
+    gate saturates) and episode: 3-way 2-shot, 8x8 images, 2 blocks of 4 filters."""
+    from metalstm.episodes import Episode
+    from metalstm.learner import Learner
+    from metalstm.metalearner import MetaLearner
+
+    g = torch.Generator().manual_seed(0)
+    learner = Learner(3, 1, 8, n_filters=4, n_blocks=2, bn_momentum=0.9, fast=fused)
+    meta = MetaLearner(learner.n_params, theta0=learner.init_params(g).double(), generator=g,
+                       prev_gate=prev_gate, fused=fused).double()
+    with torch.no_grad():
+        for param in meta.rule_parameters():
+            param.add_(0.3 * torch.randn(param.shape, generator=g, dtype=torch.float64))
+        meta.b_F.fill_(1.0)
+        meta.b_I.fill_(-1.0)
+    rand = lambda n: torch.rand(n, 1, 8, 8, generator=g, dtype=torch.float64)
+    ep = Episode(rand(6), torch.arange(3).repeat_interleave(2), rand(9), torch.arange(3).repeat_interleave(3),
+                 torch.arange(3))
+    return learner, meta, ep
+
+
+@pytest.mark.parametrize("prev_gate, fused", [("value", False), ("logit", False), ("value", True)])
+def test_the_straightforward_implementation_computes_the_same_numbers(prev_gate, fused):
+    """(b_naive) and (c_naive) time the same maths as (b) and (c): the query loss, logits and
+    every meta-gradient of a meta-training episode, and a meta-test episode's logits, equal
+    metalstm's (its readable reference path, and the fused default) to rounding."""
+    from metalstm.metalearner import run_episode
+
+    learner, meta, ep = tiny_setup(prev_gate, fused)
+    nets, naive = bench.naive_models(learner, meta)
+    steps, batch = 5, 4                  # batches of 4 of the 6 support images, two passes and more
+    ours = run_episode(learner, meta, ep, steps, batch, mode="train")
+    ours.query_loss.backward()
+    loss, logits = bench.naive_episode(nets, naive, ep, steps, batch, mode="train")
+    loss.backward()
+    torch.testing.assert_close(logits, ours.query_logits, rtol=1e-10, atol=1e-12)
+    pairs = {"c0": (naive.cI.grad[:, 0], meta.c0.grad),
+             "lstm_weight": (torch.cat([naive.lstm.weight_ih.grad, naive.lstm.weight_hh.grad], 1),
+                             meta.lstm_weight.grad),
+             "lstm_bias": (naive.lstm.bias_ih.grad, meta.lstm_bias.grad),
+             "W_F": (naive.WF.grad[:, 0], meta.W_F.grad), "W_I": (naive.WI.grad[:, 0], meta.W_I.grad),
+             "b_F": (naive.bF.grad[0], meta.b_F.grad), "b_I": (naive.bI.grad[0], meta.b_I.grad)}
+    for name, (got, want) in pairs.items():
+        assert want.abs().sum() > 0, name
+        torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-12, msg=name)
+
+    # meta-testing in float32 (metalstm's running averages are float32, like the shipped models)
+    meta = meta.float()
+    ep = type(ep)(ep.support_x.float(), ep.support_y, ep.query_x.float(), ep.query_y, ep.classes)
+    nets, naive = bench.naive_models(learner, meta)
+    ours = run_episode(learner, meta, ep, steps, batch, mode="test")
+    loss, logits = bench.naive_episode(nets, naive, ep, steps, batch, mode="test")
+    torch.testing.assert_close(logits, ours.query_logits, rtol=1e-4, atol=1e-5)
+    assert logits.grad_fn is None and loss.item() == pytest.approx(ours.query_loss.item(), rel=1e-4)
+    # the running averages start afresh in every meta-test episode: a second one gives the same
+    _, again = bench.naive_episode(nets, naive, ep, steps, batch, mode="test")
+    torch.testing.assert_close(again, logits, rtol=0, atol=0)

@@ -1,4 +1,5 @@
-"""How fast is one episode? `python -m metalstm.tools.bench`
+"""How fast is one episode, next to its bound and to a straightforward implementation?
+`python -m metalstm.tools.bench`
 
 For each episode shape (5-way 5-shot T=8 B=25 and 5-way 1-shot T=12 B=5, at
 28x28x1 and 84x84x3, random images, 15 queries per class) it times
@@ -14,15 +15,31 @@ For each episode shape (5-way 5-shot T=8 B=25 and 5-way 1-shot T=12 B=5, at
         (layer 1's [4H, H+3] @ [H+3, n] forward and its two backward products,
         over all n coordinates): the float32 work no implementation of the
         coordinate-wise LSTM avoids, so (b) >= (b0) + (g);
+    (g_fwd) the forward product alone, T times: a meta-test episode needs no
+        backward, so (c) >= (a) + (g_fwd);
     (c) one meta-test episode: run_episode(mode="test");
+    (b_naive), (c_naive) the same meta-training and meta-test episode written
+        the straightforward way (`naive_episode`, the way the paper is usually
+        ported to PyTorch): two nn.Module copies of the learner with theta's
+        weights copied in, nn.LSTMCell over all coordinates, autograd everywhere;
+        the same numbers (tested), so (b_naive)/(b) is metalstm's speed-up;
     (d) drawing one episode from an EpisodeSampler (glyphs at 28x28, random
         images at 84x84);
 and prints the median with min / max over the repeats (wall clock and CPU
-time), (b)/(a), (b0)/(a), (c)/(a), and the process's peak memory (resident set size on
-CPU, torch.cuda.max_memory_allocated on a GPU). The four take turns, so that
-they run under the same conditions.
+time), the process's peak memory (resident set size on CPU,
+torch.cuda.max_memory_allocated on a GPU) and, per shape, three lines of ratios
+(each as the ratio of the medians, with its min-max over the rounds):
+    distance to the bound   (b)/((b0)+(g)) and (c)/((a)+(g_fwd)): 1.00 is the bound;
+    speed-up                (b_naive)/(b) and (c_naive)/(c);
+    to the floor            (b)/(a), (b0)/(a), (c)/(a).
+The measurements take turns, round after round, so that all run under the same
+conditions; the load average (os.getloadavg) is printed before and after each
+shape. On a shared machine the CPU time is the steadier figure.
 
-    python -m metalstm.tools.bench --repeats 10 --threads 2 --shapes 28 84 --shots 5 1
+    python -m metalstm.tools.bench --repeats 10 --threads 1 --shapes 28 84 --shots 5 1
+
+--compile runs (b) and (c) through torch.compile (metalstm.fused.set_compile):
+for long runs, never the default (tens of seconds of compiling first).
 
 On Linux, glibc hands large freed buffers back to the system, and the next
 episode pays page faults for them again: 84x84 episodes run 1.2-1.8x faster with
@@ -32,19 +49,24 @@ in the environment (or with jemalloc / tcmalloc preloaded).
 from __future__ import annotations
 
 import argparse
+import copy
+import os
 import resource
 import statistics
 import sys
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from metalstm.data.base import ImageSet
 from metalstm.episodes import Episode, EpisodeSampler
 from metalstm.learner import Learner
 from metalstm.metalearner import MetaLearner, SGDCell, run_episode, support_batches
+from metalstm.preprocess import preprocess
 
 
 @dataclass
@@ -155,9 +177,161 @@ def gemm_fn(n: int, hidden: int, s: Shape, device):
     return run
 
 
+def gemm_forward_fn(n: int, hidden: int, s: Shape, device):
+    """(g_fwd): the forward product z = W [x; h; 1] of each of the T steps alone."""
+    g = torch.Generator().manual_seed(1)
+    W = torch.randn(4 * hidden, hidden + 3, generator=g).to(device)
+    x = torch.randn(hidden + 3, n, generator=g).to(device)
+
+    def run():
+        for _ in range(s.steps):
+            W @ x
+    return run
+
+
 def test_fn(learner: Learner, meta: MetaLearner, ep: Episode, s: Shape):
     """(c): one meta-test episode."""
     return lambda: run_episode(learner, meta, ep, s.steps, s.batch_size, mode="test")
+
+
+# -- the straightforward implementation ------------------------------------------------
+# The way the paper is usually written in PyTorch (as in the widely used port): the learner
+# is an ordinary nn.Module, and two copies of it take turns - one gets theta's values copied
+# into its parameters to compute each support step's loss and gradient, the other has its
+# parameters replaced by slices of theta_T so that the query loss reaches the meta-learner;
+# layer 1 is nn.LSTMCell with the n coordinates as its batch ([n, 4] inputs), layer 2 the
+# meta-LSTM cell as tensor operations; autograd differentiates everything. It computes the
+# same numbers as metalstm (tests/test_bench.py), which the port does not quite: it divides
+# the gradient by the batch size and feeds back the gates' logits.
+
+class NaiveLearner(nn.Module):
+    """The learner as nn layers, parameters in `Learner.layout` order."""
+
+    def __init__(self, learner: Learner) -> None:
+        super().__init__()
+        layers, c_in = [], learner.in_channels
+        for _ in range(learner.n_blocks):
+            layers += [nn.Conv2d(c_in, learner.n_filters, 3, padding=1),
+                       nn.BatchNorm2d(learner.n_filters, eps=learner.bn_eps, momentum=learner.bn_momentum),
+                       nn.ReLU(), nn.MaxPool2d(2)]
+            c_in = learner.n_filters
+        self.features = nn.Sequential(*layers)
+        self.fc = nn.Linear(learner.n_features, learner.n_way)
+
+    def forward(self, x):
+        return self.fc(self.features(x).flatten(1))
+
+    def copy_flat_params(self, theta):
+        """theta's values into the parameters (no graph: only the gradient is wanted)."""
+        start = 0
+        for param in self.parameters():
+            param.data.copy_(theta[start:start + param.numel()].view_as(param))
+            start += param.numel()
+
+    def transfer_params(self, other: "NaiveLearner", theta):
+        """The other copy's batch-norm statistics, then theta's slices AS the parameters (in
+        the graph: the query loss backpropagates through them to theta)."""
+        self.load_state_dict(other.state_dict())
+        start = 0
+        for module in self.modules():
+            if isinstance(module, (nn.Conv2d, nn.BatchNorm2d, nn.Linear)):
+                for name in ("weight", "bias"):
+                    old = module._parameters[name]
+                    module._parameters[name] = theta[start:start + old.numel()].view_as(old).clone()
+                    start += old.numel()
+
+    def reset_batch_stats(self):
+        for module in self.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                module.reset_running_stats()
+
+
+class NaiveMetaLearner(nn.Module):
+    """Layer 1 as nn.LSTMCell over [n, 4] inputs, layer 2 as the meta-LSTM cell; theta a column."""
+
+    def __init__(self, meta: MetaLearner) -> None:
+        super().__init__()
+        H, self.p, self.prev_gate = meta.hidden, meta.p, meta.prev_gate
+        self.lstm = nn.LSTMCell(4, H)
+        self.WF = nn.Parameter(torch.empty(H + 2, 1))
+        self.WI = nn.Parameter(torch.empty(H + 2, 1))
+        self.bF, self.bI = nn.Parameter(torch.empty(1)), nn.Parameter(torch.empty(1))
+        self.cI = nn.Parameter(torch.empty(meta.n_params, 1))
+        self.lstm.bias_hh.requires_grad_(False)         # metalstm's layer 1 has one bias
+        self.to(meta.c0)
+        with torch.no_grad():                           # metalstm's weights, in this layout
+            self.lstm.weight_ih.copy_(meta.lstm_weight[:, :4])
+            self.lstm.weight_hh.copy_(meta.lstm_weight[:, 4:])
+            self.lstm.bias_ih.copy_(meta.lstm_bias)
+            self.lstm.bias_hh.zero_()
+            self.WF.copy_(meta.W_F[:, None])
+            self.WI.copy_(meta.W_I[:, None])
+            self.bF.copy_(meta.b_F.reshape(1))
+            self.bI.copy_(meta.b_I.reshape(1))
+            self.cI.copy_(meta.c0[:, None])
+
+    def forward(self, loss, grad, hs):
+        """One update: (theta_t [n, 1], hs = [(h, c) of layer 1, [f, i, theta_t]])."""
+        n = grad.shape[0]
+        x = torch.cat([preprocess(loss, self.p).reshape(1, 2).expand(n, 2), preprocess(grad, self.p)], 1)
+        h, c = self.lstm(x, hs[0])
+        f_prev, i_prev, theta = hs[1]
+        a_f = torch.cat([h, theta, f_prev], 1) @ self.WF + self.bF
+        a_i = torch.cat([h, theta, i_prev], 1) @ self.WI + self.bI
+        f, i = torch.sigmoid(a_f), torch.sigmoid(a_i)
+        theta = f * theta - i * grad[:, None]
+        fed_back = [f, i] if self.prev_gate == "value" else [a_f, a_i]
+        return theta, [(h, c), fed_back + [theta]]
+
+
+def naive_episode(nets: tuple[NaiveLearner, NaiveLearner], meta: NaiveMetaLearner, ep: Episode,
+                  steps: int, batch_size: int, mode: str = "train"):
+    """run_episode(..., mode) the straightforward way: (query loss, query logits)."""
+    w_grad, wo_grad = nets
+    theta = meta.cI
+    zeros = theta.new_zeros(theta.shape)
+    hs = [None, [zeros, zeros, theta]]
+    w_grad.train()
+    if mode == "test":
+        w_grad.reset_batch_stats()                      # a fresh episode's running averages
+    for idx in support_batches(len(ep.support_y), batch_size, steps):
+        idx = idx.to(ep.support_x.device)
+        w_grad.copy_flat_params(theta.detach().squeeze(1))
+        loss = F.cross_entropy(w_grad(ep.support_x[idx]), ep.support_y[idx])
+        w_grad.zero_grad()
+        loss.backward()
+        grad = torch.cat([param.grad.view(-1) for param in w_grad.parameters()])
+        with torch.no_grad() if mode == "test" else nullcontext():
+            theta, hs = meta(loss.detach(), grad, hs)
+    wo_grad.transfer_params(w_grad, theta.squeeze(1))
+    wo_grad.train(mode == "train")
+    with torch.no_grad() if mode == "test" else nullcontext():
+        logits = wo_grad(ep.query_x)
+        return F.cross_entropy(logits, ep.query_y), logits
+
+
+def naive_models(learner: Learner, meta: MetaLearner) -> tuple[tuple[NaiveLearner, NaiveLearner], NaiveMetaLearner]:
+    w_grad = NaiveLearner(learner).to(meta.c0)
+    return (w_grad, copy.deepcopy(w_grad)), NaiveMetaLearner(meta)
+
+
+def naive_train_fn(nets, meta: NaiveMetaLearner, ep: Episode, s: Shape):
+    """(b_naive): `train_fn`'s episode, clipping and Adam step, the straightforward way."""
+    params = [p for p in meta.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(params, lr=1e-3)
+
+    def run():
+        opt.zero_grad(set_to_none=True)
+        loss, _ = naive_episode(nets, meta, ep, s.steps, s.batch_size, mode="train")
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 0.25)
+        opt.step()
+    return run
+
+
+def naive_test_fn(nets, meta: NaiveMetaLearner, ep: Episode, s: Shape):
+    """(c_naive): one meta-test episode, the straightforward way."""
+    return lambda: naive_episode(nets, meta, ep, s.steps, s.batch_size, mode="test")
 
 
 def sampler_for(s: Shape) -> tuple[EpisodeSampler, str]:
@@ -185,34 +359,68 @@ def bench_shape(s: Shape, repeats: int, warmup: int, device) -> dict:
     sampler, source = sampler_for(s)
     counter = iter(range(10**9))
     sgd = SGDCell(theta0, lr=0.01, train_c0=True).to(device)
+    nets, naive_meta = naive_models(learner, meta)
+    load_before = os.getloadavg()
     rows = timed({"a": floor_fn(learner, theta0.to(device), ep, s),
                   "c": test_fn(learner, meta, ep, s),
                   "b": train_fn(learner, meta, ep, s),
                   "b0": train_fn(learner, sgd, ep, s),
                   "g": gemm_fn(learner.n_params, meta.hidden, s, device),
+                  "g_fwd": gemm_forward_fn(learner.n_params, meta.hidden, s, device),
+                  "b_naive": naive_train_fn(nets, naive_meta, ep, s),
+                  "c_naive": naive_test_fn(nets, naive_meta, ep, s),
                   "d": lambda: sampler[next(counter)].to(device)}, repeats, warmup, device)
     rows["source"] = source
+    rows["load"] = (load_before, os.getloadavg())
     return rows
 
 
+NAMES = {"a": "(a) floor: nn.Module SGD", "b": "(b) meta-train episode",
+         "b0": "(b0) same, SGD as the rule", "g": "(g) LSTM matmuls alone",
+         "g_fwd": "(g_fwd) forward matmul alone", "c": "(c) meta-test episode",
+         "b_naive": "(b_naive) straightforward (b)", "c_naive": "(c_naive) straightforward (c)",
+         "d": "(d) episode sampling"}
+KEYS = ["a", "b", "b0", "g", "g_fwd", "c", "b_naive", "c_naive", "d"]
+# name -> (numerator keys, denominator keys): the ratio sum(numerator) / sum(denominator)
+RATIOS = {"(b)/((b0)+(g))": (["b"], ["b0", "g"]), "(c)/((a)+(g_fwd))": (["c"], ["a", "g_fwd"]),
+          "(b_naive)/(b)": (["b_naive"], ["b"]), "(c_naive)/(c)": (["c_naive"], ["c"]),
+          "(b)/(a)": (["b"], ["a"]), "(b0)/(a)": (["b0"], ["a"]), "(c)/(a)": (["c"], ["a"]),
+          "((b0)+(g))/(a)": (["b0", "g"], ["a"])}
+
+
+def ratios(rows: dict, which: int = 0) -> dict:
+    """name -> (ratio of the medians, min and max of the per-round ratios); which = 0: wall
+    clock, 1: CPU time. The rounds are interleaved, so each round's ratio compares runs made
+    within seconds of each other: its spread shows how much the load moved the ratio."""
+    out = {}
+    for name, (num, den) in RATIOS.items():
+        med = {k: statistics.median(rows[k][which]) for k in num + den}
+        rounds = [sum(rows[k][which][r] for k in num) / sum(rows[k][which][r] for k in den)
+                  for r in range(len(rows[num[0]][which]))]
+        out[name] = (sum(med[k] for k in num) / sum(med[k] for k in den), min(rounds), max(rounds))
+    return out
+
+
 def report(s: Shape, rows: dict) -> None:
-    names = {"a": "(a) floor: nn.Module SGD", "b": "(b) meta-train episode",
-             "b0": "(b0) same, SGD as the rule", "g": "(g) LSTM matmuls alone",
-             "c": "(c) meta-test episode", "d": "(d) episode sampling"}
-    keys = ["a", "b", "b0", "g", "c", "d"]
-    med = {k: statistics.median(rows[k][0]) for k in keys}
-    cpu = {k: statistics.median(rows[k][1]) for k in keys}
-    print(f"\n{s}")
-    print(f"  {'':<28} {'wall ms: median':>15} {'min':>8} {'max':>8}   {'CPU ms: median':>14}   peak memory")
-    for k in keys:
+    med = {k: statistics.median(rows[k][0]) for k in KEYS}
+    cpu = {k: statistics.median(rows[k][1]) for k in KEYS}
+    before, after = rows["load"]
+    print(f"\n{s}   (load average {before[0]:.2f} before, {after[0]:.2f} after)")
+    print(f"  {'':<31} {'wall ms: median':>15} {'min':>8} {'max':>8}   {'CPU ms: median':>14}   peak memory")
+    for k in KEYS:
         wall, cpu_times, mem = rows[k]
         extra = f"  [{rows['source']}]" if k == "d" else ""
-        print(f"  {names[k]:<28} {1e3 * med[k]:15.2f} {1e3 * min(wall):8.2f} {1e3 * max(wall):8.2f}   "
+        print(f"  {NAMES[k]:<31} {1e3 * med[k]:15.2f} {1e3 * min(wall):8.2f} {1e3 * max(wall):8.2f}   "
               f"{1e3 * cpu[k]:14.2f}   {mem:7.0f} MB{extra}")
-    print(f"  lower bound of (b)/(a): ((b0) + (g)) / (a) = {(med['b0'] + med['g']) / med['a']:.2f}")
-    print(f"  ratios, wall: (b)/(a) = {med['b'] / med['a']:.2f}  (b0)/(a) = {med['b0'] / med['a']:.2f}  "
-          f"(c)/(a) = {med['c'] / med['a']:.2f}   CPU: (b)/(a) = {cpu['b'] / cpu['a']:.2f}  "
-          f"(b0)/(a) = {cpu['b0'] / cpu['a']:.2f}  (c)/(a) = {cpu['c'] / cpu['a']:.2f}")
+    wall_r, cpu_r = ratios(rows, 0), ratios(rows, 1)
+    lines = {"distance to the bound (1 = the bound)": ["(b)/((b0)+(g))", "(c)/((a)+(g_fwd))"],
+             "speed-up over the straightforward code": ["(b_naive)/(b)", "(c_naive)/(c)"],
+             "to the floor": ["(b)/(a)", "(b0)/(a)", "(c)/(a)", "((b0)+(g))/(a)"]}
+    for title, names in lines.items():
+        print(f"  {title}:")
+        for label, r in (("wall", wall_r), ("CPU ", cpu_r)):
+            print("    " + label + "  " + "   ".join(f"{n} = {r[n][0]:.2f} [{r[n][1]:.2f}-{r[n][2]:.2f}]"
+                                                   for n in names))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -230,8 +438,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--repeats must be at least 1")
     if args.threads is not None:
         torch.set_num_threads(args.threads)
+    load = os.getloadavg()
     print(f"torch {torch.__version__}, device {args.device}, {torch.get_num_threads()} threads, "
-          f"median of {args.repeats} runs after {args.warmup} warm-up runs")
+          f"median of {args.repeats} runs after {args.warmup} warm-up runs; load average "
+          f"{load[0]:.2f} {load[1]:.2f} {load[2]:.2f} (1, 5, 15 min) on {os.cpu_count()} cores")
     for s in shapes(args.shapes, args.shots):
         report(s, bench_shape(s, args.repeats, args.warmup, args.device))
         sys.stdout.flush()
