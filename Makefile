@@ -49,7 +49,8 @@ bench: env
 clean:
 	rm -rf build .pytest_cache
 
-## slow: notebook 06 in JupyterLab under headless Chromium, its widget clicked; screenshots in build/browser/
+## slow: notebook 06 in JupyterLab under headless Chromium, its widget clicked; and a lecture deck
+## (METALSTM_DECK=01 by default) opened from a file with the network blocked; screenshots in build/browser/
 ## (installs Debian's chromium with apt-get and playwright into .venv; never `playwright install`)
 browser-check: env
 	command -v chromium >/dev/null || (apt-get update && apt-get install -y chromium)
