@@ -111,17 +111,18 @@ def meta_test_sampler(cfg: Config, test_set: str | None = None) -> EpisodeSample
     return sampler_for(cfg, "test", data)
 
 
-def reusable(path, cfg: Config, n: int, samplers: dict) -> dict:
-    """{(test set, method name): saved row} of an earlier --json run of the same configuration,
-    episode count and test episodes; {} without a path."""
-    if path is None:
-        return {}
-    old = json.loads(Path(path).read_text())
-    if old.get("config") != cfg.to_dict() or old.get("episodes") != n:
-        raise ValueError(f"--reuse {path} was made with another checkpoint configuration or episode "
-                         f"count ({old.get('episodes')}); it cannot stand in for this run")
-    return {(t, r["name"]): r for t, block in old.get("test_sets", {}).items()
-            if t in samplers and block.get("seed") == samplers[t].seed for r in block["results"]}
+def reusable(paths, cfg: Config, n: int, samplers: dict) -> dict:
+    """{(test set, method name): saved row} of earlier --json runs of the same configuration,
+    episode count and test episodes (a later file wins); {} without paths."""
+    found = {}
+    for path in paths:
+        old = json.loads(Path(path).read_text())
+        if old.get("config") != cfg.to_dict() or old.get("episodes") != n:
+            raise ValueError(f"--reuse {path} was made with another checkpoint configuration or episode "
+                             f"count ({old.get('episodes')}); it cannot stand in for this run")
+        found.update({(t, r["name"]): r for t, block in old.get("test_sets", {}).items()
+                      if t in samplers and block.get("seed") == samplers[t].seed for r in block["results"]})
+    return found
 
 
 def paired_rows(results: list[Evaluation], rung_of: dict[str, str],
@@ -182,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", help="also write the results (with every episode's accuracy) as JSON here")
     ap.add_argument("--reference", action="store_true", help="the readable path: reference_step and "
                     "plain pooling instead of the fused step (the same numbers to rounding, slower)")
-    ap.add_argument("--reuse", metavar="JSON", help="take the per-episode accuracies of methods that this "
+    ap.add_argument("--reuse", nargs="*", default=[], metavar="JSON", help="take the per-episode accuracies of methods that this "
                     "earlier --json of the same checkpoint, episodes and test sets already holds (every "
                     "method is deterministic, so they are the numbers a new run would give)")
     args = ap.parse_args(argv)

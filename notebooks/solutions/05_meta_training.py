@@ -7,11 +7,11 @@ from pathlib import Path
 import torch
 
 from metalstm.metalearner import run_episode
+from metalstm.episodes import episode_generator, sampler_for
 from metalstm.rules import build_model
 
 
 # Exercise 1 -------------------------------------------------------------------
-from metalstm.episodes import episode_generator, sampler_for
 def best_from_log(path: str | Path) -> tuple[int, float]:
     """(episode, val_acc) of the log.csv row that `train` kept as best.pt.
 

@@ -1,0 +1,70 @@
+"""Add the episode-0 row (the untrained rule) to a training log written before train() measured it.
+
+    python -m metalstm.tools.untrained_row --checkpoint data/checkpoints/glyphs-5shot.pt \\
+        --log data/checkpoints/glyphs-5shot.log.csv
+
+`metalstm.train` now validates the untrained rule first, so every new log.csv
+starts at episode 0. For a log from before that, this measures the same row
+the same way: the configuration stored in the checkpoint, the seeded untrained
+rule that `build_model` makes from it (the very start of that run), and the
+same meta-validation episodes (`evaluate_rule` on the first val_episodes).
+The log is rewritten with the row first; a log that has it already is left alone.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from metalstm.episodes import sampler_for
+from metalstm.evaluate import evaluate_rule
+from metalstm.rules import build_model, load_trained
+from metalstm.stats import mean_ci95
+
+
+def untrained_row(cfg) -> dict:
+    """The log.csv row of episode 0: validation accuracy of the untrained rule of `cfg`."""
+    start = time.perf_counter()
+    learner, rule = build_model(cfg)
+    val_acc, val_ci = mean_ci95(evaluate_rule(learner, rule, sampler_for(cfg, "val"), cfg.val_episodes, cfg))
+    return {"episode": 0, "train_loss": "", "train_acc": "", "val_acc": val_acc, "val_ci95": val_ci,
+            "seconds": round(time.perf_counter() - start, 2)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description="Prepend the untrained rule's validation row to an old log.csv.")
+    ap.add_argument("--checkpoint", required=True, help="the run's best.pt (for its configuration)")
+    ap.add_argument("--log", required=True, help="the run's log.csv")
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    try:
+        cfg = load_trained(args.checkpoint)[2]
+        path = Path(args.log)
+        with open(path, newline="") as f:
+            reader = csv.DictReader(f)
+            fields, rows = reader.fieldnames, list(reader)
+    except (OSError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if rows and int(rows[0]["episode"]) == 0:
+        print(f"{path} already starts at episode 0")
+        return 0
+    row = untrained_row(cfg)
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields)
+        w.writeheader()
+        w.writerows([row, *rows])
+    tmp.replace(path)
+    print(f"{path}: episode 0, validation accuracy {row['val_acc']:.4f} +- {row['val_ci95']:.4f} "
+          f"({cfg.val_episodes} episodes, {row['seconds']} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
