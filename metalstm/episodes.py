@@ -101,8 +101,11 @@ class EpisodeSampler:
         return _mixed(self.seed, i, (0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 1))
 
     def __getitem__(self, i: int) -> Episode:
+        if isinstance(i, bool) or not hasattr(type(i), "__index__"):
+            raise ValueError(f"an episode index is a whole number >= 0, got {i!r}")
+        i = i.__index__()
         if i < 0:
-            raise IndexError("episodes are numbered from 0")
+            raise IndexError(f"episodes are numbered from 0, got {i}")
         g = self.generator(i)
         n, k, q = self.n_way, self.k_shot, self.n_query
         rows = torch.randperm(len(self._eligible), generator=g)[:n]       # label j -> rows[j]
@@ -139,27 +142,37 @@ class EpisodeSampler:
 def main(argv: list[str] | None = None) -> float:
     """`python -m metalstm.episodes`: how many episodes per second the sampler draws."""
     import argparse
+    import sys
     import time
 
     from tqdm.auto import tqdm
 
     from metalstm.data import load_dataset
 
+    def positive_int(text: str) -> int:             # as metalstm.cli.positive_int (kept light here)
+        if not text.lstrip("-").isdigit() or int(text) < 1:
+            raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}")
+        return int(text)
+
     p = argparse.ArgumentParser(prog="python -m metalstm.episodes", description=main.__doc__)
     p.add_argument("--dataset", default="glyphs")
     p.add_argument("--root", default=None, help="folder of a real data set (not for glyphs)")
     p.add_argument("--split", default="train", choices=["train", "val", "test"])
-    p.add_argument("--n-way", type=int, default=5)
-    p.add_argument("--k-shot", type=int, default=5)
-    p.add_argument("--n-query", type=int, default=15)
-    p.add_argument("--episodes", type=int, default=2000)
+    p.add_argument("--n-way", type=positive_int, default=5)
+    p.add_argument("--k-shot", type=positive_int, default=5)
+    p.add_argument("--n-query", type=positive_int, default=15)
+    p.add_argument("--episodes", type=positive_int, default=2000)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    p.add_argument("--threads", type=positive_int, default=None, help="torch threads (default: torch's choice)")
     args = p.parse_args(argv)
-    if args.threads:
+    if args.threads is not None:
         torch.set_num_threads(args.threads)
-    data = load_dataset(args.dataset, args.split, root=args.root)
-    sampler = EpisodeSampler(data, args.n_way, args.k_shot, args.n_query, seed=args.seed)
+    try:
+        data = load_dataset(args.dataset, args.split, root=args.root)
+        sampler = EpisodeSampler(data, args.n_way, args.k_shot, args.n_query, seed=args.seed)
+    except (ValueError, OSError) as exc:         # a request the data set cannot serve: one line
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
     start = time.perf_counter()
     for i in tqdm(range(args.episodes), desc="episodes"):
         sampler[i]
@@ -167,9 +180,6 @@ def main(argv: list[str] | None = None) -> float:
     print(f"{sampler}: {rate:,.0f} episodes/s ({args.episodes} episodes, {torch.get_num_threads()} threads)")
     return rate
 
-
-if __name__ == "__main__":
-    main()
 
 
 # -- seeds and the fixed episode streams of a configuration --------------------
@@ -208,3 +218,7 @@ def sampler_for(cfg, split: str, data=None) -> "EpisodeSampler":
     never reuse train's. `data` may be another data set's split (e.g. the digits as "test")."""
     data = data if data is not None else load_split(cfg, split)
     return EpisodeSampler(data, cfg.n_way, cfg.k_shot, cfg.n_query, seed=cfg.seed * 10 + SPLIT_OFFSETS[split])
+
+
+if __name__ == "__main__":
+    main()

@@ -103,6 +103,9 @@ class Learner:
                              f"max-pooling (needs at least {2 ** n_blocks})")
         if not 0.0 < bn_momentum <= 1.0:
             raise ValueError(f"bn_momentum must be in (0, 1], got {bn_momentum}")
+        if not 0.0 < bn_eps < float("inf"):
+            raise ValueError(f"bn_eps must be a finite number > 0 (it keeps batch norm's division "
+                             f"finite), got {bn_eps}")
         self.n_way, self.in_channels, self.image_size = n_way, in_channels, image_size
         self.n_filters, self.n_blocks = n_filters, n_blocks
         self.bn_eps, self.bn_momentum = bn_eps, bn_momentum
@@ -169,6 +172,9 @@ class Learner:
         if x.dim() != 4 or tuple(x.shape[1:]) != expected:
             raise ValueError(f"the learner expects images [b, {expected[0]}, {expected[1]}, {expected[2]}], "
                              f"got {tuple(x.shape)}")
+        if x.dtype != theta.dtype:
+            raise ValueError(f"the learner expects images of theta's dtype {theta.dtype}, got {x.dtype} "
+                             f"(convert them, e.g. x.to(theta.dtype); uint8 pixels: x.float() / 255)")
         p = self.unflatten(theta)
         training = bn == "batch"
         for k in range(1, self.n_blocks + 1):

@@ -106,6 +106,10 @@ class MetaLearner(nn.Module):
         if theta0.shape != (n_params,):
             raise ValueError(f"theta0 must be a flat vector of n_params={n_params} values, "
                              f"got shape {tuple(theta0.shape)}")
+        if not isinstance(hidden, int) or isinstance(hidden, bool) or hidden < 1:
+            raise ValueError(f"hidden (layer 1's size) must be a whole number >= 1, got {hidden!r}")
+        if not 0 < p < float("inf"):
+            raise ValueError(f"p (the preprocessing's scale, SPEC 4) must be a finite number > 0, got {p!r}")
         if prev_gate not in ("value", "logit"):
             raise ValueError(f"prev_gate must be 'value' (paper) or 'logit' (authors' code), got {prev_gate!r}")
         self.n_params, self.hidden, self.p, self.prev_gate = n_params, hidden, p, prev_gate

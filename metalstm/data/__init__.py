@@ -37,6 +37,9 @@ def load_dataset(name: str, split: str, root: str | os.PathLike | None = None,
         raise ValueError(f"unknown data set {name!r}; known: {', '.join(DATASETS)}")
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    if image_size is not None and (not isinstance(image_size, int) or isinstance(image_size, bool)
+                                   or image_size < 1):
+        raise ValueError(f"image_size must be a whole number >= 1 (pixels per side), got {image_size!r}")
     if name == "glyphs":
         data = load_glyphs(split)
         return data if image_size in (None, data.image_shape[-1]) else resized(data, image_size)

@@ -95,7 +95,12 @@ def load_omniglot(root: str | os.PathLike, split: str = "train", image_size: int
 
     images = torch.empty(len(items), 1, image_size, image_size, dtype=torch.uint8)
     for row, (_, i) in enumerate(tqdm(items, desc=f"omniglot/{split}", unit="img")):
-        img, _ = data[i]                                  # PIL, mode "L", white background
+        try:
+            img, _ = data[i]                              # PIL, mode "L", white background
+        except (OSError, ValueError, SyntaxError) as e:   # PIL's errors for a damaged or foreign file
+            file, t = data._flat_character_images[i]
+            raise ValueError(f"cannot read Omniglot image {Path(data.target_folder) / names[t] / file}: "
+                             f"{type(e).__name__}: {e}") from None
         img = ImageOps.invert(img).resize((image_size, image_size), Image.BILINEAR)
         images[row, 0] = torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8).view(
             image_size, image_size)

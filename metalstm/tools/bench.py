@@ -62,6 +62,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from metalstm.cli import check_device, non_negative_int, positive_int, set_threads
 from metalstm.data.base import ImageSet
 from metalstm.episodes import Episode, EpisodeSampler
 from metalstm.learner import Learner
@@ -425,19 +426,21 @@ def report(s: Shape, rows: dict) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m metalstm.tools.bench", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--repeats", type=int, default=10, help="timed runs per measurement (default 10)")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed runs first (default 2)")
+    parser.add_argument("--repeats", type=positive_int, default=10, help="timed runs per measurement (default 10)")
+    parser.add_argument("--warmup", type=non_negative_int, default=2, help="untimed runs first (default 2)")
     parser.add_argument("--shapes", type=int, nargs="+", default=[28, 84], choices=[28, 84],
                         help="image sizes: 28 (28x28x1) and/or 84 (84x84x3)")
     parser.add_argument("--shots", type=int, nargs="+", default=[5, 1], choices=[5, 1],
                         help="5 (T=8, B=25) and/or 1 (T=12, B=5)")
-    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    parser.add_argument("--threads", type=positive_int, default=None, help="torch.set_num_threads (default: torch's)")
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     args = parser.parse_args(argv)
-    if args.repeats < 1:
-        parser.error("--repeats must be at least 1")
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
+    try:
+        check_device(args.device)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    set_threads(args.threads)
     load = os.getloadavg()
     print(f"torch {torch.__version__}, device {args.device}, {torch.get_num_threads()} threads, "
           f"median of {args.repeats} runs after {args.warmup} warm-up runs; load average "

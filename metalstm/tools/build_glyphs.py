@@ -29,6 +29,7 @@ import matplotlib
 import numpy as np
 import torch
 
+from metalstm.cli import positive_int
 from metalstm.data.base import ImageSet
 from metalstm.data.glyphs import SPLIT_NAMES, VERSION, load_glyphs, paths, read, sha256, split_table
 from metalstm.episodes import EpisodeSampler
@@ -323,10 +324,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stats", action="store_true", help="classes per split and alphabet")
     parser.add_argument("--nn-baseline", action="store_true",
                         help="pixel nearest-neighbour accuracy on meta-test episodes")
-    parser.add_argument("--episodes", type=int, default=600)
+    parser.add_argument("--episodes", type=positive_int, default=600)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--way", type=int, default=5)
-    parser.add_argument("--shot", type=int, default=1)
+    parser.add_argument("--way", type=positive_int, default=5)
+    parser.add_argument("--shot", type=positive_int, default=1)
     parser.add_argument("--split", default="test", choices=SPLIT_NAMES + ("all",))
     parser.add_argument("--metric", default="euclidean", choices=("euclidean", "cosine"))
     parser.add_argument("--render", action="store_true",
@@ -346,9 +347,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.stats:
         _stats()
     if args.nn_baseline:
-        data = load_glyphs(args.split)
-        mean, half = pixel_nn_accuracy(data, args.way, args.shot, args.episodes, args.seed,
-                                       metric=args.metric, progress=True)
+        try:
+            data = load_glyphs(args.split)
+            mean, half = pixel_nn_accuracy(data, args.way, args.shot, args.episodes, args.seed,
+                                           metric=args.metric, progress=True)
+        except (ValueError, OSError) as exc:      # e.g. --way 500: more classes than the split has
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
         print(f"pixel nearest neighbour ({args.metric}), {data.name}, {args.way}-way "
               f"{args.shot}-shot, 15 queries, {args.episodes} episodes, seed {args.seed}: "
               f"{100 * mean:.2f} +- {100 * half:.2f} %")

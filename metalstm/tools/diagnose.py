@@ -38,7 +38,8 @@ from metalstm.baselines.finetune import with_new_head
 from metalstm.baselines.nearest import NearestNeighbour
 from metalstm.baselines.pretrain import Pretrained
 from metalstm.baselines.suite import pretrained_for
-from metalstm.checkpoint import CheckpointError, load_checkpoint
+from metalstm.checkpoint import CheckpointError, load_checkpoint, refuse_other_kinds
+from metalstm.cli import check_folder, check_output_file, non_negative_float, non_negative_int, positive_int, set_threads
 from metalstm.config import Config
 from metalstm.rules import build_model, load_trained
 from metalstm.evaluate import evaluate_rule
@@ -160,25 +161,27 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--checkpoint", required=True)
     ap.add_argument("--episodes", type=int, default=100, help="episodes per row (default 100)")
     ap.add_argument("--cache", default="runs/baselines", help="where the pre-trained baseline is kept")
-    ap.add_argument("--train-episodes", type=int, default=0,
+    ap.add_argument("--train-episodes", type=non_negative_int, default=0,
                     help="also run two short meta-trainings of this many episodes (minutes)")
-    ap.add_argument("--lr-factor", type=float, default=0.1, help="Adam lr factor of the continued run")
-    ap.add_argument("--pretrained-lr-factor", type=float, default=1.0,
+    ap.add_argument("--lr-factor", type=non_negative_float, default=0.1, help="Adam lr factor of the continued run")
+    ap.add_argument("--pretrained-lr-factor", type=non_negative_float, default=1.0,
                     help="Adam lr factor of the run from the pre-trained c_0 (default 1: SPEC 5's lr)")
     ap.add_argument("--out", help="folder for the short runs (default: a temporary folder)")
-    ap.add_argument("--threads", type=int)
+    ap.add_argument("--threads", type=positive_int)
     ap.add_argument("--json", help="also write the rows as JSON here")
     args = ap.parse_args(argv)
     if args.episodes < 2:
         print("error: --episodes must be at least 2 (an interval needs two values)", file=sys.stderr)
         return 2
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     start = time.perf_counter()
     try:
+        check_output_file(args.json, "--json")             # before the work, not after it
+        check_folder(args.cache, "--cache")
+        refuse_other_kinds(args.checkpoint, "a trained meta-learner (a best.pt or data/checkpoints/*.pt)")
         rows = diagnose(args.checkpoint, args.episodes, args.cache, args.train_episodes, args.lr_factor,
                         args.pretrained_lr_factor, args.out)
-    except (ValueError, FileNotFoundError, FileExistsError, CheckpointError) as exc:
+    except (ValueError, OSError) as exc:                  # CheckpointError is a ValueError
         print(f"error: {exc}", file=sys.stderr)
         return 2
     seconds = time.perf_counter() - start
@@ -186,10 +189,15 @@ def main(argv: list[str] | None = None) -> int:
           f"{torch.get_num_threads()} thread(s)**\n")
     print(table(rows))
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(
-            {"checkpoint": str(args.checkpoint), "episodes": args.episodes, "seconds": seconds,
-             "rows": [dataclasses.asdict(r) for r in rows]}, indent=2))
+        try:
+            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.json).write_text(json.dumps(
+                {"checkpoint": str(args.checkpoint), "episodes": args.episodes, "seconds": seconds,
+                 "rows": [dataclasses.asdict(r) for r in rows]}, indent=2))
+        except OSError as exc:
+            print(f"error: could not write --json {args.json} ({exc.strerror or exc}); "
+                  f"the table above is complete", file=sys.stderr)
+            return 2
     return 0
 
 
