@@ -1,7 +1,7 @@
 """Notebook 05 (meta-training, SPEC 5) agrees with metalstm.train, and its exercise solutions work.
 
-The notebook's `#| export` cells (`meta_train_step`, `meta_validate`) are taken
-from the .ipynb, run here, and compared with `metalstm.train.train` and
+The notebook's cells marked '# package: ...' (`meta_train_step`, `meta_validate`)
+are taken from the .ipynb, run here, and compared with `metalstm.train.train` and
 `evaluate_rule` + `mean_ci95` on the same episodes: meta-parameters and Adam's
 state must be bit-identical after the same updates.
 """
@@ -20,7 +20,7 @@ from metalstm.episodes import episode_generator, sampler_for
 from metalstm.evaluate import evaluate_rule
 from metalstm.stats import mean_ci95
 from metalstm.train import train
-from testkit import exported_cells, load_solutions
+from testkit import check_markers, load_solutions, notebook_code
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "05_meta_training.ipynb"
 SMOKE = get_config("smoke")
@@ -28,10 +28,11 @@ SMOKE = get_config("smoke")
 
 @pytest.fixture(scope="module")
 def nb():
-    ns = exported_cells(NOTEBOOK)
-    missing = {"meta_train_step", "meta_validate"} - ns.keys()
-    assert not missing, f"the notebook no longer defines {missing} in '#| export' cells"
-    return ns
+    return notebook_code(NOTEBOOK, "meta_train_step", "meta_validate")
+
+
+def test_the_markers_name_package_functions_whose_source_the_notebook_shows():
+    check_markers(NOTEBOOK)
 
 
 @pytest.fixture(scope="module")
