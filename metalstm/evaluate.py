@@ -112,12 +112,14 @@ def meta_test_sampler(cfg: Config, test_set: str | None = None) -> EpisodeSample
 
 
 def reusable(paths, cfg: Config, n: int, samplers: dict) -> dict:
-    """{(test set, method name): saved row} of earlier --json runs of the same configuration,
-    episode count and test episodes (a later file wins); {} without paths."""
+    """{(test set, method name): saved row} of earlier --json runs of the same setting (the
+    configuration but for the rule and its training budget), episode count and test episodes
+    (a later file wins); {} without paths. A rule's row is reused only for the same checkpoint."""
     found = {}
-    for path in paths:
+    same = lambda c: {k: v for k, v in c.items() if k not in ("rule", "rule_lr", "episodes", "description")}
+    for path in paths:                       # the rule and its budget do not change the episodes or baselines
         old = json.loads(Path(path).read_text())
-        if old.get("config") != cfg.to_dict() or old.get("episodes") != n:
+        if same(old.get("config", {})) != same(cfg.to_dict()) or old.get("episodes") != n:
             raise ValueError(f"--reuse {path} was made with another checkpoint configuration or episode "
                              f"count ({old.get('episodes')}); it cannot stand in for this run")
         found.update({(t, r["name"]): r for t, block in old.get("test_sets", {}).items()
