@@ -355,3 +355,57 @@ def test_resuming_a_two_process_run_with_one_process_is_refused_with_the_command
     with pytest.raises(CheckpointError, match=f"2 process.*`torchrun --nproc_per_node=2 -m metalstm.train "
                                               f"--config smoke --out {tmp_path} --resume`"):
         train(SMOKE, tmp_path, resume=True, progress=False)
+
+
+def test_sigterm_saves_the_place_like_ctrl_c_and_resume_gives_the_uninterrupted_files(tmp_path, monkeypatch, capsys):
+    train(SMOKE, tmp_path / "straight", progress=False)
+    real, calls = train_mod.run_episode, []
+
+    def terminated(*args, **kwargs):               # SIGTERM (a scheduler, torchrun) during episode 4
+        calls.append(1)
+        if len(calls) == 5:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(*args, **kwargs)
+
+    class Killed(Exception):
+        pass
+
+    def unhandled(signum, frame):                   # what the default action (death) would be here
+        raise Killed
+
+    previous = signal.signal(signal.SIGTERM, unhandled)
+    try:
+        with monkeypatch.context() as m:
+            m.setattr(train_mod, "run_episode", terminated)
+            code = train_mod.main(["--config", "smoke", "--threads", "1", "--out", str(tmp_path / "resumed")])
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert code == 143
+    err = capsys.readouterr().err.strip()
+    assert "stopped by SIGTERM" in err and "--resume`" in err and len(err.splitlines()) == 1
+    train(SMOKE, tmp_path / "resumed", resume=True, progress=False)
+    same_files(tmp_path / "straight", tmp_path / "resumed")
+
+
+def test_a_torchrun_survivor_says_which_rank_failed_and_that_last_pt_is_intact(tmp_path, monkeypatch, capsys):
+    from metalstm.checkpoint import save_checkpoint
+    from metalstm.distributed import World
+
+    train(SMOKE.replace(episodes=4), tmp_path, progress=False)
+    state, cfg, metrics = load_checkpoint(tmp_path / "last.pt")
+    save_checkpoint(tmp_path / "last.pt", state, cfg, {**metrics, "processes": 2})
+    before = (tmp_path / "last.pt").read_bytes()
+
+    class PeerDied(World):                          # rank 0 of 2, whose peer is gone (gloo's error)
+        def all_reduce_(self, t):
+            raise RuntimeError("[../third_party/gloo/gloo/transport/tcp/pair.cc:534] Connection closed by peer "
+                               "[127.0.0.1]:29500")
+
+    monkeypatch.setattr(train_mod, "init_from_env", lambda device: PeerDied(0, 2))
+    code = train_mod.main(["--config", "smoke", "--threads", "1", "--out", str(tmp_path), "--resume"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "Traceback" not in err and len(err.splitlines()) == 1
+    assert err.startswith("error (rank 0): rank 1 of this 2-process run stopped")
+    assert f"{tmp_path / 'last.pt'} (episode 4) is intact" in err
+    assert "`torchrun --nproc_per_node=2 -m metalstm.train --config smoke --out" in err
+    assert (tmp_path / "last.pt").read_bytes() == before
