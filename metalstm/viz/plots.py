@@ -158,7 +158,8 @@ def plot_step_sizes(*records: GateRecord, schedule: dict | None = None, meta_sgd
 
 def plot_gate_bands(*records: GateRecord, layers=LAYERS):
     """Median and 10%-90% band over all coordinates and episodes, every layer on one axis,
-    one column per record, one row per gate: do the layers (and 1-shot / 5-shot) differ?"""
+    one column per record, one row per gate (the forget gate as 1 - f_t, log scale, as in
+    `plot_gates`): do the layers (and 1-shot / 5-shot) differ?"""
     _check(records)
     with plt.rc_context(PROJECTOR):
         return _plot_gate_bands(records, layers)
@@ -172,15 +173,19 @@ def _plot_gate_bands(records, layers):
         for row, gate in enumerate(GATES):
             ax = axes[row, col]
             for name in layers:
-                low, mid, high = record.band(name, gate).numpy()
+                low, mid, high = record.band(name, gate).double()
+                if gate == "forget":             # drawn as 1 - f on a log scale, as in plot_gates
+                    low, mid, high = ((1 - v).clamp_min(FORGET_FLOOR) for v in (high, mid, low))
                 color = LAYER_COLORS.get(name)
-                ax.fill_between(steps, low, high, color=color, alpha=0.15)
-                ax.plot(steps, mid, color=color, marker=".", label=LAYER_TITLES.get(name, name))
-            ax.set_title(f"{record.label}: {GATE_LABELS[gate]}")
+                ax.fill_between(steps, low.numpy(), high.numpy(), color=color, alpha=0.15)
+                ax.plot(steps, mid.numpy(), color=color, marker=".", label=LAYER_TITLES.get(name, name))
+            if gate == "forget":
+                ax.set_yscale("log")
+            ax.set_title(f"{record.label}: " + ("$1 - f_t$ (log scale)" if gate == "forget" else GATE_LABELS[gate]))
             ax.set_xlabel("step t")
             ax.grid(alpha=0.3)
             if col == 0:
-                ax.set_ylabel(f"{gate} gate (median, 10%-90%)")
+                ax.set_ylabel(("$1 - f_t$" if gate == "forget" else "$i_t$") + " (median, 10%-90%)")
     axes[0, -1].legend()
     return fig
 

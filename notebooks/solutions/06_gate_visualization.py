@@ -9,19 +9,33 @@ from metalstm.viz import GateRecord, trace_episode
 
 
 # Exercise 1 -------------------------------------------------------------------
-def implied_weight_decay(record: GateRecord, layer: str) -> torch.Tensor:
-    """lambda_t = (1 - f_t) / i_t, the weight decay that the update
-        theta_t = f_t theta_{t-1} - i_t grad_t = theta_{t-1} - i_t (grad_t + lambda_t theta_{t-1})
-    applies at step t: its median over the layer's coordinates and the episodes, [T]."""
-    f, i = record.layer(layer, "forget").double(), record.layer(layer, "input").double()
-    decay = ((1 - f) / i).transpose(0, 1).flatten(1)                        # [T, E * n]
-    return decay.median(dim=1).values
+class NoForgetting(nn.Module):
+    """The meta-learner with its forget gate switched off: every step runs the meta-learner's
+    own step (so its state, input gate and the gates it feeds back are unchanged) but applies
+    theta_t = theta_{t-1} - i_t * grad_t, i.e. f_t = 1. Same c_0."""
+
+    def __init__(self, metalearner: nn.Module) -> None:
+        super().__init__()
+        self.metalearner = metalearner
+        self.c0 = metalearner.c0
+
+    def initial_state(self):
+        return self.metalearner.initial_state()
+
+    def step(self, loss, grad, theta, state):
+        _, state, gates = self.metalearner.step(loss, grad, theta, state)
+        return theta - gates.i * grad, state, Gates(torch.ones_like(theta), gates.i)
 
 
-def retained_fraction(record: GateRecord, layer: str) -> float:
-    """How much of c_0 survives the T steps' forgetting: prod_t f_t, averaged over the layer's
-    coordinates and the episodes (theta_T = (prod f_t) c_0 + the input-gated gradient steps)."""
-    return record.layer(layer, "forget").double().prod(dim=1).mean().item()
+def paired_accuracy_gap(learner, metalearner, sampler, cfg, episodes: range) -> tuple[float, float]:
+    """Mean per-episode accuracy difference, meta-learner minus NoForgetting, on the same
+    episodes (meta-test protocol), and the half-width of its 95% interval."""
+    from metalstm.evaluate import evaluate_rule
+    from metalstm.stats import mean_ci95
+
+    ours = evaluate_rule(learner, metalearner, sampler, episodes, cfg)
+    without = evaluate_rule(learner, NoForgetting(metalearner), sampler, episodes, cfg)
+    return mean_ci95([a - b for a, b in zip(ours, without)])
 
 
 # Exercise 2 -------------------------------------------------------------------
