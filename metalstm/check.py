@@ -1,4 +1,4 @@
-"""Checks for the exercises of notebooks 01-04: right, or wrong with a hint (never the solution).
+"""Checks for the exercises of notebooks 01-04 and 06: right, or wrong with a hint (never the solution).
 
     from metalstm import check
     check.exercise("02", 1, weight_decay_gates)     # prints a verdict, returns True / False
@@ -56,7 +56,7 @@ def _close(a, b, rtol=1e-5, atol=1e-6) -> bool:
 
 def exercise(notebook: str, number: int, answer, quiet: bool = False) -> bool:
     """Check `answer` (usually your function) for exercise `number` of notebook `notebook`
-    ("01" ... "04"); print the verdict (unless quiet) and return True when it is right."""
+    ("01" ... "04", "06"); print the verdict (unless quiet) and return True when it is right."""
     key = (str(notebook).zfill(2), int(number))
     if key not in REGISTRY:
         known = ", ".join(f"{n}.{k}" for n, k in sorted(REGISTRY))
@@ -346,3 +346,169 @@ def _check_04_3(transductive_logits):
     _expect(_close(logits, expected, 1e-4, 1e-5), "use the query batch's own statistics: bn='batch', no stats")
     _expect(not _close(transductive_logits(learner, theta, e.query_x[:15]), expected[:15], 1e-3, 1e-3),
             "the logits must depend on the batch: normalise the given queries together")
+
+
+# -- notebook 06 ----------------------------------------------------------------------
+def _gated_metalearner(seed=3):
+    """A 28x28 learner and a meta-learner whose gates vary (seeded noise on its weights) and whose
+    forget gate is visibly below 1 (b_F = 3: f about 0.95), so forgetting shows in theta."""
+    from metalstm.learner import Learner
+    from metalstm.metalearner import MetaLearner
+
+    learner = Learner(5, 1, 28)
+    g = torch.Generator().manual_seed(seed)
+    meta = MetaLearner(learner.n_params, theta0=learner.init_params(g), generator=g)
+    with torch.no_grad():
+        for p in meta.rule_parameters():
+            p.add_(0.5 * torch.randn(p.shape, generator=g))
+        meta.b_F.fill_(3.0)
+    return learner, meta
+
+
+@_exercise("06", 1, "NoForgetting",
+           "be a rule class NoForgetting(metalearner): the meta-learner's steps with f_t = 1, theta - i_t * grad_t")
+def _check_06_1(NoForgetting):
+    from metalstm.metalearner import inner_loop, loss_and_grad, support_batches
+
+    learner, meta = _gated_metalearner()
+    e = _noise_episode(k_shot=2)
+    rule = NoForgetting(meta)
+    _expect(torch.equal(rule.c0.detach(), meta.c0.detach()), "start where the meta-learner starts: its c0")
+    with torch.no_grad():
+        theta, _, gates = inner_loop(learner, rule, e.support_x, e.support_y, 3, 10, record=True)
+        with_forgetting, _, _ = inner_loop(learner, meta, e.support_x, e.support_y, 3, 10)
+        expected, state = meta.c0, meta.initial_state()
+        for idx in support_batches(10, 10, 3):
+            loss, grad = loss_and_grad(learner, e.support_x[idx], e.support_y[idx], expected)
+            _, state, g = meta.step(loss, grad, expected, state)
+            expected = expected - g.i * grad
+    _expect(not _close(theta, with_forgetting, 1e-4, 1e-5),
+            "this is the meta-learner's own update, forget gate included: apply only its input gate")
+    _expect(_close(theta, expected, 1e-5, 1e-6),
+            "run the meta-learner's step for its input gate and its new state (carry the state from step to "
+            "step), then update theta_{t-1} - i_t * grad_t yourself")
+    _expect(all(torch.all(gate.f == 1) for gate in gates), "return Gates with f = 1, the forget gate you applied")
+
+
+@_exercise("06", 2, "ScheduleRule",
+           "be a rule class ScheduleRule(c0, forget, input) with theta_t = forget[t] * theta - input[t] * grad")
+def _check_06_2(ScheduleRule):
+    from metalstm.learner import Learner
+    from metalstm.metalearner import SGDCell, run_episode
+
+    learner = Learner(5, 1, 28)
+    g = torch.Generator().manual_seed(4)
+    theta0, T = learner.init_params(g), 3
+    P = learner.n_params
+    e = _noise_episode(k_shot=2)
+    plain = ScheduleRule(theta0, torch.ones(T, P), torch.full((T, P), 0.05))
+    a = run_episode(learner, plain, e, T, 10, mode="test")
+    b = run_episode(learner, SGDCell(theta0, 0.05), e, T, 10, mode="test")
+    _expect(_close(a.query_logits, b.query_logits, 1e-4, 1e-5),
+            "with forget = 1 and input = 0.05 at every step the rule must be plain SGD with step size 0.05")
+    forget, input_ = 1 - 0.05 * torch.rand(T, P, generator=g), 0.1 * torch.rand(T, P, generator=g)
+    rule = ScheduleRule(theta0, forget, input_)
+    theta, state = theta0, rule.initial_state()
+    for t in range(T):
+        grad = torch.randn(P, generator=g)
+        new, state, gates = rule.step(torch.tensor(1.0), grad, theta, state)
+        _expect(_close(new, forget[t] * theta - input_[t] * grad),
+                f"step {t + 1} must use row {t} of forget and input: the state counts the steps")
+        theta = new
+    try:
+        rule.step(torch.tensor(1.0), grad, theta, state)
+    except ValueError:
+        pass
+    else:
+        raise Wrong(f"a schedule of {T} steps has no step {T + 1}: raise a ValueError")
+
+
+@_exercise("06", 3, "accuracy_beyond_T",
+           "return the mean query accuracy of theta_0 .. theta_{factor*T} over the first `episodes` episodes")
+def _check_06_3(accuracy_beyond_T):
+    from metalstm.config import get_config
+    from metalstm.episodes import episode_generator, sampler_for
+    from metalstm.learner import Learner
+    from metalstm.viz import trace_episode
+
+    cfg = get_config("smoke")
+    _, meta = _gated_metalearner(5)
+    learner = Learner(cfg.n_way, cfg.in_channels, cfg.image_size)
+    sampler = sampler_for(cfg, "val")
+    acc = torch.as_tensor(accuracy_beyond_T(learner, meta, sampler, cfg, factor=2, episodes=2))
+    _expect(acc.shape == (2 * cfg.steps + 1,), f"one accuracy per theta_0 .. theta_2T: {2 * cfg.steps + 1} values "
+            f"for T = {cfg.steps}")
+    runs = [trace_episode(learner, meta, sampler[i], 2 * cfg.steps, cfg.batch_size,
+                          generator=episode_generator(sampler.seed, i)).query_acc for i in range(2)]
+    _expect(_close(acc, torch.stack(runs).mean(dim=0)),
+            "average over the episodes, with each episode's meta-validation mini-batch order "
+            "(episode_generator(sampler.seed, i)), so that the first T+1 values are the record's")
+
+
+# -- notebook 05 ----------------------------------------------------------------------
+@_exercise("05", 1, "best_from_log", "return (episode, val_acc) of the log.csv row that train kept as best.pt")
+def _check_05_1(best_from_log):
+    import csv
+    import tempfile
+    from pathlib import Path
+
+    rows = [(0, 0.41), (10, 0.70), (20, 0.65), (30, 0.70), (40, 0.55)]     # a tie at 10 and 30
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "log.csv"
+        with open(path, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=["episode", "train_loss", "train_acc", "val_acc", "val_ci95", "seconds"])
+            w.writeheader()
+            for k, (episode, acc) in enumerate(rows):     # the episode-0 row has no training loss yet
+                w.writerow({"episode": episode, "train_loss": "" if k == 0 else 1.0,
+                            "train_acc": "" if k == 0 else 0.5, "val_acc": acc, "val_ci95": 0.1, "seconds": k})
+        found = best_from_log(path)
+    _expect(found is not None and len(found) == 2, "return a pair (episode, val_acc)")
+    episode, acc = found
+    _expect(abs(float(acc) - 0.70) < 1e-12, "the best row is the one with the highest val_acc")
+    _expect(int(episode) == 10, "on a tie, train keeps the EARLIER row: it replaces best.pt only when a "
+            "validation is strictly better")
+
+
+@_exercise("05", 2, "meta_train_step_batch",
+           "take one clipped Adam step on the mean meta-gradient of several episodes, as train(meta_batch=M)")
+def _check_05_2(meta_train_step_batch):
+    import tempfile
+
+    from metalstm.checkpoint import load_checkpoint
+    from metalstm.config import get_config
+    from metalstm.episodes import episode_generator, sampler_for
+    from metalstm.rules import build_model
+    from metalstm.train import train
+
+    cfg = get_config("smoke").replace(episodes=4, meta_batch=2, val_every=100, val_episodes=1)
+    with tempfile.TemporaryDirectory() as folder:
+        train(cfg, folder, progress=False)
+        state = load_checkpoint(f"{folder}/last.pt")[0]["metalearner"]
+    learner, meta = build_model(cfg)
+    opt = torch.optim.Adam(meta.parameters(), lr=cfg.lr)
+    episodes = sampler_for(cfg, "train")
+    for first in (0, 2):
+        meta_train_step_batch(learner, meta, opt, [episodes[first], episodes[first + 1]],
+                              [episode_generator(episodes.seed, i) for i in (first, first + 1)], cfg)
+    for name, value in meta.state_dict().items():
+        _expect(_close(value, state[name], rtol=1e-5, atol=1e-7),
+                f"after two updates on episodes (0, 1) and (2, 3), {name} differs from train's: average the "
+                f"episodes' query losses (divide each by M before backward), clip the whole gradient once, "
+                f"then ONE Adam step")
+
+
+@_exercise("05", 3, "train_c0_only", "meta-train c_0 alone; the LSTM keeps its initialisation")
+def _check_05_3(train_c0_only):
+    from metalstm.config import get_config
+    from metalstm.rules import build_model
+
+    cfg = get_config("smoke")
+    _, fresh = build_model(cfg)
+    found = train_c0_only(cfg, 2)
+    _expect(isinstance(found, tuple) and len(found) == 2, "return (learner, meta)")
+    _, meta = found
+    for p, q in zip(meta.rule_parameters(), fresh.rule_parameters()):
+        _expect(torch.equal(p.detach(), q.detach()), "the LSTM's weights must stay at their initialisation: give "
+                "only c_0 to Adam (or set requires_grad=False on the rule's parameters)")
+    _expect(not torch.equal(meta.c0.detach(), fresh.c0.detach()), "c_0 did not move: two meta-updates should "
+            "change it")

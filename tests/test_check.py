@@ -1,6 +1,7 @@
-"""metalstm.check: every exercise check of notebooks 01-04 accepts the worked solution, rejects a
+"""metalstm.check: every exercise check of notebooks 01-04 and 06 accepts the worked solution, rejects a
 wrong answer with a hint, never shows the solution, and survives a stub or a crashing answer."""
 import inspect
+import sys
 
 import pytest
 import torch
@@ -9,7 +10,8 @@ from metalstm import check
 from testkit import load_solutions
 
 SOLUTIONS = {"01": "01_episodes", "02": "02_gradient_descent_as_an_lstm",
-             "03": "03_preprocessing_and_parameter_sharing", "04": "04_batch_norm_in_episodes"}
+             "03": "03_preprocessing_and_parameter_sharing", "04": "04_batch_norm_in_episodes",
+             "05": "05_meta_training", "06": "06_gate_visualization"}
 
 
 def _wrong_split(alphabets, fractions=(0.6, 0.2, 0.2), seed=0):
@@ -51,6 +53,68 @@ def _wrong_refreshed(learner, theta, support_x):                      # momentum
     return stats
 
 
+class _WrongNoForgetting(torch.nn.Module):                            # keeps the forget gate
+    def __init__(self, metalearner):
+        super().__init__()
+        self.metalearner, self.c0 = metalearner, metalearner.c0
+
+    def initial_state(self):
+        return self.metalearner.initial_state()
+
+    def step(self, loss, grad, theta, state):
+        return self.metalearner.step(loss, grad, theta, state)
+
+
+class _WrongScheduleRule(torch.nn.Module):                            # always the first step's gates
+    def __init__(self, c0, forget, input):
+        super().__init__()
+        self.c0, self.forget, self.input = c0, forget, input
+
+    def initial_state(self):
+        return 0
+
+    def step(self, loss, grad, theta, state):
+        from metalstm.metalearner import Gates
+        return self.forget[0] * theta - self.input[0] * grad, state + 1, Gates(self.forget[0], self.input[0])
+
+
+def _wrong_beyond_T(learner, metalearner, sampler, cfg, factor=2, episodes=10):   # stops at T
+    from metalstm.viz import trace_episode
+    return torch.stack([trace_episode(learner, metalearner, sampler[i], cfg.steps, cfg.batch_size).query_acc
+                        for i in range(episodes)]).mean(dim=0)
+
+
+def _wrong_best_from_log(path):                                    # the LAST of tied maxima
+    import csv
+    rows = [(int(r["episode"]), float(r["val_acc"])) for r in csv.DictReader(open(path))]
+    return max(reversed(rows), key=lambda r: r[1])
+
+
+def _wrong_meta_batch(learner, meta, opt, episodes, generators, cfg):   # sums instead of averaging
+    from metalstm.metalearner import run_episode
+    opt.zero_grad(set_to_none=True)
+    for episode, generator in zip(episodes, generators):
+        run_episode(learner, meta, episode, cfg.steps, cfg.batch_size, mode="train", generator=generator
+                    ).query_loss.backward()
+    torch.nn.utils.clip_grad_norm_(meta.parameters(), cfg.clip)
+    opt.step()
+
+
+def _wrong_c0_only(cfg, episodes):                                     # trains the rule too
+    from metalstm.rules import build_model
+    from metalstm.episodes import episode_generator, sampler_for
+    from metalstm.metalearner import run_episode
+    learner, meta = build_model(cfg)
+    opt = torch.optim.Adam(meta.parameters(), lr=cfg.lr)
+    train_episodes = sampler_for(cfg, "train")
+    for i in range(episodes):
+        opt.zero_grad(set_to_none=True)
+        run_episode(learner, meta, train_episodes[i], cfg.steps, cfg.batch_size, mode="train",
+                    generator=episode_generator(train_episodes.seed, i)).query_loss.backward()
+        opt.step()
+    return learner, meta
+
+
 WRONG = {
     ("01", 1): _wrong_any_sizes,
     ("01", 2): lambda c, n, labelled=True: c ** n,
@@ -64,6 +128,12 @@ WRONG = {
     ("04", 1): _wrong_query_dependence,
     ("04", 2): _wrong_refreshed,
     ("04", 3): lambda learner, theta, query_x: learner(query_x, theta, bn="batch")[:1].expand(len(query_x), -1),
+    ("05", 1): _wrong_best_from_log,
+    ("05", 2): _wrong_meta_batch,
+    ("05", 3): _wrong_c0_only,
+    ("06", 1): _WrongNoForgetting,
+    ("06", 2): _WrongScheduleRule,
+    ("06", 3): _wrong_beyond_T,
 }
 
 
@@ -72,8 +142,8 @@ def solutions():
     return {nb: load_solutions(stem) for nb, stem in SOLUTIONS.items()}
 
 
-def test_every_exercise_of_notebooks_01_to_04_has_a_check():
-    assert sorted(check.REGISTRY) == [(nb, k) for nb in ("01", "02", "03", "04") for k in (1, 2, 3)]
+def test_every_exercise_has_a_check():
+    assert sorted(check.REGISTRY) == [(nb, k) for nb in ("01", "02", "03", "04", "05", "06") for k in (1, 2, 3)]
     assert set(WRONG) == set(check.REGISTRY)
 
 
@@ -87,6 +157,7 @@ def test_the_check_accepts_the_solution_and_rejects_a_wrong_answer(key, solution
     out = capsys.readouterr().out
     assert "not yet right. Hint:" in out, out
     # the verdict never shows the solution's code
+    sys.modules.setdefault(solution.__module__, solutions[key[0]])   # inspect finds a class's source there
     body = [line.strip() for line in inspect.getsource(solution).splitlines()[1:]
             if line.strip() and not line.strip().startswith(("#", '"""', "'''"))]
     assert not [line for line in body if len(line) > 25 and line in out], out

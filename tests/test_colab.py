@@ -21,7 +21,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 SNIPPET = ROOT / "notebooks" / "colab_setup.py"
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
-CARRY_IT = ("01", "02", "03", "04", "05")      # notebooks that must carry the cell (05, 06: the lead adds them)
+CARRY_IT = ("01", "02", "03", "04", "05", "06")   # notebooks that must carry the cell
 BADGE = re.compile(r"\[!\[Open In Colab\]\(https://colab\.research\.google\.com/assets/colab-badge\.svg\)\]"
                    r"\(https://colab\.research\.google\.com/github/[^/]+/[^/]+/blob/[^/]+/notebooks/(\S+)\)")
 
