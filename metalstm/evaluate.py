@@ -108,6 +108,11 @@ def meta_test_sampler(cfg: Config, test_set: str | None = None) -> EpisodeSample
         raise ValueError(f"{test_set} has {'x'.join(map(str, data.image_shape))} images; {cfg.name} "
                          f"needs {cfg.in_channels}x{cfg.image_size}x{cfg.image_size}")
     check_request(data, cfg.n_way, cfg.k_shot, cfg.n_query)
+    smallest = int(data.class_sizes().min())
+    if cfg.k_shot + cfg.n_query > smallest:   # a domain test draws from every class, never from a subset
+        raise ValueError(f"{test_set}: {cfg.k_shot} support + {cfg.n_query} query = {cfg.k_shot + cfg.n_query} "
+                         f"images per class, but its smallest class has {smallest}: an out-of-domain test "
+                         f"uses every class, so K + Q must be at most {smallest}")
     return sampler_for(cfg, "test", data)
 
 

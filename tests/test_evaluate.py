@@ -66,3 +66,12 @@ def test_reuse_gives_the_same_table_without_recomputing(ladder, tmp_path, capsys
     assert [r["rung"] for r in new] == ["init", "lstm"]
     assert main([*common[:3], "3", *common[4:], "--reuse", str(first)]) == 2   # another episode count
     assert "cannot stand in" in capsys.readouterr().err
+
+
+def test_digits_refuse_more_images_per_class_than_the_smallest_class_holds():
+    cfg = get_config("glyphs-5shot")
+    meta_test_sampler(cfg.replace(n_query=169), "digits")                  # 5 + 169 = 174: every class serves
+    with pytest.raises(ValueError, match="smallest class has 174"):
+        meta_test_sampler(cfg.replace(n_query=170), "digits")              # 175: some classes could not
+    with pytest.raises(ValueError, match="only 10 classes"):
+        meta_test_sampler(cfg.replace(n_way=11), "digits")
