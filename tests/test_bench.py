@@ -116,3 +116,35 @@ def test_the_straightforward_implementation_computes_the_same_numbers(prev_gate,
     # the running averages start afresh in every meta-test episode: a second one gives the same
     _, again = bench.naive_episode(nets, naive, ep, steps, batch, mode="test")
     torch.testing.assert_close(again, logits, rtol=0, atol=0)
+
+
+def test_compile_switch_routes_the_step_and_plain_step_is_the_reference(monkeypatch):
+    """set_compile(True) sends every fused step to compiled_step; the function it compiles,
+    plain_step (tanh as 2 sigmoid(2x) - 1), gives reference_step's values and meta-gradients
+    to rounding. (Compiling itself takes minutes here: not run in the tests.)"""
+    from metalstm import fused
+
+    calls = []
+    monkeypatch.setattr(fused, "compiled_step", lambda *args: calls.append(1) or fused.plain_step(*args))
+    g = torch.Generator().manual_seed(0)
+    _, meta, _ = tiny_setup("value", fused=False)
+    n = meta.n_params
+    grads = [torch.randn(n, generator=g, dtype=torch.float64) * 10.0 ** torch.randint(-6, 0, (n,), generator=g)
+             for _ in range(3)]
+    results = {}
+    for compiled in (False, True):
+        fused.set_compile(compiled)
+        meta.fused = compiled                            # False: reference_step; True: fused_step
+        try:
+            meta.zero_grad()
+            theta, state = meta.c0, meta.initial_state()
+            for t, grad in enumerate(grads):
+                theta, state, gates = meta.step(torch.tensor(1.0 / (t + 1), dtype=torch.float64), grad, theta,
+                                                state)
+            ((theta ** 2).sum() + state.h.sum() + gates.i.sum()).backward()
+            results[compiled] = [theta.detach(), state.c.detach()] + [p.grad.clone() for p in meta.parameters()]
+        finally:
+            fused.set_compile(False)
+    assert len(calls) == len(grads)
+    for got, want in zip(results[True], results[False]):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-13)

@@ -13,8 +13,9 @@ For each episode shape (5-way 5-shot T=8 B=25 and 5-way 1-shot T=12 B=5, at
         (b0)/(a);
     (g) the meta-learner's three matrix products of each of the T steps alone
         (layer 1's [4H, H+3] @ [H+3, n] forward and its two backward products,
-        over all n coordinates): the float32 work no implementation of the
-        coordinate-wise LSTM avoids, so (b) >= (b0) + (g);
+        over all n coordinates, in the operand layouts in which they run
+        fastest): the float32 work no implementation of the coordinate-wise
+        LSTM avoids, so (b) >= (b0) + (g);
     (g_fwd) the forward product alone, T times: a meta-test episode needs no
         backward, so (c) >= (a) + (g_fwd);
     (c) one meta-test episode: run_episode(mode="test");
@@ -39,7 +40,7 @@ shape. On a shared machine the CPU time is the steadier figure.
     python -m metalstm.tools.bench --repeats 10 --threads 1 --shapes 28 84 --shots 5 1
 
 --compile runs (b) and (c) through torch.compile (metalstm.fused.set_compile):
-for long runs, never the default (tens of seconds of compiling first).
+for long runs, never the default (tens of seconds of compiling first, printed).
 
 On Linux, glibc hands large freed buffers back to the system, and the next
 episode pays page faults for them again: 84x84 episodes run 1.2-1.8x faster with
@@ -63,6 +64,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from metalstm.cli import check_device, non_negative_int, positive_int, set_threads
+from metalstm import fused
 from metalstm.data.base import ImageSet
 from metalstm.episodes import Episode, EpisodeSampler
 from metalstm.learner import Learner
@@ -102,17 +104,22 @@ def random_episode(s: Shape, g: torch.Generator, device) -> Episode:
 def timed(fns: dict, repeats: int, warmup: int, device) -> dict:
     """key -> (wall-clock seconds, CPU seconds of this process, peak memory MB) of each of
     `repeats` calls of every fn, after `warmup` untimed calls (the first one also gives its
-    peak memory). The functions take turns, so that all run under the same conditions: the
+    peak memory); "first" -> key -> the wall-clock seconds of the very first call (with
+    --compile: the compiling). The functions take turns, so that all run under the same conditions: the
     same load from other processes, the same state of the memory allocator. On a shared
     machine the CPU time is the steadier: it does not count waiting for a core."""
     cuda = torch.device(device).type == "cuda"
     sync = torch.cuda.synchronize if cuda else (lambda: None)
-    out = {}
+    out, first = {}, {}
     for key, fn in fns.items():
         if cuda:
             torch.cuda.reset_peak_memory_stats(device)
-        for _ in range(max(warmup, 1)):
+        for w in range(max(warmup, 1)):
+            start = time.perf_counter()
             fn()
+            sync()
+            if w == 0:
+                first[key] = time.perf_counter() - start
         out[key] = ([], [], peak_memory_mb(device))
     for _ in range(repeats):
         for key, fn in fns.items():
@@ -122,6 +129,7 @@ def timed(fns: dict, repeats: int, warmup: int, device) -> dict:
             sync()
             out[key][0].append(time.perf_counter() - start)
             out[key][1].append(time.process_time() - start_cpu)
+    out["first"] = first
     return out
 
 
@@ -163,26 +171,33 @@ def train_fn(learner: Learner, meta, ep: Episode, s: Shape):
     return run
 
 
+def gemm_operands(n: int, hidden: int, device):
+    """W [4H, H+3] and W_h^T [H, 4H] column-major, x = [x; h; 1] [H+3, n] coordinate-major and
+    dz [4H, n]: the layouts in which these products run fastest on a CPU (and in which
+    metalstm.fused runs them), so that (g) is the least any implementation pays for them."""
+    g = torch.Generator().manual_seed(1)
+    W = torch.randn(hidden + 3, 4 * hidden, generator=g).to(device).T
+    W_hT = torch.randn(4 * hidden, hidden, generator=g).to(device).T
+    x = torch.randn(n, hidden + 3, generator=g).to(device).T
+    dz = torch.randn(4 * hidden, n, generator=g).to(device)
+    return W, W_hT, x, dz
+
+
 def gemm_fn(n: int, hidden: int, s: Shape, device):
     """(g): for each of the T steps, z = W [x; h; 1], then dW = dz [x; h; 1]^T and dh = W_h^T dz."""
-    g = torch.Generator().manual_seed(1)
-    W = torch.randn(4 * hidden, hidden + 3, generator=g).to(device)
-    x = torch.randn(hidden + 3, n, generator=g).to(device)
-    dz = torch.randn(4 * hidden, n, generator=g).to(device)
+    W, W_hT, x, dz = gemm_operands(n, hidden, device)
 
     def run():
         for _ in range(s.steps):
             W @ x
             dz @ x.T
-            W[:, 2:-1].T @ dz
+            W_hT @ dz
     return run
 
 
 def gemm_forward_fn(n: int, hidden: int, s: Shape, device):
     """(g_fwd): the forward product z = W [x; h; 1] of each of the T steps alone."""
-    g = torch.Generator().manual_seed(1)
-    W = torch.randn(4 * hidden, hidden + 3, generator=g).to(device)
-    x = torch.randn(hidden + 3, n, generator=g).to(device)
+    W, _, x, _ = gemm_operands(n, hidden, device)
 
     def run():
         for _ in range(s.steps):
@@ -407,6 +422,9 @@ def report(s: Shape, rows: dict) -> None:
     cpu = {k: statistics.median(rows[k][1]) for k in KEYS}
     before, after = rows["load"]
     print(f"\n{s}   (load average {before[0]:.2f} before, {after[0]:.2f} after)")
+    if fused.compiling():
+        print(f"  (b) and (c) through torch.compile; their first calls (compiling): "
+              f"{rows['first']['b']:.1f} s and {rows['first']['c']:.1f} s")
     print(f"  {'':<31} {'wall ms: median':>15} {'min':>8} {'max':>8}   {'CPU ms: median':>14}   peak memory")
     for k in KEYS:
         wall, cpu_times, mem = rows[k]
@@ -434,6 +452,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="5 (T=8, B=25) and/or 1 (T=12, B=5)")
     parser.add_argument("--threads", type=positive_int, default=None, help="torch.set_num_threads (default: torch's)")
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    parser.add_argument("--compile", action="store_true",
+                        help="run (b) and (c) through torch.compile (metalstm.fused.set_compile): "
+                             "for long runs; tens of seconds of compiling per shape first")
     args = parser.parse_args(argv)
     try:
         check_device(args.device)
@@ -445,9 +466,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"torch {torch.__version__}, device {args.device}, {torch.get_num_threads()} threads, "
           f"median of {args.repeats} runs after {args.warmup} warm-up runs; load average "
           f"{load[0]:.2f} {load[1]:.2f} {load[2]:.2f} (1, 5, 15 min) on {os.cpu_count()} cores")
-    for s in shapes(args.shapes, args.shots):
-        report(s, bench_shape(s, args.repeats, args.warmup, args.device))
-        sys.stdout.flush()
+    fused.set_compile(args.compile)
+    try:
+        for s in shapes(args.shapes, args.shots):
+            report(s, bench_shape(s, args.repeats, args.warmup, args.device))
+            sys.stdout.flush()
+    finally:
+        fused.set_compile(False)
     return 0
 
 
