@@ -166,7 +166,7 @@ def case_id(what: str, target) -> str:
         return f"api: {target}"
     target = target[len(T):] if target[:len(T)] == T else target
     target = target[2:] if target[:2] == ["--out", "{w}/new"] else target
-    shown = [Path(a).name if "/" in a else a for a in target]
+    shown = [a[len("{w}/"):] if a.startswith("{w}/") else Path(a).name if "/" in a else a for a in target]
     return f"{what} {' '.join(shown)}"
 
 
