@@ -34,6 +34,7 @@ Backward, for upstream gradients d(theta_t), d(h_t), d(c_t), d(f_t), d(i_t), d(a
 from __future__ import annotations
 
 import threading
+import weakref
 
 import torch
 from torch import Tensor
@@ -55,6 +56,48 @@ def _workspace(name: str, rows: int, cols: int, like: Tensor) -> Tensor:
             buffers.clear()
         buffers[key] = torch.empty(rows, cols, dtype=like.dtype, device=like.device)
     return buffers[key]
+
+
+_SAVED = {"free": {}, "lock": threading.Lock()}    # (shape, dtype) -> arrays no step holds any more
+
+
+def _saved_array(shape: tuple[int, int], like: Tensor) -> Tensor:
+    """A [rows, cols] array for activations a meta-training step saves for its backward pass,
+    reused from a step whose graph is gone (`_recycle`): a fresh 2-9 MB array every step
+    costs page faults (about a fifth of a 28x28 meta-training episode, measured). CPU only:
+    a GPU's caching allocator already reuses memory."""
+    if like.device.type == "cpu":
+        with _SAVED["lock"]:
+            free = _SAVED["free"].get((shape, like.dtype))
+            if free:
+                return free.pop()
+    return like.new_empty(shape)
+
+
+def _recycle(ctx, *arrays: Tensor) -> None:
+    """Hand `arrays` back to `_saved_array` once the graph node `ctx` has been freed (after the
+    backward pass, when nothing can read its saved tensors again, or when the graph is dropped)."""
+    for array in arrays:
+        if array.device.type == "cpu":
+            weakref.finalize(ctx, _give_back, array)
+
+
+def _give_back(array: Tensor) -> None:
+    with _SAVED["lock"]:
+        free = _SAVED["free"]
+        if len(free) > 8:                 # another learner size: let the old arrays go
+            free.clear()
+        kept = free.setdefault((tuple(array.shape), array.dtype), [])
+        if len(kept) < 64:                # T steps of an episode or two at most
+            kept.append(array)
+
+
+def release_buffers() -> None:
+    """Let go of the reused arrays (this thread's scratch buffers and the saved-activation
+    arrays), e.g. after meta-training in a notebook; they are made again when needed."""
+    _WORKSPACES.__dict__.pop("buffers", None)
+    with _SAVED["lock"]:
+        _SAVED["free"].clear()
 
 
 def _layer1_input(loss, grad, h, W, b, p, inputs_out=None, z_out=None):
@@ -96,19 +139,22 @@ class FusedMetaStep(torch.autograd.Function):
     @staticmethod
     def forward(ctx, loss, grad, theta, h, c, prev_f, prev_i, W, b, W_F, W_I, b_F, b_I, p):
         H, n = h.shape
-        # inputs and z are saved for the backward pass (fresh arrays); the gate activations
-        # overwrite z in place: acts = [i1; f1; g1; o1]
-        pre_loss, inputs, acts = _layer1_input(loss, grad, h, W, b, p)
+        # inputs, z and tanh(c_t) are saved for the backward pass (in reused arrays, handed
+        # back when this node is freed); the gate activations overwrite z: acts = [i1; f1; g1; o1]
+        inputs, acts, tanh_c = (_saved_array((n, H + 3), theta), _saved_array((4 * H, n), theta),
+                                _saved_array((H, n), theta))
+        pre_loss, inputs, acts = _layer1_input(loss, grad, h, W, b, p, inputs_out=inputs, z_out=acts)
         torch.sigmoid_(acts[:2 * H])                                        # i1 and f1, one sweep
         torch.tanh_(acts[2 * H:3 * H])                                      # g1
         torch.sigmoid_(acts[3 * H:])                                        # o1
         i1, f1, g1, o1 = acts.chunk(4)
         c_new = torch.mul(f1, c).addcmul_(i1, g1)
-        tanh_c = torch.tanh(c_new)
+        torch.tanh(c_new, out=tanh_c)
         h_new = torch.mul(o1, tanh_c)
         theta_new, f, i, a_f, a_i = _layer2(h_new, theta, grad, prev_f, prev_i, W_F, W_I, b_F, b_I)
         ctx.save_for_backward(pre_loss, grad, theta, c, prev_f, prev_i, W, W_F, W_I, inputs,
                               acts, tanh_c, h_new, f, i)
+        _recycle(ctx, inputs, acts, tanh_c)
         ctx.hn = (H, n)
         return theta_new, h_new, c_new, f, i, a_f, a_i
 
@@ -168,14 +214,12 @@ def fused_step(loss: Tensor, grad: Tensor, theta: Tensor, h: Tensor, c: Tensor, 
     """(theta_t, h_t, c_t, f_t, i_t, a_f, a_i) of one step; equal to `MetaLearner.step`'s.
 
     Where no gradient is wanted (meta-testing: grad mode off, or no input needs one), the
-    step runs `inference_step`, which works in place in two reused buffers. After
-    `set_compile(True)` it runs `compiled_step` instead."""
+    step runs `inference_step`, which works in place in two reused buffers, or, after
+    `set_compile(True)`, `compiled_step`."""
     args = (loss, grad, theta, h, c, prev_f, prev_i, W, b, W_F, W_I, b_F, b_I)
-    if _COMPILE["on"]:
-        return compiled_step(*args, p)
     if not torch.is_grad_enabled() or not any(t.requires_grad for t in args):
         with torch.no_grad():
-            return inference_step(*args, p)
+            return compiled_step(*args, p) if _COMPILE["on"] else inference_step(*args, p)
     return FusedMetaStep.apply(*args, p)
 
 
@@ -201,11 +245,14 @@ _COMPILE = {"on": False, "fn": None}
 
 
 def set_compile(on: bool = True) -> None:
-    """Run every fused step through `compiled_step` (on=True) or the hand-written step (False,
-    the default). For long runs only: the first meta-training and meta-test steps of each
-    learner size compile for tens of seconds (a C++ compiler must be installed), and the
-    generated kernels round differently from the eager ones, so results agree with the
-    default path to rounding, not bit for bit. Never switched on by the package itself."""
+    """Run the meta-test steps (no gradient wanted) through `compiled_step` (on=True) or
+    `inference_step` (False, the default). Meta-training steps keep the hand-written
+    `FusedMetaStep`: compiled, they measured no faster (1-shot) or slower (5-shot) on the
+    development machine, while the compiled meta-test step was 6-13% faster (README, Speed).
+    For long runs only: the first meta-test step of each learner size compiles for tens of
+    seconds (a C++ compiler must be installed), and the generated kernels round differently
+    from the eager ones, so results agree with the default path to rounding, not bit for bit.
+    Never switched on by the package itself."""
     _COMPILE["on"] = bool(on)
 
 
@@ -234,8 +281,7 @@ def plain_step(loss, grad, theta, h, c, prev_f, prev_i, W, b, W_F, W_I, b_F, b_I
 
 
 def compiled_step(*args):
-    """`plain_step` through torch.compile (compiled on first use, again for each new shape
-    and for grad mode on / off)."""
+    """`plain_step` through torch.compile (compiled on first use, again for each new shape)."""
     if _COMPILE["fn"] is None:
         _COMPILE["fn"] = torch.compile(plain_step, dynamic=False)
     return _COMPILE["fn"](*args)

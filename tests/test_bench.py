@@ -118,10 +118,11 @@ def test_the_straightforward_implementation_computes_the_same_numbers(prev_gate,
     torch.testing.assert_close(again, logits, rtol=0, atol=0)
 
 
-def test_compile_switch_routes_the_step_and_plain_step_is_the_reference(monkeypatch):
-    """set_compile(True) sends every fused step to compiled_step; the function it compiles,
-    plain_step (tanh as 2 sigmoid(2x) - 1), gives reference_step's values and meta-gradients
-    to rounding. (Compiling itself takes minutes here: not run in the tests.)"""
+def test_compile_switch_routes_the_meta_test_step_and_plain_step_is_the_reference(monkeypatch):
+    """set_compile(True) sends the meta-test steps (no gradient) to compiled_step, never the
+    meta-training steps; the function it compiles, plain_step (tanh as 2 sigmoid(2x) - 1),
+    gives reference_step's values and meta-gradients to rounding. (Compiling itself takes
+    a minute or more here: not run in the tests.)"""
     from metalstm import fused
 
     calls = []
@@ -131,20 +132,78 @@ def test_compile_switch_routes_the_step_and_plain_step_is_the_reference(monkeypa
     n = meta.n_params
     grads = [torch.randn(n, generator=g, dtype=torch.float64) * 10.0 ** torch.randint(-6, 0, (n,), generator=g)
              for _ in range(3)]
-    results = {}
-    for compiled in (False, True):
-        fused.set_compile(compiled)
-        meta.fused = compiled                            # False: reference_step; True: fused_step
+
+    def unroll():
+        theta, state = meta.c0, meta.initial_state()
+        for t, grad in enumerate(grads):
+            theta, state, gates = meta.step(torch.tensor(1.0 / (t + 1), dtype=torch.float64), grad, theta, state)
+        return theta, state, gates
+
+    def meta_gradient(step):
+        meta.zero_grad()
+        theta, state = meta.c0, meta.initial_state()
+        params = (meta.lstm_weight, meta.lstm_bias, meta.W_F, meta.W_I, meta.b_F, meta.b_I)
+        for t, grad in enumerate(grads):
+            theta, h, c, f, i, a_f, a_i = step(torch.tensor(1.0 / (t + 1), dtype=torch.float64), grad, theta,
+                                               state.h, state.c, state.f, state.i, *params, meta.p)
+            state = type(state)(h, c, f, i)
+        ((theta ** 2).sum() + state.h.sum() + i.sum()).backward()
+        return [p.grad.clone() for p in meta.parameters()]
+
+    with torch.no_grad():
+        want = unroll()                                   # reference_step (meta.fused is False)
+        meta.fused = True
+        fused.set_compile(True)
         try:
-            meta.zero_grad()
-            theta, state = meta.c0, meta.initial_state()
-            for t, grad in enumerate(grads):
-                theta, state, gates = meta.step(torch.tensor(1.0 / (t + 1), dtype=torch.float64), grad, theta,
-                                                state)
-            ((theta ** 2).sum() + state.h.sum() + gates.i.sum()).backward()
-            results[compiled] = [theta.detach(), state.c.detach()] + [p.grad.clone() for p in meta.parameters()]
+            got = unroll()
         finally:
             fused.set_compile(False)
     assert len(calls) == len(grads)
-    for got, want in zip(results[True], results[False]):
-        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-13)
+    for a, b in ((got[0], want[0]), (got[1].h, want[1].h), (got[2].i, want[2].i)):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-13)
+    fused.set_compile(True)
+    try:
+        unroll()[0].sum().backward()                      # meta-training: the hand-written step
+    finally:
+        fused.set_compile(False)
+    assert len(calls) == len(grads)
+    for a, b in zip(meta_gradient(fused.plain_step), meta_gradient(fused.FusedMetaStep.apply)):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-13)
+
+
+def test_saved_activation_arrays_are_reused_only_once_their_graph_is_gone():
+    """The fused step's saved arrays go back to the pool when the step's graph node is freed,
+    never earlier: a retained graph's second backward pass, after other steps have run, gives
+    the same meta-gradient; once the graph is dropped the next step reuses the arrays."""
+    from metalstm import fused
+
+    fused.release_buffers()
+    _, meta, _ = tiny_setup("value", fused=True)
+    meta = meta.float()
+    n = meta.n_params
+    grad = torch.linspace(-1e-2, 1e-2, n)
+
+    def unroll(steps=3):
+        theta, state = meta.c0, meta.initial_state()
+        for t in range(steps):
+            theta, state, _ = meta.step(torch.tensor(1.0 / (t + 1)), grad, theta, state)
+        return (theta ** 2).sum() + state.h.sum()
+
+    loss = unroll()
+    loss.backward(retain_graph=True)
+    first = meta.lstm_weight.grad.clone()
+    assert not fused._SAVED["free"]                  # the graph is alive: nothing handed back
+    unroll().backward()                              # another episode, its graph freed at once
+    handed_back = {key: [a.data_ptr() for a in arrays] for key, arrays in fused._SAVED["free"].items()}
+    assert handed_back and all(len(ptrs) == 3 for ptrs in handed_back.values())   # 3 steps
+    meta.zero_grad()
+    loss.backward()                                  # the first graph, again: its arrays untouched
+    torch.testing.assert_close(meta.lstm_weight.grad, first, rtol=0, atol=0)
+    del loss
+    assert all(len(arrays) == 6 for arrays in fused._SAVED["free"].values())
+    kept = unroll(1)                                 # takes one array of each shape from the pool
+    assert all(len(arrays) == 5 for arrays in fused._SAVED["free"].values())
+    del kept
+    assert all(len(arrays) == 6 for arrays in fused._SAVED["free"].values())
+    fused.release_buffers()
+    assert not fused._SAVED["free"]

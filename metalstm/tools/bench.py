@@ -39,8 +39,10 @@ shape. On a shared machine the CPU time is the steadier figure.
 
     python -m metalstm.tools.bench --repeats 10 --threads 1 --shapes 28 84 --shots 5 1
 
---compile runs (b) and (c) through torch.compile (metalstm.fused.set_compile):
-for long runs, never the default (tens of seconds of compiling first, printed).
+--compile runs the meta-test steps of (c) through torch.compile
+(metalstm.fused.set_compile; meta-training keeps the hand-written step, which
+measured as fast or faster): for long runs, never the default (tens of seconds
+of compiling first, printed).
 
 On Linux, glibc hands large freed buffers back to the system, and the next
 episode pays page faults for them again: 84x84 episodes run 1.2-1.8x faster with
@@ -423,8 +425,8 @@ def report(s: Shape, rows: dict) -> None:
     before, after = rows["load"]
     print(f"\n{s}   (load average {before[0]:.2f} before, {after[0]:.2f} after)")
     if fused.compiling():
-        print(f"  (b) and (c) through torch.compile; their first calls (compiling): "
-              f"{rows['first']['b']:.1f} s and {rows['first']['c']:.1f} s")
+        print(f"  (c)'s meta-learner steps through torch.compile; its first call (compiling): "
+              f"{rows['first']['c']:.1f} s")
     print(f"  {'':<31} {'wall ms: median':>15} {'min':>8} {'max':>8}   {'CPU ms: median':>14}   peak memory")
     for k in KEYS:
         wall, cpu_times, mem = rows[k]
@@ -453,8 +455,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=positive_int, default=None, help="torch.set_num_threads (default: torch's)")
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     parser.add_argument("--compile", action="store_true",
-                        help="run (b) and (c) through torch.compile (metalstm.fused.set_compile): "
-                             "for long runs; tens of seconds of compiling per shape first")
+                        help="run (c)'s meta-test steps through torch.compile (metalstm.fused."
+                             "set_compile): for long runs; tens of seconds of compiling per shape first")
     args = parser.parse_args(argv)
     try:
         check_device(args.device)
