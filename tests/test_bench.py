@@ -207,3 +207,28 @@ def test_saved_activation_arrays_are_reused_only_once_their_graph_is_gone():
     assert all(len(arrays) == 6 for arrays in fused._SAVED["free"].values())
     fused.release_buffers()
     assert not fused._SAVED["free"]
+
+
+def test_the_gpu_check_runs_end_to_end_on_a_cpu(tmp_path, capsys):
+    """The prepared device script, in its dry mode: benchmark, a training stopped by its time
+    limit (resumable: last.pt written), a short meta-test of best.pt, and the summary."""
+    import json
+
+    from metalstm.tools import gpu_check
+
+    threads = torch.get_num_threads()
+    try:
+        assert gpu_check.main(["--device", "cpu", "--config", "smoke", "--minutes", "0.05", "--bench-shapes", "28",
+                               "--bench-shots", "1", "--bench-repeats", "1", "--bench-warmup", "0",
+                               "--eval-episodes", "2", "--threads", "1", "--out", str(tmp_path)]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    t = summary["training"]
+    assert t["episodes_budget"] == 50_000 and t["stopped_by_time_limit"] and t["episodes_done"] > 0
+    assert t["episodes_per_second"] > 0 and t["hours_for_the_budget"] > 0 and t["best_val_acc"] is not None
+    assert (tmp_path / "train" / "last.pt").exists() and (tmp_path / "eval.json").exists()
+    assert "(b_naive)/(b) = " in (tmp_path / "bench.txt").read_text()
+    assert summary["device_name"].startswith("CPU") and "of 50,000 episodes" in capsys.readouterr().out
+    # a second run into the same folder is refused (the time-boxed run stays resumable)
+    assert gpu_check.main(["--device", "cpu", "--config", "smoke", "--no-bench", "--out", str(tmp_path)]) == 2
