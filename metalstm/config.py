@@ -1,6 +1,6 @@
 """Named configurations: smoke, glyphs-1shot, glyphs-5shot, paper-1shot, paper-5shot.
 
-The paper configurations follow SPEC 5 with the *reference code's* numbers
+The paper configurations follow paper notes 5 with the *reference code's* numbers
 (T = 8 steps of batch 25 for 5-shot, T = 12 steps of batch 5 for 1-shot,
 75,000 / 50,000 episodes, validation every 1,000 episodes on 100); the
 paper's text gives fewer steps in places, which is `steps=` away:
@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 @dataclass(frozen=True)
 class Config:
     name: str
-    # data (SPEC 1)
+    # data (paper notes 1)
     dataset: str = "glyphs"            # glyphs | omniglot | mini-imagenet | folder
     data_root: str | None = None       # where a real data set lives (not used by glyphs)
     image_size: int = 28
@@ -28,10 +28,10 @@ class Config:
     n_way: int = 5
     k_shot: int = 5
     n_query: int = 15
-    # inner loop (SPEC 5)
+    # inner loop (paper notes 5)
     steps: int = 8                     # T
     batch_size: int = 25               # B
-    # meta-training (SPEC 5)
+    # meta-training (paper notes 5)
     episodes: int = 10_000
     val_every: int = 500
     val_episodes: int = 100
@@ -42,7 +42,7 @@ class Config:
     # the update rule (paper notes 11): sgd | init | meta-sgd | schedule | lstm (the paper's)
     rule: str = "lstm"
     rule_lr: float = 0.1               # the fixed (sgd, init) or initial (meta-sgd, schedule) step size
-    # meta-learner (SPEC 4, 6)
+    # meta-learner (paper notes 4, 6)
     hidden: int = 20
     p: float = 10.0
     forget_bias: tuple[float, float] = (4.0, 5.0)
@@ -50,7 +50,7 @@ class Config:
     # the path: fused step + channels-last pooling (True), or reference_step + plain pooling, the
     # readable one (False, --reference); equal to rounding. A checkpoint without it loads as True.
     fast: bool = True
-    # learner batch norm (SPEC 7)
+    # learner batch norm (paper notes 7)
     bn_eps: float = 1e-3
     bn_momentum: float = 0.95
     seed: int = 0
@@ -88,10 +88,10 @@ CONFIGS: dict[str, Config] = {c.name: c for c in [
            bn_momentum=0.95, description="5-way 5-shot glyphs, the course's CPU setting"),
     Config("paper-1shot", dataset="mini-imagenet", data_root="data/mini-imagenet", image_size=84,
            in_channels=3, k_shot=1, steps=12, batch_size=5, episodes=75_000, val_every=1_000,
-           bn_momentum=0.9, description="SPEC 5, Mini-ImageNet 5-way 1-shot (GPU)"),
+           bn_momentum=0.9, description="paper notes 5, Mini-ImageNet 5-way 1-shot (GPU)"),
     Config("paper-5shot", dataset="mini-imagenet", data_root="data/mini-imagenet", image_size=84,
            in_channels=3, k_shot=5, steps=8, batch_size=25, episodes=50_000, val_every=1_000,
-           bn_momentum=0.95, description="SPEC 5, Mini-ImageNet 5-way 5-shot (GPU)"),
+           bn_momentum=0.95, description="paper notes 5, Mini-ImageNet 5-way 5-shot (GPU)"),
 ]}
 
 

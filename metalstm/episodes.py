@@ -1,4 +1,4 @@
-"""Few-shot episodes (SPEC 1): D = (D_train, D_test) = (support set, query set).
+"""Few-shot episodes (paper notes 1): D = (D_train, D_test) = (support set, query set).
 
 An N-way K-shot episode draws N classes of one meta-split, K support and Q
 query images of each, and labels the N classes 0..N-1 in a fresh random order,

@@ -1,4 +1,4 @@
-"""Meta-test evaluation (SPEC 5, 7, 8): every method on the same episodes, paired differences.
+"""Meta-test evaluation (paper notes 5, 7, 8): every method on the same episodes, paired differences.
 
     python -m metalstm.evaluate --checkpoint data/checkpoints/glyphs-5shot.pt
     python -m metalstm.evaluate --checkpoint P --episodes 600 --baselines all
@@ -46,7 +46,7 @@ EpisodeAccuracy = Callable[[Episode, int], float]
 
 
 def rule_accuracy(learner, rule, cfg: Config, seed: int, device="cpu") -> EpisodeAccuracy:
-    """An update rule (meta-learner or SGD cell) run with the meta-test protocol (SPEC 7)."""
+    """An update rule (meta-learner or SGD cell) run with the meta-test protocol (paper notes 7)."""
     def acc(episode: Episode, i: int) -> float:
         res = run_episode(learner, rule, episode.to(device), cfg.steps, cfg.batch_size,
                           mode="test", generator=episode_generator(seed, i))

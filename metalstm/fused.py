@@ -1,4 +1,4 @@
-"""The meta-learner's update step with a hand-written backward pass (SPEC 3, 4).
+"""The meta-learner's update step with a hand-written backward pass (paper notes 3, 4).
 
 `MetaLearner.step` writes the two layers as plain tensor operations and lets
 autograd differentiate them; that is the version to read. This module computes
@@ -13,7 +13,7 @@ layer-1 product runs in the operand layouts in which MKL is fastest (see
 the development machine (the same operations in the same order); what remains
 is the saved activations' memory traffic (README, Speed).
 
-Forward (a column per coordinate; L_t and grad_t are constants, SPEC 5):
+Forward (a column per coordinate; L_t and grad_t are constants, paper notes 5):
 
     layer 1   z = W_1 [pre(L_t), pre(grad_t), h_{t-1}] + b_1             [4H, n]
               i1, f1, o1 = sigmoid(z_i, z_f, z_o);  g1 = tanh(z_g)

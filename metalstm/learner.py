@@ -1,15 +1,15 @@
-"""The learner: a small conv net written as a pure function f(x; theta) (SPEC 2, 7).
+"""The learner: a small conv net written as a pure function f(x; theta) (paper notes 2, 7).
 
     4 x [conv 3x3 (32 filters, padding 1) -> batch norm -> ReLU -> 2x2 max-pool]
     -> flatten -> linear to n_way logits
 
 All its parameters live in ONE flat vector theta, because theta is the
-meta-learner's cell state (SPEC 3): the meta-learner produces theta_t, and the
+meta-learner's cell state (paper notes 3): the meta-learner produces theta_t, and the
 learner is evaluated at theta_t by slicing views out of it. No module holds a
 copy of the weights, so the query loss can backpropagate through theta_T,
 theta_{T-1}, ... to c_0 and the meta-learner's weights.
 
-Batch norm inside episodes (SPEC 7) is explicit, never a hidden module mode:
+Batch norm inside episodes (paper notes 7) is explicit, never a hidden module mode:
     bn="batch"    normalise with the batch's own statistics; if a `BNStats` is
                   given, also update its running averages (PyTorch convention:
                   running = (1 - momentum) * running + momentum * batch).
@@ -68,7 +68,7 @@ def relu_max_pool(x: Tensor) -> Tensor:
 
 @dataclass
 class BNStats:
-    """Running averages of every batch-norm layer for ONE episode (SPEC 7).
+    """Running averages of every batch-norm layer for ONE episode (paper notes 7).
 
     mean[k], var[k]: float tensors [n_filters] of block k+1; start at 0 and 1.
     updates: how many batches have been averaged in so far.
@@ -80,7 +80,7 @@ class BNStats:
 
 
 class Learner:
-    """4 x [conv3x3(32, pad 1) -> BN -> ReLU -> maxpool 2] -> linear to n_way logits, as f(x; theta) (SPEC 2).
+    """4 x [conv3x3(32, pad 1) -> BN -> ReLU -> maxpool 2] -> linear to n_way logits, as f(x; theta) (paper notes 2).
 
     `Learner` holds only the architecture (shapes, BN eps and momentum), never
     parameters: call it as ``learner(x, theta)`` with a flat theta [n_params].

@@ -1,13 +1,13 @@
-"""The coordinate-wise Meta-Learner LSTM and the inner loop (SPEC 3, 4, 5, 6).
+"""The coordinate-wise Meta-Learner LSTM and the inner loop (paper notes 3, 4, 5, 6).
 
-Gradient descent is an LSTM cell update (SPEC 3):
+Gradient descent is an LSTM cell update (paper notes 3):
 
     theta_t = f_t * theta_{t-1} + i_t * (-grad_t)        c_t = f_t * c_{t-1} + i_t * c~_t
 
 with the learner's parameters as the cell state c_t, the negative gradient as
 the candidate c~_t, and f_t = 1, i_t = alpha for plain SGD (`SGDCell`). The
 `MetaLearner` learns the gates instead, one small LSTM shared by every
-coordinate of theta (the coordinates are the batch dimension, SPEC 4):
+coordinate of theta (the coordinates are the batch dimension, paper notes 4):
 
     layer 1, a standard LSTM (hidden 20, one bias), per coordinate:
         x_t = [preprocess(L_t) (2), preprocess(grad_t) (2)]
@@ -21,7 +21,7 @@ coordinate of theta (the coordinates are the batch dimension, SPEC 4):
         theta_t = f_t * theta_{t-1} + i_t * (-grad_t)              # the RAW gradient
     theta_0 = c_0, a meta-parameter (the learned initialisation).
 
-SPEC 3's equations let the gates read [grad_t, L_t, theta_{t-1}, gate_{t-1}]
+Paper notes 3's equations let the gates read [grad_t, L_t, theta_{t-1}, gate_{t-1}]
 directly; the paper's experiments (and the authors' code) put the first LSTM
 layer in between, reading the preprocessed loss and gradient. That is what is
 built here.
@@ -30,7 +30,7 @@ Meta-parameters: 80*24 + 80 = 2,000 (layer 1) + 2*22 + 2 = 46 (layer 2) = 2,046
 for hidden 20, whatever the learner's size, plus c_0 (the learner's n_params).
 
 `inner_loop` runs T such steps on the support set; the loss and gradient fed to
-the meta-learner are DETACHED (SPEC 5: no second derivatives), while theta_t
+the meta-learner are DETACHED (paper notes 5: no second derivatives), while theta_t
 itself stays in the autograd graph, so the query loss of `run_episode`
 backpropagates through theta_T ... theta_1 to c_0 and both layers.
 """
@@ -72,9 +72,9 @@ class MetaLearnerState:
 
 
 class MetaLearner(nn.Module):
-    """Two-layer coordinate-wise meta-learner (SPEC 3, 4, 6) with learned c_0.
+    """Two-layer coordinate-wise meta-learner (paper notes 3, 4, 6) with learned c_0.
 
-    Initialisation (SPEC 6, as the authors' code): every weight and layer 1's
+    Initialisation (paper notes 6, as the authors' code): every weight and layer 1's
     bias U(-0.01, 0.01); forget bias b_F ~ U(4, 5), so f_t starts near 1;
     input bias b_I ~ U(-5, -4), so i_t starts near 0.01. The meta-learner thus
     begins as gradient descent with a small learning rate. c_0 starts at
@@ -109,7 +109,7 @@ class MetaLearner(nn.Module):
         if not isinstance(hidden, int) or isinstance(hidden, bool) or hidden < 1:
             raise ValueError(f"hidden (layer 1's size) must be a whole number >= 1, got {hidden!r}")
         if not 0 < p < float("inf"):
-            raise ValueError(f"p (the preprocessing's scale, SPEC 4) must be a finite number > 0, got {p!r}")
+            raise ValueError(f"p (the preprocessing's scale, paper notes 4) must be a finite number > 0, got {p!r}")
         if prev_gate not in ("value", "logit"):
             raise ValueError(f"prev_gate must be 'value' (paper) or 'logit' (authors' code), got {prev_gate!r}")
         self.n_params, self.hidden, self.p, self.prev_gate = n_params, hidden, p, prev_gate
@@ -153,7 +153,7 @@ class MetaLearner(nn.Module):
 
     def reference_step(self, loss: Tensor, grad: Tensor, theta: Tensor,
                        state: MetaLearnerState) -> tuple[Tensor, MetaLearnerState, Gates]:
-        """`step` as plain tensor operations, differentiated by autograd (SPEC 3, 4)."""
+        """`step` as plain tensor operations, differentiated by autograd (paper notes 3, 4)."""
         n, H = theta.shape[0], self.hidden
         # layer 1: a standard LSTM over all n coordinates at once. Each coordinate is one COLUMN,
         # so that every gate below is a contiguous [hidden, n] block (fast elementwise ops).
@@ -174,7 +174,7 @@ class MetaLearner(nn.Module):
 
 
 class SGDCell(nn.Module):
-    """Plain SGD written as the same cell with fixed gates f = 1, i = lr (SPEC 3).
+    """Plain SGD written as the same cell with fixed gates f = 1, i = lr (paper notes 3).
 
     c0 is the starting theta; it is not trained unless train_c0=True.
     """
@@ -196,10 +196,10 @@ class SGDCell(nn.Module):
         return f * theta + i * (-grad), state, Gates(f, i)
 
 
-# -- the inner loop (SPEC 5) -------------------------------------------------------
+# -- the inner loop (paper notes 5) -------------------------------------------------------
 def loss_and_grad(learner: Learner, x: Tensor, y: Tensor, theta: Tensor, bn: str = "batch",
                   stats: BNStats | None = None) -> tuple[Tensor, Tensor]:
-    """L_t and grad_t = dL_t/dtheta of f(.; theta) on (x, y), both DETACHED (SPEC 5)."""
+    """L_t and grad_t = dL_t/dtheta of f(.; theta) on (x, y), both DETACHED (paper notes 5)."""
     with torch.enable_grad():
         theta = theta.detach().requires_grad_(True)     # a leaf: nothing flows back past it
         loss = F.cross_entropy(learner(x, theta, bn, stats), y)
@@ -230,7 +230,7 @@ class InnerStep:
     t            the step number, 1..T
     theta        theta_t, after the update (in the graph when meta-training)
     theta_prev   theta_{t-1}, the point where loss and grad were taken
-    loss, grad   L_t and grad_t, detached (SPEC 5), on this step's mini-batch
+    loss, grad   L_t and grad_t, detached (paper notes 5), on this step's mini-batch
     gates        f_t, i_t of the update (as the rule returned them)
     state        the rule's state after the step
     batch        the indices of the support examples in this step's mini-batch
@@ -251,7 +251,7 @@ def inner_loop(learner: Learner, rule: nn.Module, support_x: Tensor, support_y: 
                stats: BNStats | None = None, generator: torch.Generator | None = None,
                record: bool = False,
                hook: Callable[[InnerStep], None] | None = None) -> tuple[Tensor, list[float], list[Gates] | None]:
-    """T update steps of `rule` on the support set (SPEC 5): (theta_T, support losses, gates).
+    """T update steps of `rule` on the support set (paper notes 5): (theta_T, support losses, gates).
 
     theta_0 = theta0 or rule.c0. Each step feeds the detached loss and gradient of
     f(.; theta_{t-1}) on one mini-batch to rule.step; theta_t stays in the graph.
@@ -294,7 +294,7 @@ class EpisodeResult:
 def run_episode(learner: Learner, rule: nn.Module, episode, steps: int, batch_size: int,
                 mode: str = "train", generator: torch.Generator | None = None,
                 record: bool = False) -> EpisodeResult:
-    """One episode: T steps on the support set, then the query pass (SPEC 5, 7).
+    """One episode: T steps on the support set, then the query pass (paper notes 5, 7).
 
     mode="train": batch statistics in the support steps and in the query pass; the
         query loss keeps the graph back to c_0 and the rule's weights.

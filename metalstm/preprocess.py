@@ -1,4 +1,4 @@
-"""Log/sign preprocessing of the meta-learner's inputs (SPEC 4; Andrychowicz et al. 2016).
+"""Log/sign preprocessing of the meta-learner's inputs (paper notes 4; Andrychowicz et al. 2016).
 
 Gradients and losses span many orders of magnitude, so each value x becomes two:
 
@@ -19,7 +19,7 @@ from torch import Tensor
 
 
 def preprocess(x: Tensor, p: float = 10.0) -> Tensor:
-    """Preprocess every element of x (SPEC 4): output shape x.shape + (2,)."""
+    """Preprocess every element of x (paper notes 4): output shape x.shape + (2,)."""
     if p <= 0:
         raise ValueError(f"p must be positive, got {p}")
     threshold = math.exp(-p)

@@ -1,4 +1,4 @@
-"""Meta-training of the Meta-Learner LSTM (SPEC 5).
+"""Meta-training of the Meta-Learner LSTM (paper notes 5).
 
     for each meta-train episode i:
         theta_0 = c_0 (fresh batch-norm statistics)
@@ -268,7 +268,7 @@ class Run:
 
 
 def meta_gradient(run: Run, episodes: range) -> tuple[float, float]:
-    """The meta-gradient of the mean query loss of one meta-update's episodes (SPEC 5), summed
+    """The meta-gradient of the mean query loss of one meta-update's episodes (paper notes 5), summed
     over processes into the parameters' .grad; returns the group's mean query loss and accuracy.
 
     This process runs its share (cfg.meta_batch of them); every loss is divided by the
@@ -407,7 +407,7 @@ def _write_log(path: Path, history: list[dict]) -> None:
 def train(cfg: Config, out_dir: str | Path, device: str = "cpu", resume: bool = False,
           stop_after: int | None = None, progress: bool = True,
           world: World | None = None, init_state: dict | None = None) -> TrainResult:
-    """Meta-train `cfg` into out_dir (SPEC 5); `stop_after` ends early as an interruption
+    """Meta-train `cfg` into out_dir (paper notes 5); `stop_after` ends early as an interruption
     would: after the meta-update that reaches that many episodes.
 
     init_state: a meta-learner state_dict to start from instead of the seeded
@@ -475,7 +475,7 @@ def train(cfg: Config, out_dir: str | Path, device: str = "cpu", resume: bool = 
     return TrainResult(out, state.episode, state.best_val_acc, state.best_episode, state.history)
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
-        description="Meta-train the Meta-Learner LSTM (SPEC 5). Under torchrun, every process "
+        description="Meta-train the Meta-Learner LSTM (paper notes 5). Under torchrun, every process "
                     "trains on its own episodes and the meta-gradients are all-reduced.")
     ap.add_argument("--config", required=True, help=f"one of: {', '.join(CONFIGS)}")
     ap.add_argument("--out", help="run folder (default runs/CONFIG)")
@@ -485,7 +485,7 @@ def main(argv: list[str] | None = None) -> int:
                     "paper's; the ladder: paper notes 11)")
     ap.add_argument("--episodes", type=positive_int, help="override the number of training episodes")
     ap.add_argument("--lr", type=non_negative_float,
-                    help="override Adam's learning rate (SPEC 5: 1e-3; 0 freezes the meta-learner)")
+                    help="override Adam's learning rate (paper notes 5: 1e-3; 0 freezes the meta-learner)")
     ap.add_argument("--init-from", metavar="CHECKPOINT",
                     help="start from this trained meta-learner (c_0 and the LSTM) instead of a fresh one")
     ap.add_argument("--meta-batch", type=positive_int, help="episodes per meta-update and process (default 1)")

@@ -78,7 +78,7 @@ def test_every_method_gives_deterministic_scores_of_shape_nq_by_n(pre, matching,
 
 
 def test_a_query_prediction_does_not_depend_on_the_other_queries(pre, matching, episodes):
-    """SPEC 7: support batch statistics fill the running averages; queries use them."""
+    """Paper notes 7: support batch statistics fill the running averages; queries use them."""
     ep = episodes[0]
     alone = Episode(ep.support_x, ep.support_y, ep.query_x[4:6], ep.query_y[4:6], ep.classes)
     for method in all_methods(pre, matching):

@@ -1,4 +1,4 @@
-"""EpisodeSampler (SPEC 1): reproducible, random-access N-way K-shot episodes."""
+"""EpisodeSampler (paper notes 1): reproducible, random-access N-way K-shot episodes."""
 import collections
 
 import pytest

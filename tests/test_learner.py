@@ -1,4 +1,4 @@
-"""The learner as a pure function f(x; theta) of one flat parameter vector (SPEC 2, 7); the
+"""The learner as a pure function f(x; theta) of one flat parameter vector (paper notes 2, 7); the
 tests against PyTorch's layers and of batch norm run over both paths (conftest.py's `path`)."""
 import pytest
 import torch
@@ -9,7 +9,7 @@ from metalstm.learner import BNStats, Learner
 
 
 def reference_net(n_way, in_channels, n_features, eps=1e-3, momentum=0.95):
-    """SPEC 2's network built from PyTorch layers, independently of metalstm."""
+    """Paper notes 2's network built from PyTorch layers, independently of metalstm."""
     layers, c = [], in_channels
     for _ in range(4):
         layers += [nn.Conv2d(c, 32, 3, padding=1), nn.BatchNorm2d(32, eps=eps, momentum=momentum),

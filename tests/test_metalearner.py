@@ -1,4 +1,4 @@
-"""The coordinate-wise meta-learner, SGD as a cell, the inner loop and episodes (SPEC 3-7); the
+"""The coordinate-wise meta-learner, SGD as a cell, the inner loop and episodes (paper notes 3-7); the
 tests that take a learner run over both paths (conftest.py's `path`)."""
 import pytest
 import torch
@@ -56,7 +56,7 @@ def test_meta_learner_errors_are_clear(learner):
 
 
 def reference_step(meta, loss, grad, theta, h, c, f_prev, i_prev):
-    """SPEC 4 by other means: nn.LSTMCell for layer 1, a loop over coordinates for layer 2."""
+    """Paper notes 4 by other means: nn.LSTMCell for layer 1, a loop over coordinates for layer 2."""
     cell = nn.LSTMCell(4, meta.hidden)
     with torch.no_grad():
         cell.weight_ih.copy_(meta.lstm_weight[:, :4])

@@ -1,4 +1,4 @@
-"""Notebook 05 (meta-training, SPEC 5) agrees with metalstm.train, and its exercise solutions work.
+"""Notebook 05 (meta-training, paper notes 5) agrees with metalstm.train, and its exercise solutions work.
 
 The notebook's cells marked '# package: ...' (`meta_train_step`, `meta_validate`)
 are taken from the .ipynb, run here, and compared with `metalstm.train.train` and

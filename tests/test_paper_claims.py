@@ -1,5 +1,5 @@
 """The paper's claims about the Meta-Learner LSTM, each as a test that a wrong
-implementation fails (Ravi & Larochelle 2017; SPEC 2-7). The tests that take a learner run over
+implementation fails (Ravi & Larochelle 2017; paper notes 2-7). The tests that take a learner run over
 both paths (conftest.py's `path`: the fused step and channels-last pooling, and the reference)."""
 import math
 
@@ -35,7 +35,7 @@ def flat(module):
     return torch.nn.utils.parameters_to_vector(module.parameters()).detach()
 
 
-# -- SPEC 3: gradient descent is an LSTM cell update ----------------------------------------------
+# -- paper notes 3: gradient descent is an LSTM cell update ----------------------------------------------
 @pytest.mark.parametrize("rule_kind", ["SGDCell", "MetaLearner with f=1, i=lr"])
 def test_cell_update_with_forget_one_and_input_lr_is_torch_sgd_step_by_step(episodes, learner, rule_kind):
     ep, lr, steps = episodes[0], 0.1, 5
@@ -70,7 +70,7 @@ def test_cell_update_with_forget_one_and_input_lr_is_torch_sgd_step_by_step(epis
     torch.testing.assert_close(theta_T.detach(), flat(net), rtol=1e-5, atol=1e-6)
 
 
-# -- SPEC 6: the meta-learner starts as gradient descent with a small learning rate ----------------
+# -- paper notes 6: the meta-learner starts as gradient descent with a small learning rate ----------------
 def test_at_initialisation_forget_gate_is_near_one_and_input_gate_near_0_01(episodes, learner):
     rule = meta_learner(learner)
     for ep in episodes.take(2):
@@ -82,7 +82,7 @@ def test_at_initialisation_forget_gate_is_near_one_and_input_gate_near_0_01(epis
             assert g.i.min() >= 0.006 and g.i.max() <= 0.02
 
 
-# -- SPEC 5: the meta-gradient, first order ----------------------------------------------------------
+# -- paper notes 5: the meta-gradient, first order ----------------------------------------------------------
 def test_meta_gradient_reaches_c0_and_both_lstm_layers(episodes, learner):
     rule = meta_learner(learner)
     result = run_episode(learner, rule, episodes[1], steps=3, batch_size=25, mode="train")
@@ -111,7 +111,7 @@ def test_meta_learner_is_fed_detached_loss_and_gradient(episodes, learner, monke
 
 
 def second_order_loss_and_grad(learner, x, y, theta, bn="batch", stats=None):
-    """What SPEC 5 rules out: a gradient that stays in the graph (second derivatives)."""
+    """What paper notes 5 rules out: a gradient that stays in the graph (second derivatives)."""
     loss = F.cross_entropy(learner(x, theta, bn, stats), y)
     (grad,) = torch.autograd.grad(loss, theta, create_graph=True)
     return loss, grad
@@ -139,7 +139,7 @@ def test_meta_gradient_ignores_second_derivatives(episodes, learner, monkeypatch
     assert (d_c0_second - d_c0).norm() > 1e-3 * d_c0.norm()
 
 
-# -- SPEC 4: parameter sharing ------------------------------------------------------------------------
+# -- paper notes 4: parameter sharing ------------------------------------------------------------------------
 def test_meta_learner_size_does_not_depend_on_the_learner():
     sizes = set()
     for learner in (Learner(5, 1, 28), Learner(20, 1, 28), Learner(5, 3, 84)):
@@ -152,7 +152,7 @@ def test_meta_learner_size_does_not_depend_on_the_learner():
     assert sum(p.numel() for p in rule.rule_parameters()) == 4 * h * (4 + h) + 4 * h + 2 * (h + 2) + 2
 
 
-# -- SPEC 2 -------------------------------------------------------------------------------------------
+# -- paper notes 2 -------------------------------------------------------------------------------------------
 def test_learner_has_32901_parameters_on_mini_imagenet_and_works_on_28x28():
     assert Learner(n_way=5, in_channels=3, image_size=84).n_params == 32_901
     small = Learner(n_way=5, in_channels=1, image_size=28)
@@ -161,7 +161,7 @@ def test_learner_has_32901_parameters_on_mini_imagenet_and_works_on_28x28():
     assert logits.shape == (4, 5)
 
 
-# -- SPEC 7: batch norm inside episodes ---------------------------------------------------------------
+# -- paper notes 7: batch norm inside episodes ---------------------------------------------------------------
 def with_query(ep, query_x):
     return Episode(ep.support_x, ep.support_y, query_x, ep.query_y, ep.classes)
 

@@ -215,7 +215,6 @@ def test_nothing_points_outside_the_repository(texts):
     assert not bad, "files outside the repository are mentioned:\n" + "\n".join(bad)
 
 
-@pytest.mark.xfail(strict=True, reason="rename pending")
 def test_no_reference_in_the_old_form_is_left(texts):
     bad = [f"{where}: ...{ctx}..." for where, text in texts for ctx in old_references(text)]
     assert not bad, (f"{len(bad)} references in the old form; write 'paper notes N' (docs/paper.md):\n"

@@ -1,4 +1,4 @@
-"""Log/sign preprocessing of gradients and losses (SPEC 4)."""
+"""Log/sign preprocessing of gradients and losses (paper notes 4)."""
 import math
 
 import pytest
@@ -8,7 +8,7 @@ from metalstm.preprocess import preprocess
 
 
 def formula(x: float, p: float = 10.0) -> tuple[float, float]:
-    """SPEC 4, written out per value in double precision."""
+    """Paper notes 4, written out per value in double precision."""
     if abs(x) >= math.exp(-p):
         return math.log(abs(x)) / p, math.copysign(1.0, x)
     return -1.0, math.exp(p) * x

@@ -1,4 +1,4 @@
-"""The methods the Meta-Learner LSTM is compared with, on the same learner network (SPEC 8, 9).
+"""The methods the Meta-Learner LSTM is compared with, on the same learner network (paper notes 8, 9).
 
 | method | module | what it learns from meta-train | what it does on an episode |
 |---|---|---|---|

@@ -3,7 +3,7 @@
 A few-shot method is any object with a `name` and `predict(episode)` returning
 scores [N*Q, N] for the episode's queries (logits, log-probabilities or
 similarities: only the argmax matters). Every method is run on the SAME
-episodes (SPEC 5: 600 meta-test episodes, mean accuracy +- 1.96 std / sqrt(n)).
+episodes (paper notes 5: 600 meta-test episodes, mean accuracy +- 1.96 std / sqrt(n)).
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from metalstm.episodes import Episode
-from metalstm.stats import mean_ci95 as confidence_interval  # one 95% interval for all (SPEC 5)
+from metalstm.stats import mean_ci95 as confidence_interval  # one 95% interval for all (paper notes 5)
 
 
 def cache_candidates(path: str | Path, settings: dict) -> tuple[Path, Path]:
@@ -123,7 +123,7 @@ def grid_search(make_method: Callable[..., FewShotMethod], grid: Iterable[tuple]
 
     Returns (best point, {point: mean accuracy}). Ties go to the point listed
     first, so list the cheaper settings first. Choose on meta-VALIDATION
-    episodes only (SPEC 1, 9).
+    episodes only (paper notes 1, 9).
     """
     grid = list(grid)
     if not grid:

@@ -1,4 +1,4 @@
-"""Fine-tune baseline (SPEC 9): pre-trained conv stack, a new N-way head, a few
+"""Fine-tune baseline (paper notes 9): pre-trained conv stack, a new N-way head, a few
 steps of SGD or Adam on the episode's support set.
 
 Steps and learning rate are chosen on meta-VALIDATION episodes by a small grid
@@ -54,7 +54,7 @@ def tune_finetune(pre: Pretrained, val_episodes: Sequence[Episode],
                   steps_grid: Sequence[int] = (5, 10, 20, 40),
                   lr_grid: Sequence[float] = (1e-3, 1e-2, 1e-1),
                   optimizer: str = "sgd", progress: bool = True, **kwargs) -> tuple[tuple[int, float], dict]:
-    """Grid search of (steps, lr) on meta-validation episodes (SPEC 9).
+    """Grid search of (steps, lr) on meta-validation episodes (paper notes 9).
 
     Returns ((best steps, best lr), {(steps, lr): mean accuracy}). Ties go to
     fewer steps, then to the smaller learning rate. One run of max(steps_grid)

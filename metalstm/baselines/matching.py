@@ -1,6 +1,6 @@
-"""Matching Networks (Vinyals et al. 2016) on the learner's conv stack (SPEC 9).
+"""Matching Networks (Vinyals et al. 2016) on the learner's conv stack (paper notes 9).
 
-An embedding f (the learner's features, SPEC 2) is trained episodically, like
+An embedding f (the learner's features, paper notes 2) is trained episodically, like
 the meta-learner: a query x^ is classified by attention over the support set,
 
     a(x^, x_j) = softmax_j( s * cos(f(x^), f(x_j)) )
@@ -10,10 +10,10 @@ and the loss is the query set's negative log-likelihood. Cosine similarities
 lie in [-1, 1] (in [0, 1] here: the features come after a ReLU), so a softmax
 over them is almost flat; a temperature s (learned, starting at 10) lets the
 attention sharpen. Full context embeddings (FCE: LSTMs that read the whole
-support set) are NOT implemented: the paper's table (SPEC 8) lists both, and
+support set) are NOT implemented: the paper's table (paper notes 8) lists both, and
 FCE changes 1-shot accuracy little.
 
-Batch norm follows SPEC 7. Training: batch statistics everywhere (one pass
+Batch norm follows paper notes 7. Training: batch statistics everywhere (one pass
 for the support set, one for the queries). Testing: the support set's batch
 statistics also normalise the queries, so a query's prediction depends only on
 its own image and the support set (`embed_episode`). (Training with the
@@ -67,7 +67,7 @@ class MatchingNetwork:
     def log_probs(self, episode: Episode, theta: Tensor | None = None,
                   log_scale: Tensor | float | None = None, mode: str = "test") -> Tensor:
         """log P(y = c | query, S) [N*Q, N]; mode="train": batch statistics for the
-        support and the query pass alike, "test": the support's for both (SPEC 7)."""
+        support and the query pass alike, "test": the support's for both (paper notes 7)."""
         theta = self.theta if theta is None else theta
         log_scale = self.log_scale if log_scale is None else log_scale
         if mode == "test":
@@ -105,7 +105,7 @@ def train_matching(sampler: EpisodeSampler, learner: Learner, episodes: int = 20
     Stops early after `max_seconds` of wall time if given (the number of
     episodes done is returned). With `val_episodes`, the embedding is scored
     every `val_every` episodes and at the end, and the best one is kept.
-    Batch norm: SPEC 7's meta-training protocol (batch statistics in the
+    Batch norm: paper notes 7's meta-training protocol (batch statistics in the
     support pass and in the query pass); validation uses the test protocol.
     Deterministic given `seed` and the number of episodes done.
     """

@@ -1,4 +1,4 @@
-"""Nearest-neighbour baseline (SPEC 9): the pre-trained network as an embedding.
+"""Nearest-neighbour baseline (paper notes 9): the pre-trained network as an embedding.
 
 Each query gets the label of its most similar support image, by cosine
 similarity of the learner's features (the flattened conv output, before the
@@ -18,7 +18,7 @@ from metalstm.learner import Learner
 
 
 def embed_episode(learner: Learner, theta: Tensor, episode: Episode) -> tuple[Tensor, Tensor]:
-    """(support features [N*K, d], query features [N*Q, d]), batch norm as in SPEC 7:
+    """(support features [N*K, d], query features [N*Q, d]), batch norm as in paper notes 7:
     the support set is embedded with its batch statistics, which also fill a
     fresh BNStats; the queries are embedded with those, so a query's features
     depend only on its own image and the support set. There are no update
@@ -46,7 +46,7 @@ def nearest_neighbour_scores(query: Tensor, support: Tensor, support_y: Tensor, 
 
 
 class NearestNeighbour:
-    """Pre-trained features + 1-nearest-neighbour by cosine (SPEC 9). Uses only theta's conv
+    """Pre-trained features + 1-nearest-neighbour by cosine (paper notes 9). Uses only theta's conv
     part, so the pre-training learner (any number of classes) can be passed as is."""
 
     def __init__(self, learner: Learner, theta: Tensor, name: str = "Nearest neighbour") -> None:

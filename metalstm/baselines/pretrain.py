@@ -1,6 +1,6 @@
-"""Pre-training for the fine-tune and nearest-neighbour baselines (SPEC 9).
+"""Pre-training for the fine-tune and nearest-neighbour baselines (paper notes 9).
 
-The learner network (SPEC 2) is trained as an ordinary classifier over ALL
+The learner network (paper notes 2) is trained as an ordinary classifier over ALL
 meta-train classes at once: Learner(n_way=num_train_classes), cross-entropy,
 Adam, mini-batches with batch statistics. Its conv stack then serves as the
 starting point of fine-tuning and as the nearest-neighbour embedding.
@@ -38,7 +38,7 @@ class Pretrained:
 def pretrain(dataset: ImageSet, epochs: int = 10, batch_size: int = 64, lr: float = 3e-3,
              seed: int = 0, bn_eps: float = 1e-3, bn_momentum: float = 0.95,
              progress: bool = True) -> Pretrained:
-    """Train Learner(n_way=dataset.num_classes) on every image of `dataset` (SPEC 9).
+    """Train Learner(n_way=dataset.num_classes) on every image of `dataset` (paper notes 9).
 
     Deterministic given `seed` (the init and the order of the mini-batches).
     """

@@ -1,6 +1,6 @@
 """Hand-designed optimisers on the support set: SGD and Adam from a given theta_0.
 
-Plain SGD is the LSTM cell with f_t = 1, i_t = lr, c~_t = -grad_t (SPEC 3,
+Plain SGD is the LSTM cell with f_t = 1, i_t = lr, c~_t = -grad_t (paper notes 3,
 `SGDCell`). Adam fits the same cell shape with a smoothed candidate and a
 per-coordinate input gate:
 
@@ -10,7 +10,7 @@ per-coordinate input gate:
 
 so both run through `run_episode(mode="test")` exactly like the meta-learner:
 T steps on support mini-batches with batch statistics that accumulate fresh
-running averages, then a query pass that uses them (SPEC 7). What differs
+running averages, then a query pass that uses them (paper notes 7). What differs
 between the baselines built here is only theta_0:
 - a random init (`random_init`): how far a hand-designed optimiser gets in T steps;
 - the meta-learner's learned c_0 (`learned_init`): what the learned update
@@ -62,7 +62,7 @@ RULES = {"sgd": SGDCell, "adam": AdamCell}
 class SupportFit:
     """A few-shot method: `steps` updates of SGD or Adam from theta0 on the support
     set (whole support set per step unless batch_size is given), then classify
-    the queries (SPEC 7 batch-norm protocol). Deterministic: the mini-batch order
+    the queries (paper notes 7 batch-norm protocol). Deterministic: the mini-batch order
     comes from a generator seeded with `seed` at every call."""
 
     def __init__(self, learner: Learner, theta0: Tensor, steps: int, lr: float, optimizer: str = "sgd",

@@ -42,7 +42,7 @@ SGD_LRS = (1e-2, 3e-2, 1e-1, 3e-1, 1.0)
 
 def pretrained_for(cfg: Config, train_data, cache: str | Path | None = None, epochs: int = 10,
                    progress: bool = True, train: bool = True):
-    """The classifier pre-trained on all meta-train classes (SPEC 9) for `cfg`, from
+    """The classifier pre-trained on all meta-train classes (paper notes 9) for `cfg`, from
     cache/pretrained-DATASET-SIZE.pt when it holds one made with these settings."""
     path = Path(cache) / f"pretrained-{cfg.dataset}-{cfg.image_size}.pt" if cache else None
     return load_or_pretrain(path, train_data, progress=progress, train=train, epochs=epochs,
@@ -151,7 +151,7 @@ def build_baselines(cfg: Config, methods=METHODS, c0: torch.Tensor | None = None
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description="Measure the baselines (SPEC 9) on meta-test episodes.")
+    ap = argparse.ArgumentParser(description="Measure the baselines (paper notes 9) on meta-test episodes.")
     ap.add_argument("--shot", type=int, choices=(1, 5), default=5, help="picks glyphs-1shot / glyphs-5shot")
     ap.add_argument("--config", help="a named configuration instead (metalstm.config)")
     ap.add_argument("--episodes", type=positive_int, help="meta-test episodes (default: the config's, 600)")

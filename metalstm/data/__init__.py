@@ -2,7 +2,7 @@
 
 `load_dataset(name, split)` is the one entry point the rest of the package
 uses; each name maps to a loader that returns an `ImageSet` of one meta-split
-("train", "val" or "test", classes disjoint across splits, SPEC 1).
+("train", "val" or "test", classes disjoint across splits, paper notes 1).
 """
 from __future__ import annotations
 

@@ -3,7 +3,7 @@
 A meta-split (meta-train, meta-val or meta-test) is an `ImageSet`: all its
 images as one uint8 tensor ``[n, C, H, W]`` plus an integer class index per
 image. Keeping everything in one tensor makes episode sampling a couple of
-index operations (SPEC 1), whatever the source of the images was.
+index operations (paper notes 1), whatever the source of the images was.
 """
 from __future__ import annotations
 

@@ -4,7 +4,7 @@ A class is one Unicode character, an "alphabet" its script or Unicode block,
 and each class has 20 images of 28x28 gray pixels (ink high, background 0):
 the 12 DejaVu styles matplotlib ships plus 8 repeats, each with its own seeded
 jitter. Meta-train / meta-val / meta-test are split by alphabet, with a fixed
-list of alphabets per split (SPEC 1: disjoint classes), like Omniglot's
+list of alphabets per split (paper notes 1: disjoint classes), like Omniglot's
 background / evaluation alphabets.
 
 The rendered arrays are shipped in data/ (`glyphs-v1.npz` + a JSON manifest

@@ -1,4 +1,4 @@
-"""Mini-ImageNet in Ravi & Larochelle's split-CSV format (SPEC 1).
+"""Mini-ImageNet in Ravi & Larochelle's split-CSV format (paper notes 1).
 
 Layout (what the authors' split files and most copies of the data set use):
 

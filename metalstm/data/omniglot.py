@@ -1,4 +1,4 @@
-"""Omniglot (Lake et al. 2015) as meta-splits of handwritten characters (SPEC 1).
+"""Omniglot (Lake et al. 2015) as meta-splits of handwritten characters (paper notes 1).
 
 1,623 characters from 50 alphabets, 20 drawings each, read through
 `torchvision.datasets.Omniglot` with downloading off (no data set is ever

@@ -90,7 +90,7 @@ class Shape:
 
 
 def shapes(sizes: list[int], shots: list[int]) -> list[Shape]:
-    """SPEC 5's settings: T=8 B=25 for 5-shot, T=12 B=5 for 1-shot."""
+    """Paper notes 5's settings: T=8 B=25 for 5-shot, T=12 B=5 for 1-shot."""
     setting = {5: (8, 25), 1: (12, 5)}
     return [Shape(size, 1 if size == 28 else 3, k, *setting[k]) for size in sizes for k in shots]
 

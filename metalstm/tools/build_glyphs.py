@@ -227,7 +227,7 @@ def pixel_nn_accuracy(dataset: ImageSet, n_way: int = 5, k_shot: int = 1, episod
     """Nearest neighbour on raw pixels over `episodes` episodes: (mean accuracy, 95% half-width).
 
     A query gets the label of its nearest support image (Euclidean distance, or
-    cosine similarity); the interval is 1.96 * std / sqrt(episodes) (SPEC 5).
+    cosine similarity); the interval is 1.96 * std / sqrt(episodes) (paper notes 5).
     """
     if metric not in ("euclidean", "cosine"):
         raise ValueError(f"metric must be 'euclidean' or 'cosine', got {metric!r}")

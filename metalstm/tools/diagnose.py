@@ -7,18 +7,18 @@
 Each row is a mean accuracy with its 95% interval over the same `--episodes`
 episodes of one split (default 100; the meta-validation ones are those the
 training chose its checkpoint on), with the meta-test batch-norm protocol
-(SPEC 7) unless the row says otherwise:
+(paper notes 7) unless the row says otherwise:
 
   generalisation  the checkpoint on meta-train classes (episodes the training never
                   drew), on meta-val and on meta-test classes
   batch norm      meta-val with the query pass normalised by its own batch statistics
-                  (SPEC 7's meta-training protocol) instead of the support's running averages
-  features        nearest neighbour on the pre-trained network (SPEC 9); the untrained
-                  update rule (SPEC 6: about SGD with a small step) from c_0 = the
+                  (paper notes 7's meta-training protocol) instead of the support's running averages
+  features        nearest neighbour on the pre-trained network (paper notes 9); the untrained
+                  update rule (paper notes 6: about SGD with a small step) from c_0 = the
                   pre-trained conv stack with a zero head
   --train-episodes E (minutes each): the checkpoint meta-trained E more episodes at
                   Adam lr x `--lr-factor` (0.1); and E episodes from the pre-trained c_0 at
-                  Adam lr x `--pretrained-lr-factor` (1: SPEC 5's 1e-3)
+                  Adam lr x `--pretrained-lr-factor` (1: paper notes 5's 1e-3)
 """
 from __future__ import annotations
 
@@ -81,7 +81,7 @@ def c0_from_pretrained(pre: Pretrained, n_way: int) -> torch.Tensor:
 
 
 def rule_with_c0(cfg: Config, c0: torch.Tensor):
-    """(learner, a fresh meta-learner of cfg with its SPEC 6 initialisation but c_0 = c0)."""
+    """(learner, a fresh meta-learner of cfg with its paper notes 6 initialisation but c_0 = c0)."""
     learner, meta = build_model(cfg)
     with torch.no_grad():
         meta.c0.copy_(c0)
@@ -125,7 +125,7 @@ def diagnose(checkpoint: str | Path, episodes: int = 100, cache: str | Path | No
                        [accuracy(nn, samplers["val"][i]) for i in split_episodes(cfg, "val", episodes)]))
     c0 = c0_from_pretrained(pre, cfg.n_way)
     _, fresh = rule_with_c0(cfg, c0)
-    rows.append(rule_row("features", "untrained rule (SPEC 6 init) from the pre-trained c_0", "val", fresh))
+    rows.append(rule_row("features", "untrained rule (paper notes 6 init) from the pre-trained c_0", "val", fresh))
 
     if train_episodes > 0:
         folder = Path(out) if out else Path(tempfile.mkdtemp(prefix="metalstm-diagnose-"))
@@ -165,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="also run two short meta-trainings of this many episodes (minutes)")
     ap.add_argument("--lr-factor", type=non_negative_float, default=0.1, help="Adam lr factor of the continued run")
     ap.add_argument("--pretrained-lr-factor", type=non_negative_float, default=1.0,
-                    help="Adam lr factor of the run from the pre-trained c_0 (default 1: SPEC 5's lr)")
+                    help="Adam lr factor of the run from the pre-trained c_0 (default 1: paper notes 5's lr)")
     ap.add_argument("--out", help="folder for the short runs (default: a temporary folder)")
     ap.add_argument("--threads", type=positive_int)
     ap.add_argument("--json", help="also write the rows as JSON here")

@@ -1,4 +1,4 @@
-"""Gate visualisation (SPEC 10): recording, plots, and the inner-loop explorer.
+"""Gate visualisation (paper notes 10): recording, plots, and the inner-loop explorer.
 
     record = record_gates(learner, metalearner, sampler_for(cfg, "val"), cfg, episodes=20)
     plot_gates(record_1shot, record_5shot)        # the paper's Figure 2

@@ -1,4 +1,4 @@
-"""Pictures of a `GateRecord`: the paper's Figure 2 and the query accuracy after each step (SPEC 10).
+"""Pictures of a `GateRecord`: the paper's Figure 2 and the query accuracy after each step (paper notes 10).
 
     plot_gates(r1, r5)                  one panel per layer, two rows (1 - f_t, i_t) per record:
                                         a fixed coordinate per layer, one line per episode, over the

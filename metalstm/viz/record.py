@@ -1,7 +1,7 @@
-"""Recording the meta-learner's gates and the learner's progress, step by step (SPEC 10).
+"""Recording the meta-learner's gates and the learner's progress, step by step (paper notes 10).
 
 `trace_episode` is the meta-test protocol of `run_episode(mode="test")`
-(SPEC 5, 7) unrolled one update at a time: after every step t it keeps
+(paper notes 5, 7) unrolled one update at a time: after every step t it keeps
 f_t and i_t for every coordinate of theta and evaluates theta_t on the query
 set, so one episode gives T gate vectors and T+1 query accuracies:
 
@@ -9,7 +9,7 @@ set, so one episode gives T gate vectors and T+1 query accuracies:
     t = 1..T: theta_t = f_t * theta_{t-1} + i_t * (-grad_t)
 
 The query pass normalises with the running averages of the support passes so
-far (SPEC 7). At t = 0 no support pass has happened yet, so theta_0 uses the
+far (paper notes 7). At t = 0 no support pass has happened yet, so theta_0 uses the
 averages of the first support pass (the forward pass of step 1, made at
 theta_0); from t = 1 on, theta_t uses those after t passes - at t = T exactly
 what `run_episode(mode="test")` uses, so the last accuracy is its query_acc.
@@ -48,7 +48,7 @@ class EpisodeTrace:
     forget, input   [T, P]         f_t, i_t of steps t = 1..T
     theta           [T+1, P]       theta_0 = c_0, theta_1, ..., theta_T
     grad            [T, P]         grad_t, the gradient fed to the rule at step t (at theta_{t-1})
-    query_logits    [T+1, Q, N]    the query pass at theta_t (running averages, SPEC 7)
+    query_logits    [T+1, Q, N]    the query pass at theta_t (running averages, paper notes 7)
     query_acc       [T+1]          its accuracy; query_acc[T] = run_episode(mode="test").query_acc
     query_loss      [T+1]
     support_loss    [T]            L_t, the loss fed to the meta-learner at step t
@@ -114,7 +114,7 @@ def trace_episode(learner: Learner, rule, episode, steps: int, batch_size: int,
 
 @dataclass
 class GateRecord:
-    """Gates and progress of a meta-learner on E episodes of T steps (SPEC 10).
+    """Gates and progress of a meta-learner on E episodes of T steps (paper notes 10).
 
     forget, input   [E, T, P]   f_t, i_t of every coordinate
     query_acc       [E, T+1]    query accuracy of theta_0 ... theta_T
@@ -184,7 +184,7 @@ def pick_coordinates(slices: dict[str, slice], layers=LAYERS, seed: int = 0) -> 
 def record_gates(learner: Learner, metalearner, sampler, cfg, episodes: int | range | list = 20,
                  device: str | torch.device = "cpu", progress: bool = True) -> GateRecord:
     """Run the trained meta-learner (meta-test protocol) on meta-validation episodes and keep
-    f_t, i_t of every coordinate and the query accuracy after every step (SPEC 10).
+    f_t, i_t of every coordinate and the query accuracy after every step (paper notes 10).
 
     sampler: e.g. `metalstm.episodes.sampler_for(cfg, "val")`; episodes: the first n, or indices.
     Episode i's mini-batches come from `episode_generator(sampler.seed, i)`, as in
@@ -211,7 +211,7 @@ def record_gates(learner: Learner, metalearner, sampler, cfg, episodes: int | ra
 
 
 def gate_summary(record: GateRecord, layers=LAYERS) -> list[dict]:
-    """Per layer, numbers to read Figure 2 by (SPEC 10). One dict per layer with
+    """Per layer, numbers to read Figure 2 by (paper notes 10). One dict per layer with
 
     forget_mean, input_mean      mean over coordinates, steps and episodes
     forget_p10/p90, input_p10/p90  10% and 90% quantiles over the same values

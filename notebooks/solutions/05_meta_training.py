@@ -31,7 +31,7 @@ def best_from_log(path: str | Path) -> tuple[int, float]:
 
 # Exercise 2 -------------------------------------------------------------------
 def meta_train_step_batch(learner, meta, opt, episodes, generators, cfg) -> float:
-    """One meta-update on several episodes (SPEC 5 with meta_batch = len(episodes)): the mean query loss.
+    """One meta-update on several episodes (paper notes 5 with meta_batch = len(episodes)): the mean query loss.
 
     The meta-gradient is the gradient of the MEAN query loss, accumulated one
     episode at a time (each episode's graph is freed after its backward), then
@@ -50,7 +50,7 @@ def meta_train_step_batch(learner, meta, opt, episodes, generators, cfg) -> floa
 
 # Exercise 3 -------------------------------------------------------------------
 def train_c0_only(cfg, episodes: int):
-    """Meta-train only c_0 for `episodes` meta-updates; the LSTM keeps its initialisation (SPEC 6).
+    """Meta-train only c_0 for `episodes` meta-updates; the LSTM keeps its initialisation (paper notes 6).
 
     The update rule stays what it is at the start: gradient descent with forget
     gates near 1 and input gates near 0.01. Only c_0 is given to Adam, and only
