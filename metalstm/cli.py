@@ -16,8 +16,10 @@ prints as "error: ..." and turns into exit code 2.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
+import sys
 from pathlib import Path
 
 import torch
@@ -104,6 +106,22 @@ def check_output_file(path: str | os.PathLike | None, flag: str = "--json") -> N
         raise ValueError(f"{flag} {path}: {parent} is a file, so nothing can be written under it")
     if not os.access(parent, os.W_OK):
         raise ValueError(f"{flag} {path}: the folder {parent} is not writable")
+
+
+def write_json(path: str | os.PathLike | None, data: dict, printed: str = "the table above",
+               indent: int = 2) -> int:
+    """Write `data` as JSON to `path` after the results were printed: 0, or one error line and 2
+    (what was printed stays complete; nothing is raised). No path: nothing to do, 0."""
+    if path is None:
+        return 0
+    try:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps(data, indent=indent))
+    except OSError as exc:
+        print(f"error: could not write --json {path} ({exc.strerror or exc}); {printed} is complete",
+              file=sys.stderr)
+        return 2
+    return 0
 
 
 def check_folder(path: str | os.PathLike | None, flag: str) -> None:

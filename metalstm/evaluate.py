@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 from metalstm.baselines.common import Evaluation
 from metalstm.baselines.suite import METHODS, NAMES, build_baselines
 from metalstm.checkpoint import CheckpointError, refuse_other_kinds
-from metalstm.cli import check_device, check_folder, check_output_file, positive_int, set_threads
+from metalstm.cli import check_device, check_folder, check_output_file, positive_int, set_threads, write_json
 from metalstm.config import Config, get_config
 from metalstm.data import load_dataset
 from metalstm.episodes import Episode, EpisodeSampler, check_request, episode_generator, sampler_for
@@ -270,15 +270,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print("\n".join(f"- {name}: {note}" for name, note in notes.items()))
     print("\n(n.s.: the paired 95% interval includes 0)")
-    if args.json:
-        try:
-            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-            Path(args.json).write_text(json.dumps(report_json, indent=1))
-        except OSError as exc:
-            print(f"error: could not write --json {args.json} ({exc.strerror or exc}); "
-                  f"the tables above are complete", file=sys.stderr)
-            return 2
-    return 0
+    return write_json(args.json, report_json, "the tables above", indent=1)
 
 
 if __name__ == "__main__":

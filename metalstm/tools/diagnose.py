@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import sys
 import tempfile
 import time
@@ -39,7 +38,8 @@ from metalstm.baselines.nearest import NearestNeighbour
 from metalstm.baselines.pretrain import Pretrained
 from metalstm.baselines.suite import pretrained_for
 from metalstm.checkpoint import CheckpointError, load_checkpoint, refuse_other_kinds
-from metalstm.cli import check_folder, check_output_file, non_negative_float, non_negative_int, positive_int, set_threads
+from metalstm.cli import (check_folder, check_output_file, non_negative_float, non_negative_int, positive_int,
+                          set_threads, write_json)
 from metalstm.config import Config
 from metalstm.rules import build_model, load_trained
 from metalstm.evaluate import evaluate_rule
@@ -188,17 +188,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"**{args.checkpoint}: {args.episodes} episodes per row, {seconds:.0f} s, "
           f"{torch.get_num_threads()} thread(s)**\n")
     print(table(rows))
-    if args.json:
-        try:
-            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-            Path(args.json).write_text(json.dumps(
-                {"checkpoint": str(args.checkpoint), "episodes": args.episodes, "seconds": seconds,
-                 "rows": [dataclasses.asdict(r) for r in rows]}, indent=2))
-        except OSError as exc:
-            print(f"error: could not write --json {args.json} ({exc.strerror or exc}); "
-                  f"the table above is complete", file=sys.stderr)
-            return 2
-    return 0
+    return write_json(args.json, {"checkpoint": str(args.checkpoint), "episodes": args.episodes,
+                                  "seconds": seconds, "rows": [dataclasses.asdict(r) for r in rows]})
 
 
 if __name__ == "__main__":
