@@ -254,13 +254,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     status = _convert(args.source, args.write) if convert else 0
     if args.nn_baseline:
-        from metalstm.tools.build_glyphs import pixel_nn_accuracy
-        data = digits.load_digits("test")
-        mean, half = pixel_nn_accuracy(data, args.way, args.shot, args.episodes, args.seed,
-                                       metric=args.metric, progress=True)
-        print(f"pixel nearest neighbour ({args.metric}), {data.name}, {args.way}-way "
-              f"{args.shot}-shot, 15 queries, {args.episodes} episodes, seed {args.seed}: "
-              f"{100 * mean:.2f} +- {100 * half:.2f} %")
+        from metalstm.tools.build_glyphs import pixel_nn_report
+        if pixel_nn_report(lambda: digits.load_digits("test"), args) != 0:
+            return 2
     if args.sample_grid:
         print(f"wrote {sample_grid(args.sample_grid)}")
     return status

@@ -318,6 +318,22 @@ def _render(write_files: bool) -> int:
     return 1
 
 
+def pixel_nn_report(load, args) -> int:
+    """Print the pixel nearest-neighbour line for the data set `load()` gives (the --nn-baseline of
+    this command and of build_digits): 0, or one error line and 2 (e.g. --way 500)."""
+    try:
+        data = load()
+        mean, half = pixel_nn_accuracy(data, args.way, args.shot, args.episodes, args.seed,
+                                       metric=args.metric, progress=True)
+    except (ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"pixel nearest neighbour ({args.metric}), {data.name}, {args.way}-way "
+          f"{args.shot}-shot, 15 queries, {args.episodes} episodes, seed {args.seed}: "
+          f"{100 * mean:.2f} +- {100 * half:.2f} %")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m metalstm.tools.build_glyphs", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -346,17 +362,8 @@ def main(argv: list[str] | None = None) -> int:
         status = _render(args.write)
     if args.stats:
         _stats()
-    if args.nn_baseline:
-        try:
-            data = load_glyphs(args.split)
-            mean, half = pixel_nn_accuracy(data, args.way, args.shot, args.episodes, args.seed,
-                                           metric=args.metric, progress=True)
-        except (ValueError, OSError) as exc:      # e.g. --way 500: more classes than the split has
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
-        print(f"pixel nearest neighbour ({args.metric}), {data.name}, {args.way}-way "
-              f"{args.shot}-shot, 15 queries, {args.episodes} episodes, seed {args.seed}: "
-              f"{100 * mean:.2f} +- {100 * half:.2f} %")
+    if args.nn_baseline and pixel_nn_report(lambda: load_glyphs(args.split), args) != 0:
+        return 2
     if args.sample_grid:
         print(f"wrote {sample_grid(args.sample_grid)}")
     return status
