@@ -45,35 +45,33 @@ from metalstm.stats import paired_difference, significant
 EpisodeAccuracy = Callable[[Episode, int], float]
 
 
-def rule_accuracy(learner, rule, cfg: Config, seed: int, device="cpu") -> EpisodeAccuracy:
-    """An update rule (meta-learner or SGD cell) run with the meta-test protocol (paper notes 7)."""
-    def acc(episode: Episode, i: int) -> float:
-        res = run_episode(learner, rule, episode.to(device), cfg.steps, cfg.batch_size,
-                          mode="test", generator=episode_generator(seed, i))
-        return float(res.query_acc)
-    return acc
-
-
-def evaluate_rule(learner, rule, sampler: EpisodeSampler, episodes: int | range, cfg: Config,
-                  device="cpu", desc: str | None = None, query_bn: str = "running") -> list[float]:
-    """Query accuracy of each episode (the first n, or those in a range), meta-test protocol
-    (paper notes 7); the meta-validation of `metalstm.train` and the notebooks use it too.
+def rule_accuracy(learner, rule, cfg: Config, seed: int, device="cpu", query_bn: str = "running") -> EpisodeAccuracy:
+    """An update rule (meta-learner or SGD cell) run with the meta-test protocol (paper notes 7):
+    episode i's mini-batch order comes from episode_generator(seed, i).
 
     query_bn="batch" normalises the query pass with its own batch statistics instead
     (the meta-training protocol; for measuring what the protocol costs).
     """
     if query_bn not in ("running", "batch"):
         raise ValueError(f"query_bn must be 'running' or 'batch', got {query_bn!r}")
-    accs = []
-    indices = range(episodes) if isinstance(episodes, int) else episodes
-    for i in tqdm(indices, desc=desc, leave=False, disable=True if desc is None else None):
-        ep = sampler[i].to(device)
+
+    def acc(episode: Episode, i: int) -> float:
         with torch.no_grad():      # mode="train" would otherwise keep the meta-graph
-            res = run_episode(learner, rule, ep, cfg.steps, cfg.batch_size,
+            res = run_episode(learner, rule, episode.to(device), cfg.steps, cfg.batch_size,
                               mode="test" if query_bn == "running" else "train",
-                              generator=episode_generator(sampler.seed, i))
-        accs.append(float(res.query_acc))
-    return accs
+                              generator=episode_generator(seed, i))
+        return float(res.query_acc)
+    return acc
+
+
+def evaluate_rule(learner, rule, sampler: EpisodeSampler, episodes: int | range, cfg: Config,
+                  device="cpu", desc: str | None = None, query_bn: str = "running") -> list[float]:
+    """Query accuracy of each episode (the first n, or those in a range) under `rule_accuracy`;
+    the meta-validation of `metalstm.train` and the notebooks use it too."""
+    acc = rule_accuracy(learner, rule, cfg, sampler.seed, device, query_bn)
+    indices = range(episodes) if isinstance(episodes, int) else episodes
+    return [acc(sampler[i], i) for i in tqdm(indices, desc=desc, leave=False,
+                                              disable=True if desc is None else None)]
 
 
 def logits_accuracy(predict: Callable[[Episode], torch.Tensor]) -> EpisodeAccuracy:
