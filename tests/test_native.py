@@ -1,0 +1,199 @@
+"""The opt-in C loops (metalstm/native.c through metalstm.native, switched on by
+fused.set_native) compute the same step as the reference: values and meta-gradients to
+float32 rounding, the preprocessing of paper notes 4, the meta-test step; NaNs still
+propagate; without a C compiler, one clear error and the default path untouched."""
+import json
+import math
+
+import pytest
+import torch
+
+from metalstm import fused, native
+from metalstm.metalearner import MetaLearner
+from metalstm.preprocess import preprocess
+from test_fused import perturbed_meta, unroll
+
+pytestmark = pytest.mark.skipif(not native.available(), reason="no C compiler: metalstm/native.c cannot be built")
+
+
+@pytest.fixture
+def native_on():
+    fused.set_native(True)
+    yield
+    fused.set_native(False)
+
+
+def run(meta: MetaLearner, path: str, steps: int = 4):
+    """theta_T, the last state and the meta-gradients of a loss that reaches every output."""
+    meta.zero_grad()
+    fused.set_native(path == "native")
+    try:
+        theta, state, gates = unroll(meta, steps, fused=path != "reference")
+    finally:
+        fused.set_native(False)
+    r = torch.randn(meta.n_params, generator=torch.Generator().manual_seed(2))
+    loss = (theta * r).sum() + state.h.pow(2).sum() + 0.3 * state.c.sum() + (gates[1].f * r).sum() \
+        + gates[2].i.sum() + state.f.sum() + state.i.pow(2).sum()
+    loss.backward()
+    return theta.detach(), state, {name: p.grad.clone() for name, p in meta.named_parameters()}
+
+
+@pytest.mark.parametrize("prev_gate", ["value", "logit"])
+def test_native_step_has_the_reference_values_and_meta_gradients(prev_gate):
+    meta = perturbed_meta(300, prev_gate).float()
+    (theta_n, state_n, grads_n), (theta_r, state_r, grads_r) = run(meta, "native"), run(meta, "reference")
+    torch.testing.assert_close(theta_n, theta_r, rtol=1e-5, atol=1e-6)
+    for name in ("h", "c", "f", "i"):
+        torch.testing.assert_close(getattr(state_n, name), getattr(state_r, name), rtol=1e-5, atol=1e-6)
+    for name, want in grads_r.items():
+        assert want.abs().sum() > 0, name
+        # relative to the gradient's scale: float32 rounding, summed over n = 300 coordinates
+        assert (grads_n[name] - want).abs().max() <= 1e-5 * want.abs().max(), name
+
+
+def test_native_step_is_not_the_default_path_bit_for_bit_but_the_same_to_rounding():
+    """The C loops' exp and tanh round differently from PyTorch's: close, and yet not equal
+    (were they equal, this test would not show that the C loops ran)."""
+    meta = perturbed_meta(300, "value").float()
+    theta_n, _, grads_n = run(meta, "native")
+    theta_f, _, grads_f = run(meta, "fused")
+    torch.testing.assert_close(theta_n, theta_f, rtol=1e-5, atol=1e-6)
+    assert not torch.equal(grads_n["lstm_weight"], grads_f["lstm_weight"])
+
+
+def test_native_meta_test_step_agrees_and_builds_no_graph(native_on):
+    meta = perturbed_meta(200, "value").float()
+    with torch.no_grad():
+        theta_n, state_n, _ = unroll(meta, 3, fused=True)
+        fused.set_native(False)
+        theta_r, state_r, _ = unroll(meta, 3, fused=False)
+    assert theta_n.grad_fn is None
+    torch.testing.assert_close(theta_n, theta_r, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(state_n.h, state_r.h, rtol=1e-5, atol=1e-6)
+
+
+def test_native_preprocessing_is_paper_notes_4():
+    """Both branches, the threshold e^-p itself, zeros of both signs and a NaN, for p = 10 and 3."""
+    g = torch.Generator().manual_seed(0)
+    n, H = 3000, 20
+    for p in (10.0, 3.0):
+        grad = torch.randn(n, generator=g) * 10.0 ** torch.randint(-12, 3, (n,), generator=g).float()
+        edge = math.exp(-p)
+        grad[:6] = torch.tensor([0.0, -0.0, edge, -edge, 1e-30, float("nan")])
+        h = torch.randn(H, n, generator=g)
+        inputs = native.layer1_input(grad, p, h, torch.empty(n, H + 3))
+        want = preprocess(grad, p)
+        assert torch.isnan(inputs[5, 1]) and torch.isnan(want[5, 1])
+        torch.testing.assert_close(inputs[6:, :2], want[6:], rtol=1e-6, atol=1e-7)
+        torch.testing.assert_close(inputs[:5, :2], want[:5], rtol=1e-6, atol=1e-7)
+        assert torch.equal(inputs[:, 2:2 + H], h.T) and bool((inputs[:, -1] == 1).all())
+
+
+def test_a_nan_gradient_still_reaches_theta(native_on):
+    """The non-finite guard of train.py sees a diverging run: a NaN in grad_t gives NaN in theta_t."""
+    meta = perturbed_meta(50, "value").float()
+    grad = torch.zeros(50)
+    grad[7] = float("nan")
+    with torch.no_grad():
+        theta, _, _ = meta.step(torch.tensor(1.0), grad, meta.c0, meta.initial_state())
+    assert torch.isnan(theta[7]) and torch.isfinite(theta[:7]).all()
+
+
+def test_only_cpu_float32_steps_take_the_c_loops(native_on, monkeypatch):
+    calls = []
+    real = native.forward
+    monkeypatch.setattr(native, "forward", lambda *a: calls.append(1) or real(*a))
+    meta32, meta64 = perturbed_meta(30, "value").float(), perturbed_meta(30, "value")
+    with torch.no_grad():
+        unroll(meta64, 2, fused=True)
+        assert calls == []
+        unroll(meta32, 2, fused=True)
+    assert len(calls) == 2
+
+
+def test_without_a_c_compiler_switching_on_is_one_clear_error(monkeypatch, tmp_path):
+    monkeypatch.setattr(native, "_LIB", {"lib": None})
+    monkeypatch.setattr(native, "compiler", lambda: None)
+    monkeypatch.setenv(native.CACHE_ENV, str(tmp_path))
+    with pytest.raises(native.NativeUnavailable, match="needs a C compiler"):
+        fused.set_native(True)
+    assert not fused.native_on() and not native.available()
+    meta = perturbed_meta(20, "value").float()
+    unroll(meta, 2, fused=True)          # the default path runs as before
+
+
+def test_a_compiler_that_fails_is_reported_and_nothing_half_built_is_kept(monkeypatch, tmp_path):
+    monkeypatch.setattr(native, "_LIB", {"lib": None})
+    monkeypatch.setenv(native.CACHE_ENV, str(tmp_path))
+    monkeypatch.setenv("CC", "false")            # a "compiler" that always fails
+    with pytest.raises(native.NativeUnavailable, match="could not compile"):
+        native.library()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_library_is_built_once_into_the_cache(monkeypatch, tmp_path):
+    monkeypatch.setattr(native, "_LIB", {"lib": None})
+    monkeypatch.setenv(native.CACHE_ENV, str(tmp_path))
+    lib = native.library()
+    built = sorted(p.name for p in tmp_path.iterdir())
+    assert [name.rsplit(".", 1)[1] for name in built] == ["flags", "so"]
+    assert native.library() is lib and "-O" in native.describe()
+    monkeypatch.setattr(native, "_LIB", {"lib": None})
+    monkeypatch.setattr(native, "_build", lambda *a: pytest.fail("compiled again"))
+    native.library()                              # a new process: loaded from the cache
+
+
+def counting(monkeypatch) -> list:
+    """How often the C forward ran (it runs once per meta-learner step)."""
+    calls = []
+    real = native.forward
+    monkeypatch.setattr(native, "forward", lambda *a: calls.append(1) or real(*a))
+    return calls
+
+
+def test_train_and_evaluate_take_native_and_switch_it_off_again(tmp_path, capsys, monkeypatch):
+    from metalstm import evaluate, train
+    from metalstm.viz import shipped_checkpoint
+    calls = counting(monkeypatch)
+    out = tmp_path / "run"
+    assert train.main(["--config", "smoke", "--episodes", "2", "--val-every", "2", "--val-episodes", "1",
+                       "--out", str(out), "--threads", "1", "--native"]) == 0
+    assert "--native C loops" in capsys.readouterr().out
+    assert calls and not fused.native_on()
+    accuracy = {}
+    for flag in ([], ["--native"]):
+        before = len(calls)
+        json_path = tmp_path / f"eval{len(flag)}.json"
+        assert evaluate.main(["--checkpoint", str(shipped_checkpoint("glyphs-1shot")), "--episodes", "4",
+                              "--threads", "1", "--json", str(json_path), *flag]) == 0
+        assert (len(calls) > before) == bool(flag) and not fused.native_on()
+        row = json.loads(json_path.read_text())["test_sets"]["glyphs"]["results"][0]
+        accuracy[bool(flag)] = row["accuracies"]
+    # 4 episodes of 75 queries: rounding may move a query or two across a decision boundary
+    assert sum(abs(a - b) for a, b in zip(accuracy[True], accuracy[False])) <= 2 / 75 + 1e-9
+
+
+def test_native_with_reference_on_the_command_line_is_one_line(tmp_path, capsys):
+    from metalstm import train
+    assert train.main(["--config", "smoke", "--episodes", "1", "--out", str(tmp_path / "r"),
+                       "--reference", "--native"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: --native") and "pass one of the two" in err and "\n" not in err
+    assert not (tmp_path / "r").exists() and not fused.native_on()
+
+
+def test_native_refuses_a_gpu_device():
+    from metalstm.cli import switch_native
+    with pytest.raises(ValueError, match="--native runs on the CPU; with --device cuda:0, leave it off"):
+        switch_native(True, "cuda:0")
+    assert not fused.native_on()
+
+
+def test_a_missing_compiler_on_the_command_line_is_one_line(tmp_path, capsys, monkeypatch):
+    from metalstm import train
+    monkeypatch.setattr(native, "_LIB", {"lib": None})
+    monkeypatch.setattr(native, "compiler", lambda: None)
+    assert train.main(["--config", "smoke", "--episodes", "1", "--out", str(tmp_path / "r"), "--native"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == ("error: --native: the native backend needs a C compiler (cc, gcc or clang on the PATH, "
+                   "or $CC); without one, leave it off: the default path computes the same step")
