@@ -7,6 +7,7 @@ valid, and exit code 2, never a traceback or a silently changed request:
     ap.add_argument("--threads", type=positive_int)      # 0 would silently mean "torch's choice"
     check_device(args.device)                            # "cuda" without a GPU, "gpu", "cuda:7"
     check_output_file(args.json, "--json")               # a folder, or under a file
+    switch_native(args.native, args.device, args.reference)   # no C compiler, a GPU, --reference
 
 Type functions raise argparse.ArgumentTypeError, which argparse prints as
 "error: argument --episodes: must be a whole number >= 1, got '0'" (after its
@@ -134,3 +135,32 @@ def set_threads(n: int | None) -> None:
     """torch.set_num_threads(n) when n is given (argparse has checked n >= 1)."""
     if n is not None:
         torch.set_num_threads(n)
+
+
+NATIVE_HELP = ("run the meta-learner's elementwise work as the C loops of metalstm/native.c "
+               "(compiled on first use with the system's C compiler; CPU only; faster, the same "
+               "numbers to rounding; README, Speed)")
+
+
+def switch_native(on: bool, device: str, reference: bool = False) -> None:
+    """--native: every CPU float32 meta-learner step through metalstm.native's C loops
+    (metalstm.fused.set_native) until `native_off()`; one ValueError when they cannot run here."""
+    if not on:
+        return
+    if reference:
+        raise ValueError("--native speeds up the fused step, which --reference replaces by the readable "
+                         "one: pass one of the two")
+    if torch.device(device).type != "cpu":
+        raise ValueError(f"--native runs on the CPU; with --device {device}, leave it off")
+    from metalstm import fused, native
+    try:
+        fused.set_native(True)
+    except native.NativeUnavailable as exc:
+        raise ValueError(f"--native: {exc}") from None
+
+
+def native_off() -> None:
+    """The end of a command that took --native: the default path again (for callers in the same
+    process, e.g. tests and notebooks that run a main())."""
+    from metalstm import fused
+    fused.set_native(False)

@@ -32,7 +32,8 @@ from tqdm.auto import tqdm
 from metalstm.baselines.common import Evaluation
 from metalstm.baselines.suite import METHODS, NAMES, build_baselines
 from metalstm.checkpoint import CheckpointError, refuse_other_kinds
-from metalstm.cli import check_device, check_folder, check_output_file, positive_int, set_threads, write_json
+from metalstm.cli import (NATIVE_HELP, check_device, check_folder, check_output_file, native_off, positive_int,
+                          set_threads, switch_native, write_json)
 from metalstm.config import Config, get_config
 from metalstm.data import load_dataset
 from metalstm.episodes import Episode, EpisodeSampler, check_request, episode_generator, sampler_for
@@ -188,12 +189,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", help="also write the results (with every episode's accuracy) as JSON here")
     ap.add_argument("--reference", action="store_true", help="the readable path: reference_step and "
                     "plain pooling instead of the fused step (the same numbers to rounding, slower)")
+    ap.add_argument("--native", action="store_true", help=NATIVE_HELP)
     ap.add_argument("--reuse", nargs="*", default=[], metavar="JSON", help="take the per-episode accuracies of methods that this "
                     "earlier --json of the same checkpoint, episodes and test sets already holds (every "
                     "method is deterministic, so they are the numbers a new run would give)")
     args = ap.parse_args(argv)
     try:
         check_device(args.device)
+        switch_native(args.native, args.device, args.reference)
         check_output_file(args.json, "--json")             # before the work, not after it
         check_folder(args.cache, "--cache")
         set_threads(args.threads)
@@ -266,6 +269,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError) as exc:               # CheckpointError is a ValueError
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    finally:
+        if args.native:
+            native_off()
     print("\n".join(f"- {name}: {note}" for name, note in notes.items()))
     print("\n(n.s.: the paired 95% interval includes 0)")
     return write_json(args.json, report_json, "the tables above", indent=1)

@@ -49,7 +49,8 @@ from tqdm.auto import tqdm
 
 from metalstm.checkpoint import (CheckpointError, hold_folder, load_checkpoint, refuse_other_kinds,
                                  remove_temporaries, save_checkpoint)
-from metalstm.cli import check_device, non_negative_float, positive_int, set_threads
+from metalstm.cli import (NATIVE_HELP, check_device, native_off, non_negative_float, positive_int, set_threads,
+                          switch_native)
 from metalstm.config import CONFIGS, Config, get_config
 from metalstm.distributed import World, all_reduce_grads_, init_from_env, shutdown
 from metalstm.episodes import episode_generator, sampler_for
@@ -496,6 +497,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=positive_int, help="torch.set_num_threads")
     ap.add_argument("--reference", action="store_true", help="the readable path: reference_step and "
                     "plain pooling instead of the fused step (the same numbers to rounding, slower)")
+    ap.add_argument("--native", action="store_true", help=NATIVE_HELP)
     args = ap.parse_args(argv)
     world, out, cfg = World.single(), None, None
     terminated = []                   # SIGTERM (torchrun stopping the survivors, a scheduler): as Ctrl-C
@@ -509,6 +511,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = get_config(args.config, **overrides)
         check_config(cfg)
         check_device(args.device)
+        switch_native(args.native, args.device, args.reference)
         set_threads(args.threads)
         init_state = None
         if args.init_from:
@@ -519,7 +522,7 @@ def main(argv: list[str] | None = None) -> int:
         if world.is_main:
             print(f"{cfg.name}: {cfg.description}; {cfg.episodes} episodes on {args.device}, "
                   f"{world.size} process(es) x meta-batch {cfg.meta_batch}, "
-                  f"{torch.get_num_threads()} threads each -> {out}")
+                  f"{torch.get_num_threads()} threads each{', --native C loops' if args.native else ''} -> {out}")
         started = time.perf_counter()
         res = train(cfg, out, device=args.device, resume=args.resume, world=world, init_state=init_state)
         seconds = time.perf_counter() - started
@@ -547,6 +550,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         shutdown()
         _on_sigterm(previous)
+        if args.native:
+            native_off()
     if world.is_main:
         files = ", ".join(n for n in ("best.pt", "last.pt", "log.csv") if (res.out_dir / n).exists())
         print(f"best meta-validation accuracy {res.best_val_acc:.4f} at episode {res.best_episode}; "
