@@ -7,6 +7,7 @@ import statistics
 import pytest
 import torch
 
+from metalstm import fused, native
 from metalstm.tools import bench
 
 
@@ -31,11 +32,14 @@ def test_bench_rows_and_timings_on_one_small_shape(capsys, monkeypatch):
                 "(g_fwd) forward matmul alone", "(c) meta-test episode", "(b_naive) straightforward (b)",
                 "(c_naive) straightforward (c)", "(d) episode sampling", "load average",
                 "(b)/((b0)+(g)) = ", "(c)/((a)+(g_fwd)) = ", "(b_naive)/(b) = ", "(c_naive)/(c) = ",
-                "(b)/(a) = ", "(b0)/(a) = ", "(c)/(a) = ", "((b0)+(g))/(a) = "):
+                "(b)/(a) = ", "(b0)/(a) = ", "(c)/(a) = ", "((b0)+(g))/(a) = ",
+                *(("(b_C) (b) with --native", "(c_C) (c) with --native", "(b_C)/((b0)+(g)) = ",
+                   "(c_C)/((a)+(g_fwd)) = ", "(b_naive)/(b_C) = ", "(c_naive)/(c_C) = ", "compiled as `")
+                  if native.available() else ("(b_C), (c_C) not measured",))):
         assert row in out, row
 
     (rows,) = measured
-    keys = ("a", "b", "b0", "g", "g_fwd", "c", "b_naive", "c_naive", "d")
+    keys = ("a", "b", "b0", "g", "g_fwd", "c", "b_naive", "c_naive", "d") + (("b_C", "c_C") if native.available() else ())
     for k in keys:
         wall, cpu, memory = rows[k]
         assert len(wall) == len(cpu) == 3 and memory > 0, k
@@ -50,6 +54,9 @@ def test_bench_rows_and_timings_on_one_small_shape(capsys, monkeypatch):
     assert cpu["c"] > cpu["g_fwd"] and cpu["g"] > cpu["g_fwd"], cpu
     # measured: the straightforward implementation 1.5-1.6x slower meta-training, 1.7-1.9x meta-testing
     assert cpu["b_naive"] > cpu["b"] and cpu["c_naive"] > cpu["c"], cpu
+    if native.available():        # measured: (b_C) 0.75-0.9x (b), 2.1-2.4x faster than (b_naive)
+        assert cpu["b_naive"] > cpu["b_C"] > cpu["g"] and cpu["c_naive"] > cpu["c_C"] > cpu["g_fwd"], cpu
+        assert not fused.native_on()                  # switched on for (b_C) and (c_C) only
     # a ratio is the ratio of the medians; its range, the smallest and largest of the rounds' ratios
     r = bench.ratios(rows, 1)
     assert r["(b)/((b0)+(g))"][0] == pytest.approx(cpu["b"] / (cpu["b0"] + cpu["g"]))
@@ -232,3 +239,25 @@ def test_the_gpu_check_runs_end_to_end_on_a_cpu(tmp_path, capsys):
     assert summary["device_name"].startswith("CPU") and "of 50,000 episodes" in capsys.readouterr().out
     # a second run into the same folder is refused (the time-boxed run stays resumable)
     assert gpu_check.main(["--device", "cpu", "--config", "smoke", "--no-bench", "--out", str(tmp_path)]) == 2
+
+
+def test_bench_steps_times_one_step_of_each_kind(capsys, monkeypatch):
+    """--steps: one meta-learner step of each path, its matrix products and the copy of z."""
+    measured = []
+    real = bench.report_steps
+    monkeypatch.setattr(bench, "report_steps", lambda *a: measured.append(a[2]) or real(*a))
+    threads = torch.get_num_threads()
+    try:
+        assert bench.main(["--steps", "--repeats", "3", "--warmup", "1", "--shapes", "28", "--threads", "1"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    out = capsys.readouterr().out
+    assert "one meta-learner step, n = 28485 coordinates (28x28 learner)" in out and "copies of z" in out
+    (rows,) = measured
+    cpu = {k: statistics.median(rows[k][1]) for k in bench.STEP_NAMES if k in rows}
+    assert set(cpu) == set(bench.STEP_NAMES) - (set() if native.available() else {"test_C", "train_C"})
+    # a step does at least its matrix products; training (forward and backward) more than testing
+    assert cpu["train"] > cpu["gemm"] > cpu["gemm_fwd"] and cpu["train"] > cpu["test"] > cpu["gemm_fwd"], cpu
+    if native.available():
+        assert cpu["train_C"] > cpu["gemm"] and cpu["test_C"] > cpu["gemm_fwd"], cpu
+    assert not fused.native_on()

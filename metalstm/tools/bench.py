@@ -24,20 +24,33 @@ For each episode shape (5-way 5-shot T=8 B=25 and 5-way 1-shot T=12 B=5, at
         ported to PyTorch): two nn.Module copies of the learner with theta's
         weights copied in, nn.LSTMCell over all coordinates, autograd everywhere;
         the same numbers (tested), so (b_naive)/(b) is metalstm's speed-up;
+    (b_C), (c_C) the same (b) and (c) with the meta-learner's elementwise work
+        as the C loops of metalstm/native.c (`--native`, metalstm.fused.set_native:
+        an opt-in that needs a C compiler; measured whenever one is found on a CPU);
     (d) drawing one episode from an EpisodeSampler (glyphs at 28x28, random
         images at 84x84);
 and prints the median with min / max over the repeats (wall clock and CPU
 time), the process's peak memory (resident set size on CPU,
 torch.cuda.max_memory_allocated on a GPU) and, per shape, three lines of ratios
 (each as the ratio of the medians, with its min-max over the rounds):
-    distance to the bound   (b)/((b0)+(g)) and (c)/((a)+(g_fwd)): 1.00 is the bound;
-    speed-up                (b_naive)/(b) and (c_naive)/(c);
+    distance to the bound   (b)/((b0)+(g)) and (c)/((a)+(g_fwd)): 1.00 is the bound
+                            (and the same for (b_C), (c_C));
+    speed-up                (b_naive)/(b) and (c_naive)/(c) (and over (b_C), (c_C));
     to the floor            (b)/(a), (b0)/(a), (c)/(a).
 The measurements take turns, round after round, so that all run under the same
 conditions; the load average (os.getloadavg) is printed before and after each
 shape. On a shared machine the CPU time is the steadier figure.
 
     python -m metalstm.tools.bench --repeats 10 --threads 1 --shapes 28 84 --shots 5 1
+
+--steps times ONE meta-learner step instead, for the learner size of each --shapes
+(n coordinates, hidden 20), on random inputs from a non-zero state: the meta-test
+step and the meta-training step (forward and backward) of the default path and of
+--native, the step's three matrix products alone (g / T) and a plain copy of the
+[4H, n] array z (the memory traffic of one read and one write of it: a yardstick
+for the elementwise work, which must at least read z and write the gates).
+
+    python -m metalstm.tools.bench --steps --repeats 20 --threads 1 --shapes 28
 
 --compile runs the meta-test steps of (c) through torch.compile
 (metalstm.fused.set_compile; meta-training keeps the hand-written step, which
@@ -66,7 +79,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from metalstm.cli import check_device, non_negative_int, positive_int, set_threads
-from metalstm import fused
+from metalstm import fused, native
 from metalstm.data.base import ImageSet
 from metalstm.episodes import Episode, EpisodeSampler
 from metalstm.learner import Learner
@@ -210,6 +223,17 @@ def gemm_forward_fn(n: int, hidden: int, s: Shape, device):
 def test_fn(learner: Learner, meta: MetaLearner, ep: Episode, s: Shape):
     """(c): one meta-test episode."""
     return lambda: run_episode(learner, meta, ep, s.steps, s.batch_size, mode="test")
+
+
+def with_native(fn):
+    """fn run with the C loops of metalstm.native switched on: (b_C) and (c_C)."""
+    def run():
+        fused.set_native(True)
+        try:
+            fn()
+        finally:
+            fused.set_native(False)
+    return run
 
 
 # -- the straightforward implementation ------------------------------------------------
@@ -368,6 +392,66 @@ def sampler_for(s: Shape) -> tuple[EpisodeSampler, str]:
     return EpisodeSampler(data, s.n_way, s.k_shot, s.n_query), f"random {n_classes}x{per_class} images"
 
 
+def step_fns(n: int, hidden: int, device) -> dict:
+    """--steps: one meta-learner step of each kind on n coordinates (see the module docstring)."""
+    g = torch.Generator().manual_seed(0)
+    meta = MetaLearner(n, hidden=hidden, theta0=torch.randn(n, generator=g), generator=g).to(device)
+    rand = lambda *shape: torch.randn(*shape, generator=g).to(device)
+    state = meta.initial_state()
+    state.h, state.c, state.f, state.i = rand(hidden, n), rand(hidden, n), rand(n).sigmoid(), rand(n).sigmoid()
+    loss, grad, r = torch.tensor(1.3, device=device), 1e-3 * rand(n), rand(n)
+    W, W_hT, x, dz = gemm_operands(n, hidden, device)
+    z = rand(4 * hidden, n)
+    z_copy = torch.empty_like(z)
+
+    def test():
+        with torch.no_grad():
+            meta.step(loss, grad, meta.c0, state)
+
+    def train():
+        theta, new, gates = meta.step(loss, grad, meta.c0, state)
+        ((theta * r).sum() + new.h.sum() + new.c.sum() + gates.f.sum()).backward()
+
+    def gemm():
+        W @ x
+        dz @ x.T
+        W_hT @ dz
+
+    fns = {"test": test, "train": train, "gemm": gemm, "gemm_fwd": lambda: W @ x, "copy": lambda: z_copy.copy_(z)}
+    if native_rows(device):
+        fns["test_C"], fns["train_C"] = with_native(test), with_native(train)
+    return fns
+
+
+STEP_NAMES = {"test": "meta-test step", "test_C": "meta-test step, --native",
+              "train": "meta-training step (fwd + bwd)", "train_C": "meta-training step, --native",
+              "gemm": "its three matrix products (g/T)", "gemm_fwd": "the forward product (g_fwd/T)",
+              "copy": "copy of z [4H, n] (memory)"}
+
+
+def report_steps(size: int, n: int, rows: dict) -> None:
+    cpu = {k: statistics.median(rows[k][1]) for k in STEP_NAMES if k in rows}
+    before, after = rows["load"]
+    print(f"\none meta-learner step, n = {n} coordinates ({size}x{size} learner), hidden 20   "
+          f"(load average {before[0]:.2f} before, {after[0]:.2f} after)")
+    print(f"  {'':<36} {'CPU ms: median':>14} {'min':>8} {'max':>8}")
+    for k, name in STEP_NAMES.items():
+        if k in rows:
+            times = rows[k][1]
+            print(f"  {name:<36} {1e3 * cpu[k]:14.2f} {1e3 * min(times):8.2f} {1e3 * max(times):8.2f}")
+    print("  beyond the matrix products (what the elementwise work, the preprocessing and the "
+          "bookkeeping cost):")
+    for k in ("test", "test_C", "train", "train_C"):
+        if k in cpu:
+            beyond = cpu[k] - cpu["gemm" if k.startswith("train") else "gemm_fwd"]
+            print(f"    {STEP_NAMES[k] + ':':<36} {1e3 * beyond:6.2f} ms = {beyond / cpu['copy']:.1f} copies of z")
+
+
+def native_rows(device) -> bool:
+    """Whether (b_C) and (c_C) are measured: on a CPU where native.c compiles."""
+    return torch.device(device).type == "cpu" and native.available()
+
+
 def bench_shape(s: Shape, repeats: int, warmup: int, device) -> dict:
     g = torch.Generator().manual_seed(0)
     learner = Learner(s.n_way, s.channels, s.size, bn_momentum=0.95 if s.k_shot > 1 else 0.9)
@@ -378,16 +462,20 @@ def bench_shape(s: Shape, repeats: int, warmup: int, device) -> dict:
     counter = iter(range(10**9))
     sgd = SGDCell(theta0, lr=0.01, train_c0=True).to(device)
     nets, naive_meta = naive_models(learner, meta)
+    fns = {"a": floor_fn(learner, theta0.to(device), ep, s),
+           "c": test_fn(learner, meta, ep, s),
+           "b": train_fn(learner, meta, ep, s),
+           "b0": train_fn(learner, sgd, ep, s),
+           "g": gemm_fn(learner.n_params, meta.hidden, s, device),
+           "g_fwd": gemm_forward_fn(learner.n_params, meta.hidden, s, device),
+           "b_naive": naive_train_fn(nets, naive_meta, ep, s),
+           "c_naive": naive_test_fn(nets, naive_meta, ep, s),
+           "d": lambda: sampler[next(counter)].to(device)}
+    if native_rows(device):
+        fns["b_C"] = with_native(train_fn(learner, meta, ep, s))
+        fns["c_C"] = with_native(test_fn(learner, meta, ep, s))
     load_before = os.getloadavg()
-    rows = timed({"a": floor_fn(learner, theta0.to(device), ep, s),
-                  "c": test_fn(learner, meta, ep, s),
-                  "b": train_fn(learner, meta, ep, s),
-                  "b0": train_fn(learner, sgd, ep, s),
-                  "g": gemm_fn(learner.n_params, meta.hidden, s, device),
-                  "g_fwd": gemm_forward_fn(learner.n_params, meta.hidden, s, device),
-                  "b_naive": naive_train_fn(nets, naive_meta, ep, s),
-                  "c_naive": naive_test_fn(nets, naive_meta, ep, s),
-                  "d": lambda: sampler[next(counter)].to(device)}, repeats, warmup, device)
+    rows = timed(fns, repeats, warmup, device)
     rows["source"] = source
     rows["load"] = (load_before, os.getloadavg())
     return rows
@@ -397,11 +485,14 @@ NAMES = {"a": "(a) floor: nn.Module SGD", "b": "(b) meta-train episode",
          "b0": "(b0) same, SGD as the rule", "g": "(g) LSTM matmuls alone",
          "g_fwd": "(g_fwd) forward matmul alone", "c": "(c) meta-test episode",
          "b_naive": "(b_naive) straightforward (b)", "c_naive": "(c_naive) straightforward (c)",
+         "b_C": "(b_C) (b) with --native", "c_C": "(c_C) (c) with --native",
          "d": "(d) episode sampling"}
-KEYS = ["a", "b", "b0", "g", "g_fwd", "c", "b_naive", "c_naive", "d"]
+KEYS = ["a", "b", "b0", "g", "g_fwd", "c", "b_naive", "c_naive", "b_C", "c_C", "d"]
 # name -> (numerator keys, denominator keys): the ratio sum(numerator) / sum(denominator)
 RATIOS = {"(b)/((b0)+(g))": (["b"], ["b0", "g"]), "(c)/((a)+(g_fwd))": (["c"], ["a", "g_fwd"]),
           "(b_naive)/(b)": (["b_naive"], ["b"]), "(c_naive)/(c)": (["c_naive"], ["c"]),
+          "(b_C)/((b0)+(g))": (["b_C"], ["b0", "g"]), "(c_C)/((a)+(g_fwd))": (["c_C"], ["a", "g_fwd"]),
+          "(b_naive)/(b_C)": (["b_naive"], ["b_C"]), "(c_naive)/(c_C)": (["c_naive"], ["c_C"]),
           "(b)/(a)": (["b"], ["a"]), "(b0)/(a)": (["b0"], ["a"]), "(c)/(a)": (["c"], ["a"]),
           "((b0)+(g))/(a)": (["b0", "g"], ["a"])}
 
@@ -412,6 +503,8 @@ def ratios(rows: dict, which: int = 0) -> dict:
     within seconds of each other: its spread shows how much the load moved the ratio."""
     out = {}
     for name, (num, den) in RATIOS.items():
+        if any(k not in rows for k in num + den):      # (b_C), (c_C): not measured here
+            continue
         med = {k: statistics.median(rows[k][which]) for k in num + den}
         rounds = [sum(rows[k][which][r] for k in num) / sum(rows[k][which][r] for k in den)
                   for r in range(len(rows[num[0]][which]))]
@@ -420,28 +513,30 @@ def ratios(rows: dict, which: int = 0) -> dict:
 
 
 def report(s: Shape, rows: dict) -> None:
-    med = {k: statistics.median(rows[k][0]) for k in KEYS}
-    cpu = {k: statistics.median(rows[k][1]) for k in KEYS}
+    med = {k: statistics.median(rows[k][0]) for k in KEYS if k in rows}
+    cpu = {k: statistics.median(rows[k][1]) for k in KEYS if k in rows}
     before, after = rows["load"]
     print(f"\n{s}   (load average {before[0]:.2f} before, {after[0]:.2f} after)")
     if fused.compiling():
         print(f"  (c)'s meta-learner steps through torch.compile; its first call (compiling): "
               f"{rows['first']['c']:.1f} s")
     print(f"  {'':<31} {'wall ms: median':>15} {'min':>8} {'max':>8}   {'CPU ms: median':>14}   peak memory")
-    for k in KEYS:
+    for k in (k for k in KEYS if k in rows):
         wall, cpu_times, mem = rows[k]
         extra = f"  [{rows['source']}]" if k == "d" else ""
         print(f"  {NAMES[k]:<31} {1e3 * med[k]:15.2f} {1e3 * min(wall):8.2f} {1e3 * max(wall):8.2f}   "
               f"{1e3 * cpu[k]:14.2f}   {mem:7.0f} MB{extra}")
     wall_r, cpu_r = ratios(rows, 0), ratios(rows, 1)
-    lines = {"distance to the bound (1 = the bound)": ["(b)/((b0)+(g))", "(c)/((a)+(g_fwd))"],
-             "speed-up over the straightforward code": ["(b_naive)/(b)", "(c_naive)/(c)"],
+    lines = {"distance to the bound (1 = the bound)": ["(b)/((b0)+(g))", "(c)/((a)+(g_fwd))",
+                                                       "(b_C)/((b0)+(g))", "(c_C)/((a)+(g_fwd))"],
+             "speed-up over the straightforward code": ["(b_naive)/(b)", "(c_naive)/(c)",
+                                                        "(b_naive)/(b_C)", "(c_naive)/(c_C)"],
              "to the floor": ["(b)/(a)", "(b0)/(a)", "(c)/(a)", "((b0)+(g))/(a)"]}
     for title, names in lines.items():
         print(f"  {title}:")
         for label, r in (("wall", wall_r), ("CPU ", cpu_r)):
             print("    " + label + "  " + "   ".join(f"{n} = {r[n][0]:.2f} [{r[n][1]:.2f}-{r[n][2]:.2f}]"
-                                                   for n in names))
+                                                   for n in names if n in r))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -454,6 +549,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="5 (T=8, B=25) and/or 1 (T=12, B=5)")
     parser.add_argument("--threads", type=positive_int, default=None, help="torch.set_num_threads (default: torch's)")
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    parser.add_argument("--steps", action="store_true",
+                        help="time one meta-learner step of each kind instead of whole episodes")
     parser.add_argument("--compile", action="store_true",
                         help="run (c)'s meta-test steps through torch.compile (metalstm.fused."
                              "set_compile): for long runs; tens of seconds of compiling per shape first")
@@ -468,7 +565,20 @@ def main(argv: list[str] | None = None) -> int:
     print(f"torch {torch.__version__}, device {args.device}, {torch.get_num_threads()} threads, "
           f"median of {args.repeats} runs after {args.warmup} warm-up runs; load average "
           f"{load[0]:.2f} {load[1]:.2f} {load[2]:.2f} (1, 5, 15 min) on {os.cpu_count()} cores")
+    if native_rows(args.device):
+        print(f"(b_C), (c_C): the C loops of metalstm/native.c, compiled as `{native.describe()}`")
+    elif torch.device(args.device).type == "cpu":
+        print("(b_C), (c_C) not measured: metalstm/native.c does not compile here (no C compiler?)")
     fused.set_compile(args.compile)
+    if args.steps:
+        for size in args.shapes:
+            n = Learner(5, 1 if size == 28 else 3, size).n_params
+            load_before = os.getloadavg()
+            rows = timed(step_fns(n, 20, args.device), args.repeats, args.warmup, args.device)
+            rows["load"] = (load_before, os.getloadavg())
+            report_steps(size, n, rows)
+        fused.set_compile(False)
+        return 0
     try:
         for s in shapes(args.shapes, args.shots):
             report(s, bench_shape(s, args.repeats, args.warmup, args.device))
