@@ -138,13 +138,13 @@ def set_threads(n: int | None) -> None:
 
 
 NATIVE_HELP = ("run the meta-learner's elementwise work as the C loops of metalstm/native.c "
-               "(compiled on first use with the system's C compiler; CPU only; faster, the same "
-               "numbers to rounding; README, Speed)")
+               "(compiled on first use with the system's C compiler; CPU only, one thread; faster, "
+               "the same numbers to rounding; README, Speed)")
 
 
 def switch_native(on: bool, device: str, reference: bool = False) -> None:
     """--native: every CPU float32 meta-learner step through metalstm.native's C loops
-    (metalstm.fused.set_native) until `native_off()`; one ValueError when they cannot run here."""
+    (metalstm.fused.set_native) until `restore_native`; one ValueError when they cannot run here."""
     if not on:
         return
     if reference:
@@ -159,8 +159,14 @@ def switch_native(on: bool, device: str, reference: bool = False) -> None:
         raise ValueError(f"--native: {exc}") from None
 
 
-def native_off() -> None:
-    """The end of a command that took --native: the default path again (for callers in the same
-    process, e.g. tests and notebooks that run a main())."""
+def native_state() -> bool:
+    """Whether the C loops are on now: what a command that takes --native gives back at its end."""
     from metalstm import fused
-    fused.set_native(False)
+    return fused.native_on()
+
+
+def restore_native(state: bool) -> None:
+    """The end of a command that took --native: the switch as it was before (for callers in the
+    same process: tests, and notebooks that run a main())."""
+    from metalstm import fused
+    fused.set_native(state)

@@ -32,8 +32,8 @@ from tqdm.auto import tqdm
 from metalstm.baselines.common import Evaluation
 from metalstm.baselines.suite import METHODS, NAMES, build_baselines
 from metalstm.checkpoint import CheckpointError, refuse_other_kinds
-from metalstm.cli import (NATIVE_HELP, check_device, check_folder, check_output_file, native_off, positive_int,
-                          set_threads, switch_native, write_json)
+from metalstm.cli import (NATIVE_HELP, check_device, check_folder, check_output_file, native_state,
+                          positive_int, restore_native, set_threads, switch_native, write_json)
 from metalstm.config import Config, get_config
 from metalstm.data import load_dataset
 from metalstm.episodes import Episode, EpisodeSampler, check_request, episode_generator, sampler_for
@@ -194,6 +194,7 @@ def main(argv: list[str] | None = None) -> int:
                     "earlier --json of the same checkpoint, episodes and test sets already holds (every "
                     "method is deterministic, so they are the numbers a new run would give)")
     args = ap.parse_args(argv)
+    native_before = native_state()
     try:
         check_device(args.device)
         switch_native(args.native, args.device, args.reference)
@@ -270,8 +271,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     finally:
-        if args.native:
-            native_off()
+        restore_native(native_before)
     print("\n".join(f"- {name}: {note}" for name, note in notes.items()))
     print("\n(n.s.: the paired 95% interval includes 0)")
     return write_json(args.json, report_json, "the tables above", indent=1)

@@ -148,7 +148,7 @@ class FusedMetaStep(torch.autograd.Function):
     @staticmethod
     def forward(ctx, loss, grad, theta, h, c, prev_f, prev_i, W, b, W_F, W_I, b_F, b_I, p):
         H, n = h.shape
-        ctx.native = use_native = _native_for(theta, h, c)
+        ctx.native = use_native = _native_for(p, grad, theta, h, c, prev_f, prev_i, W, W_F, W_I)
         # inputs, z and tanh(c_t) are saved for the backward pass (in reused arrays, handed
         # back when this node is freed); the gate activations overwrite z: acts = [i1; f1; g1; o1]
         inputs, acts = _saved_array((n, H + 3), theta), _saved_array((4 * H, n), theta)
@@ -242,8 +242,9 @@ def fused_step(loss: Tensor, grad: Tensor, theta: Tensor, h: Tensor, c: Tensor, 
     `set_compile(True)`, `compiled_step`."""
     args = (loss, grad, theta, h, c, prev_f, prev_i, W, b, W_F, W_I, b_F, b_I)
     if not torch.is_grad_enabled() or not any(t.requires_grad for t in args):
-        with torch.no_grad():
-            return compiled_step(*args, p) if _COMPILE["on"] else inference_step(*args, p)
+        with torch.no_grad():          # set_native takes precedence over set_compile
+            compiled = _COMPILE["on"] and not _native_for(p, *args[1:])
+            return compiled_step(*args, p) if compiled else inference_step(*args, p)
     return FusedMetaStep.apply(*args, p)
 
 
@@ -252,7 +253,7 @@ def inference_step(loss, grad, theta, h, c, prev_f, prev_i, W, b, W_F, W_I, b_F,
     live in two reused buffers and the gate activations overwrite z in place, so only h_t and
     c_t are new [H, n] arrays."""
     H, n = h.shape
-    use_native = _native_for(theta, h, c)
+    use_native = _native_for(p, grad, theta, h, c, prev_f, prev_i, W, W_F, W_I)
     _, _, z = _layer1_input(loss, grad, h, W, b, p, inputs_out=_workspace("inputs", n, H + 3, like=theta),
                             z_out=_workspace("z", 4 * H, n, like=theta), use_native=use_native)
     if use_native:
@@ -289,9 +290,10 @@ def native_on() -> bool:
     return _NATIVE["on"]
 
 
-def _native_for(*tensors: Tensor) -> bool:
-    """Whether this step runs the C loops: switched on, and every array a CPU float32 one."""
-    return _NATIVE["on"] and native.supports(*tensors)
+def _native_for(p: float, *tensors: Tensor) -> bool:
+    """Whether this step runs the C loops: switched on, every array a CPU float32 one, and p
+    within the C preprocessing's range (`native.supports`)."""
+    return _NATIVE["on"] and native.supports(p, *tensors)
 
 
 # -- opt-in: torch.compile ---------------------------------------------------------------

@@ -23,13 +23,14 @@
 #define TILE 64
 
 /* e^x, x clamped to [-87, 88]: 2^k e^r with k = round(x / ln 2) and |r| <= ln(2) / 2.
-   (Written branch-free - two clamps, rounding by adding and subtracting 1.5 * 2^23 - so
-   that GCC and clang vectorise the loops that call it.) */
+   (Written branch-free - two clamps, rounding by adding and subtracting 1.5 * 2^23, whose
+   float's bits then hold k - so that GCC and clang vectorise the loops that call it.) */
 static inline float exp_f(float x)
 {
     x = x < -87.0f ? -87.0f : x;
     x = x > 88.0f ? 88.0f : x;
-    float k = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
+    float shifted = x * 1.44269504088896341f + 12582912.0f;  /* round(x / ln 2) in the low bits */
+    float k = shifted - 12582912.0f;
     float r = x - k * 0.693359375f + k * 2.12194440e-4f;     /* ln 2 split in two parts */
     float p = 1.9875691500e-4f;
     p = p * r + 1.3981999507e-3f;
@@ -38,7 +39,9 @@ static inline float exp_f(float x)
     p = p * r + 1.6666665459e-1f;
     p = p * r + 5.0000001201e-1f;
     p = p * (r * r) + r + 1.0f;
-    int32_t bits = ((int32_t)k + 127) << 23;                 /* 2^k */
+    int32_t ki;                         /* k as an integer, read from the bits (no conversion, */
+    memcpy(&ki, &shifted, sizeof ki);   /* so a NaN is no undefined behaviour: r carries it)   */
+    int32_t bits = (int32_t)((uint32_t)(ki - 0x4b400000 + 127) << 23);   /* 2^k, k in [-126, 127] */
     float scale;
     memcpy(&scale, &bits, sizeof scale);
     return p * scale;
@@ -59,12 +62,12 @@ static inline float tanh_f(float x)
 
 /* one row r of layer 1 over m columns: the gates in place of z, c_t, h_t, and h_t's share of
    layer 2's two dot products (each array its own: restrict lets the compiler vectorise freely) */
-static void forward_row(long m, float *restrict zi, float *restrict zf, float *restrict zg,
+static void forward_row(int64_t m, float *restrict zi, float *restrict zf, float *restrict zg,
                         float *restrict zo, const float *restrict c, float *restrict c_new,
                         float *restrict h_new, float w_f, float w_i,
                         float *restrict sum_f, float *restrict sum_i)
 {
-    for (long j = 0; j < m; j++) {
+    for (int64_t j = 0; j < m; j++) {
         float i1 = sigmoid_f(zi[j]), f1 = sigmoid_f(zf[j]);
         float g1 = tanh_f(zg[j]), o1 = sigmoid_f(zo[j]);
         float cc = f1 * c[j] + i1 * g1;
@@ -85,17 +88,17 @@ static void forward_row(long m, float *restrict zi, float *restrict zf, float *r
      c_t = f1 c_{t-1} + i1 g1,  h_t = o1 tanh(c_t)
      a_f = W_F . [h_t, theta_{t-1}, prev_f] + b_F,  f_t = sigmoid(a_f)   (same for i)
      theta_t = f_t theta_{t-1} - i_t grad_t */
-void metalstm_forward(int H, long n, float *restrict acts, const float *restrict c,
+void metalstm_forward(int H, int64_t n, float *restrict acts, const float *restrict c,
                       const float *restrict theta, const float *restrict grad,
                       const float *restrict prev_f, const float *restrict prev_i,
                       const float *restrict W_F, const float *restrict W_I, float b_F, float b_I,
                       float *restrict c_new, float *restrict h_new, float *restrict theta_new,
                       float *restrict f, float *restrict i, float *restrict a_f, float *restrict a_i)
 {
-    for (long j0 = 0; j0 < n; j0 += BLOCK) {
-        long m = n - j0 < BLOCK ? n - j0 : BLOCK;
+    for (int64_t j0 = 0; j0 < n; j0 += BLOCK) {
+        int64_t m = n - j0 < BLOCK ? n - j0 : BLOCK;
         float sum_f[BLOCK], sum_i[BLOCK];
-        for (long j = 0; j < m; j++) {
+        for (int64_t j = 0; j < m; j++) {
             sum_f[j] = 0.0f;
             sum_i[j] = 0.0f;
         }
@@ -103,8 +106,8 @@ void metalstm_forward(int H, long n, float *restrict acts, const float *restrict
             forward_row(m, acts + r * n + j0, acts + (H + r) * n + j0, acts + (2 * H + r) * n + j0,
                         acts + (3 * H + r) * n + j0, c + r * n + j0, c_new + r * n + j0,
                         h_new + r * n + j0, W_F[r], W_I[r], sum_f, sum_i);
-        for (long j = 0; j < m; j++) {
-            long k = j0 + j;
+        for (int64_t j = 0; j < m; j++) {
+            int64_t k = j0 + j;
             float af = sum_f[j] + W_F[H] * theta[k] + W_F[H + 1] * prev_f[k] + b_F;
             float ai = sum_i[j] + W_I[H] * theta[k] + W_I[H + 1] * prev_i[k] + b_I;
             float ff = sigmoid_f(af), ii = sigmoid_f(ai);
@@ -118,14 +121,14 @@ void metalstm_forward(int H, long n, float *restrict acts, const float *restrict
 }
 
 /* one row r of the backward over m columns: dz's four rows and d c_{t-1} */
-static void backward_row(long m, const float *restrict i1, const float *restrict f1,
+static void backward_row(int64_t m, const float *restrict i1, const float *restrict f1,
                          const float *restrict g1, const float *restrict o1, const float *restrict d_h,
                          const float *restrict d_c, const float *restrict c, const float *restrict c_new,
                          const float *restrict da_f, const float *restrict da_i, float w_f, float w_i,
                          float *restrict dz_i, float *restrict dz_f, float *restrict dz_g,
                          float *restrict dz_o, float *restrict d_c_prev)
 {
-    for (long j = 0; j < m; j++) {
+    for (int64_t j = 0; j < m; j++) {
         float dh = d_h[j] + w_f * da_f[j] + w_i * da_i[j];
         float t = tanh_f(c_new[j]);
         float dc = d_c[j] + dh * o1[j] * (1.0f - t * t);
@@ -145,7 +148,7 @@ static void backward_row(long m, const float *restrict i1, const float *restrict
      dz = [dc g1 i1 (1 - i1); dc c_{t-1} f1 (1 - f1); dc i1 (1 - g1^2); dh tanh(c_t) o1 (1 - o1)]
      d c_{t-1} = dc f1
    da [2, n] returns (da_f; da_i), for the weight gradients that PyTorch sums. */
-void metalstm_backward(int H, long n, const float *restrict d_theta, const float *restrict d_f,
+void metalstm_backward(int H, int64_t n, const float *restrict d_theta, const float *restrict d_f,
                        const float *restrict d_i, const float *restrict d_af, const float *restrict d_ai,
                        const float *restrict d_h, const float *restrict d_c,
                        const float *restrict theta, const float *restrict grad,
@@ -156,9 +159,9 @@ void metalstm_backward(int H, long n, const float *restrict d_theta, const float
                        float *restrict d_prev_f, float *restrict d_prev_i, float *restrict da)
 {
     float *da_f = da, *da_i = da + n;
-    for (long j0 = 0; j0 < n; j0 += BLOCK) {
-        long m = n - j0 < BLOCK ? n - j0 : BLOCK;
-        for (long j = j0; j < j0 + m; j++) {
+    for (int64_t j0 = 0; j0 < n; j0 += BLOCK) {
+        int64_t m = n - j0 < BLOCK ? n - j0 : BLOCK;
+        for (int64_t j = j0; j < j0 + m; j++) {
             float gf = (d_theta[j] * theta[j] + d_f[j]) * (f[j] * (1.0f - f[j])) + d_af[j];
             float gi = (d_i[j] - d_theta[j] * grad[j]) * (i[j] * (1.0f - i[j])) + d_ai[j];
             da_f[j] = gf;
@@ -176,7 +179,7 @@ void metalstm_backward(int H, long n, const float *restrict d_theta, const float
     }
 }
 
-/* log x for x > 0 (normal): x = 2^e m with m in [sqrt(1/2), sqrt(2)), log x = e log 2 + log m
+/* log x for x > 0 normal (finite): x = 2^e m with m in [sqrt(1/2), sqrt(2)), log x = e log 2 + log m
    (Cephes' single-precision polynomial for log(1 + y), y = m - 1) */
 static inline float log_f(float x)
 {
@@ -209,22 +212,26 @@ static inline float log_f(float x)
        g -> (log|g| / p, sign g)  if |g| >= e^-p,   (-1, e^p g)  otherwise,
    with threshold = e^-p and scale = e^p; TILE coordinates at a time, so that h's rows
    are read from the L1 cache while each coordinate's row of inputs is written */
-void metalstm_layer1_input(int H, long n, const float *restrict grad, float p, float threshold,
+void metalstm_layer1_input(int H, int64_t n, const float *restrict grad, float p, float threshold,
                            float scale, const float *restrict h, float *restrict inputs)
 {
-    const long ld = H + 3;
+    const int64_t ld = H + 3;
     float mag[TILE], sgn[TILE];
-    for (long j0 = 0; j0 < n; j0 += TILE) {
-        long m = n - j0 < TILE ? n - j0 : TILE;
-        for (long j = 0; j < m; j++) {                       /* pre(grad), vectorised */
+    for (int64_t j0 = 0; j0 < n; j0 += TILE) {
+        int64_t m = n - j0 < TILE ? n - j0 : TILE;
+        for (int64_t j = 0; j < m; j++) {                       /* pre(grad), vectorised */
+            /* the branch chosen by arithmetic (so that the loop vectorises), each term finite
+               where it is multiplied by 0; a NaN takes the second branch, as in Python */
             float g = grad[j0 + j], a = g < 0.0f ? -g : g;
-            float magnitude = log_f(a < threshold ? threshold : a) / p;   /* clamped, as in Python */
-            float sign = g > 0.0f ? 1.0f : -1.0f, tiny = g * scale;
-            float big = a >= threshold ? 1.0f : 0.0f;        /* the branch, chosen by arithmetic */
+            float big = a >= threshold ? 1.0f : 0.0f;
+            float magnitude = log_f(a >= threshold ? a : threshold) / p    /* clamped, as in Python */
+                              + (a > 3.4028234664e38f ? a : 0.0f);           /* log inf = inf */
+            float sign = g > 0.0f ? 1.0f : -1.0f;
+            float tiny = (a >= threshold ? 0.0f : g) * scale;              /* |g| < e^-p here */
             mag[j] = big * magnitude + (big - 1.0f);
             sgn[j] = big * sign + (1.0f - big) * tiny;
         }
-        for (long j = 0; j < m; j++) {                       /* one coordinate's row of inputs */
+        for (int64_t j = 0; j < m; j++) {                       /* one coordinate's row of inputs */
             float *row = inputs + (j0 + j) * ld;
             row[0] = mag[j];
             row[1] = sgn[j];

@@ -26,6 +26,7 @@ import hashlib
 import math
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -57,15 +58,22 @@ def cache_dir() -> Path:
     return Path(base) / "metalstm"
 
 
-def compiler() -> str | None:
-    """The C compiler to use: $CC, else cc, gcc or clang, whichever is on the PATH."""
-    for name in filter(None, (os.environ.get("CC"), "cc", "gcc", "clang")):
+def compiler() -> list[str] | None:
+    """The C compiler to use, as a command: $CC (which may carry words, e.g. "ccache gcc"),
+    else cc, gcc or clang, whichever is on the PATH; None when there is none. A $CC that
+    names no program is an error, not a silent fall-back."""
+    if os.environ.get("CC"):
+        command = shlex.split(os.environ["CC"])
+        if not command or shutil.which(command[0]) is None:
+            raise NativeUnavailable(f"$CC is {os.environ['CC']!r}, which names no program on the PATH")
+        return command
+    for name in ("cc", "gcc", "clang"):
         if shutil.which(name):
-            return name
+            return [name]
     return None
 
 
-def _build(cc: str, target: Path) -> None:
+def _build(cc: list[str], target: Path) -> None:
     """Compile native.c into `target`, trying FLAGS in order; written to a temporary file and
     renamed, so that processes started together (torchrun) never load half a library."""
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -73,15 +81,48 @@ def _build(cc: str, target: Path) -> None:
     for flags in FLAGS:
         fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
         os.close(fd)
-        cmd = [cc, *flags, "-shared", "-fPIC", str(SOURCE), "-o", tmp]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        if proc.returncode == 0:
-            target.with_suffix(".flags").write_text(" ".join([cc, *flags]) + "\n")
-            os.replace(tmp, target)
-            return
-        os.unlink(tmp)
-        errors.append(f"{' '.join(cmd)}: {proc.stderr.strip().splitlines()[-1:] or proc.returncode}")
-    raise NativeUnavailable("could not compile metalstm/native.c: " + "; ".join(map(str, errors)))
+        cmd = [*cc, *flags, "-shared", "-fPIC", str(SOURCE), "-o", tmp]
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+            if proc.returncode == 0:
+                _write_atomically(target.with_suffix(".flags"), " ".join([*cc, *flags]) + "\n")
+                os.replace(tmp, target)
+                return
+            last = proc.stderr.strip().splitlines()[-1:] or [f"exit code {proc.returncode}"]
+            errors.append(f"`{' '.join(cmd)}`: {last[0]}")
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            errors.append(f"`{' '.join(cmd)}`: {exc}")
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    raise NativeUnavailable("could not compile metalstm/native.c: " + "; ".join(errors))
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def _machine() -> bytes:
+    """What the library was compiled for (-march=native): the CPU's model and feature flags
+    where Linux tells them, else what platform knows. A cache folder shared by two kinds of
+    CPU then holds one library for each, never one that the other cannot run."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            lines = [line for line in f if line.startswith(("model name", "flags", "Features"))]
+        cpu = "".join(sorted(set(lines)))
+    except OSError:
+        cpu = ""
+    return "\0".join([platform.machine(), platform.processor(), cpu]).encode()
+
+
+def _compiler_version(cc: list[str]) -> bytes:
+    try:
+        return subprocess.run([*cc, "--version"], capture_output=True, timeout=60).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return b""
 
 
 def library() -> ctypes.CDLL:
@@ -93,16 +134,16 @@ def library() -> ctypes.CDLL:
         if cc is None:
             raise NativeUnavailable("the native backend needs a C compiler (cc, gcc or clang on the PATH, "
                                     "or $CC); without one, leave it off: the default path computes the same step")
-        source = SOURCE.read_bytes()
-        key = hashlib.sha256(b"\0".join([source, cc.encode(), platform.machine().encode(),
-                                         platform.node().encode(), repr(FLAGS).encode()])).hexdigest()[:16]
+        key = hashlib.sha256(b"\0".join([SOURCE.read_bytes(), " ".join(cc).encode(), _compiler_version(cc),
+                                         _machine(), repr(FLAGS).encode()])).hexdigest()[:16]
         target = cache_dir() / f"native-{key}.so"
         try:
             if not target.exists():
                 _build(cc, target)
             lib = ctypes.CDLL(str(target))
         except OSError as exc:
-            raise NativeUnavailable(f"could not build or load {target}: {exc}") from exc
+            raise NativeUnavailable(f"could not build or load {target}: {exc} (${CACHE_ENV} names another "
+                                    f"folder for the compiled library)") from exc
         _declare(lib)
         _LIB["lib"] = lib
         return lib
@@ -125,7 +166,7 @@ def available() -> bool:
 
 
 def _declare(lib: ctypes.CDLL) -> None:
-    P, I, L, F = ctypes.c_void_p, ctypes.c_int, ctypes.c_long, ctypes.c_float
+    P, I, L, F = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64, ctypes.c_float
     lib.metalstm_forward.argtypes = [I, L] + [P] * 8 + [F, F] + [P] * 7
     lib.metalstm_backward.argtypes = [I, L] + [P] * 16 + [P] * 6
     lib.metalstm_layer1_input.argtypes = [I, L, P, F, F, F, P, P]
@@ -133,23 +174,41 @@ def _declare(lib: ctypes.CDLL) -> None:
         fn.restype = None
 
 
-def supports(*tensors: Tensor) -> bool:
-    """Whether these tensors are ones the C loops take: float32 on the CPU."""
-    return all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors)
+MAX_P = 80.0      # e^-p stays a normal float32 (log_f's range) and e^p a finite one
 
 
-def _ptr(t: Tensor) -> int:
+def supports(p: float, *tensors: Tensor) -> bool:
+    """Whether the C loops take this step: every tensor float32 on the CPU, and the
+    preprocessing's p at most MAX_P (paper notes 4 uses 10)."""
+    return p <= MAX_P and all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors)
+
+
+def _read(t: Tensor, shape: tuple[int, ...], name: str) -> Tensor:
+    """t as the C loops read it: a contiguous float32 CPU array of exactly this shape (a copy
+    when t is a strided view). Anything else is a ValueError: C would read the wrong numbers,
+    or past the array's end."""
+    if t.device.type != "cpu" or t.dtype != torch.float32 or tuple(t.shape) != shape:
+        raise ValueError(f"native: {name} must be a float32 CPU array of shape {list(shape)}, "
+                         f"got {t.dtype} {list(t.shape)} on {t.device}")
+    return t.detach().contiguous()
+
+
+def _written(t: Tensor, shape: tuple[int, ...], name: str) -> Tensor:
+    """An array the C loops write into: as `_read`, and contiguous itself (no copy to lose)."""
     if not t.is_contiguous():
-        raise ValueError("native: every array must be contiguous")
-    return t.data_ptr()
+        raise ValueError(f"native: {name} must be contiguous")
+    return _read(t, shape, name)
 
 
 def layer1_input(grad: Tensor, p: float, h: Tensor, inputs: Tensor) -> Tensor:
     """inputs [n, H + 3] = [pre(grad_t) | h_{t-1}^T | 1] (fused._layer1_input's layout) in one
     pass, with pre = metalstm.preprocess.preprocess (paper notes 4) computed in C."""
     H, n = h.shape
-    library().metalstm_layer1_input(H, n, _ptr(grad), float(p), math.exp(-p), math.exp(p), _ptr(h),
-                                    _ptr(inputs))
+    if not 0 < p <= MAX_P:
+        raise ValueError(f"native: p must be in (0, {MAX_P}], got {p}")
+    grad, h, out = _read(grad, (n,), "grad"), _read(h, (H, n), "h"), _written(inputs, (n, H + 3), "inputs")
+    library().metalstm_layer1_input(H, n, grad.data_ptr(), float(p), math.exp(-p), math.exp(p),
+                                    h.data_ptr(), out.data_ptr())
     return inputs
 
 
@@ -158,12 +217,14 @@ def forward(acts: Tensor, c: Tensor, theta: Tensor, grad: Tensor, prev_f: Tensor
     """The step after layer 1's product (paper notes 3, 4), one sweep: acts holds z on entry and
     the gate activations [i1; f1; g1; o1] on return; (theta_t, h_t, c_t, f_t, i_t, a_f, a_i)."""
     H, n = c.shape
+    ins = [_written(acts, (4 * H, n), "acts"), _read(c, (H, n), "c")]
+    ins += [_read(t, (n,), name) for t, name in ((theta, "theta"), (grad, "grad"), (prev_f, "prev_f"),
+                                                 (prev_i, "prev_i"))]
+    ins += [_read(W_F, (H + 2,), "W_F"), _read(W_I, (H + 2,), "W_I")]
     c_new, h_new = c.new_empty(H, n), c.new_empty(H, n)
-    theta_new, f, i, a_f, a_i = (theta.new_empty(n) for _ in range(5))
-    W_F, W_I = W_F.detach().contiguous(), W_I.detach().contiguous()
-    library().metalstm_forward(H, n, _ptr(acts), _ptr(c), _ptr(theta), _ptr(grad), _ptr(prev_f),
-                               _ptr(prev_i), _ptr(W_F), _ptr(W_I), float(b_F), float(b_I),
-                               _ptr(c_new), _ptr(h_new), _ptr(theta_new), _ptr(f), _ptr(i), _ptr(a_f), _ptr(a_i))
+    outs = (theta_new, f, i, a_f, a_i) = tuple(theta.new_empty(n) for _ in range(5))
+    library().metalstm_forward(H, n, *(t.data_ptr() for t in ins), float(b_F), float(b_I),
+                               c_new.data_ptr(), h_new.data_ptr(), *(t.data_ptr() for t in outs))
     return theta_new, h_new, c_new, f, i, a_f, a_i
 
 
@@ -173,27 +234,26 @@ def backward(d_theta, d_f, d_i, d_af, d_ai, d_h, d_c, theta, grad, acts, c, c_ne
     d_c_prev [H, n]); upstream gradients that did not arrive (None) count as zeros.
     Returns (d theta_{t-1}, d prev_f, d prev_i, da = [da_f; da_i] [2, n])."""
     H, n = c.shape
-    zeros_n = zeros_hn = None
-    def vec(t):
-        nonlocal zeros_n
-        if t is not None:
-            return t.contiguous()
-        if zeros_n is None:
-            zeros_n = theta.new_zeros(n)
-        return zeros_n
-    def mat(t):
-        nonlocal zeros_hn
-        if t is not None:
-            return t.contiguous()
-        if zeros_hn is None:
-            zeros_hn = theta.new_zeros(H, n)
-        return zeros_hn
-    d_theta, d_f, d_i, d_af, d_ai = (vec(t) for t in (d_theta, d_f, d_i, d_af, d_ai))
-    d_h, d_c = mat(d_h), mat(d_c)
+    zeros = {}
+
+    def vec(t, name):
+        if t is None:
+            return zeros.setdefault((n,), theta.new_zeros(n))
+        return _read(t, (n,), name)
+
+    def mat(t, name):
+        if t is None:
+            return zeros.setdefault((H, n), theta.new_zeros(H, n))
+        return _read(t, (H, n), name)
+
+    ins = [vec(t, name) for t, name in ((d_theta, "d_theta"), (d_f, "d_f"), (d_i, "d_i"), (d_af, "d_af"),
+                                        (d_ai, "d_ai"))]
+    ins += [mat(d_h, "d_h"), mat(d_c, "d_c"), vec(theta, "theta"), vec(grad, "grad"),
+            _read(acts, (4 * H, n), "acts"), mat(c, "c"), mat(c_new, "c_new"), vec(f, "f"), vec(i, "i"),
+            _read(W_F, (H + 2,), "W_F"), _read(W_I, (H + 2,), "W_I")]
+    outs = [_written(dz, (4 * H, n), "dz"), _written(d_c_prev, (H, n), "d_c_prev")]
     d_theta_prev, d_prev_f, d_prev_i = (theta.new_empty(n) for _ in range(3))
     da = theta.new_empty(2, n)
-    W_F, W_I = W_F.detach().contiguous(), W_I.detach().contiguous()
-    library().metalstm_backward(H, n, *map(_ptr, (d_theta, d_f, d_i, d_af, d_ai, d_h, d_c, theta, grad,
-                                                  acts, c, c_new, f, i, W_F, W_I)),
-                                *map(_ptr, (dz, d_c_prev, d_theta_prev, d_prev_f, d_prev_i, da)))
+    library().metalstm_backward(H, n, *(t.data_ptr() for t in ins),
+                                *(t.data_ptr() for t in (*outs, d_theta_prev, d_prev_f, d_prev_i, da)))
     return d_theta_prev, d_prev_f, d_prev_i, da

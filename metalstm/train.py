@@ -49,8 +49,8 @@ from tqdm.auto import tqdm
 
 from metalstm.checkpoint import (CheckpointError, hold_folder, load_checkpoint, refuse_other_kinds,
                                  remove_temporaries, save_checkpoint)
-from metalstm.cli import (NATIVE_HELP, check_device, native_off, non_negative_float, positive_int, set_threads,
-                          switch_native)
+from metalstm.cli import (NATIVE_HELP, check_device, native_state, non_negative_float, positive_int, restore_native,
+                          set_threads, switch_native)
 from metalstm.config import CONFIGS, Config, get_config
 from metalstm.distributed import World, all_reduce_grads_, init_from_env, shutdown
 from metalstm.episodes import episode_generator, sampler_for
@@ -500,6 +500,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--native", action="store_true", help=NATIVE_HELP)
     args = ap.parse_args(argv)
     world, out, cfg = World.single(), None, None
+    native_before = native_state()
     terminated = []                   # SIGTERM (torchrun stopping the survivors, a scheduler): as Ctrl-C
     previous = _on_sigterm(lambda signum, frame: (terminated.append(signum), _raise_interrupt()))
     try:
@@ -548,10 +549,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error (rank {world.rank}): {_peer_failure(exc, world, cfg, out)}", file=sys.stderr)
         return 2
     finally:
+        restore_native(native_before)
         shutdown()
         _on_sigterm(previous)
-        if args.native:
-            native_off()
     if world.is_main:
         files = ", ".join(n for n in ("best.pt", "last.pt", "log.csv") if (res.out_dir / n).exists())
         print(f"best meta-validation accuracy {res.best_val_acc:.4f} at episode {res.best_episode}; "

@@ -23,8 +23,18 @@ def native_on():
     fused.set_native(False)
 
 
-def run(meta: MetaLearner, path: str, steps: int = 4):
-    """theta_T, the last state and the meta-gradients of a loss that reaches every output."""
+def counting(monkeypatch) -> list:
+    """How often the C forward ran (it runs once per meta-learner step)."""
+    calls = []
+    real = native.forward
+    monkeypatch.setattr(native, "forward", lambda *a: calls.append(1) or real(*a))
+    return calls
+
+
+def run(meta: MetaLearner, path: str, steps: int = 4, every_output: bool = True):
+    """theta_T, the last state and the meta-gradients of a loss that reaches every output of the
+    steps (every_output) or, as in meta-training, theta_T alone (the last step's backward then
+    gets no gradient for h_T, c_T and the gates: the zeros that native.backward puts in)."""
     meta.zero_grad()
     fused.set_native(path == "native")
     try:
@@ -32,16 +42,19 @@ def run(meta: MetaLearner, path: str, steps: int = 4):
     finally:
         fused.set_native(False)
     r = torch.randn(meta.n_params, generator=torch.Generator().manual_seed(2))
-    loss = (theta * r).sum() + state.h.pow(2).sum() + 0.3 * state.c.sum() + (gates[1].f * r).sum() \
-        + gates[2].i.sum() + state.f.sum() + state.i.pow(2).sum()
+    loss = (theta * r).sum()
+    if every_output:
+        loss = loss + state.h.pow(2).sum() + 0.3 * state.c.sum() + (gates[1].f * r).sum() \
+            + gates[2].i.sum() + state.f.sum() + state.i.pow(2).sum()
     loss.backward()
     return theta.detach(), state, {name: p.grad.clone() for name, p in meta.named_parameters()}
 
 
-@pytest.mark.parametrize("prev_gate", ["value", "logit"])
-def test_native_step_has_the_reference_values_and_meta_gradients(prev_gate):
+@pytest.mark.parametrize("prev_gate, every_output", [("value", True), ("logit", True), ("value", False)])
+def test_native_step_has_the_reference_values_and_meta_gradients(prev_gate, every_output):
     meta = perturbed_meta(300, prev_gate).float()
-    (theta_n, state_n, grads_n), (theta_r, state_r, grads_r) = run(meta, "native"), run(meta, "reference")
+    (theta_n, state_n, grads_n), (theta_r, state_r, grads_r) = (run(meta, path, every_output=every_output)
+                                                                for path in ("native", "reference"))
     torch.testing.assert_close(theta_n, theta_r, rtol=1e-5, atol=1e-6)
     for name in ("h", "c", "f", "i"):
         torch.testing.assert_close(getattr(state_n, name), getattr(state_r, name), rtol=1e-5, atol=1e-6)
@@ -76,39 +89,74 @@ def test_native_preprocessing_is_paper_notes_4():
     """Both branches, the threshold e^-p itself, zeros of both signs and a NaN, for p = 10 and 3."""
     g = torch.Generator().manual_seed(0)
     n, H = 3000, 20
-    for p in (10.0, 3.0):
+    for p in (10.0, 3.0, native.MAX_P):
         grad = torch.randn(n, generator=g) * 10.0 ** torch.randint(-12, 3, (n,), generator=g).float()
         edge = math.exp(-p)
         grad[:6] = torch.tensor([0.0, -0.0, edge, -edge, 1e-30, float("nan")])
+        grad[6:11] = torch.tensor([3e38, -1e35, float("inf"), float("-inf"), 1e-45])   # and a denormal
         h = torch.randn(H, n, generator=g)
         inputs = native.layer1_input(grad, p, h, torch.empty(n, H + 3))
         want = preprocess(grad, p)
-        assert torch.isnan(inputs[5, 1]) and torch.isnan(want[5, 1])
+        assert torch.isnan(inputs[5, 1]) and torch.isnan(want[5, 1]) and inputs[5, 0] == want[5, 0] == -1
         torch.testing.assert_close(inputs[6:, :2], want[6:], rtol=1e-6, atol=1e-7)
+        assert torch.isinf(inputs[8:10, 0]).all() and inputs[8:10, 1].tolist() == [1.0, -1.0]
         torch.testing.assert_close(inputs[:5, :2], want[:5], rtol=1e-6, atol=1e-7)
         assert torch.equal(inputs[:, 2:2 + H], h.T) and bool((inputs[:, -1] == 1).all())
 
 
-def test_a_nan_gradient_still_reaches_theta(native_on):
-    """The non-finite guard of train.py sees a diverging run: a NaN in grad_t gives NaN in theta_t."""
+@pytest.mark.parametrize("where", ["grad", "c", "h"])
+def test_a_nan_still_reaches_theta(native_on, where):
+    """The non-finite guard of train.py sees a diverging run: a NaN in grad_t, in the cell state
+    (through tanh) or in h (through z and every gate's exp) gives NaN in theta_t."""
     meta = perturbed_meta(50, "value").float()
-    grad = torch.zeros(50)
-    grad[7] = float("nan")
+    grad, state = torch.zeros(50), meta.initial_state()
+    {"grad": grad, "c": state.c[3], "h": state.h[5]}[where][7] = float("nan")
     with torch.no_grad():
-        theta, _, _ = meta.step(torch.tensor(1.0), grad, meta.c0, meta.initial_state())
-    assert torch.isnan(theta[7]) and torch.isfinite(theta[:7]).all()
+        theta, new, _ = meta.step(torch.tensor(1.0), grad, meta.c0, state)
+    assert torch.isnan(theta[7]) and torch.isfinite(theta[:7]).all() and torch.isfinite(theta[8:]).all()
+    assert torch.isnan(new.h[:, 7]).any() and torch.isfinite(new.h[:, :7]).all()
 
 
-def test_only_cpu_float32_steps_take_the_c_loops(native_on, monkeypatch):
-    calls = []
-    real = native.forward
-    monkeypatch.setattr(native, "forward", lambda *a: calls.append(1) or real(*a))
+def test_only_cpu_float32_steps_with_a_usual_p_take_the_c_loops(native_on, monkeypatch):
+    calls = counting(monkeypatch)
     meta32, meta64 = perturbed_meta(30, "value").float(), perturbed_meta(30, "value")
     with torch.no_grad():
         unroll(meta64, 2, fused=True)
         assert calls == []
+        loss, state = torch.tensor(1.0), meta32.initial_state()
+        theta, _, _ = meta32.step(loss, torch.ones(30, dtype=torch.float64), meta32.c0, state)  # mixed
+        assert calls == []
+        meta32.p = native.MAX_P + 1
+        meta32.step(loss, torch.ones(30), meta32.c0, state)
+        assert calls == []
+        meta32.p = 10.0
         unroll(meta32, 2, fused=True)
     assert len(calls) == 2
+
+
+def test_strided_views_are_read_as_their_values(native_on):
+    meta = perturbed_meta(40, "value").float()
+    g = torch.Generator().manual_seed(5)
+    big_theta, big_grad = torch.randn(80, generator=g), 1e-3 * torch.randn(80, generator=g)
+    theta, grad = big_theta[::2], big_grad[::2]
+    assert not theta.is_contiguous()
+    loss, state = torch.tensor(0.9), meta.initial_state()
+    with torch.no_grad():
+        got = meta.step(loss, grad, theta, state)[0]
+        fused.set_native(False)
+        want = meta.step(loss, grad.contiguous(), theta.contiguous(), state)[0]
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_the_c_loops_refuse_arrays_of_another_kind_or_size():
+    H, n = 20, 10
+    with pytest.raises(ValueError, match="grad must be a float32 CPU array of shape"):
+        native.layer1_input(torch.zeros(n, dtype=torch.float64), 10.0, torch.zeros(H, n), torch.empty(n, H + 3))
+    with pytest.raises(ValueError, match="inputs must be a float32 CPU array of shape"):
+        native.layer1_input(torch.zeros(n), 10.0, torch.zeros(H, n), torch.empty(n, H + 2))
+    with pytest.raises(ValueError, match="acts must be contiguous"):
+        native.forward(torch.zeros(n, 4 * H).T, *(torch.zeros(H, n),), *(torch.zeros(n),) * 4,
+                       torch.zeros(H + 2), torch.zeros(H + 2), torch.tensor(4.0), torch.tensor(-4.0))
 
 
 def test_without_a_c_compiler_switching_on_is_one_clear_error(monkeypatch, tmp_path):
@@ -141,14 +189,6 @@ def test_the_library_is_built_once_into_the_cache(monkeypatch, tmp_path):
     monkeypatch.setattr(native, "_LIB", {"lib": None})
     monkeypatch.setattr(native, "_build", lambda *a: pytest.fail("compiled again"))
     native.library()                              # a new process: loaded from the cache
-
-
-def counting(monkeypatch) -> list:
-    """How often the C forward ran (it runs once per meta-learner step)."""
-    calls = []
-    real = native.forward
-    monkeypatch.setattr(native, "forward", lambda *a: calls.append(1) or real(*a))
-    return calls
 
 
 def test_train_and_evaluate_take_native_and_switch_it_off_again(tmp_path, capsys, monkeypatch):
@@ -197,3 +237,22 @@ def test_a_missing_compiler_on_the_command_line_is_one_line(tmp_path, capsys, mo
     err = capsys.readouterr().err.strip()
     assert err == ("error: --native: the native backend needs a C compiler (cc, gcc or clang on the PATH, "
                    "or $CC); without one, leave it off: the default path computes the same step")
+
+
+def test_a_command_gives_back_the_switch_as_it_found_it(tmp_path, capsys):
+    from metalstm import train
+    fused.set_native(True)
+    try:
+        assert train.main(["--config", "smoke", "--episodes", "1", "--val-every", "1", "--val-episodes", "1",
+                           "--out", str(tmp_path / "r"), "--threads", "1", "--native"]) == 0
+        assert fused.native_on()
+    finally:
+        fused.set_native(False)
+
+
+def test_cc_may_carry_words_and_must_name_a_program(monkeypatch):
+    monkeypatch.setenv("CC", "env cc")
+    assert native.compiler() == ["env", "cc"]
+    monkeypatch.setenv("CC", "no-such-compiler-here")
+    with pytest.raises(native.NativeUnavailable, match="names no program"):
+        native.compiler()
