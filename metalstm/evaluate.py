@@ -180,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--test-sets", nargs="*", default=None, metavar="DATASET",
                     help="test on these data sets' test splits (default: the checkpoint's own; "
                          "'digits' is the out-of-domain test)")
-    ap.add_argument("--baselines", nargs="*", default=[], metavar="NAME",
+    ap.add_argument("--baselines", nargs="*", default=[], metavar="NAME", choices=[*METHODS, "all"],
                     help=f"baselines to add: {' '.join(METHODS)} (or 'all')")
     ap.add_argument("--cache", default="runs/baselines",
                     help="where pre-trained / trained baselines are kept and reused")
@@ -231,7 +231,9 @@ def main(argv: list[str] | None = None) -> int:
             rules[name] = (r_learner, rule, r_cfg, path)
         order = sorted(rules, key=lambda name: (RUNGS.index(rules[name][2].rule), rules[name][2].episodes))
         rung_of = {name: rules[name][2].rule for name in order}
-        notes = {name: str(rules[name][3]) for name in order}
+        # a rule's note names its checkpoint (and --native, whose rounding differs): --reuse takes a
+        # rule's saved accuracies only from a run with the same note
+        notes = {name: str(rules[name][3]) + (" (--native)" if args.native else "") for name in order}
         reused = reusable(args.reuse, cfg, n, samplers)
         baselines = {}
         wanted = list(METHODS) if args.baselines == ["all"] else args.baselines

@@ -117,6 +117,7 @@ RAW = [
     ("evaluate", ["--checkpoint", "{w}/run/best.pt", "--cache", "{w}/afile"], ["--cache", "afile", "folder"]),
     ("evaluate", ["--checkpoint", "{w}/run/best.pt", "--device", "cuda"], ["cuda", "--device cpu"], NO_GPU),
     ("evaluate", ["--checkpoint", "{w}/run/best.pt", "--threads", "0"], ["--threads", ">= 1"]),
+    ("evaluate", ["--checkpoint", "{w}/run/best.pt", "--baselines", "nn"], ["--baselines", "'nn'", "nearest"]),
     ("evaluate", ["--checkpoint", "{w}/nan.pt"], ["nan.pt", "NaN", "earlier checkpoint"]),
     ("evaluate", ["--checkpoint", "{w}/missing.pt"], ["no checkpoint", "missing.pt"]),
     # -- python -m metalstm.episodes ------------------------------------------------------

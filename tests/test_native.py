@@ -4,6 +4,7 @@ float32 rounding, the preprocessing of paper notes 4, the meta-test step; NaNs s
 propagate; without a C compiler, one clear error and the default path untouched."""
 import json
 import math
+import shutil
 
 import pytest
 import torch
@@ -256,3 +257,23 @@ def test_cc_may_carry_words_and_must_name_a_program(monkeypatch):
     monkeypatch.setenv("CC", "no-such-compiler-here")
     with pytest.raises(native.NativeUnavailable, match="names no program"):
         native.compiler()
+
+
+def test_reuse_takes_a_rules_accuracies_only_from_a_run_of_the_same_path(tmp_path, capsys, monkeypatch):
+    """evaluate --reuse: a --native run recomputes the rule (its rounding differs), not the baselines."""
+    from metalstm import evaluate
+    from metalstm.viz import shipped_checkpoint
+    first, cache = tmp_path / "first.json", tmp_path / "cache"
+    cache.mkdir()
+    shutil.copy(shipped_checkpoint("glyphs-1shot").parent / "baselines" / "pretrained-glyphs-28.pt", cache)
+    common = ["--checkpoint", str(shipped_checkpoint("glyphs-1shot")), "--episodes", "2", "--threads", "1",
+              "--baselines", "nearest", "--cache", str(cache)]
+    assert evaluate.main([*common, "--json", str(first)]) == 0
+    calls = counting(monkeypatch)
+    assert evaluate.main([*common, "--native", "--reuse", str(first), "--json", str(tmp_path / "again.json")]) == 0
+    assert calls                                              # the rule ran again, with the C loops
+    rows = json.loads((tmp_path / "again.json").read_text())["test_sets"]["glyphs"]["results"]
+    assert rows[0]["note"].endswith("(--native)")
+    calls.clear()
+    assert evaluate.main([*common, "--native", "--reuse", str(tmp_path / "again.json")]) == 0
+    assert not calls                                          # the same path: its accuracies are reused
