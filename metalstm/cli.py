@@ -138,8 +138,8 @@ def set_threads(n: int | None) -> None:
 
 
 NATIVE_HELP = ("run the meta-learner's elementwise work as the C loops of metalstm/native.c "
-               "(compiled on first use with the system's C compiler; CPU only, one thread; faster, "
-               "the same numbers to rounding; README, Speed)")
+               "(compiled on first use with the system's C compiler; CPU only; one thread, so faster "
+               "with --threads 1 only; the same numbers to rounding; README, Speed)")
 
 
 def switch_native(on: bool, device: str, reference: bool = False) -> None:

@@ -43,7 +43,8 @@ shape. On a shared machine the CPU time is the steadier figure.
 
     python -m metalstm.tools.bench --repeats 10 --threads 1 --shapes 28 84 --shots 5 1
 
---steps times ONE meta-learner step instead, for the learner size of each --shapes
+--steps times ONE meta-learner step instead (CPU time and wall clock: with --threads
+above 1 the wall clock is the one to read), for the learner size of each --shapes
 (n coordinates, hidden 20), on random inputs from a non-zero state: the meta-test
 step and the meta-training step (forward and backward) of the default path and of
 --native, the step's three matrix products alone (g / T) and a plain copy of the
@@ -434,11 +435,12 @@ def report_steps(size: int, n: int, rows: dict) -> None:
     before, after = rows["load"]
     print(f"\none meta-learner step, n = {n} coordinates ({size}x{size} learner), hidden 20   "
           f"(load average {before[0]:.2f} before, {after[0]:.2f} after)")
-    print(f"  {'':<36} {'CPU ms: median':>14} {'min':>8} {'max':>8}")
+    print(f"  {'':<36} {'CPU ms: median':>14} {'min':>8} {'max':>8}   {'wall ms: median':>15}")
     for k, name in STEP_NAMES.items():
         if k in rows:
             times = rows[k][1]
-            print(f"  {name:<36} {1e3 * cpu[k]:14.2f} {1e3 * min(times):8.2f} {1e3 * max(times):8.2f}")
+            print(f"  {name:<36} {1e3 * cpu[k]:14.2f} {1e3 * min(times):8.2f} {1e3 * max(times):8.2f}   "
+                  f"{1e3 * statistics.median(rows[k][0]):15.2f}")
     print("  beyond the matrix products (what the elementwise work, the preprocessing and the "
           "bookkeeping cost):")
     for k in ("test", "test_C", "train", "train_C"):
