@@ -11,7 +11,9 @@ products stay PyTorch's.
 It is switched on with `metalstm.fused.set_native(True)` (or `--native` on the
 command line) and is never on by default: it needs a C compiler, runs on the CPU in
 float32 only, and its exp and tanh round differently from PyTorch's, so its
-results agree with the default path to rounding, not bit for bit.
+results agree with the default path to rounding, not bit for bit. The loops run on
+one thread: with torch.set_num_threads above 1 the default path, whose operations
+run in parallel, is the faster (README, Speed).
 
 Example:
     >>> from metalstm import fused, native
