@@ -199,24 +199,24 @@ def gemm_operands(n: int, hidden: int, device):
     return W, W_hT, x, dz
 
 
-def gemm_fn(n: int, hidden: int, s: Shape, device):
+def gemm_fn(n: int, hidden: int, steps: int, device):
     """(g): for each of the T steps, z = W [x; h; 1], then dW = dz [x; h; 1]^T and dh = W_h^T dz."""
     W, W_hT, x, dz = gemm_operands(n, hidden, device)
 
     def run():
-        for _ in range(s.steps):
+        for _ in range(steps):
             W @ x
             dz @ x.T
             W_hT @ dz
     return run
 
 
-def gemm_forward_fn(n: int, hidden: int, s: Shape, device):
+def gemm_forward_fn(n: int, hidden: int, steps: int, device):
     """(g_fwd): the forward product z = W [x; h; 1] of each of the T steps alone."""
     W, _, x, _ = gemm_operands(n, hidden, device)
 
     def run():
-        for _ in range(s.steps):
+        for _ in range(steps):
             W @ x
     return run
 
@@ -401,7 +401,6 @@ def step_fns(n: int, hidden: int, device) -> dict:
     state = meta.initial_state()
     state.h, state.c, state.f, state.i = rand(hidden, n), rand(hidden, n), rand(n).sigmoid(), rand(n).sigmoid()
     loss, grad, r = torch.tensor(1.3, device=device), 1e-3 * rand(n), rand(n)
-    W, W_hT, x, dz = gemm_operands(n, hidden, device)
     z = rand(4 * hidden, n)
     z_copy = torch.empty_like(z)
 
@@ -413,12 +412,8 @@ def step_fns(n: int, hidden: int, device) -> dict:
         theta, new, gates = meta.step(loss, grad, meta.c0, state)
         ((theta * r).sum() + new.h.sum() + new.c.sum() + gates.f.sum()).backward()
 
-    def gemm():
-        W @ x
-        dz @ x.T
-        W_hT @ dz
-
-    fns = {"test": test, "train": train, "gemm": gemm, "gemm_fwd": lambda: W @ x, "copy": lambda: z_copy.copy_(z)}
+    fns = {"test": test, "train": train, "gemm": gemm_fn(n, hidden, 1, device),
+           "gemm_fwd": gemm_forward_fn(n, hidden, 1, device), "copy": lambda: z_copy.copy_(z)}
     if native_rows(device):
         fns["test_C"], fns["train_C"] = with_native(test), with_native(train)
     return fns
@@ -468,8 +463,8 @@ def bench_shape(s: Shape, repeats: int, warmup: int, device) -> dict:
            "c": test_fn(learner, meta, ep, s),
            "b": train_fn(learner, meta, ep, s),
            "b0": train_fn(learner, sgd, ep, s),
-           "g": gemm_fn(learner.n_params, meta.hidden, s, device),
-           "g_fwd": gemm_forward_fn(learner.n_params, meta.hidden, s, device),
+           "g": gemm_fn(learner.n_params, meta.hidden, s.steps, device),
+           "g_fwd": gemm_forward_fn(learner.n_params, meta.hidden, s.steps, device),
            "b_naive": naive_train_fn(nets, naive_meta, ep, s),
            "c_naive": naive_test_fn(nets, naive_meta, ep, s),
            "d": lambda: sampler[next(counter)].to(device)}
