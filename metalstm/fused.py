@@ -122,7 +122,7 @@ def _layer1_input(loss, grad, h, W, b, p, inputs_out=None, z_out=None, use_nativ
     bias = torch.addmv(b, W[:, :2], pre_loss)
     inputs = h.new_empty(n, H + 3) if inputs_out is None else inputs_out
     if use_native:
-        native.layer1_input(grad.contiguous(), p, h.contiguous(), inputs)
+        native.layer1_input(grad, p, h, inputs)          # (it copies a strided view itself)
     else:
         inputs[:, :2] = preprocess(grad, p)
         inputs[:, 2:2 + H].copy_(h.T)

@@ -102,9 +102,13 @@ def _build(cc: list[str], target: Path) -> None:
 
 def _write_atomically(path: Path, text: str) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 def _machine() -> bytes:
@@ -129,6 +133,8 @@ def _compiler_version(cc: list[str]) -> bytes:
 
 def library() -> ctypes.CDLL:
     """The compiled native.c, built on first use (NativeUnavailable when it cannot be)."""
+    if _LIB["lib"] is not None:              # every kernel call asks: no lock once it is loaded
+        return _LIB["lib"]
     with _LOCK:
         if _LIB["lib"] is not None:
             return _LIB["lib"]
@@ -236,17 +242,17 @@ def backward(d_theta, d_f, d_i, d_af, d_ai, d_h, d_c, theta, grad, acts, c, c_ne
     d_c_prev [H, n]); upstream gradients that did not arrive (None) count as zeros.
     Returns (d theta_{t-1}, d prev_f, d prev_i, da = [da_f; da_i] [2, n])."""
     H, n = c.shape
-    zeros = {}
+    zeros = {}                               # shape -> one zeros array for every missing gradient
 
-    def vec(t, name):
+    def read(t, shape, name):
         if t is None:
-            return zeros.setdefault((n,), theta.new_zeros(n))
-        return _read(t, (n,), name)
+            if shape not in zeros:
+                zeros[shape] = theta.new_zeros(shape)
+            return zeros[shape]
+        return _read(t, shape, name)
 
-    def mat(t, name):
-        if t is None:
-            return zeros.setdefault((H, n), theta.new_zeros(H, n))
-        return _read(t, (H, n), name)
+    vec = lambda t, name: read(t, (n,), name)
+    mat = lambda t, name: read(t, (H, n), name)
 
     ins = [vec(t, name) for t, name in ((d_theta, "d_theta"), (d_f, "d_f"), (d_i, "d_i"), (d_af, "d_af"),
                                         (d_ai, "d_ai"))]
