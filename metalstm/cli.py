@@ -137,9 +137,9 @@ def set_threads(n: int | None) -> None:
         torch.set_num_threads(n)
 
 
-NATIVE_HELP = ("run the meta-learner's elementwise work as the C loops of metalstm/native.c "
-               "(compiled on first use with the system's C compiler; CPU only; one thread, so faster "
-               "with --threads 1 only; the same numbers to rounding; README, Speed)")
+NATIVE_HELP = ("run each meta-learner step, layer 1's matrix products included, as the C loops of "
+               "metalstm/native.c (compiled on first use with the system's C compiler; CPU only; one "
+               "thread, so faster with --threads 1 only; the same numbers to rounding; README, Speed)")
 
 
 def switch_native(on: bool, device: str, reference: bool = False) -> None:

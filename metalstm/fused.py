@@ -13,10 +13,10 @@ layer-1 product runs in the operand layouts in which MKL is fastest (see
 the development machine (the same operations in the same order); what remains
 is the saved activations' memory traffic (README, Speed).
 
-One switch further, `set_native(True)` (`--native` on the command line) runs the
-elementwise part of this same step - everything between and after the matrix
-products - as the C loops of `metalstm.native` (metalstm/native.c), one sweep each
-way: faster again on a CPU, the same numbers to rounding. Opt-in, never the default.
+One switch further, `set_native(True)` (`--native` on the command line) runs this
+same step, layer 1's matrix products included, as the C loops of `metalstm.native`
+(metalstm/native.c), one sweep each way with z and dz never in memory: faster again
+on a CPU, the same numbers to rounding. Opt-in, never the default.
 
 Forward (a column per coordinate; L_t and grad_t are constants, paper notes 5):
 
@@ -106,7 +106,7 @@ def release_buffers() -> None:
         _SAVED["free"].clear()
 
 
-def _layer1_input(loss, grad, h, W, b, p, inputs_out=None, z_out=None, use_native=False):
+def _layer1_input(loss, grad, h, W, b, p, inputs_out=None, z_out=None):
     """(pre(L_t), inputs, z): z = W_1 [pre(L_t); pre(grad_t); h_{t-1}] + b_1 [4H, n], as one matrix
     product W' [pre(grad_t); h_{t-1}; 1] - the loss is the same for every coordinate, so its two
     weight columns fold into the bias, and the bias becomes one more column of W' against a row
@@ -116,20 +116,29 @@ def _layer1_input(loss, grad, h, W, b, p, inputs_out=None, z_out=None, use_nativ
     (returned in that form), and W' column-major: on the development machine's CPU, MKL runs
     this product (and the backward's dz @ inputs) 1.4-2.8x faster in these layouts than in
     the row-major ones, with bit-for-bit the same result (measured there; README, Speed).
-    The pieces are written into the array, no cat (with use_native, in one C pass)."""
+    The pieces are written into the array, no cat."""
     H, n = h.shape
-    pre_loss = preprocess(loss, p).reshape(2)
-    bias = torch.addmv(b, W[:, :2], pre_loss)
+    pre_loss, bias = _folded_bias(loss, W, b, p)
     inputs = h.new_empty(n, H + 3) if inputs_out is None else inputs_out
-    if use_native:
-        native.layer1_input(grad, p, h, inputs)          # (it copies a strided view itself)
-    else:
-        inputs[:, :2] = preprocess(grad, p)
-        inputs[:, 2:2 + H].copy_(h.T)
-        inputs[:, -1].fill_(1.0)
+    inputs[:, :2] = preprocess(grad, p)
+    inputs[:, 2:2 + H].copy_(h.T)
+    inputs[:, -1].fill_(1.0)
     weights = torch.cat([W[:, 2:].T, bias[None]]).T                       # [4H, H + 3], column-major
     z = torch.mm(weights, inputs.T, out=z_out)                             # [4H, n]
     return pre_loss, inputs, z
+
+
+def _folded_bias(loss, W, b, p):
+    """(pre(L_t), b_1 + W_1[loss] pre(L_t)): the loss's share of layer 1, the same for every coordinate."""
+    pre_loss = preprocess(loss, p).reshape(2)
+    return pre_loss, torch.addmv(b, W[:, :2], pre_loss)
+
+
+def _native_weights(loss, W, b, p):
+    """(pre(L_t), W') for the C loops: W' = [W_1's grad and h columns | the folded bias]
+    [4H, H + 3] row-major, the same matrix as `_layer1_input`'s, in the other layout."""
+    pre_loss, bias = _folded_bias(loss, W, b, p)
+    return pre_loss, torch.cat([W[:, 2:], bias[:, None]], dim=1)
 
 
 def _layer2(h, theta, grad, prev_f, prev_i, W_F, W_I, b_F, b_I):
@@ -148,81 +157,77 @@ class FusedMetaStep(torch.autograd.Function):
     @staticmethod
     def forward(ctx, loss, grad, theta, h, c, prev_f, prev_i, W, b, W_F, W_I, b_F, b_I, p):
         H, n = h.shape
-        ctx.native = use_native = _native_for(p, grad, theta, h, c, prev_f, prev_i, W, W_F, W_I)
+        ctx.native = use_native = _native_for(p, H, grad, theta, h, c, prev_f, prev_i, W, W_F, W_I)
+        ctx.hn = (H, n)
+        if use_native:            # the whole step in one C sweep; it saves the gate activations
+            acts = _saved_array((4 * H, n), theta)
+            pre_loss, W1 = _native_weights(loss, W, b, p)
+            outs = native.step(grad, p, h, W1, c, theta, prev_f, prev_i, W_F, W_I, b_F, b_I, acts=acts)
+            theta_new, h_new, c_new, f, i, a_f, a_i = outs
+            ctx.p = p
+            ctx.save_for_backward(pre_loss, grad, theta, h, c, W1, W_F, W_I, acts, c_new, h_new, prev_f,
+                                  prev_i, f, i)
+            _recycle(ctx, acts)
+            return outs
         # inputs, z and tanh(c_t) are saved for the backward pass (in reused arrays, handed
         # back when this node is freed); the gate activations overwrite z: acts = [i1; f1; g1; o1]
         inputs, acts = _saved_array((n, H + 3), theta), _saved_array((4 * H, n), theta)
-        pre_loss, inputs, acts = _layer1_input(loss, grad, h, W, b, p, inputs_out=inputs, z_out=acts,
-                                               use_native=use_native)
-        if use_native:            # the rest in one C sweep; the backward recomputes tanh(c_t)
-            theta_new, h_new, c_new, f, i, a_f, a_i = native.forward(acts, c, theta, grad, prev_f, prev_i,
-                                                                     W_F, W_I, b_F, b_I)
-            tanh_c = None
-        else:
-            tanh_c = _saved_array((H, n), theta)
-            torch.sigmoid_(acts[:2 * H])                                    # i1 and f1, one sweep
-            torch.tanh_(acts[2 * H:3 * H])                                  # g1
-            torch.sigmoid_(acts[3 * H:])                                    # o1
-            i1, f1, g1, o1 = acts.chunk(4)
-            c_new = torch.mul(f1, c).addcmul_(i1, g1)
-            torch.tanh(c_new, out=tanh_c)
-            h_new = torch.mul(o1, tanh_c)
-            theta_new, f, i, a_f, a_i = _layer2(h_new, theta, grad, prev_f, prev_i, W_F, W_I, b_F, b_I)
+        pre_loss, inputs, acts = _layer1_input(loss, grad, h, W, b, p, inputs_out=inputs, z_out=acts)
+        tanh_c = _saved_array((H, n), theta)
+        torch.sigmoid_(acts[:2 * H])                                    # i1 and f1, one sweep
+        torch.tanh_(acts[2 * H:3 * H])                                  # g1
+        torch.sigmoid_(acts[3 * H:])                                    # o1
+        i1, f1, g1, o1 = acts.chunk(4)
+        c_new = torch.mul(f1, c).addcmul_(i1, g1)
+        torch.tanh(c_new, out=tanh_c)
+        h_new = torch.mul(o1, tanh_c)
+        theta_new, f, i, a_f, a_i = _layer2(h_new, theta, grad, prev_f, prev_i, W_F, W_I, b_F, b_I)
         ctx.save_for_backward(pre_loss, grad, theta, c, prev_f, prev_i, W, W_F, W_I, inputs,
-                              acts, tanh_c, c_new if use_native else None, h_new, f, i)
-        _recycle(ctx, *(a for a in (inputs, acts, tanh_c) if a is not None))
-        ctx.hn = (H, n)
+                              acts, tanh_c, h_new, f, i)
+        _recycle(ctx, inputs, acts, tanh_c)
         return theta_new, h_new, c_new, f, i, a_f, a_i
 
     @staticmethod
     def backward(ctx, d_theta, d_h, d_c, d_f, d_i, d_af, d_ai):
+        if ctx.native:
+            return _native_backward(ctx, d_theta, d_h, d_c, d_f, d_i, d_af, d_ai)
         (pre_loss, grad, theta, c, prev_f, prev_i, W, W_F, W_I, inputs,
-         acts, tanh_c, c_new, h_new, f, i) = ctx.saved_tensors
+         acts, tanh_c, h_new, f, i) = ctx.saved_tensors
         H, n = ctx.hn
         dz = _workspace("dz", 4 * H, n, like=theta)          # [dz_i; dz_f; dz_g; dz_o]
-        if ctx.native:            # up to dz in one C sweep
-            d_c_prev = theta.new_empty(H, n)
-            d_theta_prev, d_prev_f, d_prev_i, da = native.backward(
-                d_theta, d_f, d_i, d_af, d_ai, d_h, d_c, theta, grad, acts, c, c_new, f, i, W_F, W_I,
-                dz, d_c_prev)
-            da_f, da_i = da
-        else:
-            d_theta = theta.new_zeros(n) if d_theta is None else d_theta
-            # layer 2
-            g_f = d_theta * theta if d_f is None else torch.addcmul(d_f, d_theta, theta)
-            g_i = -d_theta * grad if d_i is None else torch.addcmul(d_i, d_theta, grad, value=-1.0)
-            da_f = torch.ops.aten.sigmoid_backward(g_f, f)
-            da_i = torch.ops.aten.sigmoid_backward(g_i, i)
-            if d_af is not None:
-                da_f = da_f + d_af
-            if d_ai is not None:
-                da_i = da_i + d_ai
-            da = torch.stack([da_f, da_i])                                # [2, n]
-            d_theta_prev = d_theta * f + W_F[H] * da_f + W_I[H] * da_i
-            d_prev_f = da_f * W_F[H + 1]
-            d_prev_i = da_i * W_I[H + 1]
-            W_h = torch.stack([W_F[:H], W_I[:H]])
-            d_h = W_h.T @ da if d_h is None else torch.addmm(d_h, W_h.T, da)  # [H, n]
-            # layer 1, in two reused buffers: d c_t, then dz
-            i1, f1, g1, o1 = acts.chunk(4)
-            d_c_new = _workspace("dc", H, n, like=theta)
-            torch.mul(d_h, o1, out=d_c_new)
-            torch.ops.aten.tanh_backward(d_c_new, tanh_c, grad_input=d_c_new)
-            if d_c is not None:
-                d_c_new += d_c
-            torch.mul(d_c_new, g1, out=dz[:H])
-            torch.mul(d_c_new, c, out=dz[H:2 * H])
-            torch.ops.aten.sigmoid_backward(dz[:2 * H], acts[:2 * H], grad_input=dz[:2 * H])
-            torch.mul(d_c_new, i1, out=dz[2 * H:3 * H])
-            torch.ops.aten.tanh_backward(dz[2 * H:3 * H], g1, grad_input=dz[2 * H:3 * H])
-            torch.mul(d_h, tanh_c, out=dz[3 * H:])
-            torch.ops.aten.sigmoid_backward(dz[3 * H:], o1, grad_input=dz[3 * H:])
-            d_c_prev = d_c_new * f1
+        d_theta = theta.new_zeros(n) if d_theta is None else d_theta
+        # layer 2
+        g_f = d_theta * theta if d_f is None else torch.addcmul(d_f, d_theta, theta)
+        g_i = -d_theta * grad if d_i is None else torch.addcmul(d_i, d_theta, grad, value=-1.0)
+        da_f = torch.ops.aten.sigmoid_backward(g_f, f)
+        da_i = torch.ops.aten.sigmoid_backward(g_i, i)
+        if d_af is not None:
+            da_f = da_f + d_af
+        if d_ai is not None:
+            da_i = da_i + d_ai
+        da = torch.stack([da_f, da_i])                                # [2, n]
+        d_theta_prev = d_theta * f + W_F[H] * da_f + W_I[H] * da_i
+        d_prev_f = da_f * W_F[H + 1]
+        d_prev_i = da_i * W_I[H + 1]
+        W_h = torch.stack([W_F[:H], W_I[:H]])
+        d_h = W_h.T @ da if d_h is None else torch.addmm(d_h, W_h.T, da)  # [H, n]
+        # layer 1, in two reused buffers: d c_t, then dz
+        i1, f1, g1, o1 = acts.chunk(4)
+        d_c_new = _workspace("dc", H, n, like=theta)
+        torch.mul(d_h, o1, out=d_c_new)
+        torch.ops.aten.tanh_backward(d_c_new, tanh_c, grad_input=d_c_new)
+        if d_c is not None:
+            d_c_new += d_c
+        torch.mul(d_c_new, g1, out=dz[:H])
+        torch.mul(d_c_new, c, out=dz[H:2 * H])
+        torch.ops.aten.sigmoid_backward(dz[:2 * H], acts[:2 * H], grad_input=dz[:2 * H])
+        torch.mul(d_c_new, i1, out=dz[2 * H:3 * H])
+        torch.ops.aten.tanh_backward(dz[2 * H:3 * H], g1, grad_input=dz[2 * H:3 * H])
+        torch.mul(d_h, tanh_c, out=dz[3 * H:])
+        torch.ops.aten.sigmoid_backward(dz[3 * H:], o1, grad_input=dz[3 * H:])
+        d_c_prev = d_c_new * f1
         # the weight gradients: layer 2's sums, then layer 1's two products
-        dW_h = da @ h_new.T                                               # [2, H]
-        dW_F = torch.cat([dW_h[0], torch.stack([da_f @ theta, da_f @ prev_f])])
-        dW_I = torch.cat([dW_h[1], torch.stack([da_i @ theta, da_i @ prev_i])])
-        db_F, db_I = da_f.sum(), da_i.sum()
+        dW_F, dW_I, db_F, db_I = _layer2_weight_grads(da, h_new, theta, prev_f, prev_i)
         # W_1[h]^T dz with W_1[h] copied contiguous (its transpose column-major: the faster layout)
         d_h_prev = W[:, 4:].contiguous().T @ dz if ctx.needs_input_grad[3] else None
         dW_inputs = dz @ inputs                                           # [4H, 2 + H + 1]
@@ -230,6 +235,29 @@ class FusedMetaStep(torch.autograd.Function):
         dW = torch.cat([torch.outer(db, pre_loss), dW_inputs[:, :-1]], dim=1)
         return (None, None, d_theta_prev, d_h_prev, d_c_prev, d_prev_f, d_prev_i,
                 dW, db, dW_F, dW_I, db_F, db_I, None)
+
+
+def _layer2_weight_grads(da, h_new, theta, prev_f, prev_i):
+    """Layer 2's weight gradients (dW_F, dW_I, db_F, db_I) from da = [da_f; da_i] [2, n]."""
+    da_f, da_i = da
+    dW_h = da @ h_new.T                                                   # [2, H]
+    dW_F = torch.cat([dW_h[0], torch.stack([da_f @ theta, da_f @ prev_f])])
+    dW_I = torch.cat([dW_h[1], torch.stack([da_i @ theta, da_i @ prev_i])])
+    return dW_F, dW_I, da_f.sum(), da_i.sum()
+
+
+def _native_backward(ctx, d_theta, d_h, d_c, d_f, d_i, d_af, d_ai):
+    """FusedMetaStep.backward through the C loops (native.step_backward): every derivative of the
+    hand-written backward above, layer 1's two products included, in one sweep."""
+    pre_loss, grad, theta, h, c, W1, W_F, W_I, acts, c_new, h_new, prev_f, prev_i, f, i = ctx.saved_tensors
+    d_theta_prev, d_prev_f, d_prev_i, da, d_c_prev, d_h_prev, dW1 = native.step_backward(
+        d_theta, d_f, d_i, d_af, d_ai, d_h, d_c, grad, ctx.p, h, W1, theta, acts, c, c_new, f, i, W_F, W_I,
+        want_dh=ctx.needs_input_grad[3])
+    dW_F, dW_I, db_F, db_I = _layer2_weight_grads(da, h_new, theta, prev_f, prev_i)
+    db = dW1[:, -1]
+    dW = torch.cat([torch.outer(db, pre_loss), dW1[:, :-1]], dim=1)
+    return (None, None, d_theta_prev, d_h_prev, d_c_prev, d_prev_f, d_prev_i,
+            dW, db, dW_F, dW_I, db_F, db_I, None)
 
 
 def fused_step(loss: Tensor, grad: Tensor, theta: Tensor, h: Tensor, c: Tensor, prev_f: Tensor,
@@ -243,7 +271,7 @@ def fused_step(loss: Tensor, grad: Tensor, theta: Tensor, h: Tensor, c: Tensor, 
     args = (loss, grad, theta, h, c, prev_f, prev_i, W, b, W_F, W_I, b_F, b_I)
     if not torch.is_grad_enabled() or not any(t.requires_grad for t in args):
         with torch.no_grad():          # set_native takes precedence over set_compile
-            compiled = _COMPILE["on"] and not _native_for(p, *args[1:])
+            compiled = _COMPILE["on"] and not _native_for(p, h.shape[0], *args[1:])
             return compiled_step(*args, p) if compiled else inference_step(*args, p)
     return FusedMetaStep.apply(*args, p)
 
@@ -253,11 +281,11 @@ def inference_step(loss, grad, theta, h, c, prev_f, prev_i, W, b, W_F, W_I, b_F,
     live in two reused buffers and the gate activations overwrite z in place, so only h_t and
     c_t are new [H, n] arrays."""
     H, n = h.shape
-    use_native = _native_for(p, grad, theta, h, c, prev_f, prev_i, W, W_F, W_I)
+    if _native_for(p, H, grad, theta, h, c, prev_f, prev_i, W, W_F, W_I):
+        _, W1 = _native_weights(loss, W, b, p)
+        return native.step(grad, p, h, W1, c, theta, prev_f, prev_i, W_F, W_I, b_F, b_I)
     _, _, z = _layer1_input(loss, grad, h, W, b, p, inputs_out=_workspace("inputs", n, H + 3, like=theta),
-                            z_out=_workspace("z", 4 * H, n, like=theta), use_native=use_native)
-    if use_native:
-        return native.forward(z, c, theta, grad, prev_f, prev_i, W_F, W_I, b_F, b_I)
+                            z_out=_workspace("z", 4 * H, n, like=theta))
     torch.sigmoid_(z[:2 * H])                                   # i1, f1
     torch.tanh_(z[2 * H:3 * H])                                 # g1
     torch.sigmoid_(z[3 * H:])                                   # o1
@@ -273,13 +301,13 @@ _NATIVE = {"on": False}
 
 
 def set_native(on: bool = True) -> None:
-    """Run the elementwise work of every CPU float32 step (meta-training and meta-testing) as
-    the C loops of `metalstm.native` (on=True), or as the PyTorch operations above (False,
-    the default). Switching on compiles native.c if it is not compiled yet, and raises
-    `native.NativeUnavailable` with the reason when that cannot be done (no C compiler).
-    The matrix products, the saved arrays and the weight gradients are the same either way;
-    the C loops' exp and tanh round differently, so results agree to rounding (tested),
-    not bit for bit. Never switched on by the package itself."""
+    """Run every CPU float32 step (meta-training and meta-testing) with hidden size up to
+    `native.MAX_H` as the C loops of `metalstm.native` (on=True), layer 1's products included,
+    or as the PyTorch operations above (False, the default). Switching on compiles native.c if
+    it is not compiled yet, and raises `native.NativeUnavailable` with the reason when that
+    cannot be done (no C compiler). The equations are the same either way; the C loops' exp,
+    tanh and sums round differently, so results agree to rounding (tested), not bit for bit.
+    Never switched on by the package itself."""
     if on:
         native.library()
     _NATIVE["on"] = bool(on)
@@ -290,10 +318,10 @@ def native_on() -> bool:
     return _NATIVE["on"]
 
 
-def _native_for(p: float, *tensors: Tensor) -> bool:
-    """Whether this step runs the C loops: switched on, every array a CPU float32 one, and p
-    within the C preprocessing's range (`native.supports`)."""
-    return _NATIVE["on"] and native.supports(p, *tensors)
+def _native_for(p: float, H: int, *tensors: Tensor) -> bool:
+    """Whether this step runs the C loops: switched on, every array a CPU float32 one, and p and
+    the hidden size H within the C loops' range (`native.supports`)."""
+    return _NATIVE["on"] and native.supports(p, H, *tensors)
 
 
 # -- opt-in: torch.compile ---------------------------------------------------------------

@@ -1,26 +1,29 @@
-/* The elementwise work of one meta-learner step as C loops (paper notes 3, 4, 5).
+/* One meta-learner step as C loops, layer 1's matrix products included (paper notes 3, 4, 5).
 
    metalstm/fused.py computes a step with ~25 PyTorch operations forward and ~30 backward,
-   each a full sweep over [H, n] arrays. Here each direction is ONE sweep:
-     metalstm_layer1_input  the right-hand side [pre(grad_t) | h_{t-1}^T | 1] of layer 1's
-                            matrix product (pre: paper notes 4's preprocessing);
-     metalstm_forward       from that product z: the gates, c_t, h_t and all of layer 2;
-     metalstm_backward      layer 2's and layer 1's elementwise derivatives, down to dz.
-   The matrix products themselves stay PyTorch's (MKL's). metalstm/native.py compiles this
-   file with the system's C compiler on first use and calls it through ctypes. Arrays are
-   float32 and contiguous, a column per coordinate: element (r, j) of an [R, n] array is at
-   r * n + j.
+   each a full sweep over [H, n] arrays, around three matrix products (MKL's) whose [4H, n]
+   results z and dz go through memory. Here the step is one sweep each way:
+     metalstm_step           layer 1's right-hand side x = [pre(grad_t); h_{t-1}; 1]
+                             (pre: paper notes 4's preprocessing), z = W' x, the gates,
+                             c_t, h_t and all of layer 2;
+     metalstm_step_backward  layer 2's and layer 1's derivatives, down to dz, and from dz
+                             the weight gradient dW' = dz x^T and d h_{t-1} = W'[h]^T dz.
+   Both walk the coordinates in blocks of COLS: a block's x, z and dz live in registers and
+   the L1 cache, never in memory (the products run as register-blocked loops on GCC's and
+   clang's vector types, which any target lowers to its own vectors). What reaches memory
+   is each array the step reads or returns once, and in meta-training the gate activations
+   saved for the backward pass. metalstm/native.py compiles this file with the system's C
+   compiler on first use and calls it through ctypes. Arrays are float32 and contiguous, a
+   column per coordinate: element (r, j) of an [R, n] array is at r * n + j; W' is [4H, K]
+   row-major, K = H + 3, its columns [pre(grad) (2) | h (H) | bias].
 
-   Columns are processed in blocks of BLOCK, so that a block's partial sums for layer 2
-   stay in the L1 cache across the row loop. exp, tanh and log are written out (Cephes'
-   single-precision polynomials, accurate to a few units in the last place), branch-free,
-   so that the compiler vectorises every loop without libm; a NaN stays a NaN. The results
-   agree with PyTorch's to rounding, not bit for bit (tests/test_native.py). */
+   exp, tanh and log are written out (Cephes' single-precision polynomials, accurate to a few
+   units in the last place), branch-free, so that the compiler vectorises every loop without
+   libm; a NaN stays a NaN. The results agree with PyTorch's to rounding, not bit for bit
+   (tests/test_native.py). */
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
-
-#define BLOCK 256
-#define TILE 64
 
 /* e^x, x clamped to [-87, 88]: 2^k e^r with k = round(x / ln 2) and |r| <= ln(2) / 2.
    (Written branch-free - two clamps, rounding by adding and subtracting 1.5 * 2^23, whose
@@ -60,124 +63,6 @@ static inline float tanh_f(float x)
     return a < 0.625f ? small : big;
 }
 
-/* one row r of layer 1 over m columns: the gates in place of z, c_t, h_t, and h_t's share of
-   layer 2's two dot products (each array its own: restrict lets the compiler vectorise freely) */
-static void forward_row(int64_t m, float *restrict zi, float *restrict zf, float *restrict zg,
-                        float *restrict zo, const float *restrict c, float *restrict c_new,
-                        float *restrict h_new, float w_f, float w_i,
-                        float *restrict sum_f, float *restrict sum_i)
-{
-    for (int64_t j = 0; j < m; j++) {
-        float i1 = sigmoid_f(zi[j]), f1 = sigmoid_f(zf[j]);
-        float g1 = tanh_f(zg[j]), o1 = sigmoid_f(zo[j]);
-        float cc = f1 * c[j] + i1 * g1;
-        float h = o1 * tanh_f(cc);
-        zi[j] = i1;
-        zf[j] = f1;
-        zg[j] = g1;
-        zo[j] = o1;
-        c_new[j] = cc;
-        h_new[j] = h;
-        sum_f[j] += w_f * h;
-        sum_i[j] += w_i * h;
-    }
-}
-
-/* Forward (fused.py's FusedMetaStep.forward after the matrix product):
-     acts [4H, n]: on entry z = W_1 [x; h_{t-1}] + b_1, on return [i1; f1; g1; o1]
-     c_t = f1 c_{t-1} + i1 g1,  h_t = o1 tanh(c_t)
-     a_f = W_F . [h_t, theta_{t-1}, prev_f] + b_F,  f_t = sigmoid(a_f)   (same for i)
-     theta_t = f_t theta_{t-1} - i_t grad_t */
-void metalstm_forward(int H, int64_t n, float *restrict acts, const float *restrict c,
-                      const float *restrict theta, const float *restrict grad,
-                      const float *restrict prev_f, const float *restrict prev_i,
-                      const float *restrict W_F, const float *restrict W_I, float b_F, float b_I,
-                      float *restrict c_new, float *restrict h_new, float *restrict theta_new,
-                      float *restrict f, float *restrict i, float *restrict a_f, float *restrict a_i)
-{
-    for (int64_t j0 = 0; j0 < n; j0 += BLOCK) {
-        int64_t m = n - j0 < BLOCK ? n - j0 : BLOCK;
-        float sum_f[BLOCK], sum_i[BLOCK];
-        for (int64_t j = 0; j < m; j++) {
-            sum_f[j] = 0.0f;
-            sum_i[j] = 0.0f;
-        }
-        for (int r = 0; r < H; r++)
-            forward_row(m, acts + r * n + j0, acts + (H + r) * n + j0, acts + (2 * H + r) * n + j0,
-                        acts + (3 * H + r) * n + j0, c + r * n + j0, c_new + r * n + j0,
-                        h_new + r * n + j0, W_F[r], W_I[r], sum_f, sum_i);
-        for (int64_t j = 0; j < m; j++) {
-            int64_t k = j0 + j;
-            float af = sum_f[j] + W_F[H] * theta[k] + W_F[H + 1] * prev_f[k] + b_F;
-            float ai = sum_i[j] + W_I[H] * theta[k] + W_I[H + 1] * prev_i[k] + b_I;
-            float ff = sigmoid_f(af), ii = sigmoid_f(ai);
-            a_f[k] = af;
-            a_i[k] = ai;
-            f[k] = ff;
-            i[k] = ii;
-            theta_new[k] = ff * theta[k] - ii * grad[k];
-        }
-    }
-}
-
-/* one row r of the backward over m columns: dz's four rows and d c_{t-1} */
-static void backward_row(int64_t m, const float *restrict i1, const float *restrict f1,
-                         const float *restrict g1, const float *restrict o1, const float *restrict d_h,
-                         const float *restrict d_c, const float *restrict c, const float *restrict c_new,
-                         const float *restrict da_f, const float *restrict da_i, float w_f, float w_i,
-                         float *restrict dz_i, float *restrict dz_f, float *restrict dz_g,
-                         float *restrict dz_o, float *restrict d_c_prev)
-{
-    for (int64_t j = 0; j < m; j++) {
-        float dh = d_h[j] + w_f * da_f[j] + w_i * da_i[j];
-        float t = tanh_f(c_new[j]);
-        float dc = d_c[j] + dh * o1[j] * (1.0f - t * t);
-        dz_i[j] = dc * g1[j] * (i1[j] * (1.0f - i1[j]));
-        dz_f[j] = dc * c[j] * (f1[j] * (1.0f - f1[j]));
-        dz_g[j] = dc * i1[j] * (1.0f - g1[j] * g1[j]);
-        dz_o[j] = dh * t * (o1[j] * (1.0f - o1[j]));
-        d_c_prev[j] = dc * f1[j];
-    }
-}
-
-/* Backward (fused.py's FusedMetaStep.backward up to dz), for upstream gradients
-   d_theta, d_f, d_i, d_af, d_ai [n] and d_h, d_c [H, n] (zeros where none arrived):
-     da_f = (d_theta theta_{t-1} + d_f) f (1 - f) + d_af;  da_i = (-d_theta grad + d_i) i (1 - i) + d_ai
-     d theta_{t-1} = d_theta f + W_F[theta] da_f + W_I[theta] da_i;  d prev_f = W_F[f] da_f, d prev_i = W_I[i] da_i
-     dh = d_h + W_F[h] da_f + W_I[h] da_i;  dc = d_c + dh o1 (1 - tanh(c_t)^2)
-     dz = [dc g1 i1 (1 - i1); dc c_{t-1} f1 (1 - f1); dc i1 (1 - g1^2); dh tanh(c_t) o1 (1 - o1)]
-     d c_{t-1} = dc f1
-   da [2, n] returns (da_f; da_i), for the weight gradients that PyTorch sums. */
-void metalstm_backward(int H, int64_t n, const float *restrict d_theta, const float *restrict d_f,
-                       const float *restrict d_i, const float *restrict d_af, const float *restrict d_ai,
-                       const float *restrict d_h, const float *restrict d_c,
-                       const float *restrict theta, const float *restrict grad,
-                       const float *restrict acts, const float *restrict c, const float *restrict c_new,
-                       const float *restrict f, const float *restrict i,
-                       const float *restrict W_F, const float *restrict W_I,
-                       float *restrict dz, float *restrict d_c_prev, float *restrict d_theta_prev,
-                       float *restrict d_prev_f, float *restrict d_prev_i, float *restrict da)
-{
-    float *da_f = da, *da_i = da + n;
-    for (int64_t j0 = 0; j0 < n; j0 += BLOCK) {
-        int64_t m = n - j0 < BLOCK ? n - j0 : BLOCK;
-        for (int64_t j = j0; j < j0 + m; j++) {
-            float gf = (d_theta[j] * theta[j] + d_f[j]) * (f[j] * (1.0f - f[j])) + d_af[j];
-            float gi = (d_i[j] - d_theta[j] * grad[j]) * (i[j] * (1.0f - i[j])) + d_ai[j];
-            da_f[j] = gf;
-            da_i[j] = gi;
-            d_theta_prev[j] = d_theta[j] * f[j] + W_F[H] * gf + W_I[H] * gi;
-            d_prev_f[j] = gf * W_F[H + 1];
-            d_prev_i[j] = gi * W_I[H + 1];
-        }
-        for (int r = 0; r < H; r++)
-            backward_row(m, acts + r * n + j0, acts + (H + r) * n + j0, acts + (2 * H + r) * n + j0,
-                         acts + (3 * H + r) * n + j0, d_h + r * n + j0, d_c + r * n + j0, c + r * n + j0,
-                         c_new + r * n + j0, da_f + j0, da_i + j0, W_F[r], W_I[r], dz + r * n + j0,
-                         dz + (H + r) * n + j0, dz + (2 * H + r) * n + j0, dz + (3 * H + r) * n + j0,
-                         d_c_prev + r * n + j0);
-    }
-}
 
 /* log x for x > 0 normal (finite): x = 2^e m with m in [sqrt(1/2), sqrt(2)), log x = e log 2 + log m
    (Cephes' single-precision polynomial for log(1 + y), y = m - 1) */
@@ -207,37 +92,352 @@ static inline float log_f(float x)
     return y + p + fe * 0.693359375f;
 }
 
-/* inputs [n, H + 3] = [pre(grad_t) | h_{t-1}^T | 1], coordinate-major (the layout of fused.py's
-   _layer1_input), in one pass: pre is paper notes 4's preprocessing (metalstm/preprocess.py),
-       g -> (log|g| / p, sign g)  if |g| >= e^-p,   (-1, e^p g)  otherwise,
-   with threshold = e^-p and scale = e^p; TILE coordinates at a time, so that h's rows
-   are read from the L1 cache while each coordinate's row of inputs is written */
-void metalstm_layer1_input(int H, int64_t n, const float *restrict grad, float p, float threshold,
-                           float scale, const float *restrict h, float *restrict inputs)
+/* -- blocks of COLS coordinates ------------------------------------------------------------ */
+#define COLS 64                  /* coordinates per block: NV vectors of 16 floats */
+#define NV (COLS / 16)
+#define MAX_H 64                 /* the largest hidden size the blocks' stack buffers hold */
+typedef float vec16 __attribute__((vector_size(64)));
+
+/* Each block function is inlined with m = COLS (every block but the last: the compiler drops
+   the j < m tests and vectorises the loops) and once more with the last block's m. */
+#define BLOCK_FN static inline __attribute__((always_inline))
+
+/* Ask now for the COLS columns that the next block will read (rw 0) or write (rw 1) in one
+   row: a block walks 8-10 [H, n] arrays row by row, more streams than the hardware
+   prefetcher follows (measured: without these the backward waited on memory for most of
+   its time). A prefetch never faults, so the last block's, past the end, is harmless. */
+#define PREFETCH_ROW(row, rw)                                                  \
+    do {                                                                       \
+        for (int l_ = 0; l_ < COLS; l_ += 16)                                  \
+            __builtin_prefetch((row) + 4 * COLS + l_, (rw), 3);                    \
+    } while (0)
+
+/* x [K][COLS] = [pre(grad_t); h_{t-1}; 1] for the block's m columns (zeros beyond), pre as
+   paper notes 4 (metalstm/preprocess.py), threshold = e^-p and scale = e^p:
+       g -> (log|g| / p, sign g)  if |g| >= e^-p,   (-1, e^p g)  otherwise */
+BLOCK_FN void layer1_input(int H, int64_t ld, int m, const float *restrict grad, const float *restrict h,
+                           float p, float threshold, float scale, vec16 *restrict xv)
 {
-    const int64_t ld = H + 3;
-    float mag[TILE], sgn[TILE];
-    for (int64_t j0 = 0; j0 < n; j0 += TILE) {
-        int64_t m = n - j0 < TILE ? n - j0 : TILE;
-        for (int64_t j = 0; j < m; j++) {                       /* pre(grad), vectorised */
-            /* the branch chosen by arithmetic (so that the loop vectorises), each term finite
-               where it is multiplied by 0; a NaN takes the second branch, as in Python */
-            float g = grad[j0 + j], a = g < 0.0f ? -g : g;
-            float big = a >= threshold ? 1.0f : 0.0f;
-            float magnitude = log_f(a >= threshold ? a : threshold) / p    /* clamped, as in Python */
-                              + (a > 3.4028234664e38f ? a : 0.0f);           /* log inf = inf */
-            float sign = g > 0.0f ? 1.0f : -1.0f;
-            float tiny = (a >= threshold ? 0.0f : g) * scale;              /* |g| < e^-p here */
-            mag[j] = big * magnitude + (big - 1.0f);
-            sgn[j] = big * sign + (1.0f - big) * tiny;
-        }
-        for (int64_t j = 0; j < m; j++) {                       /* one coordinate's row of inputs */
-            float *row = inputs + (j0 + j) * ld;
-            row[0] = mag[j];
-            row[1] = sgn[j];
-            for (int r = 0; r < H; r++)
-                row[2 + r] = h[r * n + j0 + j];
-            row[H + 2] = 1.0f;
+    float *x = (float *)xv;
+    for (int j = 0; j < COLS; j++) {
+        /* the branch chosen by arithmetic (so that the loop vectorises), each term finite
+           where it is multiplied by 0; a NaN takes the second branch, as in Python */
+        float g = j < m ? grad[j] : 0.0f, a = g < 0.0f ? -g : g;
+        float big = a >= threshold ? 1.0f : 0.0f;
+        float magnitude = log_f(a >= threshold ? a : threshold) / p    /* clamped, as in Python */
+                          + (a > 3.4028234664e38f ? a : 0.0f);           /* log inf = inf */
+        float sign = g > 0.0f ? 1.0f : -1.0f;
+        float tiny = (a >= threshold ? 0.0f : g) * scale;              /* |g| < e^-p here */
+        x[j] = big * magnitude + (big - 1.0f);
+        x[COLS + j] = big * sign + (1.0f - big) * tiny;
+    }
+    for (int r = 0; r < H; r++)
+        for (int j = 0; j < COLS; j++)
+            x[(2 + r) * COLS + j] = j < m ? h[r * ld + j] : 0.0f;
+    for (int j = 0; j < COLS; j++)
+        x[(H + 2) * COLS + j] = 1.0f;
+}
+
+/* x [K, n] = [pre(grad_t); h_{t-1}; 1] as the two kernels compute it block by block (they
+   never store it; this is for tests/test_native.py and for reading) */
+void metalstm_layer1_input(int H, int64_t n, const float *grad, float p, float threshold, float scale,
+                           const float *h, float *x)
+{
+    const int K = H + 3;
+    vec16 xv[(MAX_H + 3) * NV];
+    for (int64_t j0 = 0; j0 < n; j0 += COLS) {
+        int m = n - j0 < COLS ? (int)(n - j0) : COLS;
+        layer1_input(H, n, m, grad + j0, h + j0, p, threshold, scale, xv);
+        for (int k = 0; k < K; k++)
+            memcpy(x + k * n + j0, (float *)xv + k * COLS, sizeof(float) * m);
+    }
+}
+
+/* z [4][COLS]: the rows r, H + r, 2H + r, 3H + r of W' x (hidden unit r's four gates), as
+   4 x NV accumulators in registers */
+BLOCK_FN void layer1_rows(int H, int r, const float *restrict W1, const vec16 *restrict xv,
+                          float z[4][COLS])
+{
+    const int K = H + 3;
+    vec16 acc[4][NV];
+    for (int q = 0; q < 4; q++)
+        for (int v = 0; v < NV; v++)
+            acc[q][v] = (vec16){0};
+    for (int k = 0; k < K; k++) {
+        float w0 = W1[r * K + k], w1 = W1[(H + r) * K + k], w2 = W1[(2 * H + r) * K + k],
+              w3 = W1[(3 * H + r) * K + k];
+        for (int v = 0; v < NV; v++) {
+            vec16 xk = xv[k * NV + v];
+            acc[0][v] += w0 * xk;
+            acc[1][v] += w1 * xk;
+            acc[2][v] += w2 * xk;
+            acc[3][v] += w3 * xk;
         }
     }
+    memcpy(z, acc, sizeof acc);
+}
+
+/* The arguments of one step, forward and backward (the C functions' own, gathered once). */
+struct step {
+    int H;
+    int64_t n;
+    float p, threshold, scale, b_F, b_I;
+    const float *grad, *h, *W1, *c, *theta, *prev_f, *prev_i, *W_F, *W_I;
+    float *c_new, *h_new, *theta_new, *f, *i, *a_f, *a_i, *acts;         /* forward's outputs */
+};
+
+/* Forward on columns [j0, j0 + m) (metalstm_step): acts, when saved, = [i1; f1; g1; o1] */
+BLOCK_FN void forward_block(const struct step *s, int64_t j0, int m, const int save)
+{
+    const int H = s->H;
+    const int64_t ld = s->n;
+    vec16 xv[(MAX_H + 3) * NV];
+    layer1_input(H, ld, m, s->grad + j0, s->h + j0, s->p, s->threshold, s->scale, xv);
+    float sum_f[COLS], sum_i[COLS];           /* h_t's share of layer 2's two dot products */
+    for (int j = 0; j < COLS; j++) {
+        sum_f[j] = 0.0f;
+        sum_i[j] = 0.0f;
+    }
+    for (int r = 0; r < H; r++) {
+        float z[4][COLS];
+        layer1_rows(H, r, s->W1, xv, z);
+        const float *restrict c = s->c + r * ld + j0;
+        float *restrict c_new = s->c_new + r * ld + j0, *restrict h_new = s->h_new + r * ld + j0;
+        PREFETCH_ROW(c, 0);
+        PREFETCH_ROW(s->h + r * ld + j0, 0);
+        PREFETCH_ROW(c_new, 1);
+        PREFETCH_ROW(h_new, 1);
+        if (save)
+            for (int q = 0; q < 4; q++)
+                PREFETCH_ROW(s->acts + (q * H + r) * ld + j0, 1);
+        float w_f = s->W_F[r], w_i = s->W_I[r];
+        for (int j = 0; j < COLS; j++) {
+            float i1 = sigmoid_f(z[0][j]), f1 = sigmoid_f(z[1][j]);
+            float g1 = tanh_f(z[2][j]), o1 = sigmoid_f(z[3][j]);
+            float cc = f1 * (j < m ? c[j] : 0.0f) + i1 * g1;
+            float hh = o1 * tanh_f(cc);
+            sum_f[j] += w_f * hh;
+            sum_i[j] += w_i * hh;
+            if (j < m) {
+                c_new[j] = cc;
+                h_new[j] = hh;
+            }
+            z[0][j] = i1;                     /* the gate activations, in place of z */
+            z[1][j] = f1;
+            z[2][j] = g1;
+            z[3][j] = o1;
+        }
+        if (save)                             /* acts rows r, H + r, 2H + r, 3H + r */
+            for (int q = 0; q < 4; q++) {
+                float *restrict row = s->acts + (q * H + r) * ld + j0;
+                for (int j = 0; j < COLS; j++)
+                    if (j < m)
+                        row[j] = z[q][j];
+            }
+    }
+    const float *W_F = s->W_F, *W_I = s->W_I;
+    const float *restrict theta = s->theta + j0, *restrict grad = s->grad + j0;
+    const float *restrict prev_f = s->prev_f + j0, *restrict prev_i = s->prev_i + j0;
+    float *restrict a_f = s->a_f + j0, *restrict a_i = s->a_i + j0, *restrict f = s->f + j0,
+          *restrict i = s->i + j0, *restrict theta_new = s->theta_new + j0;
+    for (int j = 0; j < COLS; j++) {
+        if (j < m) {
+            float af = sum_f[j] + W_F[H] * theta[j] + W_F[H + 1] * prev_f[j] + s->b_F;
+            float ai = sum_i[j] + W_I[H] * theta[j] + W_I[H + 1] * prev_i[j] + s->b_I;
+            float ff = sigmoid_f(af), ii = sigmoid_f(ai);
+            a_f[j] = af;
+            a_i[j] = ai;
+            f[j] = ff;
+            i[j] = ii;
+            theta_new[j] = ff * theta[j] - ii * grad[j];
+        }
+    }
+}
+
+/* Forward (fused.py's FusedMetaStep.forward), for H <= MAX_H:
+     z = W' [pre(grad_t); h_{t-1}; 1],  i1, f1, o1 = sigmoid(z_i, z_f, z_o),  g1 = tanh(z_g)
+     c_t = f1 c_{t-1} + i1 g1,  h_t = o1 tanh(c_t)
+     a_f = W_F . [h_t, theta_{t-1}, prev_f] + b_F,  f_t = sigmoid(a_f)   (same for i)
+     theta_t = f_t theta_{t-1} - i_t grad_t
+   acts [4H, n] receives [i1; f1; g1; o1] for the backward pass, or is NULL (meta-testing). */
+void metalstm_step(int H, int64_t n, const float *grad, float p, float threshold, float scale,
+                   const float *h, const float *W1, const float *c, const float *theta,
+                   const float *prev_f, const float *prev_i, const float *W_F, const float *W_I,
+                   float b_F, float b_I, float *c_new, float *h_new, float *theta_new, float *f,
+                   float *i, float *a_f, float *a_i, float *acts)
+{
+    struct step s = {H, n, p, threshold, scale, b_F, b_I, grad, h, W1, c, theta, prev_f, prev_i,
+                     W_F, W_I, c_new, h_new, theta_new, f, i, a_f, a_i, acts};
+    int64_t j0 = 0;
+    for (; j0 + COLS <= n; j0 += COLS) {
+        if (acts)
+            forward_block(&s, j0, COLS, 1);
+        else
+            forward_block(&s, j0, COLS, 0);
+    }
+    if (j0 < n) {
+        if (acts)
+            forward_block(&s, j0, (int)(n - j0), 1);
+        else
+            forward_block(&s, j0, (int)(n - j0), 0);
+    }
+}
+
+/* The backward's arrays: upstream gradients (zeros where none arrived), what the forward
+   saved, and the outputs. dW is [4H * K] vectors whose 16 lanes are summed at the end. */
+struct grads {
+    const float *d_theta, *d_f, *d_i, *d_af, *d_ai, *d_h, *d_c, *c_new;
+    float *d_c_prev, *d_h_prev, *d_theta_prev, *d_prev_f, *d_prev_i, *da;
+    vec16 *dW;
+};
+
+/* Backward on columns [j0, j0 + m) (metalstm_step_backward); d_h_prev is skipped if NULL */
+BLOCK_FN void backward_block(const struct step *s, const struct grads *d, int64_t j0, int m, const int want_dh)
+{
+    const int H = s->H, K = H + 3;
+    const int64_t ld = s->n;
+    const float *W_F = s->W_F, *W_I = s->W_I;
+    const float *restrict f = s->f + j0, *restrict i = s->i + j0, *restrict theta = s->theta + j0,
+                *restrict grad = s->grad + j0, *restrict d_theta = d->d_theta + j0,
+                *restrict d_f = d->d_f + j0, *restrict d_i = d->d_i + j0, *restrict d_af = d->d_af + j0,
+                *restrict d_ai = d->d_ai + j0;
+    float *restrict da_f_out = d->da + j0, *restrict da_i_out = d->da + ld + j0,
+          *restrict d_theta_prev = d->d_theta_prev + j0, *restrict d_prev_f = d->d_prev_f + j0,
+          *restrict d_prev_i = d->d_prev_i + j0;
+    float gf[COLS], gi[COLS];                 /* d a_f, d a_i */
+    for (int j = 0; j < COLS; j++) {
+        float da_f = 0.0f, da_i = 0.0f;
+        if (j < m) {
+            float ff = f[j], ii = i[j], dt = d_theta[j];
+            da_f = (dt * theta[j] + d_f[j]) * (ff * (1.0f - ff)) + d_af[j];
+            da_i = (d_i[j] - dt * grad[j]) * (ii * (1.0f - ii)) + d_ai[j];
+            da_f_out[j] = da_f;
+            da_i_out[j] = da_i;
+            d_theta_prev[j] = dt * ff + W_F[H] * da_f + W_I[H] * da_i;
+            d_prev_f[j] = da_f * W_F[H + 1];
+            d_prev_i[j] = da_i * W_I[H + 1];
+        }
+        gf[j] = da_f;
+        gi[j] = da_i;
+    }
+    vec16 xv[(MAX_H + 3) * NV];               /* layer 1's right-hand side, recomputed */
+    layer1_input(H, ld, m, s->grad + j0, s->h + j0, s->p, s->threshold, s->scale, xv);
+    vec16 dh_prev[MAX_H * NV];
+    if (want_dh)
+        for (int v = 0; v < H * NV; v++)
+            dh_prev[v] = (vec16){0};
+    for (int r = 0; r < H; r++) {
+        const float *restrict i1 = s->acts + r * ld + j0, *restrict f1 = i1 + H * ld,
+                    *restrict g1 = i1 + 2 * H * ld, *restrict o1 = i1 + 3 * H * ld;
+        const float *restrict c = s->c + r * ld + j0, *restrict c_new = d->c_new + r * ld + j0;
+        const float *restrict d_h = d->d_h + r * ld + j0, *restrict d_c = d->d_c + r * ld + j0;
+        float *restrict d_c_prev = d->d_c_prev + r * ld + j0;
+        PREFETCH_ROW(i1, 0);
+        PREFETCH_ROW(f1, 0);
+        PREFETCH_ROW(g1, 0);
+        PREFETCH_ROW(o1, 0);
+        PREFETCH_ROW(c, 0);
+        PREFETCH_ROW(c_new, 0);
+        PREFETCH_ROW(d_h, 0);
+        PREFETCH_ROW(d_c, 0);
+        PREFETCH_ROW(s->h + r * ld + j0, 0);
+        PREFETCH_ROW(d_c_prev, 1);
+        if (want_dh)
+            PREFETCH_ROW(d->d_h_prev + r * ld + j0, 1);
+        float w_f = W_F[r], w_i = W_I[r];
+        float dz[4][COLS];                    /* [dz_i; dz_f; dz_g; dz_o] of hidden unit r */
+        for (int j = 0; j < COLS; j++) {
+            float zi = 0.0f, zf = 0.0f, zg = 0.0f, zo = 0.0f;
+            if (j < m) {
+                float dh = d_h[j] + w_f * gf[j] + w_i * gi[j];
+                float t = tanh_f(c_new[j]);
+                float dc = d_c[j] + dh * o1[j] * (1.0f - t * t);
+                zi = dc * g1[j] * (i1[j] * (1.0f - i1[j]));
+                zf = dc * c[j] * (f1[j] * (1.0f - f1[j]));
+                zg = dc * i1[j] * (1.0f - g1[j] * g1[j]);
+                zo = dh * t * (o1[j] * (1.0f - o1[j]));
+                d_c_prev[j] = dc * f1[j];
+            }
+            dz[0][j] = zi;
+            dz[1][j] = zf;
+            dz[2][j] = zg;
+            dz[3][j] = zo;
+        }
+        vec16 dzv[4][NV];
+        memcpy(dzv, dz, sizeof dzv);
+        for (int k = 0; k < K; k++)           /* dW' rows r, H + r, 2H + r, 3H + r += dz x^T */
+            for (int q = 0; q < 4; q++) {
+                vec16 acc = d->dW[(q * H + r) * K + k];
+                for (int v = 0; v < NV; v++)
+                    acc += dzv[q][v] * xv[k * NV + v];
+                d->dW[(q * H + r) * K + k] = acc;
+            }
+        if (want_dh)                          /* d h_{t-1} += W'[h]^T dz (columns 2 .. H + 1) */
+            for (int r2 = 0; r2 < H; r2++) {
+                float w0 = s->W1[r * K + 2 + r2], w1 = s->W1[(H + r) * K + 2 + r2],
+                      w2 = s->W1[(2 * H + r) * K + 2 + r2], w3 = s->W1[(3 * H + r) * K + 2 + r2];
+                for (int v = 0; v < NV; v++)
+                    dh_prev[r2 * NV + v] += w0 * dzv[0][v] + w1 * dzv[1][v] + w2 * dzv[2][v] + w3 * dzv[3][v];
+            }
+    }
+    if (want_dh)
+        for (int r2 = 0; r2 < H; r2++) {
+            float row[COLS];
+            memcpy(row, &dh_prev[r2 * NV], sizeof row);
+            float *restrict out = d->d_h_prev + r2 * ld + j0;
+            for (int j = 0; j < COLS; j++)
+                if (j < m)
+                    out[j] = row[j];
+        }
+}
+
+/* Backward (fused.py's FusedMetaStep.backward), for upstream gradients d_theta, d_f, d_i,
+   d_af, d_ai [n] and d_h, d_c [H, n] (zeros where none arrived):
+     da_f = (d_theta theta_{t-1} + d_f) f (1 - f) + d_af;  da_i = (-d_theta grad + d_i) i (1 - i) + d_ai
+     d theta_{t-1} = d_theta f + W_F[theta] da_f + W_I[theta] da_i;  d prev_f = W_F[f] da_f, d prev_i = W_I[i] da_i
+     dh = d_h + W_F[h] da_f + W_I[h] da_i;  dc = d_c + dh o1 (1 - tanh(c_t)^2)
+     dz = [dc g1 i1 (1 - i1); dc c_{t-1} f1 (1 - f1); dc i1 (1 - g1^2); dh tanh(c_t) o1 (1 - o1)]
+     d c_{t-1} = dc f1;  dW' = dz x^T [4H, K];  d h_{t-1} = W'[h]^T dz (skipped if d_h_prev is NULL)
+   da [2, n] returns (da_f; da_i), for layer 2's weight gradients, which PyTorch sums.
+   Returns 0, or 1 when the dW' accumulators could not be allocated. */
+int metalstm_step_backward(int H, int64_t n, const float *d_theta, const float *d_f, const float *d_i,
+                           const float *d_af, const float *d_ai, const float *d_h, const float *d_c,
+                           const float *grad, float p, float threshold, float scale, const float *h,
+                           const float *W1, const float *theta, const float *acts, const float *c,
+                           const float *c_new, const float *f, const float *i, const float *W_F,
+                           const float *W_I, float *d_c_prev, float *d_h_prev, float *d_theta_prev,
+                           float *d_prev_f, float *d_prev_i, float *da, float *dW1)
+{
+    const int K = H + 3;
+    vec16 *dW = aligned_alloc(sizeof(vec16), sizeof(vec16) * 4 * H * K);
+    if (!dW)
+        return 1;
+    for (int q = 0; q < 4 * H * K; q++)
+        dW[q] = (vec16){0};
+    struct step s = {H, n, p, threshold, scale, 0.0f, 0.0f, grad, h, W1, c, theta, NULL, NULL,
+                     W_F, W_I, NULL, NULL, NULL, (float *)f, (float *)i, NULL, NULL, (float *)acts};
+    struct grads d = {d_theta, d_f, d_i, d_af, d_ai, d_h, d_c, c_new,
+                      d_c_prev, d_h_prev, d_theta_prev, d_prev_f, d_prev_i, da, dW};
+    int64_t j0 = 0;
+    for (; j0 + COLS <= n; j0 += COLS) {
+        if (d_h_prev)
+            backward_block(&s, &d, j0, COLS, 1);
+        else
+            backward_block(&s, &d, j0, COLS, 0);
+    }
+    if (j0 < n) {
+        if (d_h_prev)
+            backward_block(&s, &d, j0, (int)(n - j0), 1);
+        else
+            backward_block(&s, &d, j0, (int)(n - j0), 0);
+    }
+    for (int q = 0; q < 4 * H * K; q++) {
+        float lanes[16], sum = 0.0f;
+        memcpy(lanes, &dW[q], sizeof lanes);
+        for (int l = 0; l < 16; l++)
+            sum += lanes[l];
+        dW1[q] = sum;
+    }
+    free(dW);
+    return 0;
 }

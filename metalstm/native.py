@@ -1,19 +1,22 @@
-"""The meta-learner step's elementwise work as C loops (metalstm/native.c): an opt-in backend.
+"""One meta-learner step as C loops, layer 1's matrix products included (metalstm/native.c):
+an opt-in backend.
 
-`metalstm.fused` computes a step's gates, cell state and layer 2 with ~25 PyTorch
-operations forward and ~30 backward, each a sweep over [H, n] arrays; at 28x28
-those sweeps, not the matrix products, are most of a meta-training episode (README,
-Speed). native.c does each direction in ONE sweep. This module compiles it with
-the system's C compiler on first use (about a second; the library is kept in
-$METALSTM_CACHE, else ~/.cache/metalstm) and calls it through ctypes. The matrix
-products stay PyTorch's.
+`metalstm.fused` computes a step with ~25 PyTorch operations forward and ~30
+backward, each a sweep over [H, n] arrays, around three matrix products whose
+[4H, n] results go through memory; at 28x28 those sweeps are most of a
+meta-training episode (README, Speed). native.c computes the whole step in ONE
+sweep each way, its products as register-blocked loops, so that z and dz never
+reach memory. This module compiles it with the system's C compiler on first use
+(about a second; the library is kept in $METALSTM_CACHE, else ~/.cache/metalstm)
+and calls it through ctypes.
 
 It is switched on with `metalstm.fused.set_native(True)` (or `--native` on the
 command line) and is never on by default: it needs a C compiler, runs on the CPU in
-float32 only, and its exp and tanh round differently from PyTorch's, so its
-results agree with the default path to rounding, not bit for bit. The loops run on
-one thread: with torch.set_num_threads above 1 the default path, whose operations
-run in parallel, is the faster (README, Speed).
+float32 only (hidden sizes up to MAX_H), and its exp and tanh and its sums round
+differently from PyTorch's, so its results agree with the default path to
+rounding, not bit for bit. The loops run on one thread: with torch.set_num_threads
+above 1 the default path, whose operations run in parallel, is the faster
+(README, Speed).
 
 Example:
     >>> from metalstm import fused, native
@@ -175,20 +178,26 @@ def available() -> bool:
 
 def _declare(lib: ctypes.CDLL) -> None:
     P, I, L, F = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64, ctypes.c_float
-    lib.metalstm_forward.argtypes = [I, L] + [P] * 8 + [F, F] + [P] * 7
-    lib.metalstm_backward.argtypes = [I, L] + [P] * 16 + [P] * 6
+    lib.metalstm_step.argtypes = [I, L, P, F, F, F] + [P] * 8 + [F, F] + [P] * 8
+    lib.metalstm_step.restype = None
+    lib.metalstm_step_backward.argtypes = [I, L] + [P] * 8 + [F, F, F] + [P] * 10 + [P] * 7
+    lib.metalstm_step_backward.restype = I
     lib.metalstm_layer1_input.argtypes = [I, L, P, F, F, F, P, P]
-    for fn in (lib.metalstm_forward, lib.metalstm_backward, lib.metalstm_layer1_input):
-        fn.restype = None
+    lib.metalstm_layer1_input.restype = None
 
 
 MAX_P = 80.0      # e^-p stays a normal float32 (log_f's range) and e^p a finite one
 
 
-def supports(p: float, *tensors: Tensor) -> bool:
-    """Whether the C loops take this step: every tensor float32 on the CPU, and the
-    preprocessing's p at most MAX_P (paper notes 4 uses 10)."""
-    return p <= MAX_P and all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors)
+MAX_H = 64        # native.c's MAX_H: the hidden sizes its blocks' stack buffers hold
+
+
+def supports(p: float, H: int, *tensors: Tensor) -> bool:
+    """Whether the C loops take this step: every tensor float32 on the CPU, the hidden size H
+    at most MAX_H (the paper's is 20) and the preprocessing's p at most MAX_P (paper notes 4
+    uses 10)."""
+    return p <= MAX_P and H <= MAX_H and all(t.device.type == "cpu" and t.dtype == torch.float32
+                                             for t in tensors)
 
 
 def _read(t: Tensor, shape: tuple[int, ...], name: str) -> Tensor:
@@ -208,39 +217,60 @@ def _written(t: Tensor, shape: tuple[int, ...], name: str) -> Tensor:
     return _read(t, shape, name)
 
 
-def layer1_input(grad: Tensor, p: float, h: Tensor, inputs: Tensor) -> Tensor:
-    """inputs [n, H + 3] = [pre(grad_t) | h_{t-1}^T | 1] (fused._layer1_input's layout) in one
-    pass, with pre = metalstm.preprocess.preprocess (paper notes 4) computed in C."""
-    H, n = h.shape
+def _pre(p: float) -> tuple[float, float, float]:
+    """(p, e^-p, e^p): the preprocessing's constants as the C loops take them."""
     if not 0 < p <= MAX_P:
         raise ValueError(f"native: p must be in (0, {MAX_P}], got {p}")
-    grad, h, out = _read(grad, (n,), "grad"), _read(h, (H, n), "h"), _written(inputs, (n, H + 3), "inputs")
-    library().metalstm_layer1_input(H, n, grad.data_ptr(), float(p), math.exp(-p), math.exp(p),
-                                    h.data_ptr(), out.data_ptr())
-    return inputs
+    return float(p), math.exp(-p), math.exp(p)
 
 
-def forward(acts: Tensor, c: Tensor, theta: Tensor, grad: Tensor, prev_f: Tensor, prev_i: Tensor,
-            W_F: Tensor, W_I: Tensor, b_F: Tensor, b_I: Tensor) -> tuple[Tensor, ...]:
-    """The step after layer 1's product (paper notes 3, 4), one sweep: acts holds z on entry and
-    the gate activations [i1; f1; g1; o1] on return; (theta_t, h_t, c_t, f_t, i_t, a_f, a_i)."""
-    H, n = c.shape
-    ins = [_written(acts, (4 * H, n), "acts"), _read(c, (H, n), "c")]
-    ins += [_read(t, (n,), name) for t, name in ((theta, "theta"), (grad, "grad"), (prev_f, "prev_f"),
-                                                 (prev_i, "prev_i"))]
+def layer1_input(grad: Tensor, p: float, h: Tensor) -> Tensor:
+    """x [H + 3, n] = [pre(grad_t); h_{t-1}; 1], layer 1's right-hand side as `step` and
+    `step_backward` compute it (block by block, never stored), with pre =
+    metalstm.preprocess.preprocess (paper notes 4) in C: for tests and for reading."""
+    H, n = h.shape
+    if H > MAX_H:
+        raise ValueError(f"native: the hidden size must be at most {MAX_H}, got {H}")
+    pre, grad, h = _pre(p), _read(grad, (n,), "grad"), _read(h, (H, n), "h")
+    x = h.new_empty(H + 3, n)
+    library().metalstm_layer1_input(H, n, grad.data_ptr(), *pre, h.data_ptr(), x.data_ptr())
+    return x
+
+
+def _weights(W1: Tensor, H: int) -> Tensor:
+    return _read(W1, (4 * H, H + 3), "W1")
+
+
+def step(grad: Tensor, p: float, h: Tensor, W1: Tensor, c: Tensor, theta: Tensor, prev_f: Tensor,
+         prev_i: Tensor, W_F: Tensor, W_I: Tensor, b_F: Tensor, b_I: Tensor,
+         acts: Tensor | None = None) -> tuple[Tensor, ...]:
+    """One meta-learner step (paper notes 3, 4), layer 1's product included, in one sweep:
+    W1 is fused.py's W' [4H, H + 3] = [W_1's grad and h columns | bias with the loss folded in].
+    (theta_t, h_t, c_t, f_t, i_t, a_f, a_i); acts [4H, n], if given, receives the gate
+    activations [i1; f1; g1; o1] that `step_backward` needs."""
+    H, n = h.shape
+    if H > MAX_H:
+        raise ValueError(f"native: the hidden size must be at most {MAX_H}, got {H}")
+    pre = _pre(p)
+    ins = [_read(h, (H, n), "h"), _weights(W1, H), _read(c, (H, n), "c")]
+    ins += [_read(t, (n,), name) for t, name in ((theta, "theta"), (prev_f, "prev_f"), (prev_i, "prev_i"))]
     ins += [_read(W_F, (H + 2,), "W_F"), _read(W_I, (H + 2,), "W_I")]
+    grad = _read(grad, (n,), "grad")
+    saved = None if acts is None else _written(acts, (4 * H, n), "acts")
     c_new, h_new = c.new_empty(H, n), c.new_empty(H, n)
     outs = (theta_new, f, i, a_f, a_i) = tuple(theta.new_empty(n) for _ in range(5))
-    library().metalstm_forward(H, n, *(t.data_ptr() for t in ins), float(b_F), float(b_I),
-                               c_new.data_ptr(), h_new.data_ptr(), *(t.data_ptr() for t in outs))
+    library().metalstm_step(H, n, grad.data_ptr(), *pre, *(t.data_ptr() for t in ins), float(b_F), float(b_I),
+                            c_new.data_ptr(), h_new.data_ptr(), *(t.data_ptr() for t in outs),
+                            None if saved is None else saved.data_ptr())
     return theta_new, h_new, c_new, f, i, a_f, a_i
 
 
-def backward(d_theta, d_f, d_i, d_af, d_ai, d_h, d_c, theta, grad, acts, c, c_new, f, i, W_F, W_I,
-             dz: Tensor, d_c_prev: Tensor) -> tuple[Tensor, ...]:
-    """The step's elementwise derivatives, one sweep, up to dz (written into dz [4H, n] and
-    d_c_prev [H, n]); upstream gradients that did not arrive (None) count as zeros.
-    Returns (d theta_{t-1}, d prev_f, d prev_i, da = [da_f; da_i] [2, n])."""
+def step_backward(d_theta, d_f, d_i, d_af, d_ai, d_h, d_c, grad, p, h, W1, theta, acts, c, c_new, f, i,
+                  W_F, W_I, want_dh: bool = True) -> tuple[Tensor, ...]:
+    """The step's derivatives in one sweep, layer 1's two products included: from the upstream
+    gradients (None counts as zeros) and what `step` used and saved, (d theta_{t-1}, d prev_f,
+    d prev_i, da = [da_f; da_i] [2, n], d c_{t-1}, d h_{t-1} (None unless want_dh),
+    dW' [4H, H + 3] = dz [pre(grad); h_{t-1}; 1]^T)."""
     H, n = c.shape
     zeros = {}                               # shape -> one zeros array for every missing gradient
 
@@ -253,15 +283,21 @@ def backward(d_theta, d_f, d_i, d_af, d_ai, d_h, d_c, theta, grad, acts, c, c_ne
 
     vec = lambda t, name: read(t, (n,), name)
     mat = lambda t, name: read(t, (H, n), name)
-
-    ins = [vec(t, name) for t, name in ((d_theta, "d_theta"), (d_f, "d_f"), (d_i, "d_i"), (d_af, "d_af"),
+    pre = _pre(p)
+    ups = [vec(t, name) for t, name in ((d_theta, "d_theta"), (d_f, "d_f"), (d_i, "d_i"), (d_af, "d_af"),
                                         (d_ai, "d_ai"))]
-    ins += [mat(d_h, "d_h"), mat(d_c, "d_c"), vec(theta, "theta"), vec(grad, "grad"),
-            _read(acts, (4 * H, n), "acts"), mat(c, "c"), mat(c_new, "c_new"), vec(f, "f"), vec(i, "i"),
-            _read(W_F, (H + 2,), "W_F"), _read(W_I, (H + 2,), "W_I")]
-    outs = [_written(dz, (4 * H, n), "dz"), _written(d_c_prev, (H, n), "d_c_prev")]
+    ups += [mat(d_h, "d_h"), mat(d_c, "d_c"), vec(grad, "grad")]
+    saved = [mat(h, "h"), _weights(W1, H), vec(theta, "theta"), _read(acts, (4 * H, n), "acts"), mat(c, "c"),
+             mat(c_new, "c_new"), vec(f, "f"), vec(i, "i"), _read(W_F, (H + 2,), "W_F"),
+             _read(W_I, (H + 2,), "W_I")]
+    d_c_prev = theta.new_empty(H, n)
+    d_h_prev = theta.new_empty(H, n) if want_dh else None
     d_theta_prev, d_prev_f, d_prev_i = (theta.new_empty(n) for _ in range(3))
-    da = theta.new_empty(2, n)
-    library().metalstm_backward(H, n, *(t.data_ptr() for t in ins),
-                                *(t.data_ptr() for t in (*outs, d_theta_prev, d_prev_f, d_prev_i, da)))
-    return d_theta_prev, d_prev_f, d_prev_i, da
+    da, dW1 = theta.new_empty(2, n), theta.new_empty(4 * H, H + 3)
+    failed = library().metalstm_step_backward(
+        H, n, *(t.data_ptr() for t in ups), *pre, *(t.data_ptr() for t in saved), d_c_prev.data_ptr(),
+        None if d_h_prev is None else d_h_prev.data_ptr(),
+        *(t.data_ptr() for t in (d_theta_prev, d_prev_f, d_prev_i, da, dW1)))
+    if failed:
+        raise MemoryError(f"native: no memory for the {4 * H} x {H + 3} weight-gradient accumulators")
+    return d_theta_prev, d_prev_f, d_prev_i, da, d_c_prev, d_h_prev, dW1

@@ -6,10 +6,10 @@ from metalstm.fused import FusedMetaStep
 from metalstm.metalearner import MetaLearner
 
 
-def perturbed_meta(n: int, prev_gate: str, seed: int = 0) -> MetaLearner:
+def perturbed_meta(n: int, prev_gate: str, seed: int = 0, hidden: int = 20) -> MetaLearner:
     """A double-precision meta-learner whose weights are far from their init (gates not saturated)."""
     g = torch.Generator().manual_seed(seed)
-    meta = MetaLearner(n, theta0=torch.randn(n, generator=g, dtype=torch.float64), generator=g,
+    meta = MetaLearner(n, hidden=hidden, theta0=torch.randn(n, generator=g, dtype=torch.float64), generator=g,
                        prev_gate=prev_gate).double()
     with torch.no_grad():
         for param in meta.rule_parameters():

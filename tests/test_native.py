@@ -27,15 +27,15 @@ def native_on():
 def counting(monkeypatch) -> list:
     """How often the C forward ran (it runs once per meta-learner step)."""
     calls = []
-    real = native.forward
-    monkeypatch.setattr(native, "forward", lambda *a: calls.append(1) or real(*a))
+    real = native.step
+    monkeypatch.setattr(native, "step", lambda *a, **k: calls.append(1) or real(*a, **k))
     return calls
 
 
 def run(meta: MetaLearner, path: str, steps: int = 4, every_output: bool = True):
     """theta_T, the last state and the meta-gradients of a loss that reaches every output of the
     steps (every_output) or, as in meta-training, theta_T alone (the last step's backward then
-    gets no gradient for h_T, c_T and the gates: the zeros that native.backward puts in)."""
+    gets no gradient for h_T, c_T and the gates: the zeros that native.step_backward puts in)."""
     meta.zero_grad()
     fused.set_native(path == "native")
     try:
@@ -51,18 +51,37 @@ def run(meta: MetaLearner, path: str, steps: int = 4, every_output: bool = True)
     return theta.detach(), state, {name: p.grad.clone() for name, p in meta.named_parameters()}
 
 
-@pytest.mark.parametrize("prev_gate, every_output", [("value", True), ("logit", True), ("value", False)])
-def test_native_step_has_the_reference_values_and_meta_gradients(prev_gate, every_output):
-    meta = perturbed_meta(300, prev_gate).float()
-    (theta_n, state_n, grads_n), (theta_r, state_r, grads_r) = (run(meta, path, every_output=every_output)
+def assert_native_agrees(meta: MetaLearner, every_output: bool = True, steps: int = 4) -> None:
+    (theta_n, state_n, grads_n), (theta_r, state_r, grads_r) = (run(meta, path, steps, every_output)
                                                                 for path in ("native", "reference"))
     torch.testing.assert_close(theta_n, theta_r, rtol=1e-5, atol=1e-6)
     for name in ("h", "c", "f", "i"):
         torch.testing.assert_close(getattr(state_n, name), getattr(state_r, name), rtol=1e-5, atol=1e-6)
     for name, want in grads_r.items():
         assert want.abs().sum() > 0, name
-        # relative to the gradient's scale: float32 rounding, summed over n = 300 coordinates
+        # relative to the gradient's scale: float32 rounding, summed over n coordinates
         assert (grads_n[name] - want).abs().max() <= 1e-5 * want.abs().max(), name
+
+
+@pytest.mark.parametrize("prev_gate, every_output", [("value", True), ("logit", True), ("value", False)])
+def test_native_step_has_the_reference_values_and_meta_gradients(prev_gate, every_output):
+    assert_native_agrees(perturbed_meta(300, prev_gate).float(), every_output)
+
+
+@pytest.mark.parametrize("n, hidden", [(1, 20), (63, 3), (64, 20), (65, 1), (130, native.MAX_H), (2000, 20)])
+def test_every_block_and_hidden_size_has_the_reference_meta_gradients(n, hidden):
+    """The C loops walk the coordinates in blocks of 64 (native.c's COLS): fewer than one block,
+    exactly one, one and a bit, and many; hidden sizes from 1 to native.MAX_H."""
+    assert_native_agrees(perturbed_meta(n, "value", hidden=hidden).float(), steps=3)
+
+
+def test_layer1s_two_backward_products_run_only_where_wanted(monkeypatch):
+    """d h_{t-1} = W'[h]^T dz is computed only when h_{t-1} needs a gradient: not for the first
+    step, whose h_0 is a constant (ctx.needs_input_grad), and for every later one."""
+    wanted, real = [], native.step_backward
+    monkeypatch.setattr(native, "step_backward", lambda *a, want_dh: wanted.append(want_dh) or real(*a, want_dh=want_dh))
+    run(perturbed_meta(100, "value").float(), "native", steps=3)
+    assert wanted == [True, True, False]          # the backward pass runs the steps last to first
 
 
 def test_native_step_is_not_the_default_path_bit_for_bit_but_the_same_to_rounding():
@@ -96,7 +115,7 @@ def test_native_preprocessing_is_paper_notes_4():
         grad[:6] = torch.tensor([0.0, -0.0, edge, -edge, 1e-30, float("nan")])
         grad[6:11] = torch.tensor([3e38, -1e35, float("inf"), float("-inf"), 1e-45])   # and a denormal
         h = torch.randn(H, n, generator=g)
-        inputs = native.layer1_input(grad, p, h, torch.empty(n, H + 3))
+        inputs = native.layer1_input(grad, p, h).T            # [n, H + 3]: a row per coordinate
         want = preprocess(grad, p)
         assert torch.isnan(inputs[5, 1]) and torch.isnan(want[5, 1]) and inputs[5, 0] == want[5, 0] == -1
         torch.testing.assert_close(inputs[6:, :2], want[6:], rtol=1e-6, atol=1e-7)
@@ -118,7 +137,7 @@ def test_a_nan_still_reaches_theta(native_on, where):
     assert torch.isnan(new.h[:, 7]).any() and torch.isfinite(new.h[:, :7]).all()
 
 
-def test_only_cpu_float32_steps_with_a_usual_p_take_the_c_loops(native_on, monkeypatch):
+def test_only_cpu_float32_steps_with_a_usual_p_and_hidden_size_take_the_c_loops(native_on, monkeypatch):
     calls = counting(monkeypatch)
     meta32, meta64 = perturbed_meta(30, "value").float(), perturbed_meta(30, "value")
     with torch.no_grad():
@@ -131,6 +150,8 @@ def test_only_cpu_float32_steps_with_a_usual_p_take_the_c_loops(native_on, monke
         meta32.step(loss, torch.ones(30), meta32.c0, state)
         assert calls == []
         meta32.p = 10.0
+        unroll(perturbed_meta(30, "value", hidden=native.MAX_H + 1).float(), 2, fused=True)
+        assert calls == []                      # a hidden size beyond the C loops' stack buffers
         unroll(meta32, 2, fused=True)
     assert len(calls) == 2
 
@@ -151,13 +172,19 @@ def test_strided_views_are_read_as_their_values(native_on):
 
 def test_the_c_loops_refuse_arrays_of_another_kind_or_size():
     H, n = 20, 10
+    z = lambda *shape: torch.zeros(*shape)
     with pytest.raises(ValueError, match="grad must be a float32 CPU array of shape"):
-        native.layer1_input(torch.zeros(n, dtype=torch.float64), 10.0, torch.zeros(H, n), torch.empty(n, H + 3))
-    with pytest.raises(ValueError, match="inputs must be a float32 CPU array of shape"):
-        native.layer1_input(torch.zeros(n), 10.0, torch.zeros(H, n), torch.empty(n, H + 2))
+        native.layer1_input(torch.zeros(n, dtype=torch.float64), 10.0, z(H, n))
+    with pytest.raises(ValueError, match="hidden size must be at most"):
+        native.layer1_input(z(n), 10.0, z(native.MAX_H + 1, n))
+    with pytest.raises(ValueError, match="p must be in"):
+        native.layer1_input(z(n), native.MAX_P + 1, z(H, n))
+    step_args = [z(n), 10.0, z(H, n), z(4 * H, H + 3), z(H, n), z(n), z(n), z(n), z(H + 2), z(H + 2),
+                 torch.tensor(4.0), torch.tensor(-4.0)]
     with pytest.raises(ValueError, match="acts must be contiguous"):
-        native.forward(torch.zeros(n, 4 * H).T, *(torch.zeros(H, n),), *(torch.zeros(n),) * 4,
-                       torch.zeros(H + 2), torch.zeros(H + 2), torch.tensor(4.0), torch.tensor(-4.0))
+        native.step(*step_args, acts=z(n, 4 * H).T)
+    with pytest.raises(ValueError, match="W1 must be a float32 CPU array of shape"):
+        native.step(*step_args[:3], z(4 * H, H + 2), *step_args[4:])
 
 
 def test_without_a_c_compiler_switching_on_is_one_clear_error(monkeypatch, tmp_path):

@@ -24,9 +24,11 @@ For each episode shape (5-way 5-shot T=8 B=25 and 5-way 1-shot T=12 B=5, at
         ported to PyTorch): two nn.Module copies of the learner with theta's
         weights copied in, nn.LSTMCell over all coordinates, autograd everywhere;
         the same numbers (tested), so (b_naive)/(b) is metalstm's speed-up;
-    (b_C), (c_C) the same (b) and (c) with the meta-learner's elementwise work
-        as the C loops of metalstm/native.c (`--native`, metalstm.fused.set_native:
-        an opt-in that needs a C compiler; measured whenever one is found on a CPU);
+    (b_C), (c_C) the same (b) and (c) with each meta-learner step, its matrix
+        products included, as the C loops of metalstm/native.c (`--native`,
+        metalstm.fused.set_native: an opt-in that needs a C compiler; measured
+        whenever one is found on a CPU); the bounds keep (g) and (g_fwd), PyTorch's
+        products, which the C loops replace by their own;
     (d) drawing one episode from an EpisodeSampler (glyphs at 28x28, random
         images at 84x84);
 and prints the median with min / max over the repeats (wall clock and CPU
@@ -49,7 +51,9 @@ above 1 the wall clock is the one to read), for the learner size of each --shape
 step and the meta-training step (forward and backward) of the default path and of
 --native, the step's three matrix products alone (g / T) and a plain copy of the
 [4H, n] array z (the memory traffic of one read and one write of it: a yardstick
-for the elementwise work, which must at least read z and write the gates).
+for the elementwise work, which on the default path must at least read z and
+write the gates; --native keeps z and dz in registers, so its step "beyond the
+matrix products" is its whole time less PyTorch's products).
 
     python -m metalstm.tools.bench --steps --repeats 20 --threads 1 --shapes 28
 
