@@ -227,7 +227,7 @@ class FusedMetaStep(torch.autograd.Function):
         torch.ops.aten.sigmoid_backward(dz[3 * H:], o1, grad_input=dz[3 * H:])
         d_c_prev = d_c_new * f1
         # the weight gradients: layer 2's sums, then layer 1's two products
-        dW_F, dW_I, db_F, db_I = _layer2_weight_grads(da, h_new, theta, prev_f, prev_i)
+        dW_F, dW_I, db_F, db_I = _layer2_weight_grads(da, da_f, da_i, h_new, theta, prev_f, prev_i)
         # W_1[h]^T dz with W_1[h] copied contiguous (its transpose column-major: the faster layout)
         d_h_prev = W[:, 4:].contiguous().T @ dz if ctx.needs_input_grad[3] else None
         dW_inputs = dz @ inputs                                           # [4H, 2 + H + 1]
@@ -237,9 +237,9 @@ class FusedMetaStep(torch.autograd.Function):
                 dW, db, dW_F, dW_I, db_F, db_I, None)
 
 
-def _layer2_weight_grads(da, h_new, theta, prev_f, prev_i):
-    """Layer 2's weight gradients (dW_F, dW_I, db_F, db_I) from da = [da_f; da_i] [2, n]."""
-    da_f, da_i = da
+def _layer2_weight_grads(da, da_f, da_i, h_new, theta, prev_f, prev_i):
+    """Layer 2's weight gradients (dW_F, dW_I, db_F, db_I) from da = [da_f; da_i] [2, n] (and its
+    two rows as they were computed: BLAS's dot may round by its operands' alignment)."""
     dW_h = da @ h_new.T                                                   # [2, H]
     dW_F = torch.cat([dW_h[0], torch.stack([da_f @ theta, da_f @ prev_f])])
     dW_I = torch.cat([dW_h[1], torch.stack([da_i @ theta, da_i @ prev_i])])
@@ -253,7 +253,7 @@ def _native_backward(ctx, d_theta, d_h, d_c, d_f, d_i, d_af, d_ai):
     d_theta_prev, d_prev_f, d_prev_i, da, d_c_prev, d_h_prev, dW1 = native.step_backward(
         d_theta, d_f, d_i, d_af, d_ai, d_h, d_c, grad, ctx.p, h, W1, theta, acts, c, c_new, f, i, W_F, W_I,
         want_dh=ctx.needs_input_grad[3])
-    dW_F, dW_I, db_F, db_I = _layer2_weight_grads(da, h_new, theta, prev_f, prev_i)
+    dW_F, dW_I, db_F, db_I = _layer2_weight_grads(da, da[0], da[1], h_new, theta, prev_f, prev_i)
     db = dW1[:, -1]
     dW = torch.cat([torch.outer(db, pre_loss), dW1[:, :-1]], dim=1)
     return (None, None, d_theta_prev, d_h_prev, d_c_prev, d_prev_f, d_prev_i,

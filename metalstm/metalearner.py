@@ -90,8 +90,8 @@ class MetaLearner(nn.Module):
     meta-test step (faster on a CPU, most of all in meta-testing: README,
     Speed); fused=False runs `reference_step`, the equations as written
     below, differentiated by autograd. The two agree to rounding (tested).
-    `metalstm.fused.set_native(True)` (`--native`) runs the fused step's elementwise
-    work as C loops (metalstm/native.c): an opt-in, also agreeing to rounding.
+    `metalstm.fused.set_native(True)` (`--native`) runs the fused step, its matrix
+    products included, as C loops (metalstm/native.c): an opt-in, also agreeing to rounding.
     """
 
     def __init__(self, n_params: int, hidden: int = 20, p: float = 10.0,

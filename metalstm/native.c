@@ -104,17 +104,20 @@ typedef float vec16 __attribute__((vector_size(64)));
 
 /* Ask now for the COLS columns that the next block will read (rw 0) or write (rw 1) in one
    row: a block walks 8-10 [H, n] arrays row by row, more streams than the hardware
-   prefetcher follows (measured: without these the backward waited on memory for most of
-   its time). A prefetch never faults, so the last block's, past the end, is harmless. */
+   prefetcher follows (measured: without these a meta-training step took 1.5x as long). Only
+   while a next block exists (`ahead`), so that no address past an array's end is formed. */
 #define PREFETCH_ROW(row, rw)                                                  \
     do {                                                                       \
-        for (int l_ = 0; l_ < COLS; l_ += 16)                                  \
-            __builtin_prefetch((row) + 4 * COLS + l_, (rw), 3);                    \
+        if (ahead)                                                             \
+            for (int l_ = 0; l_ < COLS; l_ += 16)                              \
+                __builtin_prefetch((row) + COLS + l_, (rw), 3);                \
     } while (0)
 
-/* x [K][COLS] = [pre(grad_t); h_{t-1}; 1] for the block's m columns (zeros beyond), pre as
-   paper notes 4 (metalstm/preprocess.py), threshold = e^-p and scale = e^p:
-       g -> (log|g| / p, sign g)  if |g| >= e^-p,   (-1, e^p g)  otherwise */
+/* x [K][COLS] = [pre(grad_t); h_{t-1}; 1] for the block's m columns, pre as paper notes 4
+   (metalstm/preprocess.py), threshold = e^-p and scale = e^p:
+       g -> (log|g| / p, sign g)  if |g| >= e^-p,   (-1, e^p g)  otherwise.
+   Columns m .. COLS-1 hold x of a zero gradient and zero h: finite, so that the backward's
+   dz, which is exactly 0 there, adds nothing to dW' = dz x^T; the forward discards them. */
 BLOCK_FN void layer1_input(int H, int64_t ld, int m, const float *restrict grad, const float *restrict h,
                            float p, float threshold, float scale, vec16 *restrict xv)
 {
@@ -140,9 +143,11 @@ BLOCK_FN void layer1_input(int H, int64_t ld, int m, const float *restrict grad,
 
 /* x [K, n] = [pre(grad_t); h_{t-1}; 1] as the two kernels compute it block by block (they
    never store it; this is for tests/test_native.py and for reading) */
-void metalstm_layer1_input(int H, int64_t n, const float *grad, float p, float threshold, float scale,
-                           const float *h, float *x)
+int metalstm_layer1_input(int H, int64_t n, const float *grad, float p, float threshold, float scale,
+                          const float *h, float *x)
 {
+    if (H < 1 || H > MAX_H)
+        return 2;
     const int K = H + 3;
     vec16 xv[(MAX_H + 3) * NV];
     for (int64_t j0 = 0; j0 < n; j0 += COLS) {
@@ -151,10 +156,12 @@ void metalstm_layer1_input(int H, int64_t n, const float *grad, float p, float t
         for (int k = 0; k < K; k++)
             memcpy(x + k * n + j0, (float *)xv + k * COLS, sizeof(float) * m);
     }
+    return 0;
 }
 
 /* z [4][COLS]: the rows r, H + r, 2H + r, 3H + r of W' x (hidden unit r's four gates), as
-   4 x NV accumulators in registers */
+   4 x NV accumulators: 16 registers with AVX-512's 32; where vectors are narrower (AVX2,
+   the -O3 fallback's SSE2) they spill to the L1 cache, and the loop is slower, not wrong */
 BLOCK_FN void layer1_rows(int H, int r, const float *restrict W1, const vec16 *restrict xv,
                           float z[4][COLS])
 {
@@ -191,6 +198,7 @@ BLOCK_FN void forward_block(const struct step *s, int64_t j0, int m, const int s
 {
     const int H = s->H;
     const int64_t ld = s->n;
+    const int ahead = j0 + 2 * COLS <= ld;    /* a whole next block to prefetch */
     vec16 xv[(MAX_H + 3) * NV];
     layer1_input(H, ld, m, s->grad + j0, s->h + j0, s->p, s->threshold, s->scale, xv);
     float sum_f[COLS], sum_i[COLS];           /* h_t's share of layer 2's two dot products */
@@ -259,13 +267,16 @@ BLOCK_FN void forward_block(const struct step *s, int64_t j0, int m, const int s
      c_t = f1 c_{t-1} + i1 g1,  h_t = o1 tanh(c_t)
      a_f = W_F . [h_t, theta_{t-1}, prev_f] + b_F,  f_t = sigmoid(a_f)   (same for i)
      theta_t = f_t theta_{t-1} - i_t grad_t
-   acts [4H, n] receives [i1; f1; g1; o1] for the backward pass, or is NULL (meta-testing). */
-void metalstm_step(int H, int64_t n, const float *grad, float p, float threshold, float scale,
+   acts [4H, n] receives [i1; f1; g1; o1] for the backward pass, or is NULL (meta-testing).
+   Returns 0, or 2 for a hidden size outside [1, MAX_H] (nothing computed). */
+int metalstm_step(int H, int64_t n, const float *grad, float p, float threshold, float scale,
                    const float *h, const float *W1, const float *c, const float *theta,
                    const float *prev_f, const float *prev_i, const float *W_F, const float *W_I,
                    float b_F, float b_I, float *c_new, float *h_new, float *theta_new, float *f,
                    float *i, float *a_f, float *a_i, float *acts)
 {
+    if (H < 1 || H > MAX_H)
+        return 2;
     struct step s = {H, n, p, threshold, scale, b_F, b_I, grad, h, W1, c, theta, prev_f, prev_i,
                      W_F, W_I, c_new, h_new, theta_new, f, i, a_f, a_i, acts};
     int64_t j0 = 0;
@@ -281,6 +292,7 @@ void metalstm_step(int H, int64_t n, const float *grad, float p, float threshold
         else
             forward_block(&s, j0, (int)(n - j0), 0);
     }
+    return 0;
 }
 
 /* The backward's arrays: upstream gradients (zeros where none arrived), what the forward
@@ -296,6 +308,7 @@ BLOCK_FN void backward_block(const struct step *s, const struct grads *d, int64_
 {
     const int H = s->H, K = H + 3;
     const int64_t ld = s->n;
+    const int ahead = j0 + 2 * COLS <= ld;    /* a whole next block to prefetch */
     const float *W_F = s->W_F, *W_I = s->W_I;
     const float *restrict f = s->f + j0, *restrict i = s->i + j0, *restrict theta = s->theta + j0,
                 *restrict grad = s->grad + j0, *restrict d_theta = d->d_theta + j0,
@@ -399,7 +412,8 @@ BLOCK_FN void backward_block(const struct step *s, const struct grads *d, int64_
      dz = [dc g1 i1 (1 - i1); dc c_{t-1} f1 (1 - f1); dc i1 (1 - g1^2); dh tanh(c_t) o1 (1 - o1)]
      d c_{t-1} = dc f1;  dW' = dz x^T [4H, K];  d h_{t-1} = W'[h]^T dz (skipped if d_h_prev is NULL)
    da [2, n] returns (da_f; da_i), for layer 2's weight gradients, which PyTorch sums.
-   Returns 0, or 1 when the dW' accumulators could not be allocated. */
+   Returns 0, 1 when the dW' accumulators could not be allocated, or 2 for a hidden size
+   outside [1, MAX_H] (nothing computed). */
 int metalstm_step_backward(int H, int64_t n, const float *d_theta, const float *d_f, const float *d_i,
                            const float *d_af, const float *d_ai, const float *d_h, const float *d_c,
                            const float *grad, float p, float threshold, float scale, const float *h,
@@ -408,6 +422,8 @@ int metalstm_step_backward(int H, int64_t n, const float *d_theta, const float *
                            const float *W_I, float *d_c_prev, float *d_h_prev, float *d_theta_prev,
                            float *d_prev_f, float *d_prev_i, float *da, float *dW1)
 {
+    if (H < 1 || H > MAX_H)
+        return 2;
     const int K = H + 3;
     vec16 *dW = aligned_alloc(sizeof(vec16), sizeof(vec16) * 4 * H * K);
     if (!dW)

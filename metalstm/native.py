@@ -179,17 +179,17 @@ def available() -> bool:
 def _declare(lib: ctypes.CDLL) -> None:
     P, I, L, F = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64, ctypes.c_float
     lib.metalstm_step.argtypes = [I, L, P, F, F, F] + [P] * 8 + [F, F] + [P] * 8
-    lib.metalstm_step.restype = None
+    lib.metalstm_step.restype = I
     lib.metalstm_step_backward.argtypes = [I, L] + [P] * 8 + [F, F, F] + [P] * 10 + [P] * 7
     lib.metalstm_step_backward.restype = I
     lib.metalstm_layer1_input.argtypes = [I, L, P, F, F, F, P, P]
-    lib.metalstm_layer1_input.restype = None
+    lib.metalstm_layer1_input.restype = I
 
 
 MAX_P = 80.0      # e^-p stays a normal float32 (log_f's range) and e^p a finite one
 
 
-MAX_H = 64        # native.c's MAX_H: the hidden sizes its blocks' stack buffers hold
+MAX_H = 64        # native.c's MAX_H: the hidden sizes its blocks' stack buffers hold (it refuses others)
 
 
 def supports(p: float, H: int, *tensors: Tensor) -> bool:
@@ -224,16 +224,30 @@ def _pre(p: float) -> tuple[float, float, float]:
     return float(p), math.exp(-p), math.exp(p)
 
 
+def _hidden(h: Tensor) -> tuple[int, int]:
+    """(H, n) of an [H, n] state, H within what the C loops hold."""
+    H, n = h.shape
+    if not 1 <= H <= MAX_H:
+        raise ValueError(f"native: the hidden size must be in [1, {MAX_H}], got {H}")
+    return H, n
+
+
+def _check(code: int, H: int) -> None:
+    """The C functions' return codes: 0 done, 1 out of memory, 2 hidden size refused."""
+    if code == 1:
+        raise MemoryError(f"native: no memory for the {4 * H} x {H + 3} weight-gradient accumulators")
+    if code:
+        raise ValueError(f"native: the C loops refused hidden size {H} (at most {MAX_H})")
+
+
 def layer1_input(grad: Tensor, p: float, h: Tensor) -> Tensor:
     """x [H + 3, n] = [pre(grad_t); h_{t-1}; 1], layer 1's right-hand side as `step` and
     `step_backward` compute it (block by block, never stored), with pre =
     metalstm.preprocess.preprocess (paper notes 4) in C: for tests and for reading."""
-    H, n = h.shape
-    if H > MAX_H:
-        raise ValueError(f"native: the hidden size must be at most {MAX_H}, got {H}")
+    H, n = _hidden(h)
     pre, grad, h = _pre(p), _read(grad, (n,), "grad"), _read(h, (H, n), "h")
     x = h.new_empty(H + 3, n)
-    library().metalstm_layer1_input(H, n, grad.data_ptr(), *pre, h.data_ptr(), x.data_ptr())
+    _check(library().metalstm_layer1_input(H, n, grad.data_ptr(), *pre, h.data_ptr(), x.data_ptr()), H)
     return x
 
 
@@ -248,9 +262,7 @@ def step(grad: Tensor, p: float, h: Tensor, W1: Tensor, c: Tensor, theta: Tensor
     W1 is fused.py's W' [4H, H + 3] = [W_1's grad and h columns | bias with the loss folded in].
     (theta_t, h_t, c_t, f_t, i_t, a_f, a_i); acts [4H, n], if given, receives the gate
     activations [i1; f1; g1; o1] that `step_backward` needs."""
-    H, n = h.shape
-    if H > MAX_H:
-        raise ValueError(f"native: the hidden size must be at most {MAX_H}, got {H}")
+    H, n = _hidden(h)
     pre = _pre(p)
     ins = [_read(h, (H, n), "h"), _weights(W1, H), _read(c, (H, n), "c")]
     ins += [_read(t, (n,), name) for t, name in ((theta, "theta"), (prev_f, "prev_f"), (prev_i, "prev_i"))]
@@ -259,9 +271,9 @@ def step(grad: Tensor, p: float, h: Tensor, W1: Tensor, c: Tensor, theta: Tensor
     saved = None if acts is None else _written(acts, (4 * H, n), "acts")
     c_new, h_new = c.new_empty(H, n), c.new_empty(H, n)
     outs = (theta_new, f, i, a_f, a_i) = tuple(theta.new_empty(n) for _ in range(5))
-    library().metalstm_step(H, n, grad.data_ptr(), *pre, *(t.data_ptr() for t in ins), float(b_F), float(b_I),
-                            c_new.data_ptr(), h_new.data_ptr(), *(t.data_ptr() for t in outs),
-                            None if saved is None else saved.data_ptr())
+    _check(library().metalstm_step(H, n, grad.data_ptr(), *pre, *(t.data_ptr() for t in ins), float(b_F),
+                                   float(b_I), c_new.data_ptr(), h_new.data_ptr(), *(t.data_ptr() for t in outs),
+                                   None if saved is None else saved.data_ptr()), H)
     return theta_new, h_new, c_new, f, i, a_f, a_i
 
 
@@ -271,7 +283,7 @@ def step_backward(d_theta, d_f, d_i, d_af, d_ai, d_h, d_c, grad, p, h, W1, theta
     gradients (None counts as zeros) and what `step` used and saved, (d theta_{t-1}, d prev_f,
     d prev_i, da = [da_f; da_i] [2, n], d c_{t-1}, d h_{t-1} (None unless want_dh),
     dW' [4H, H + 3] = dz [pre(grad); h_{t-1}; 1]^T)."""
-    H, n = c.shape
+    H, n = _hidden(c)
     zeros = {}                               # shape -> one zeros array for every missing gradient
 
     def read(t, shape, name):
@@ -294,10 +306,8 @@ def step_backward(d_theta, d_f, d_i, d_af, d_ai, d_h, d_c, grad, p, h, W1, theta
     d_h_prev = theta.new_empty(H, n) if want_dh else None
     d_theta_prev, d_prev_f, d_prev_i = (theta.new_empty(n) for _ in range(3))
     da, dW1 = theta.new_empty(2, n), theta.new_empty(4 * H, H + 3)
-    failed = library().metalstm_step_backward(
+    _check(library().metalstm_step_backward(
         H, n, *(t.data_ptr() for t in ups), *pre, *(t.data_ptr() for t in saved), d_c_prev.data_ptr(),
         None if d_h_prev is None else d_h_prev.data_ptr(),
-        *(t.data_ptr() for t in (d_theta_prev, d_prev_f, d_prev_i, da, dW1)))
-    if failed:
-        raise MemoryError(f"native: no memory for the {4 * H} x {H + 3} weight-gradient accumulators")
+        *(t.data_ptr() for t in (d_theta_prev, d_prev_f, d_prev_i, da, dW1))), H)
     return d_theta_prev, d_prev_f, d_prev_i, da, d_c_prev, d_h_prev, dW1

@@ -175,7 +175,7 @@ def test_the_c_loops_refuse_arrays_of_another_kind_or_size():
     z = lambda *shape: torch.zeros(*shape)
     with pytest.raises(ValueError, match="grad must be a float32 CPU array of shape"):
         native.layer1_input(torch.zeros(n, dtype=torch.float64), 10.0, z(H, n))
-    with pytest.raises(ValueError, match="hidden size must be at most"):
+    with pytest.raises(ValueError, match="hidden size must be in"):
         native.layer1_input(z(n), 10.0, z(native.MAX_H + 1, n))
     with pytest.raises(ValueError, match="p must be in"):
         native.layer1_input(z(n), native.MAX_P + 1, z(H, n))
@@ -304,3 +304,65 @@ def test_reuse_takes_a_rules_accuracies_only_from_a_run_of_the_same_path(tmp_pat
     calls.clear()
     assert evaluate.main([*common, "--native", "--reuse", str(tmp_path / "again.json")]) == 0
     assert not calls                                          # the same path: its accuracies are reused
+
+
+def padded(t: torch.Tensor) -> torch.Tensor:
+    """t's values in a contiguous slice of a NaN-filled buffer one block (64 floats) longer:
+    a C loop that reads past an array's end then computes NaNs."""
+    buffer = torch.full((t.numel() + 64,), float("nan"))
+    buffer[:t.numel()] = t.reshape(-1)
+    return buffer[:t.numel()].view(t.shape)
+
+
+@pytest.mark.parametrize("n", [1, 64, 100])
+def test_the_c_loops_read_and_write_no_column_past_an_array(n):
+    H, p = 5, 10.0
+    g = torch.Generator().manual_seed(n)
+    r = lambda *shape: torch.randn(*shape, generator=g)
+    grad, h, W1, c, theta = 1e-3 * r(n), r(H, n), 0.5 * r(4 * H, H + 3), r(H, n), r(n)
+    prev_f, prev_i, W_F, W_I = r(n).sigmoid(), r(n).sigmoid(), r(H + 2), r(H + 2)
+    ups = [r(n) for _ in range(5)] + [r(H, n), r(H, n)]
+    args = [grad, p, h, W1, c, theta, prev_f, prev_i, W_F, W_I, torch.tensor(0.5), torch.tensor(-0.5)]
+    acts, acts_padded = torch.empty(4 * H, n), padded(torch.empty(4 * H, n))
+    want = native.step(*args, acts=acts)
+    got = native.step(*(padded(a) if isinstance(a, torch.Tensor) and a.dim() else a for a in args),
+                      acts=acts_padded)
+    for x, y in zip(want, got):
+        assert torch.equal(x, y) and torch.isfinite(y).all()
+    assert torch.equal(acts, acts_padded)
+    assert torch.isnan(acts_padded._base[4 * H * n:]).all(), "the C forward wrote past acts"
+    back = lambda f: native.step_backward(*(f(u) for u in ups), f(grad), p, f(h), f(W1), f(theta), f(acts), f(c),
+                                          f(want[2]), f(want[3]), f(want[4]), f(W_F), f(W_I))
+    for x, y in zip(back(lambda t: t), back(padded)):
+        assert torch.equal(x, y) and torch.isfinite(y).all()
+
+
+def test_two_threads_stepping_at_once_compute_what_one_does(native_on):
+    """ctypes lets go of the GIL during a C call: two meta-learners stepping in two threads."""
+    import threading
+    metas = [perturbed_meta(500, "value", seed=s).float() for s in (0, 1)]
+    serial = [unroll(m, 3, fused=True)[0] for m in metas]
+    results = [None, None]
+
+    def work(k):
+        results[k] = unroll(metas[k], 3, fused=True)[0]
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for want, got in zip(serial, results):
+        assert torch.equal(want, got)
+
+
+def test_meta_gradients_at_the_course_size_against_float64():
+    """n = 28,485 (the 28x28 learner): dW' is summed over 1,780 blocks' lanes; against the reference
+    in float64, the C loops' float32 meta-gradients stay within float32's accumulated rounding."""
+    meta64 = perturbed_meta(28485, "value")
+    meta32 = perturbed_meta(28485, "value").float()
+    _, _, grads_n = run(meta32, "native", steps=3)
+    _, _, grads_r = run(meta64, "reference", steps=3)
+    for name, want in grads_r.items():
+        err = (grads_n[name].double() - want).abs().max() / want.abs().max()
+        assert err <= 1e-5, (name, float(err))

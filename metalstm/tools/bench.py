@@ -440,8 +440,9 @@ def report_steps(size: int, n: int, rows: dict) -> None:
             times = rows[k][1]
             print(f"  {name:<36} {1e3 * cpu[k]:14.2f} {1e3 * min(times):8.2f} {1e3 * max(times):8.2f}   "
                   f"{1e3 * statistics.median(rows[k][0]):15.2f}")
-    print("  beyond the matrix products (what the elementwise work, the preprocessing and the "
-          "bookkeeping cost):")
+    print("  beyond PyTorch's matrix products (what the elementwise work, the preprocessing and the "
+          "bookkeeping cost; --native runs its own products, so its rows are its whole time less "
+          "PyTorch's):")
     for k in ("test", "test_C", "train", "train_C"):
         if k in cpu:
             beyond = cpu[k] - cpu["gemm" if k.startswith("train") else "gemm_fwd"]
