@@ -26,6 +26,7 @@ Example:
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
 import math
@@ -78,15 +79,16 @@ def compiler() -> list[str] | None:
     return None
 
 
-def _build(cc: list[str], target: Path) -> None:
-    """Compile native.c into `target`, trying FLAGS in order; written to a temporary file and
-    renamed, so that processes started together (torchrun) never load half a library."""
+def _build(cc: list[str], target: Path, source: Path = SOURCE) -> None:
+    """Compile native.c (or a copy of it, `source`) into `target`, trying FLAGS in order; written
+    to a temporary file and renamed, so that processes started together (torchrun) never load
+    half a library."""
     target.parent.mkdir(parents=True, exist_ok=True)
     errors = []
     for flags in FLAGS:
         fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
         os.close(fd)
-        cmd = [*cc, *flags, "-shared", "-fPIC", str(SOURCE), "-o", tmp]
+        cmd = [*cc, *flags, "-shared", "-fPIC", str(source), "-o", tmp]
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
             if proc.returncode == 0:
@@ -100,7 +102,7 @@ def _build(cc: list[str], target: Path) -> None:
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
-    raise NativeUnavailable("could not compile metalstm/native.c: " + "; ".join(errors))
+    raise NativeUnavailable(f"could not compile {source}: " + "; ".join(errors))
 
 
 def _write_atomically(path: Path, text: str) -> None:
@@ -158,6 +160,29 @@ def library() -> ctypes.CDLL:
         _declare(lib)
         _LIB["lib"] = lib
         return lib
+
+
+def load_copy(source: Path, target: Path) -> ctypes.CDLL:
+    """A changed copy of native.c, compiled into `target` as native.c is (the same compiler and
+    flags) and loaded, for `use` (metalstm.tools.native_ab); NativeUnavailable if it fails."""
+    cc = compiler()
+    if cc is None:
+        raise NativeUnavailable("no C compiler (cc, gcc or clang on the PATH, or $CC)")
+    _build(cc, target, source)
+    lib = ctypes.CDLL(str(target))
+    _declare(lib)
+    return lib
+
+
+@contextlib.contextmanager
+def use(lib: ctypes.CDLL):
+    """Inside the block, every C call goes to `lib` (a `load_copy`) instead of native.c's library."""
+    library()
+    previous, _LIB["lib"] = _LIB["lib"], lib
+    try:
+        yield lib
+    finally:
+        _LIB["lib"] = previous
 
 
 def describe() -> str:
