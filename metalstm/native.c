@@ -104,7 +104,7 @@ typedef float vec16 __attribute__((vector_size(64)));
 
 /* Ask now for the COLS columns that the next block will read (rw 0) or write (rw 1) in one
    row: a block walks 8-10 [H, n] arrays row by row, more streams than the hardware
-   prefetcher follows (measured: without these a meta-training step took 1.5x as long). Only
+   prefetcher follows (measured: without these a meta-training step took 1.2x as long). Only
    while a next block exists (`ahead`), so that no address past an array's end is formed. */
 #define PREFETCH_ROW(row, rw)                                                  \
     do {                                                                       \

@@ -136,6 +136,14 @@ def _compiler_version(cc: list[str]) -> bytes:
         return b""
 
 
+def _compiler_or_raise() -> list[str]:
+    cc = compiler()
+    if cc is None:
+        raise NativeUnavailable("the native backend needs a C compiler (cc, gcc or clang on the PATH, "
+                                "or $CC); without one, leave it off: the default path computes the same step")
+    return cc
+
+
 def library() -> ctypes.CDLL:
     """The compiled native.c, built on first use (NativeUnavailable when it cannot be)."""
     if _LIB["lib"] is not None:              # every kernel call asks: no lock once it is loaded
@@ -143,10 +151,7 @@ def library() -> ctypes.CDLL:
     with _LOCK:
         if _LIB["lib"] is not None:
             return _LIB["lib"]
-        cc = compiler()
-        if cc is None:
-            raise NativeUnavailable("the native backend needs a C compiler (cc, gcc or clang on the PATH, "
-                                    "or $CC); without one, leave it off: the default path computes the same step")
+        cc = _compiler_or_raise()
         key = hashlib.sha256(b"\0".join([SOURCE.read_bytes(), " ".join(cc).encode(), _compiler_version(cc),
                                          _machine(), repr(FLAGS).encode()])).hexdigest()[:16]
         target = cache_dir() / f"native-{key}.so"
@@ -165,10 +170,7 @@ def library() -> ctypes.CDLL:
 def load_copy(source: Path, target: Path) -> ctypes.CDLL:
     """A changed copy of native.c, compiled into `target` as native.c is (the same compiler and
     flags) and loaded, for `use` (metalstm.tools.native_ab); NativeUnavailable if it fails."""
-    cc = compiler()
-    if cc is None:
-        raise NativeUnavailable("no C compiler (cc, gcc or clang on the PATH, or $CC)")
-    _build(cc, target, source)
+    _build(_compiler_or_raise(), target, source)
     lib = ctypes.CDLL(str(target))
     _declare(lib)
     return lib

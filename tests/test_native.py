@@ -314,15 +314,20 @@ def padded(t: torch.Tensor) -> torch.Tensor:
     return buffer[:t.numel()].view(t.shape)
 
 
+def step_args(n: int, H: int, g: torch.Generator) -> list:
+    """Random arguments of native.step: grad, p, h, W1, c, theta, prev_f, prev_i, W_F, W_I, b_F, b_I."""
+    r = lambda *shape: torch.randn(*shape, generator=g)
+    return [1e-3 * r(n), 10.0, r(H, n), 0.5 * r(4 * H, H + 3), r(H, n), r(n), r(n).sigmoid(), r(n).sigmoid(),
+            r(H + 2), r(H + 2), torch.tensor(0.5), torch.tensor(-0.5)]
+
+
 @pytest.mark.parametrize("n", [1, 64, 100])
 def test_the_c_loops_read_and_write_no_column_past_an_array(n):
-    H, p = 5, 10.0
+    H = 5
     g = torch.Generator().manual_seed(n)
-    r = lambda *shape: torch.randn(*shape, generator=g)
-    grad, h, W1, c, theta = 1e-3 * r(n), r(H, n), 0.5 * r(4 * H, H + 3), r(H, n), r(n)
-    prev_f, prev_i, W_F, W_I = r(n).sigmoid(), r(n).sigmoid(), r(H + 2), r(H + 2)
-    ups = [r(n) for _ in range(5)] + [r(H, n), r(H, n)]
-    args = [grad, p, h, W1, c, theta, prev_f, prev_i, W_F, W_I, torch.tensor(0.5), torch.tensor(-0.5)]
+    args = step_args(n, H, g)
+    grad, p, h, W1, c, theta, _, _, W_F, W_I = args[:10]
+    ups = [torch.randn(n, generator=g) for _ in range(5)] + [torch.randn(H, n, generator=g) for _ in range(2)]
     acts, acts_padded = torch.empty(4 * H, n), padded(torch.empty(4 * H, n))
     want = native.step(*args, acts=acts)
     got = native.step(*(padded(a) if isinstance(a, torch.Tensor) and a.dim() else a for a in args),

@@ -6,6 +6,7 @@ import torch
 
 from metalstm import native
 from metalstm.tools import native_ab
+from test_native import step_args
 
 pytestmark = pytest.mark.skipif(not native.available(), reason="no C compiler: metalstm/native.c cannot be built")
 
@@ -20,12 +21,7 @@ def test_each_copy_runs_its_own_code(tmp_path, capsys):
     lazy.write_text(source.replace(loop, "            acc[0][v] += 0.0f * xk;\n"))
     copies = {"native": native.load_copy(native.SOURCE, tmp_path / "a.so"),
               "lazy": native.load_copy(lazy, tmp_path / "b.so")}
-    n, H = 100, 20
-    g = torch.Generator().manual_seed(0)
-    args = [1e-3 * torch.randn(n, generator=g), 10.0, torch.randn(H, n, generator=g),
-            torch.randn(4 * H, H + 3, generator=g), torch.randn(H, n, generator=g), torch.randn(n, generator=g),
-            torch.rand(n, generator=g), torch.rand(n, generator=g), torch.randn(H + 2, generator=g),
-            torch.randn(H + 2, generator=g), torch.tensor(0.5), torch.tensor(-0.5)]
+    args = step_args(100, 20, torch.Generator().manual_seed(0))
     outs = {}
     for name, lib in copies.items():
         with native.use(lib):
