@@ -184,6 +184,58 @@ BLOCK_FN void layer1_rows(int H, int r, const float *restrict W1, const vec16 *r
     memcpy(z, acc, sizeof acc);
 }
 
+/* dW' rows r, H + r, 2H + r, 3H + r += dz x^T over one block: hidden unit r's four rows of
+   dz [4][COLS] against x [K][COLS], into vectors whose 16 lanes `sum_lanes` adds up at the end */
+BLOCK_FN void weight_grad_rows(int H, int r, const vec16 dzv[4][NV], const vec16 *restrict xv,
+                               vec16 *restrict dW)
+{
+    const int K = H + 3;
+    for (int k = 0; k < K; k++)
+        for (int q = 0; q < 4; q++) {
+            vec16 acc = dW[(q * H + r) * K + k];
+            for (int v = 0; v < NV; v++)
+                acc += dzv[q][v] * xv[k * NV + v];
+            dW[(q * H + r) * K + k] = acc;
+        }
+}
+
+/* d h_{t-1} [H][COLS] += W'[h]^T dz, hidden unit r's four rows' share (W' columns 2 .. H + 1) */
+BLOCK_FN void hidden_grad_rows(int H, int r, const float *restrict W1, const vec16 dzv[4][NV],
+                               vec16 *restrict dh)
+{
+    const int K = H + 3;
+    for (int r2 = 0; r2 < H; r2++) {
+        float w0 = W1[r * K + 2 + r2], w1 = W1[(H + r) * K + 2 + r2],
+              w2 = W1[(2 * H + r) * K + 2 + r2], w3 = W1[(3 * H + r) * K + 2 + r2];
+        for (int v = 0; v < NV; v++)
+            dh[r2 * NV + v] += w0 * dzv[0][v] + w1 * dzv[1][v] + w2 * dzv[2][v] + w3 * dzv[3][v];
+    }
+}
+
+/* The block's m columns of rows [rows][COLS] into an [rows, ld] array at out */
+BLOCK_FN void store_rows(int rows, int64_t ld, int m, const vec16 *restrict v, float *restrict out)
+{
+    for (int r = 0; r < rows; r++) {
+        float row[COLS];
+        memcpy(row, &v[r * NV], sizeof row);
+        for (int j = 0; j < COLS; j++)
+            if (j < m)
+                out[r * ld + j] = row[j];
+    }
+}
+
+/* dW' [4H * K] as floats: each accumulator's 16 lanes summed */
+static void sum_lanes(int count, const vec16 *dW, float *dW1)
+{
+    for (int q = 0; q < count; q++) {
+        float lanes[16], sum = 0.0f;
+        memcpy(lanes, &dW[q], sizeof lanes);
+        for (int l = 0; l < 16; l++)
+            sum += lanes[l];
+        dW1[q] = sum;
+    }
+}
+
 /* The arguments of one step, forward and backward (the C functions' own, gathered once). */
 struct step {
     int H;
@@ -306,7 +358,7 @@ struct grads {
 /* Backward on columns [j0, j0 + m) (metalstm_step_backward); d_h_prev is skipped if NULL */
 BLOCK_FN void backward_block(const struct step *s, const struct grads *d, int64_t j0, int m, const int want_dh)
 {
-    const int H = s->H, K = H + 3;
+    const int H = s->H;
     const int64_t ld = s->n;
     const int ahead = j0 + 2 * COLS <= ld;    /* a whole next block to prefetch */
     const float *W_F = s->W_F, *W_I = s->W_I;
@@ -378,30 +430,12 @@ BLOCK_FN void backward_block(const struct step *s, const struct grads *d, int64_
         }
         vec16 dzv[4][NV];
         memcpy(dzv, dz, sizeof dzv);
-        for (int k = 0; k < K; k++)           /* dW' rows r, H + r, 2H + r, 3H + r += dz x^T */
-            for (int q = 0; q < 4; q++) {
-                vec16 acc = d->dW[(q * H + r) * K + k];
-                for (int v = 0; v < NV; v++)
-                    acc += dzv[q][v] * xv[k * NV + v];
-                d->dW[(q * H + r) * K + k] = acc;
-            }
-        if (want_dh)                          /* d h_{t-1} += W'[h]^T dz (columns 2 .. H + 1) */
-            for (int r2 = 0; r2 < H; r2++) {
-                float w0 = s->W1[r * K + 2 + r2], w1 = s->W1[(H + r) * K + 2 + r2],
-                      w2 = s->W1[(2 * H + r) * K + 2 + r2], w3 = s->W1[(3 * H + r) * K + 2 + r2];
-                for (int v = 0; v < NV; v++)
-                    dh_prev[r2 * NV + v] += w0 * dzv[0][v] + w1 * dzv[1][v] + w2 * dzv[2][v] + w3 * dzv[3][v];
-            }
+        weight_grad_rows(H, r, dzv, xv, d->dW);
+        if (want_dh)
+            hidden_grad_rows(H, r, s->W1, dzv, dh_prev);
     }
     if (want_dh)
-        for (int r2 = 0; r2 < H; r2++) {
-            float row[COLS];
-            memcpy(row, &dh_prev[r2 * NV], sizeof row);
-            float *restrict out = d->d_h_prev + r2 * ld + j0;
-            for (int j = 0; j < COLS; j++)
-                if (j < m)
-                    out[j] = row[j];
-        }
+        store_rows(H, ld, m, dh_prev, d->d_h_prev + j0);
 }
 
 /* Backward (fused.py's FusedMetaStep.backward), for upstream gradients d_theta, d_f, d_i,
@@ -447,13 +481,87 @@ int metalstm_step_backward(int H, int64_t n, const float *d_theta, const float *
         else
             backward_block(&s, &d, j0, (int)(n - j0), 0);
     }
-    for (int q = 0; q < 4 * H * K; q++) {
-        float lanes[16], sum = 0.0f;
-        memcpy(lanes, &dW[q], sizeof lanes);
-        for (int l = 0; l < 16; l++)
-            sum += lanes[l];
-        dW1[q] = sum;
-    }
+    sum_lanes(4 * H * K, dW, dW1);
     free(dW);
+    return 0;
+}
+
+/* metalstm_products on columns [j0, j0 + m) */
+BLOCK_FN void products_block(int H, int64_t n, int64_t j0, int m, const float *restrict W1,
+                             const float *restrict x, const float *restrict dz, float *restrict z,
+                             vec16 *restrict dW, float *restrict dh)
+{
+    const int K = H + 3;
+    const int ahead = j0 + 2 * COLS <= n;     /* a whole next block to prefetch */
+    vec16 xv[(MAX_H + 3) * NV];
+    float *x_block = (float *)xv;
+    for (int k = 0; k < K; k++) {             /* columns m .. COLS-1 zero: they add nothing */
+        PREFETCH_ROW(x + k * n + j0, 0);
+        for (int j = 0; j < COLS; j++)
+            x_block[k * COLS + j] = j < m ? x[k * n + j0 + j] : 0.0f;
+    }
+    vec16 dh_block[MAX_H * NV];
+    for (int v = 0; dz && v < H * NV; v++)
+        dh_block[v] = (vec16){0};
+    for (int r = 0; r < H; r++) {
+        float zr[4][COLS];
+        layer1_rows(H, r, W1, xv, zr);
+        for (int q = 0; q < 4; q++) {
+            float *restrict row = z + (q * H + r) * n + j0;
+            PREFETCH_ROW(row, 1);
+            for (int j = 0; j < COLS; j++)
+                if (j < m)
+                    row[j] = zr[q][j];
+        }
+        if (dz) {
+            vec16 dzv[4][NV];
+            float *dz_block = (float *)dzv;
+            for (int q = 0; q < 4; q++) {
+                const float *restrict row = dz + (q * H + r) * n + j0;
+                PREFETCH_ROW(row, 0);
+                for (int j = 0; j < COLS; j++)
+                    dz_block[q * COLS + j] = j < m ? row[j] : 0.0f;
+            }
+            weight_grad_rows(H, r, dzv, xv, dW);
+            hidden_grad_rows(H, r, W1, dzv, dh_block);
+        }
+    }
+    if (dz)
+        store_rows(H, n, m, dh_block, dh + j0);
+}
+
+/* Layer 1's three products alone, with the step's own loops, for the benchmark's (g_C) and
+   (g_fwd_C) (metalstm/tools/bench.py): z = W' x [4H, n], and where dz is given,
+   dW' = dz x^T [4H, K] and d h = W'[h]^T dz [H, n]. Unlike the step, they read x [K, n]
+   and dz [4H, n] from memory and write z and d h to it, as separate products (PyTorch's,
+   in (g)) must. Returns 0, 1 when the dW' accumulators could not be allocated, or 2 for a
+   hidden size outside [1, MAX_H] (nothing computed). */
+int metalstm_products(int H, int64_t n, const float *W1, const float *x, const float *dz, float *z,
+                      float *dW1, float *dh)
+{
+    if (H < 1 || H > MAX_H)
+        return 2;
+    const int K = H + 3;
+    vec16 *dW = NULL;
+    if (dz) {
+        dW = aligned_alloc(sizeof(vec16), sizeof(vec16) * 4 * H * K);
+        if (!dW)
+            return 1;
+        for (int q = 0; q < 4 * H * K; q++)
+            dW[q] = (vec16){0};
+    }
+    int64_t j0 = 0;
+    for (; j0 + COLS <= n; j0 += COLS) {
+        if (dz)
+            products_block(H, n, j0, COLS, W1, x, dz, z, dW, dh);
+        else
+            products_block(H, n, j0, COLS, W1, x, NULL, z, NULL, NULL);
+    }
+    if (j0 < n)
+        products_block(H, n, j0, (int)(n - j0), W1, x, dz, z, dW, dh);
+    if (dz) {
+        sum_lanes(4 * H * K, dW, dW1);
+        free(dW);
+    }
     return 0;
 }

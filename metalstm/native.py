@@ -211,6 +211,8 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.metalstm_step_backward.restype = I
     lib.metalstm_layer1_input.argtypes = [I, L, P, F, F, F, P, P]
     lib.metalstm_layer1_input.restype = I
+    lib.metalstm_products.argtypes = [I, L] + [P] * 6
+    lib.metalstm_products.restype = I
 
 
 MAX_P = 80.0      # e^-p stays a normal float32 (log_f's range) and e^p a finite one
@@ -338,3 +340,32 @@ def step_backward(d_theta, d_f, d_i, d_af, d_ai, d_h, d_c, grad, p, h, W1, theta
         None if d_h_prev is None else d_h_prev.data_ptr(),
         *(t.data_ptr() for t in (d_theta_prev, d_prev_f, d_prev_i, da, dW1))), H)
     return d_theta_prev, d_prev_f, d_prev_i, da, d_c_prev, d_h_prev, dW1
+
+
+def products(W1: Tensor, x: Tensor, dz: Tensor | None = None) -> tuple[Tensor, ...]:
+    """Layer 1's three matrix products alone, with `step`'s loops: (z,) = (W' x,) [4H, n], or,
+    with dz [4H, n] given, (z, dW' = dz x^T [4H, H + 3], d h = W'[h]^T dz [H, n]) - what a
+    step computes inside its sweeps, as separate products whose operands and results go
+    through memory: the benchmark's (g_C) and (g_fwd_C), the least that (g)'s products
+    cost here when they run faster than PyTorch's (metalstm/tools/bench.py).
+
+    Example:
+        >>> W1, x = torch.randn(80, 23), torch.randn(23, 1000)
+        >>> (z,) = products(W1, x)
+        >>> torch.allclose(z, W1 @ x, atol=1e-4)
+        True
+    """
+    H = W1.shape[0] // 4
+    if W1.dim() != 2 or not 1 <= H <= MAX_H:
+        raise ValueError(f"native: W1 must be [4H, H + 3] with H in [1, {MAX_H}], got {list(W1.shape)}")
+    n = x.shape[-1]
+    W1, x = _weights(W1, H), _read(x, (H + 3, n), "x")
+    z = x.new_empty(4 * H, n)
+    if dz is None:
+        _check(library().metalstm_products(H, n, W1.data_ptr(), x.data_ptr(), None, z.data_ptr(), None, None), H)
+        return (z,)
+    dz = _read(dz, (4 * H, n), "dz")
+    dW1, dh = x.new_empty(4 * H, H + 3), x.new_empty(H, n)
+    _check(library().metalstm_products(H, n, W1.data_ptr(), x.data_ptr(), dz.data_ptr(), z.data_ptr(),
+                                       dW1.data_ptr(), dh.data_ptr()), H)
+    return z, dW1, dh

@@ -371,3 +371,23 @@ def test_meta_gradients_at_the_course_size_against_float64():
     for name, want in grads_r.items():
         err = (grads_n[name].double() - want).abs().max() / want.abs().max()
         assert err <= 1e-5, (name, float(err))
+
+
+@pytest.mark.parametrize("n, hidden", [(1, 1), (64, 20), (65, 3), (2000, 20), (130, native.MAX_H)])
+def test_the_benchmarks_c_products_are_layer_1s_three_products(n, hidden):
+    """native.products, the benchmark's (g_C): z = W' x, dW' = dz x^T and d h = W'[h]^T dz against
+    float64, with no read or write past an array (NaN-padded operands and results stay finite)."""
+    g = torch.Generator().manual_seed(n + hidden)
+    W1, x = torch.randn(4 * hidden, hidden + 3, generator=g), torch.randn(hidden + 3, n, generator=g)
+    dz = torch.randn(4 * hidden, n, generator=g)
+    z, dW1, dh = native.products(padded(W1), padded(x), padded(dz))
+    W, X, D = W1.double(), x.double(), dz.double()
+    for got, want in ((z, W @ X), (dW1, D @ X.T), (dh, W[:, 2:hidden + 2].T @ D)):
+        assert torch.isfinite(got).all()
+        assert (got.double() - want).abs().max() <= 1e-5 * want.abs().max()
+    (z_alone,) = native.products(W1, x)
+    assert torch.equal(z_alone, z)
+    with pytest.raises(ValueError, match="W1 must be"):
+        native.products(torch.randn(4 * (native.MAX_H + 1), native.MAX_H + 4), torch.randn(native.MAX_H + 4, 3))
+    with pytest.raises(ValueError, match="x must be"):
+        native.products(W1, torch.randn(hidden + 2, n))
