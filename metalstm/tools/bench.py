@@ -27,16 +27,19 @@ For each episode shape (5-way 5-shot T=8 B=25 and 5-way 1-shot T=12 B=5, at
     (b_C), (c_C) the same (b) and (c) with each meta-learner step, its matrix
         products included, as the C loops of metalstm/native.c (`--native`,
         metalstm.fused.set_native: an opt-in that needs a C compiler; measured
-        whenever one is found on a CPU); the bounds keep (g) and (g_fwd), PyTorch's
-        products, which the C loops replace by their own;
+        whenever one is found on a CPU);
+    (g_C), (g_fwd_C) the products of (g) and (g_fwd) as native.c's own loops
+        (native.products, measured with (b_C)): where they run faster than
+        PyTorch's, (b0) + (g_C) and (a) + (g_fwd_C) are the tighter bounds;
     (d) drawing one episode from an EpisodeSampler (glyphs at 28x28, random
         images at 84x84);
 and prints the median with min / max over the repeats (wall clock and CPU
 time), the process's peak memory (resident set size on CPU,
-torch.cuda.max_memory_allocated on a GPU) and, per shape, three lines of ratios
+torch.cuda.max_memory_allocated on a GPU) and, per shape, four lines of ratios
 (each as the ratio of the medians, with its min-max over the rounds):
     distance to the bound   (b)/((b0)+(g)) and (c)/((a)+(g_fwd)): 1.00 is the bound
-                            (and the same for (b_C), (c_C));
+                            (and the same for (b_C), (c_C)), then all four against
+                            the bounds with the C loops' products, (g_C) and (g_fwd_C);
     speed-up                (b_naive)/(b) and (c_naive)/(c) (and over (b_C), (c_C));
     to the floor            (b)/(a), (b0)/(a), (c)/(a).
 The measurements take turns, round after round, so that all run under the same
@@ -72,6 +75,7 @@ from __future__ import annotations
 import argparse
 import copy
 import os
+import platform
 import resource
 import statistics
 import sys
@@ -222,6 +226,19 @@ def gemm_forward_fn(n: int, hidden: int, steps: int, device):
     def run():
         for _ in range(steps):
             W @ x
+    return run
+
+
+def gemm_native_fn(n: int, hidden: int, steps: int, forward_only: bool = False):
+    """(g_C), (g_fwd_C): the same products, T times, as native.c's loops (native.products):
+    on a CPU where they run faster than PyTorch's, the tighter bound."""
+    g = torch.Generator().manual_seed(1)
+    W1, x = torch.randn(4 * hidden, hidden + 3, generator=g), torch.randn(hidden + 3, n, generator=g)
+    dz = None if forward_only else torch.randn(4 * hidden, n, generator=g)
+
+    def run():
+        for _ in range(steps):
+            native.products(W1, x, dz)
     return run
 
 
@@ -420,12 +437,14 @@ def step_fns(n: int, hidden: int, device) -> dict:
            "gemm_fwd": gemm_forward_fn(n, hidden, 1, device), "copy": lambda: z_copy.copy_(z)}
     if native_rows(device):
         fns["test_C"], fns["train_C"] = with_native(test), with_native(train)
+        fns["gemm_C"], fns["gemm_fwd_C"] = gemm_native_fn(n, hidden, 1), gemm_native_fn(n, hidden, 1, True)
     return fns
 
 
 STEP_NAMES = {"test": "meta-test step", "test_C": "meta-test step, --native",
               "train": "meta-training step (fwd + bwd)", "train_C": "meta-training step, --native",
               "gemm": "its three matrix products (g/T)", "gemm_fwd": "the forward product (g_fwd/T)",
+              "gemm_C": "the three products as C loops (g_C/T)", "gemm_fwd_C": "the forward one (g_fwd_C/T)",
               "copy": "copy of z [4H, n] (memory)"}
 
 
@@ -440,12 +459,13 @@ def report_steps(size: int, n: int, rows: dict) -> None:
             times = rows[k][1]
             print(f"  {name:<36} {1e3 * cpu[k]:14.2f} {1e3 * min(times):8.2f} {1e3 * max(times):8.2f}   "
                   f"{1e3 * statistics.median(rows[k][0]):15.2f}")
-    print("  beyond PyTorch's matrix products (what the elementwise work, the preprocessing and the "
+    print("  beyond the matrix products (what the elementwise work, the preprocessing and the "
           "bookkeeping cost; --native runs its own products, so its rows are its whole time less "
-          "PyTorch's):")
+          "the C loops' products alone):")
     for k in ("test", "test_C", "train", "train_C"):
         if k in cpu:
-            beyond = cpu[k] - cpu["gemm" if k.startswith("train") else "gemm_fwd"]
+            products = ("gemm" if k.startswith("train") else "gemm_fwd") + ("_C" if k.endswith("_C") else "")
+            beyond = cpu[k] - cpu[products]
             print(f"    {STEP_NAMES[k] + ':':<36} {1e3 * beyond:6.2f} ms = {beyond / cpu['copy']:.1f} copies of z")
 
 
@@ -476,6 +496,8 @@ def bench_shape(s: Shape, repeats: int, warmup: int, device) -> dict:
     if native_rows(device):
         fns["b_C"] = with_native(train_fn(learner, meta, ep, s))
         fns["c_C"] = with_native(test_fn(learner, meta, ep, s))
+        fns["g_C"] = gemm_native_fn(learner.n_params, meta.hidden, s.steps)
+        fns["g_fwd_C"] = gemm_native_fn(learner.n_params, meta.hidden, s.steps, forward_only=True)
     load_before = os.getloadavg()
     rows = timed(fns, repeats, warmup, device)
     rows["source"] = source
@@ -488,13 +510,16 @@ NAMES = {"a": "(a) floor: nn.Module SGD", "b": "(b) meta-train episode",
          "g_fwd": "(g_fwd) forward matmul alone", "c": "(c) meta-test episode",
          "b_naive": "(b_naive) straightforward (b)", "c_naive": "(c_naive) straightforward (c)",
          "b_C": "(b_C) (b) with --native", "c_C": "(c_C) (c) with --native",
+         "g_C": "(g_C) (g) as native.c's loops", "g_fwd_C": "(g_fwd_C) (g_fwd) as C loops",
          "d": "(d) episode sampling"}
-KEYS = ["a", "b", "b0", "g", "g_fwd", "c", "b_naive", "c_naive", "b_C", "c_C", "d"]
+KEYS = ["a", "b", "b0", "g", "g_fwd", "c", "b_naive", "c_naive", "b_C", "c_C", "g_C", "g_fwd_C", "d"]
 # name -> (numerator keys, denominator keys): the ratio sum(numerator) / sum(denominator)
 RATIOS = {"(b)/((b0)+(g))": (["b"], ["b0", "g"]), "(c)/((a)+(g_fwd))": (["c"], ["a", "g_fwd"]),
           "(b_naive)/(b)": (["b_naive"], ["b"]), "(c_naive)/(c)": (["c_naive"], ["c"]),
           "(b_C)/((b0)+(g))": (["b_C"], ["b0", "g"]), "(c_C)/((a)+(g_fwd))": (["c_C"], ["a", "g_fwd"]),
           "(b_naive)/(b_C)": (["b_naive"], ["b_C"]), "(c_naive)/(c_C)": (["c_naive"], ["c_C"]),
+          "(b)/((b0)+(g_C))": (["b"], ["b0", "g_C"]), "(c)/((a)+(g_fwd_C))": (["c"], ["a", "g_fwd_C"]),
+          "(b_C)/((b0)+(g_C))": (["b_C"], ["b0", "g_C"]), "(c_C)/((a)+(g_fwd_C))": (["c_C"], ["a", "g_fwd_C"]),
           "(b)/(a)": (["b"], ["a"]), "(b0)/(a)": (["b0"], ["a"]), "(c)/(a)": (["c"], ["a"]),
           "((b0)+(g))/(a)": (["b0", "g"], ["a"])}
 
@@ -531,14 +556,32 @@ def report(s: Shape, rows: dict) -> None:
     wall_r, cpu_r = ratios(rows, 0), ratios(rows, 1)
     lines = {"distance to the bound (1 = the bound)": ["(b)/((b0)+(g))", "(c)/((a)+(g_fwd))",
                                                        "(b_C)/((b0)+(g))", "(c_C)/((a)+(g_fwd))"],
+             "the same with the C loops' products in the bound": [
+                 "(b)/((b0)+(g_C))", "(c)/((a)+(g_fwd_C))", "(b_C)/((b0)+(g_C))", "(c_C)/((a)+(g_fwd_C))"],
              "speed-up over the straightforward code": ["(b_naive)/(b)", "(c_naive)/(c)",
                                                         "(b_naive)/(b_C)", "(c_naive)/(c_C)"],
              "to the floor": ["(b)/(a)", "(b0)/(a)", "(c)/(a)", "((b0)+(g))/(a)"]}
     for title, names in lines.items():
+        if not any(n in wall_r for n in names):       # the C loops' bound: not measured here
+            continue
         print(f"  {title}:")
         for label, r in (("wall", wall_r), ("CPU ", cpu_r)):
-            print("    " + label + "  " + "   ".join(f"{n} = {r[n][0]:.2f} [{r[n][1]:.2f}-{r[n][2]:.2f}]"
-                                                   for n in names if n in r))
+            if any(n in r for n in names):
+                print("    " + label + "  " + "   ".join(f"{n} = {r[n][0]:.2f} [{r[n][1]:.2f}-{r[n][2]:.2f}]"
+                                                       for n in names if n in r))
+
+
+def cpu_model() -> str:
+    """The CPU's name as Linux gives it (/proc/cpuinfo), else platform's: the products' speed,
+    and so the bound, differs from one CPU to another (README, Speed)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith(("model name", "Model")):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -566,11 +609,14 @@ def main(argv: list[str] | None = None) -> int:
     load = os.getloadavg()
     print(f"torch {torch.__version__}, device {args.device}, {torch.get_num_threads()} threads, "
           f"median of {args.repeats} runs after {args.warmup} warm-up runs; load average "
-          f"{load[0]:.2f} {load[1]:.2f} {load[2]:.2f} (1, 5, 15 min) on {os.cpu_count()} cores")
+          f"{load[0]:.2f} {load[1]:.2f} {load[2]:.2f} (1, 5, 15 min) on {os.cpu_count()} cores, "
+          f"CPU: {cpu_model()}")
     if native_rows(args.device):
-        print(f"(b_C), (c_C): the C loops of metalstm/native.c, compiled as `{native.describe()}`")
+        print(f"(b_C), (c_C), (g_C), (g_fwd_C): the C loops of metalstm/native.c, compiled as "
+              f"`{native.describe()}`")
     elif torch.device(args.device).type == "cpu":
-        print("(b_C), (c_C) not measured: metalstm/native.c does not compile here (no C compiler?)")
+        print("(b_C), (c_C), (g_C), (g_fwd_C) not measured: metalstm/native.c does not compile here "
+              "(no C compiler?)")
     fused.set_compile(args.compile)
     if args.steps:
         for size in args.shapes:
