@@ -186,7 +186,7 @@ BLOCK_FN void layer1_rows(int H, int r, const float *restrict W1, const vec16 *r
 
 /* dW' rows r, H + r, 2H + r, 3H + r += dz x^T over one block: hidden unit r's four rows of
    dz [4][COLS] against x [K][COLS], into vectors whose 16 lanes `sum_lanes` adds up at the end */
-BLOCK_FN void weight_grad_rows(int H, int r, const vec16 dzv[4][NV], const vec16 *restrict xv,
+BLOCK_FN void weight_grad_rows(int H, int r, vec16 dzv[4][NV], const vec16 *restrict xv,
                                vec16 *restrict dW)
 {
     const int K = H + 3;
@@ -200,7 +200,7 @@ BLOCK_FN void weight_grad_rows(int H, int r, const vec16 dzv[4][NV], const vec16
 }
 
 /* d h_{t-1} [H][COLS] += W'[h]^T dz, hidden unit r's four rows' share (W' columns 2 .. H + 1) */
-BLOCK_FN void hidden_grad_rows(int H, int r, const float *restrict W1, const vec16 dzv[4][NV],
+BLOCK_FN void hidden_grad_rows(int H, int r, const float *restrict W1, vec16 dzv[4][NV],
                                vec16 *restrict dh)
 {
     const int K = H + 3;

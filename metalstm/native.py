@@ -355,12 +355,14 @@ def products(W1: Tensor, x: Tensor, dz: Tensor | None = None) -> tuple[Tensor, .
         >>> torch.allclose(z, W1 @ x, atol=1e-4)
         True
     """
-    H = W1.shape[0] // 4
-    if W1.dim() != 2 or not 1 <= H <= MAX_H:
-        raise ValueError(f"native: W1 must be [4H, H + 3] with H in [1, {MAX_H}], got {list(W1.shape)}")
-    n = x.shape[-1]
+    if W1.dim() != 2 or x.dim() != 2 or not 1 <= W1.shape[0] // 4 <= MAX_H:
+        raise ValueError(f"native: W1 must be [4H, H + 3] with H in [1, {MAX_H}] and x [H + 3, n], "
+                         f"got {list(W1.shape)} and {list(x.shape)}")
+    H, n = W1.shape[0] // 4, x.shape[1]
     W1, x = _weights(W1, H), _read(x, (H + 3, n), "x")
     z = x.new_empty(4 * H, n)
+    if n == 0:                        # an empty array's data_ptr() is NULL: the C code would see no dz
+        return (z,) if dz is None else (z, x.new_zeros(4 * H, H + 3), x.new_empty(H, 0))
     if dz is None:
         _check(library().metalstm_products(H, n, W1.data_ptr(), x.data_ptr(), None, z.data_ptr(), None, None), H)
         return (z,)

@@ -376,7 +376,7 @@ def test_meta_gradients_at_the_course_size_against_float64():
 @pytest.mark.parametrize("n, hidden", [(1, 1), (64, 20), (65, 3), (2000, 20), (130, native.MAX_H)])
 def test_the_benchmarks_c_products_are_layer_1s_three_products(n, hidden):
     """native.products, the benchmark's (g_C): z = W' x, dW' = dz x^T and d h = W'[h]^T dz against
-    float64, with no read or write past an array (NaN-padded operands and results stay finite)."""
+    float64, with no read past an operand (NaN-padded operands: the results stay finite)."""
     g = torch.Generator().manual_seed(n + hidden)
     W1, x = torch.randn(4 * hidden, hidden + 3, generator=g), torch.randn(hidden + 3, n, generator=g)
     dz = torch.randn(4 * hidden, n, generator=g)
@@ -391,3 +391,11 @@ def test_the_benchmarks_c_products_are_layer_1s_three_products(n, hidden):
         native.products(torch.randn(4 * (native.MAX_H + 1), native.MAX_H + 4), torch.randn(native.MAX_H + 4, 3))
     with pytest.raises(ValueError, match="x must be"):
         native.products(W1, torch.randn(hidden + 2, n))
+    with pytest.raises(ValueError, match="W1 must be"):
+        native.products(W1, torch.randn(n))
+
+
+def test_the_c_products_of_no_coordinates_are_zeros():
+    W1 = torch.randn(8, 5)
+    z, dW1, dh = native.products(W1, torch.randn(5, 0), torch.randn(8, 0))
+    assert z.shape == (8, 0) and dh.shape == (2, 0) and torch.equal(dW1, torch.zeros(8, 5))

@@ -52,11 +52,12 @@ shape. On a shared machine the CPU time is the steadier figure.
 above 1 the wall clock is the one to read), for the learner size of each --shapes
 (n coordinates, hidden 20), on random inputs from a non-zero state: the meta-test
 step and the meta-training step (forward and backward) of the default path and of
---native, the step's three matrix products alone (g / T) and a plain copy of the
-[4H, n] array z (the memory traffic of one read and one write of it: a yardstick
-for the elementwise work, which on the default path must at least read z and
-write the gates; --native keeps z and dz in registers, so its step "beyond the
-matrix products" is its whole time less PyTorch's products).
+--native, the step's three matrix products alone (g / T), the same as the C loops'
+(g_C / T), and a plain copy of the [4H, n] array z (the memory traffic of one read
+and one write of it: a yardstick for the elementwise work, which on the default
+path must at least read z and write the gates; --native keeps z and dz in
+registers, so its step "beyond the matrix products" is its whole time less the C
+loops' products alone).
 
     python -m metalstm.tools.bench --steps --repeats 20 --threads 1 --shapes 28
 
