@@ -531,35 +531,36 @@ BLOCK_FN void products_block(int H, int64_t n, int64_t j0, int m, const float *r
 }
 
 /* Layer 1's three products alone, with the step's own loops, for the benchmark's (g_C) and
-   (g_fwd_C) (metalstm/tools/bench.py): z = W' x [4H, n], and where dz is given,
+   (g_fwd_C) (metalstm/tools/bench.py): z = W' x [4H, n], and with backward set (dz given),
    dW' = dz x^T [4H, K] and d h = W'[h]^T dz [H, n]. Unlike the step, they read x [K, n]
    and dz [4H, n] from memory and write z and d h to it, as separate products (PyTorch's,
    in (g)) must. Returns 0, 1 when the dW' accumulators could not be allocated, or 2 for a
    hidden size outside [1, MAX_H] (nothing computed). */
-int metalstm_products(int H, int64_t n, const float *W1, const float *x, const float *dz, float *z,
-                      float *dW1, float *dh)
+int metalstm_products(int H, int64_t n, int backward, const float *W1, const float *x, const float *dz,
+                      float *z, float *dW1, float *dh)
 {
     if (H < 1 || H > MAX_H)
         return 2;
     const int K = H + 3;
     vec16 *dW = NULL;
-    if (dz) {
+    if (backward) {
         dW = aligned_alloc(sizeof(vec16), sizeof(vec16) * 4 * H * K);
         if (!dW)
             return 1;
         for (int q = 0; q < 4 * H * K; q++)
             dW[q] = (vec16){0};
-    }
+    } else
+        dz = NULL;                            /* the blocks test dz: the forward product alone */
     int64_t j0 = 0;
     for (; j0 + COLS <= n; j0 += COLS) {
-        if (dz)
+        if (backward)
             products_block(H, n, j0, COLS, W1, x, dz, z, dW, dh);
         else
             products_block(H, n, j0, COLS, W1, x, NULL, z, NULL, NULL);
     }
     if (j0 < n)
         products_block(H, n, j0, (int)(n - j0), W1, x, dz, z, dW, dh);
-    if (dz) {
+    if (backward) {                           /* n = 0: dW' is zeros */
         sum_lanes(4 * H * K, dW, dW1);
         free(dW);
     }

@@ -211,7 +211,7 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.metalstm_step_backward.restype = I
     lib.metalstm_layer1_input.argtypes = [I, L, P, F, F, F, P, P]
     lib.metalstm_layer1_input.restype = I
-    lib.metalstm_products.argtypes = [I, L] + [P] * 6
+    lib.metalstm_products.argtypes = [I, L, I] + [P] * 6
     lib.metalstm_products.restype = I
 
 
@@ -361,13 +361,12 @@ def products(W1: Tensor, x: Tensor, dz: Tensor | None = None) -> tuple[Tensor, .
     H, n = W1.shape[0] // 4, x.shape[1]
     W1, x = _weights(W1, H), _read(x, (H + 3, n), "x")
     z = x.new_empty(4 * H, n)
-    if n == 0:                        # an empty array's data_ptr() is NULL: the C code would see no dz
-        return (z,) if dz is None else (z, x.new_zeros(4 * H, H + 3), x.new_empty(H, 0))
     if dz is None:
-        _check(library().metalstm_products(H, n, W1.data_ptr(), x.data_ptr(), None, z.data_ptr(), None, None), H)
+        _check(library().metalstm_products(H, n, 0, W1.data_ptr(), x.data_ptr(), None, z.data_ptr(), None,
+                                           None), H)
         return (z,)
     dz = _read(dz, (4 * H, n), "dz")
     dW1, dh = x.new_empty(4 * H, H + 3), x.new_empty(H, n)
-    _check(library().metalstm_products(H, n, W1.data_ptr(), x.data_ptr(), dz.data_ptr(), z.data_ptr(),
+    _check(library().metalstm_products(H, n, 1, W1.data_ptr(), x.data_ptr(), dz.data_ptr(), z.data_ptr(),
                                        dW1.data_ptr(), dh.data_ptr()), H)
     return z, dW1, dh
