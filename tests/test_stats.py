@@ -6,7 +6,8 @@ import torch
 
 from metalstm.baselines.common import Evaluation
 from metalstm.evaluate import paired_rows, paired_table
-from metalstm.stats import mean_ci95, paired_difference, significant
+from metalstm.stats import (T975, mean_ci95, paired_difference, seed_mean_ci95, seed_paired_difference,
+                            significant, t975)
 
 
 def test_mean_ci95_is_1_96_std_over_sqrt_n():
@@ -51,3 +52,61 @@ def test_paired_rows_compare_with_the_reference_and_the_rung_below():
     assert rows["Nearest neighbour"]["vs_below"] is None and rows["SGD (random init)"]["vs_below"] is None
     table = paired_table(list(rows.values()))
     assert "| Meta-SGD | 83.33 +- " in table and "(vs SGD (random init))" in table
+
+
+def _t_cdf(t: float, df: int) -> float:
+    """P(T <= t) for t >= 0: Simpson's rule on Student's t density from 0 to t."""
+    n = 20001
+    x = torch.linspace(0, t, n, dtype=torch.float64)
+    log_c = math.lgamma((df + 1) / 2) - math.lgamma(df / 2) - 0.5 * math.log(df * math.pi)
+    f = torch.exp(log_c - (df + 1) / 2 * torch.log1p(x * x / df))
+    return 0.5 + (t / (n - 1) / 3 * (f[0] + f[-1] + 4 * f[1:-1:2].sum() + 2 * f[2:-1:2].sum())).item()
+
+
+def test_t975_is_the_0_975_quantile_of_students_t():
+    assert t975(2) == pytest.approx(4.303, abs=5e-4) and t975(1) == pytest.approx(12.706, abs=5e-4)
+    for df in [*range(1, len(T975) + 1), 31, 45, 100]:
+        assert _t_cdf(t975(df), df) == pytest.approx(0.975, abs=1e-7), df
+    assert t975(10 ** 6) == pytest.approx(1.95996, abs=1e-5)
+    with pytest.raises(ValueError, match="df >= 1"):
+        t975(0)
+
+
+def test_seed_mean_is_a_t_interval_over_the_seed_means():
+    per_seed = [[0.6, 0.8], [0.7, 0.9, 0.8], [0.9, 0.9]]          # seed means 0.7, 0.8, 0.9
+    mean, half, means = seed_mean_ci95(per_seed)
+    assert means == pytest.approx([0.7, 0.8, 0.9])
+    assert mean == pytest.approx(0.8)
+    assert half == pytest.approx(4.302652730 * 0.1 / math.sqrt(3))  # std of (0.7, 0.8, 0.9) is 0.1
+    assert half == pytest.approx(0.24841, abs=1e-5)
+
+
+def test_seed_paired_difference_pairs_within_seeds_and_t_intervals_over_them():
+    a = [[0.8, 0.6], [0.9, 0.9], [0.7, 1.0]]
+    b = [[0.7, 0.6], [0.8, 0.8], [0.6, 0.8]]                      # d_s = 0.05, 0.10, 0.15
+    mean, half, diffs = seed_paired_difference(a, b)
+    assert diffs == pytest.approx([0.05, 0.10, 0.15])
+    assert mean == pytest.approx(0.10)
+    assert half == pytest.approx(4.302652730 * 0.05 / math.sqrt(3))  # 0.12421: the gap is not
+    assert not significant(mean, half)                                # shown across three seeds
+    mean, half, _ = seed_paired_difference([[0.4], [0.6]], [[0.3], [0.3]])   # d = 0.1, 0.3; df 1
+    assert mean == pytest.approx(0.2) and half == pytest.approx(12.706204736 * 0.1)
+
+
+def test_one_seed_gives_its_numbers_and_a_nan_interval():
+    mean, half, diffs = seed_paired_difference([[0.9, 0.7]], [[0.8, 0.6]])
+    assert mean == pytest.approx(0.1) and diffs == pytest.approx([0.1])
+    assert math.isnan(half) and not significant(mean, half)
+    mean, half, _ = seed_mean_ci95([[0.5, 1.0]])
+    assert mean == pytest.approx(0.75) and math.isnan(half)
+
+
+def test_seed_level_statistics_refuse_unpaired_input():
+    with pytest.raises(ValueError, match="2 and 3 seeds"):
+        seed_paired_difference([[1.0], [1.0]], [[1.0], [1.0], [1.0]])
+    with pytest.raises(ValueError, match="seed 1: a paired difference needs the same episodes"):
+        seed_paired_difference([[1.0], [1.0, 0.5]], [[1.0], [1.0]])
+    with pytest.raises(ValueError, match="no seeds"):
+        seed_mean_ci95([])
+    with pytest.raises(ValueError, match="seed.s. 0 hold no accuracies"):
+        seed_mean_ci95([[], [0.5]])
