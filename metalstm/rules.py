@@ -11,7 +11,15 @@ and differs only in what is fixed and what is learned:
     init       learned         1     alpha (one tuned number)             n        first-order MAML
     meta-sgd   learned         1     alpha[j], one per coordinate j       2n       Meta-SGD
     schedule   learned         1     alpha[t, layer(j)], per step+layer   n + T*5
+    magnitude  learned         1     sigmoid(a[t, layer(j)]               n + T*5*2
+                                       + b[t, layer(j)] * max(ln|g_j|, -p))
     lstm       learned         LSTM  LSTM (metalstm.metalearner)          n + 2,046
+
+`magnitude` is the strategy that notebook 06 distils from the trained LSTM's
+gates (`metalstm.distill`): per step, the input gate is a logistic function of
+the gradient's log-magnitude, clamped where the preprocessing clamps it
+(paper notes 4), so large gradients get smaller steps. With b = 0 it is the
+schedule with alpha = sigmoid(a).
 
 Every rung is meta-trained by the same loop (`metalstm.train`), under the
 paper's rule that L_t and grad_t are detached (no second derivatives): for
@@ -28,6 +36,8 @@ first-order Meta-SGD (Li et al. 2017). Each rule has the interface that
 """
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor, nn
 
@@ -36,9 +46,10 @@ from metalstm.config import Config
 from metalstm.learner import Learner
 from metalstm.metalearner import Gates, MetaLearner, SGDCell
 
-RUNGS = ("sgd", "init", "meta-sgd", "schedule", "lstm")
+RUNGS = ("sgd", "init", "meta-sgd", "schedule", "magnitude", "lstm")
 RUNG_NAMES = {"sgd": "SGD (random init)", "init": "Learned init (FO-MAML)", "meta-sgd": "Meta-SGD",
-              "schedule": "Learned schedule", "lstm": "Meta-Learner LSTM"}
+              "schedule": "Learned schedule", "magnitude": "Schedule x gradient magnitude",
+              "lstm": "Meta-Learner LSTM"}
 
 
 def layer_index(learner: Learner) -> tuple[Tensor, list[str]]:
@@ -104,6 +115,56 @@ class ScheduleCell(nn.Module):
         return theta - i * grad, state + 1, Gates(torch.ones_like(theta), i)
 
 
+class MagnitudeCell(nn.Module):
+    """Learned c_0 and an input gate that reads the step and the gradient's log-magnitude, f = 1:
+
+        i_t[j] = sigmoid(a[t, l] + b[t, l] * max(ln|grad_t[j]|, -p)),   l = layer(j)
+        theta_t = theta_{t-1} - i_t * grad_t
+
+    a, b: [T, layers]. The clamp at -p is the preprocessing's (paper notes 4): below
+    |g| = e^-p the LSTM sees the same log-magnitude input, and so does this rule. b < 0 gives
+    large gradients smaller steps (i ~ |g|^b while i is small: a step ~ |g|^(1+b)). It starts
+    at a = logit(lr), b = 0: plain SGD with step lr. The state is the step counter t.
+
+    >>> import torch
+    >>> cell = MagnitudeCell(torch.zeros(3), 0.1, torch.zeros(3, dtype=torch.long), ["all"], steps=2)
+    >>> theta, t, gates = cell.step(None, torch.tensor([1.0, -2.0, 0.0]), torch.zeros(3), 0)
+    >>> [round(v, 6) for v in theta.tolist()], t
+    ([-0.1, 0.2, 0.0], 1)
+    """
+
+    def __init__(self, theta0: Tensor, lr: float, layer_of: Tensor, layer_names: list[str],
+                 steps: int, p: float = 10.0) -> None:
+        super().__init__()
+        if steps < 1:
+            raise ValueError(f"a magnitude rule needs at least one step, got steps={steps}")
+        if not 0 < lr < 1:
+            raise ValueError(f"its step is a sigmoid, so the initial step lr must lie in (0, 1), got {lr!r}")
+        self.c0 = nn.Parameter(theta0.detach().clone().float())
+        start = torch.logit(torch.tensor(float(lr))).item()
+        self.a = nn.Parameter(torch.full((steps, len(layer_names)), start))
+        self.b = nn.Parameter(torch.zeros(steps, len(layer_names)))
+        self.register_buffer("layer_of", layer_of.clone(), persistent=False)
+        self.layer_names, self.p = list(layer_names), float(p)
+
+    def rule_parameters(self) -> list[nn.Parameter]:
+        return [self.a, self.b]
+
+    def initial_state(self) -> int:
+        return 0
+
+    def gate(self, grad: Tensor, t: int) -> Tensor:
+        """i_t for every coordinate, [n]."""
+        if t >= self.a.shape[0]:
+            raise ValueError(f"this rule was learned for {self.a.shape[0]} steps; step {t + 1} has no gate")
+        magnitude = grad.abs().clamp_min(math.exp(-self.p)).log()       # max(ln|g|, -p)
+        return torch.sigmoid(self.a[t][self.layer_of] + self.b[t][self.layer_of] * magnitude)
+
+    def step(self, loss: Tensor, grad: Tensor, theta: Tensor, state: int) -> tuple[Tensor, int, Gates]:
+        i = self.gate(grad, state)
+        return theta - i * grad, state + 1, Gates(torch.ones_like(theta), i)
+
+
 def make_rule(name: str, learner: Learner, theta0: Tensor, lr: float, steps: int) -> nn.Module:
     """The rung `name` (one of RUNGS but 'lstm', which `metalstm.metalearner.MetaLearner` is),
     starting from theta0 with the fixed or initial step size lr."""
@@ -116,6 +177,9 @@ def make_rule(name: str, learner: Learner, theta0: Tensor, lr: float, steps: int
     if name == "schedule":
         layer_of, names = layer_index(learner)
         return ScheduleCell(theta0, lr, layer_of, names, steps)
+    if name == "magnitude":
+        layer_of, names = layer_index(learner)
+        return MagnitudeCell(theta0, lr, layer_of, names, steps)
     raise ValueError(f"unknown update rule {name!r}; the ladder is: {', '.join(RUNGS)}")
 
 

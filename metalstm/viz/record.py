@@ -128,6 +128,8 @@ class GateRecord:
                                 (theta_T = theta_0 - forgotten - sum_t i_t * grad_t)
     stepped_theta   [E, P]      sum_t i_t * theta_{t-1}: what a weight decay lambda, added to the
                                 gradient (grad_t + lambda theta_{t-1}), would take off: lambda times this
+    grad            [E, T, P]   grad_t, what the gates read (record_gates(..., inputs=True) only)
+    theta           [E, T+1, P] theta_0 ... theta_T (inputs=True only)
     """
 
     forget: Tensor
@@ -143,6 +145,8 @@ class GateRecord:
     forgotten: Tensor | None = None
     moved: Tensor | None = None
     stepped_theta: Tensor | None = None
+    grad: Tensor | None = None
+    theta: Tensor | None = None
 
     @property
     def steps(self) -> int:
@@ -182,13 +186,15 @@ def pick_coordinates(slices: dict[str, slice], layers=LAYERS, seed: int = 0) -> 
 
 
 def record_gates(learner: Learner, metalearner, sampler, cfg, episodes: int | range | list = 20,
-                 device: str | torch.device = "cpu", progress: bool = True) -> GateRecord:
+                 device: str | torch.device = "cpu", progress: bool = True, inputs: bool = False) -> GateRecord:
     """Run the trained meta-learner (meta-test protocol) on meta-validation episodes and keep
     f_t, i_t of every coordinate and the query accuracy after every step (paper notes 10).
 
     sampler: e.g. `metalstm.episodes.sampler_for(cfg, "val")`; episodes: the first n, or indices.
     Episode i's mini-batches come from `episode_generator(sampler.seed, i)`, as in
     `metalstm.evaluate.evaluate_rule`, so the last step's accuracies are the ones it reports.
+    inputs=True also keeps every grad_t and theta_t (`metalstm.distill` and
+    `metalstm.viz.mechanism` fit and explain the gates with them).
     """
     from metalstm.episodes import episode_generator
 
@@ -207,7 +213,8 @@ def record_gates(learner: Learner, metalearner, sampler, cfg, episodes: int | ra
                       query_loss=stack("query_loss"), support_loss=stack("support_loss"),
                       episodes=indices, slices=learner.slices(), name=cfg.name, k_shot=cfg.k_shot,
                       n_way=cfg.n_way, forgotten=forgotten, moved=moved,
-                      stepped_theta=stepped_theta)
+                      stepped_theta=stepped_theta,
+                      grad=stack("grad") if inputs else None, theta=stack("theta") if inputs else None)
 
 
 def gate_summary(record: GateRecord, layers=LAYERS) -> list[dict]:
