@@ -21,9 +21,9 @@ import json
 import os
 import shutil
 import tempfile
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import Iterator
+from typing import BinaryIO, Callable, Iterator
 
 import torch
 
@@ -63,6 +63,17 @@ def _non_finite(state: dict) -> list[str]:
             if t.is_floating_point() and not bool(torch.isfinite(t).all())]
 
 
+def _not_loadable(obj, prefix="") -> list[tuple[str, str]]:
+    """(path, type name) of what torch.load(weights_only=True) would refuse inside `obj`."""
+    if torch.is_tensor(obj) or obj is None or isinstance(obj, (bool, int, float, str, bytes)):
+        return []
+    if isinstance(obj, dict):
+        return [bad for k, v in obj.items() for bad in _not_loadable(v, f"{prefix}/{k}".lstrip("/"))]
+    if isinstance(obj, (list, tuple)):
+        return [bad for i, v in enumerate(obj) for bad in _not_loadable(v, f"{prefix}/{i}".lstrip("/"))]
+    return [(prefix, type(obj).__name__)]
+
+
 def _tensors(obj, prefix=""):
     """All tensors inside nested dicts/lists, in a fixed order, with their paths."""
     if torch.is_tensor(obj):
@@ -85,6 +96,41 @@ def checksum(state: dict, meta: dict) -> str:
     return h.hexdigest()
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object] | bytes | str) -> Path:
+    """Write a file so that it is either complete or as it was: `write(f)` (or the bytes / text
+    given) into a temporary file in the same folder, flush, fsync, then os.replace onto `path`.
+
+    The one way the package writes its files (checkpoints, JSON, CSV, PNG, caches). Any failure
+    (a full disk: OSError ENOSPC; an interrupt) removes the temporary file, leaves whatever was at
+    `path` untouched and raises as it was; a new file is never left behind half-written or empty.
+    """
+    path = Path(path)
+    if isinstance(write, str):
+        write = write.encode("utf-8")
+    if isinstance(write, bytes):
+        data, write = write, (lambda f: f.write(data))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            with suppress(OSError, AttributeError):      # the mode a plain open() would give
+                os.fchmod(fd, path.stat().st_mode & 0o7777 if path.exists() else 0o666 & ~_umask())
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return path
+
+
 def save_checkpoint(path: str | os.PathLike, state: dict, config: dict, metrics: dict | None = None) -> Path:
     """Atomically write {state, config, metrics} to `path` with a checksum.
 
@@ -92,6 +138,23 @@ def save_checkpoint(path: str | os.PathLike, state: dict, config: dict, metrics:
     CheckpointWriteError (one line) and leaves the file that was at `path` as it was.
     """
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"cannot write a checkpoint to {path}: it is a folder; give a file "
+                              f"name, e.g. {path / 'model.pt'}")
+    if not isinstance(state, dict):
+        raise CheckpointError(f"refusing to write {path}: the state must be a dict of tensors, got "
+                              f"{type(state).__name__}")
+    odd = _not_loadable(state)
+    if odd:
+        raise CheckpointError(f"refusing to write {path}: {odd[0][0] or 'the state'} is a "
+                              f"{odd[0][1]}; a checkpoint holds tensors, numbers, strings and nested "
+                              f"dicts / lists of them (what torch.load(weights_only=True) reads back)")
+    for what, value in (("config", config), ("metrics", metrics or {})):
+        try:
+            json.dumps(value, sort_keys=True)
+        except (TypeError, ValueError) as exc:
+            raise CheckpointError(f"refusing to write {path}: its {what} must be JSON-able (dicts, "
+                                  f"lists, strings, numbers): {exc}") from None
     bad = _non_finite(state)
     if bad:
         raise CheckpointError(f"refusing to write {path}: {', '.join(bad[:3])} "
@@ -99,20 +162,11 @@ def save_checkpoint(path: str | os.PathLike, state: dict, config: dict, metrics:
     meta = {"format": FORMAT, "config": config, "metrics": metrics or {}}
     payload = {"meta_json": json.dumps(meta, sort_keys=True), "state": state,
                "sha256": checksum(state, meta)}
-    tmp = None
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as exc:
-        if tmp is not None and os.path.exists(tmp):
-            os.unlink(tmp)
-        if not isinstance(exc, (OSError, RuntimeError)) or isinstance(exc, CheckpointWriteError):
-            raise                                     # an interrupt, or a bug: as it is
+        atomic_write(path, lambda f: torch.save(payload, f))
+    except (OSError, RuntimeError) as exc:
+        if isinstance(exc, CheckpointWriteError):
+            raise
         raise CheckpointWriteError(f"could not write {path}: {_write_failure(exc, path.parent)}; "
                                    + (f"the previous {path.name} is unchanged" if path.exists()
                                       else "nothing was written")) from None
@@ -157,14 +211,21 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> tuple[dict, 
     return state, meta["config"], meta["metrics"]
 
 
-def refuse_other_kinds(path: str | os.PathLike, wanted: str = "a meta-learner checkpoint") -> None:
+def stored_checksum(path: str | os.PathLike) -> str:
+    """The SHA-256 that the checkpoint at `path` carries, after checking that its contents still
+    match it (CheckpointError otherwise): what a result made from the file is keyed by."""
+    load_checkpoint(path)
+    return torch.load(path, map_location="cpu", weights_only=True)["sha256"]
+
+def refuse_other_kinds(path: str | os.PathLike,
+                       wanted: str = "a meta-learner checkpoint (a best.pt or data/checkpoints/*.pt)") -> None:
     """CheckpointError naming what the file is and which command reads it, when `path` is
     one of the baselines' checkpoints (KINDS) rather than a trained update rule."""
     _, config, metrics = load_checkpoint(path)
     kind = metrics.get("kind") if isinstance(metrics, dict) else None
     if kind in KINDS:
         raise CheckpointError(f"{path} is {KINDS[kind].format(folder=Path(path).parent)}; "
-                              f"this command needs {wanted} (a best.pt or data/checkpoints/*.pt)")
+                              f"this command needs {wanted}")
 
 
 # -- the run folder ------------------------------------------------------------------

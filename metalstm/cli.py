@@ -21,9 +21,12 @@ import json
 import math
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 import torch
+
+from metalstm.checkpoint import atomic_write
 
 
 def _int(text: str) -> int:
@@ -68,6 +71,28 @@ def positive_float(text: str) -> float:
     return value
 
 
+def seed_int(text: str) -> int:
+    """An argparse type: a seed, a whole number from 0 to 2**63 - 1 (what torch's generators take)."""
+    value = _int(text)
+    if not 0 <= value < 2 ** 63:
+        raise argparse.ArgumentTypeError(f"must be a whole number from 0 to 2**63 - 1, got {text!r}")
+    return value
+
+
+def check_png(path: str | os.PathLike | None, flag: str = "--sample-grid") -> None:
+    """check_output_file for a picture: also a name that ends in .png (the file written is the
+    file named, never NAME.png beside it)."""
+    if path is None:
+        return
+    if Path(path).suffix.lower() != ".png" and not Path(path).is_dir():
+        raise ValueError(f"{flag} {path}: give a file name ending in .png, e.g. {path}.png")
+    check_output_file(path, flag)
+
+
+def save_png(fig, path: str | os.PathLike, **kwargs) -> Path:
+    """fig.savefig as PNG to `path`, atomically (`atomic_write`: a failed write keeps the old file)."""
+    return atomic_write(path, lambda f: fig.savefig(f, format="png", **kwargs))
+
 def check_device(device: str) -> str:
     """`device` if torch can compute on it here, else one ValueError saying what can."""
     try:
@@ -94,19 +119,35 @@ def check_device(device: str) -> str:
 
 def check_output_file(path: str | os.PathLike | None, flag: str = "--json") -> None:
     """ValueError unless a file can be written at `path` (checked before the work, not after):
-    not a folder, and the nearest existing folder above it is a writable folder."""
+    not a folder or a device, and the nearest existing folder above it is a writable folder."""
     if path is None:
         return
     p = Path(path)
     if p.is_dir():
         raise ValueError(f"{flag} {path} is a folder; give a file name, e.g. {p / 'results.json'}")
-    parent = p.parent
+    if p.exists() and not p.is_file():
+        raise ValueError(f"{flag} {path} is not a regular file (a device or a pipe); give a file name "
+                         f"in a writable folder")
+    _check_writable_folder(p.parent, f"{flag} {path}")
+
+
+def _check_writable_folder(folder: Path, what: str) -> None:
+    """ValueError unless `folder`, or the nearest existing folder above it, is a folder that a
+    file can be created in (tried: a read-only file system passes os.access for root)."""
+    parent = folder
     while not parent.exists() and parent != parent.parent:
         parent = parent.parent
     if not parent.is_dir():
-        raise ValueError(f"{flag} {path}: {parent} is a file, so nothing can be written under it")
+        raise ValueError(f"{what}: {parent} is a file, so nothing can be written under it")
     if not os.access(parent, os.W_OK):
-        raise ValueError(f"{flag} {path}: the folder {parent} is not writable")
+        raise ValueError(f"{what}: the folder {parent} is not writable")
+    try:
+        fd, probe = tempfile.mkstemp(dir=parent, prefix=".metalstm-probe.", suffix=".tmp")
+    except OSError as exc:
+        raise ValueError(f"{what}: nothing can be written in the folder {parent} "
+                         f"({exc.strerror or exc})") from None
+    os.close(fd)
+    os.unlink(probe)
 
 
 def write_json(path: str | os.PathLike | None, data: dict, printed: str = "the table above",
@@ -116,20 +157,35 @@ def write_json(path: str | os.PathLike | None, data: dict, printed: str = "the t
     if path is None:
         return 0
     try:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        Path(path).write_text(json.dumps(data, indent=indent))
+        atomic_write(path, json.dumps(data, indent=indent))
     except OSError as exc:
-        print(f"error: could not write --json {path} ({exc.strerror or exc}); {printed} is complete",
-              file=sys.stderr)
+        print(f"error: could not write --json {path} ({exc.strerror or exc}); {printed} is complete"
+              + ("; the previous file is unchanged" if Path(path).exists() else ""), file=sys.stderr)
         return 2
     return 0
 
 
-def check_folder(path: str | os.PathLike | None, flag: str) -> None:
-    """ValueError when `path` exists and is not a folder (e.g. --cache pointing at a file)."""
+def check_folder(path: str | os.PathLike | None, flag: str, writable: bool = False) -> None:
+    """ValueError when `path` exists and is not a folder (e.g. --cache pointing at a file), and,
+    with writable=True, when nothing could be written in it (checked before the work starts)."""
     if path is not None and Path(path).exists() and not Path(path).is_dir():
         raise ValueError(f"{flag} {path} is a file; it must be a folder (or not exist yet)")
+    if path is not None and writable:
+        _check_writable_folder(Path(path), f"{flag} {path}")
 
+
+def check_compiler(flag: str = "--compile") -> None:
+    """ValueError unless torch.compile can build its kernels here: its CPU code generator calls
+    a C++ compiler ($CXX, else c++, g++ or clang++ on the PATH). Checked before the work, so a
+    missing compiler is one line, not a hundred lines of InductorError after minutes."""
+    import shutil
+    if os.environ.get("CXX"):
+        if shutil.which(os.environ["CXX"].split()[0]) is None:
+            raise ValueError(f"{flag}: $CXX is {os.environ['CXX']!r}, which names no program on the PATH")
+        return
+    if not any(shutil.which(name) for name in ("c++", "g++", "clang++")):
+        raise ValueError(f"{flag} needs a C++ compiler (c++, g++ or clang++ on the PATH, or $CXX) for "
+                         f"torch.compile's kernels; install one, or leave {flag} off")
 
 def set_threads(n: int | None) -> None:
     """torch.set_num_threads(n) when n is given (argparse has checked n >= 1)."""

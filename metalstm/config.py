@@ -17,6 +17,11 @@ import dataclasses
 from dataclasses import dataclass, field
 
 
+# the counts that `Config.from_dict` checks in a stored configuration
+COUNTS = ("image_size", "in_channels", "n_way", "k_shot", "n_query", "steps", "batch_size", "episodes",
+          "val_every", "val_episodes", "test_episodes", "meta_batch", "hidden")
+
+
 @dataclass(frozen=True)
 class Config:
     name: str
@@ -62,10 +67,25 @@ class Config:
 
     @classmethod
     def from_dict(cls, d: dict) -> "Config":
+        """The configuration a checkpoint or a results file stored; one ValueError saying which
+        field is wrong and what it should be (a field of a newer version, a rule not on the
+        ladder, a count that is not a whole number >= 1)."""
+        if not isinstance(d, dict):
+            raise ValueError(f"the stored configuration is {type(d).__name__}, not an object of fields")
         known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
+        unknown = sorted(set(d) - known, key=str)
         if unknown:
-            raise ValueError(f"unknown configuration fields: {', '.join(unknown)}")
+            raise ValueError(f"unknown configuration fields: {', '.join(map(str, unknown))} (written by "
+                             f"another version of metalstm?); known: {', '.join(sorted(known))}")
+        if "name" not in d:
+            raise ValueError("the stored configuration has no name")
+        for name in COUNTS:
+            value = d.get(name, 1)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"configuration field {name} must be a whole number >= 1, got {value!r}")
+        from metalstm.rules import RUNGS        # the ladder of update rules (paper notes 11)
+        if d.get("rule", "lstm") not in RUNGS:
+            raise ValueError(f"configuration field rule is {d['rule']!r}; the ladder is {', '.join(RUNGS)}")
         d = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
         return cls(**d)
 

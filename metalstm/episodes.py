@@ -154,6 +154,11 @@ def main(argv: list[str] | None = None) -> float:
             raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}")
         return int(text)
 
+    def seed_int(text: str) -> int:                 # as metalstm.cli.seed_int
+        if not text.isdigit() or int(text) >= 2 ** 63:
+            raise argparse.ArgumentTypeError(f"must be a whole number from 0 to 2**63 - 1, got {text!r}")
+        return int(text)
+
     p = argparse.ArgumentParser(prog="python -m metalstm.episodes", description=main.__doc__)
     p.add_argument("--dataset", default="glyphs")
     p.add_argument("--root", default=None, help="folder of a real data set (not for glyphs)")
@@ -162,7 +167,7 @@ def main(argv: list[str] | None = None) -> float:
     p.add_argument("--k-shot", type=positive_int, default=5)
     p.add_argument("--n-query", type=positive_int, default=15)
     p.add_argument("--episodes", type=positive_int, default=2000)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_int, default=0)
     p.add_argument("--threads", type=positive_int, default=None, help="torch threads (default: torch's choice)")
     args = p.parse_args(argv)
     if args.threads is not None:

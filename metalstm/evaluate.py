@@ -20,6 +20,7 @@ handwritten digits (data/README.md).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 import time
@@ -30,13 +31,14 @@ import torch
 from tqdm.auto import tqdm
 
 from metalstm.baselines.common import Evaluation
-from metalstm.baselines.suite import METHODS, NAMES, build_baselines
-from metalstm.checkpoint import CheckpointError, refuse_other_kinds
+from metalstm.baselines.suite import METHODS, NAMES, baseline_keys, build_baselines
+from metalstm.checkpoint import CheckpointError, refuse_other_kinds, stored_checksum
 from metalstm.cli import (NATIVE_HELP, check_device, check_folder, check_output_file, native_state,
                           positive_int, restore_native, set_threads, switch_native, write_json)
 from metalstm.config import Config, get_config
 from metalstm.data import load_dataset
-from metalstm.episodes import Episode, EpisodeSampler, check_request, episode_generator, sampler_for
+from metalstm.episodes import (Episode, EpisodeSampler, check_request, episode_generator, load_split,
+                               sampler_for)
 from metalstm.metalearner import run_episode
 from metalstm.rules import RUNG_NAMES, RUNGS, load_trained
 from metalstm.stats import paired_difference, significant
@@ -102,6 +104,10 @@ def meta_test_sampler(cfg: Config, test_set: str | None = None) -> EpisodeSample
     (e.g. "digits": the out-of-domain test of a glyph-trained rule), with the same seed."""
     if test_set is None or test_set == cfg.dataset:
         return sampler_for(cfg, "test")
+    if test_set in ("omniglot", "mini-imagenet", "folder"):
+        raise ValueError(f"--test-sets {test_set}: an out-of-domain test set must be one that ships "
+                         f"with the course (glyphs, digits); {test_set} lives in a folder of yours, so "
+                         f"test on it with a checkpoint trained on it (its configuration names the folder)")
     data = load_dataset(test_set, "test", image_size=cfg.image_size)
     if data.image_shape != (cfg.in_channels, cfg.image_size, cfg.image_size):
         raise ValueError(f"{test_set} has {'x'.join(map(str, data.image_shape))} images; {cfg.name} "
@@ -115,19 +121,67 @@ def meta_test_sampler(cfg: Config, test_set: str | None = None) -> EpisodeSample
     return sampler_for(cfg, "test", data)
 
 
-def reusable(paths, cfg: Config, n: int, samplers: dict) -> dict:
+def rule_key(path, native: bool = False, reference: bool = False) -> str:
+    """What a rule's saved per-episode accuracies are keyed by: the checkpoint's own checksum
+    (not its path: a file replaced at the same path is another rule) and the path that computed
+    them (--native and --reference round differently)."""
+    return hashlib.sha256(json.dumps({"checkpoint_sha256": stored_checksum(path), "native": bool(native),
+                                      "reference": bool(reference)}, sort_keys=True).encode()).hexdigest()
+
+
+def _read_results(path, n: int) -> dict:
+    """An earlier --json, checked: one ValueError naming the file and what is wrong with it."""
+    try:
+        old = json.loads(Path(path).read_text())
+    except OSError as exc:
+        raise ValueError(f"--reuse {path}: cannot read it ({exc.strerror or exc})") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"--reuse {path} is not a JSON file (damaged or cut short?): "
+                         f"{str(exc).splitlines()[0][:100]}; give a --json written by evaluate") from None
+    def bad(what):
+        return ValueError(f"--reuse {path} is not a results file of evaluate --json: {what}")
+    if not isinstance(old, dict):
+        raise bad(f"it holds {type(old).__name__ if old is not None else 'null'}, not an object")
+    if not isinstance(old.get("config"), dict) or not isinstance(old.get("test_sets"), dict):
+        raise bad("no \"config\" object or no \"test_sets\" object")
+    for t, block in old["test_sets"].items():
+        if not isinstance(block, dict) or not isinstance(block.get("results"), list):
+            raise bad(f"test set {t!r} has no list of \"results\"")
+        for row in block["results"]:
+            if not isinstance(row, dict) or not isinstance(row.get("name"), str):
+                raise bad(f"a row of test set {t!r} has no \"name\"")
+            accs = row.get("accuracies")
+            if not isinstance(accs, list) or not all(isinstance(a, (int, float)) and not isinstance(a, bool)
+                                                     and 0 <= a <= 1 for a in accs):
+                raise bad(f"{row['name']!r} on {t} has no list of \"accuracies\" (numbers from 0 to 1)")
+            if len(accs) != n:
+                raise ValueError(f"--reuse {path}: {row['name']!r} on {t} holds {len(accs)} accuracies, "
+                                 f"this run measures {n} episodes; it cannot stand in for this run")
+            if not isinstance(row.get("seconds", 0.0), (int, float)) or not isinstance(row.get("note", ""), str):
+                raise bad(f"{row['name']!r} on {t} has a \"seconds\" that is not a number or a "
+                          f"\"note\" that is not text")
+    return old
+
+
+def reusable(paths, cfg: Config, n: int, samplers: dict, keys: dict[str, str] | None = None) -> dict:
     """{(test set, method name): saved row} of earlier --json runs of the same setting (the
-    configuration but for the rule and its training budget), episode count and test episodes
-    (a later file wins); {} without paths. A rule's row is reused only for the same checkpoint."""
-    found = {}
+    configuration but for the rule and its training budget), episode count and test episodes:
+    the test set's images (`data_sha256`) and seed; a later file wins; {} without paths.
+    A row is reused only under its method's key (`keys`: a rule's `rule_key`, a baseline's
+    `baseline_keys`), so a checkpoint or a cache replaced since is measured again."""
+    found, keys = {}, keys or {}
     same = lambda c: {k: v for k, v in c.items() if k not in ("rule", "rule_lr", "episodes", "description")}
     for path in paths:                       # the rule and its budget do not change the episodes or baselines
-        old = json.loads(Path(path).read_text())
+        old = _read_results(path, n)
         if same(old.get("config", {})) != same(cfg.to_dict()) or old.get("episodes") != n:
             raise ValueError(f"--reuse {path} was made with another checkpoint configuration or episode "
                              f"count ({old.get('episodes')}); it cannot stand in for this run")
-        found.update({(t, r["name"]): r for t, block in old.get("test_sets", {}).items()
-                      if t in samplers and block.get("seed") == samplers[t].seed for r in block["results"]})
+        for t, block in old["test_sets"].items():
+            if t not in samplers or block.get("seed") != samplers[t].seed or \
+                    block.get("data_sha256") != samplers[t].dataset.fingerprint():
+                continue                     # other episodes (older files have no data_sha256)
+            found.update({(t, r["name"]): r for r in block["results"]
+                          if r.get("key") is not None and r.get("key") == keys.get(r["name"])})
     return found
 
 
@@ -191,8 +245,10 @@ def main(argv: list[str] | None = None) -> int:
                     "plain pooling instead of the fused step (the same numbers to rounding, slower)")
     ap.add_argument("--native", action="store_true", help=NATIVE_HELP)
     ap.add_argument("--reuse", nargs="*", default=[], metavar="JSON", help="take the per-episode accuracies of methods that this "
-                    "earlier --json of the same checkpoint, episodes and test sets already holds (every "
-                    "method is deterministic, so they are the numbers a new run would give)")
+                    "earlier --json of the same setting and episodes already holds (every method is "
+                    "deterministic, so they are the numbers a new run would give); a row is taken only "
+                    "under its key: a rule's checkpoint checksum, a baseline's settings and data, the "
+                    "test set's images and seed; anything else is measured again")
     args = ap.parse_args(argv)
     native_before = native_state()
     try:
@@ -202,8 +258,14 @@ def main(argv: list[str] | None = None) -> int:
         check_folder(args.cache, "--cache")
         set_threads(args.threads)
         expect = get_config(args.config) if args.config else None
+        seen = {}
         for path in [args.checkpoint, *args.rungs]:
             refuse_other_kinds(path, "a trained update rule (a best.pt or data/checkpoints/*.pt)")
+            sha = stored_checksum(path)
+            if sha in seen:
+                raise ValueError(f"--rungs {path} holds the same rule as {seen[sha]} (the same checkpoint "
+                                 f"contents); give each checkpoint once, --checkpoint not again in --rungs")
+            seen[sha] = path
         learner, meta, cfg, _ = load_trained(args.checkpoint, args.device, expect=expect)
         if expect is not None and (cfg.dataset, cfg.k_shot) != (expect.dataset, expect.k_shot):
             raise CheckpointError(f"{args.checkpoint} holds a {cfg.k_shot}-shot {cfg.dataset} rule "
@@ -234,39 +296,48 @@ def main(argv: list[str] | None = None) -> int:
         # a rule's note names its checkpoint (and --native, whose rounding differs): --reuse takes a
         # rule's saved accuracies only from a run with the same note
         notes = {name: str(rules[name][3]) + (" (--native)" if args.native else "") for name in order}
-        reused = reusable(args.reuse, cfg, n, samplers)
+        keys = {name: rule_key(rules[name][3], args.native, args.reference) for name in order}
         baselines = {}
-        wanted = list(METHODS) if args.baselines == ["all"] else args.baselines
+        wanted = list(dict.fromkeys(METHODS if args.baselines == ["all"] else args.baselines))
         c0 = meta.c0.detach().cpu() if cfg.rule == "lstm" else None
         if c0 is None and "learned" in wanted:
-            wanted = [m for m in wanted if m != "learned"]   # 'SGD from learned c_0' uses the LSTM's c_0
+            if args.baselines != ["all"]:
+                raise ValueError(f"--baselines learned is SGD from the c_0 of a Meta-Learner LSTM, and "
+                                 f"{args.checkpoint} is a {cfg.rule!r} rule: leave 'learned' out, or pass "
+                                 f"an lstm checkpoint as --checkpoint")
+            wanted = [m for m in wanted if m != "learned"]   # 'all': every baseline this rule allows
+        data = None
+        if wanted:                           # a baseline's key is its settings and its data's contents
+            data = {split: load_split(cfg, split) for split in ("train", "val")}
+            keys.update(baseline_keys(cfg, wanted, data, c0))
+        reused = reusable(args.reuse, cfg, n, samplers, keys)
         to_build = [m for m in wanted if any((t, NAMES[m]) not in reused for t in samplers)]
         if to_build:
-            baselines, more = build_baselines(cfg, to_build, c0=c0, cache=args.cache)
+            baselines, more = build_baselines(cfg, to_build, c0=c0, cache=args.cache, data=data)
             notes.update(more)
         names = order + [NAMES[m] for m in wanted]
         for t, name in reused:
             if name in names and name not in notes:
-                notes[name] = reused[t, name]["note"]
+                notes[name] = reused[t, name].get("note", "")
         tables, report_json = [], {"config": cfg.to_dict(), "episodes": n, "checkpoint": str(args.checkpoint),
                                    "rungs": [str(p) for p in args.rungs], "test_sets": {}}
         for test_set, sampler in samplers.items():
             methods = {name: rule_accuracy(rules[name][0], rules[name][1].eval(), rules[name][2], sampler.seed,
                                            args.device) for name in order}
             methods.update({m.name: logits_accuracy(m.predict) for m in baselines.values()})
-            old = {name: reused[test_set, name] for name in names if (test_set, name) in reused
-                   and (name not in rules or reused[test_set, name]["note"] == notes[name])}
+            old = {name: reused[test_set, name] for name in names if (test_set, name) in reused}
             fresh = {r.name: r for r in evaluate_methods({k: v for k, v in methods.items() if k not in old},
                                                           sampler, n)}
             results = [fresh[name] if name in fresh else
-                       Evaluation(name, old[name]["accuracies"], old[name]["seconds"]) for name in names]
+                       Evaluation(name, old[name]["accuracies"], old[name].get("seconds", 0.0)) for name in names]
             rows = paired_rows(results, rung_of)
             title = (f"{cfg.name}: {cfg.n_way}-way {cfg.k_shot}-shot, {n} meta-test episodes of "
                      f"{test_set} (seed {sampler.seed})")
             tables.append(f"**{title}**\n\n{paired_table(rows)}")
             report_json["test_sets"][test_set] = {
-                "title": title, "seed": sampler.seed,
-                "results": [{**row, "note": notes.get(row["name"], ""), "accuracies": r.accuracies}
+                "title": title, "seed": sampler.seed, "data_sha256": sampler.dataset.fingerprint(),
+                "results": [{**row, "note": notes.get(row["name"], ""), "key": keys.get(row["name"]),
+                             "accuracies": r.accuracies}
                             for row, r in zip(rows, results)]}
             print(tables[-1] + "\n", flush=True)            # each table as soon as it is measured
     except (ValueError, OSError) as exc:               # CheckpointError is a ValueError

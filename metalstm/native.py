@@ -93,10 +93,10 @@ def _build(cc: list[str], target: Path, source: Path = SOURCE) -> None:
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
             if proc.returncode == 0:
                 _write_atomically(target.with_suffix(".flags"), " ".join([*cc, *flags]) + "\n")
+                _write_atomically(target.with_suffix(".sha256"), _file_sha256(Path(tmp)) + "\n")
                 os.replace(tmp, target)
                 return
-            last = proc.stderr.strip().splitlines()[-1:] or [f"exit code {proc.returncode}"]
-            errors.append(f"`{' '.join(cmd)}`: {last[0]}")
+            errors.append(f"`{' '.join(cmd)}`: {_compiler_error(proc.stderr, proc.returncode)}")
         except (OSError, subprocess.TimeoutExpired) as exc:
             errors.append(f"`{' '.join(cmd)}`: {exc}")
         finally:
@@ -105,15 +105,37 @@ def _build(cc: list[str], target: Path, source: Path = SOURCE) -> None:
     raise NativeUnavailable(f"could not compile {source}: " + "; ".join(errors))
 
 
+def _compiler_error(stderr: str, returncode: int) -> str:
+    """The compiler's first error, with where it is ("native.c:12:5: error: ..."), not only
+    the caret line that ends its report."""
+    lines = [line.strip() for line in stderr.strip().splitlines() if line.strip()]
+    first = next((line for line in lines if "error" in line.lower()), None)
+    return first or (lines[-1] if lines else f"exit code {returncode}")
+
+
 def _write_atomically(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent)
+    from metalstm.checkpoint import atomic_write
+    atomic_write(path, text)
+
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def verified(target: Path) -> bool:
+    """Whether the cached library `target` is the file that was built: its SHA-256 equals the one
+    written beside it (TARGET.sha256) when it was compiled. A library cut short or changed
+    (a full disk, a copy gone wrong) must never be loaded: the dynamic loader would map it
+    and the process would die of SIGBUS with no message."""
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        stored = target.with_suffix(".sha256").read_text().strip()
+        return stored == _file_sha256(target)
+    except OSError:
+        return False
 
 
 def _machine() -> bytes:
@@ -156,7 +178,7 @@ def library() -> ctypes.CDLL:
                                          _machine(), repr(FLAGS).encode()])).hexdigest()[:16]
         target = cache_dir() / f"native-{key}.so"
         try:
-            if not target.exists():
+            if not verified(target):         # missing, or damaged: built again, never loaded
                 _build(cc, target)
             lib = ctypes.CDLL(str(target))
         except OSError as exc:

@@ -32,11 +32,10 @@ import argparse
 import copy
 import csv
 import dataclasses
+import io
 import math
-import os
 import signal
 import sys
-import tempfile
 import threading
 import time
 from contextlib import contextmanager, nullcontext
@@ -47,10 +46,10 @@ from typing import TYPE_CHECKING, Iterator
 import torch
 from tqdm.auto import tqdm
 
-from metalstm.checkpoint import (CheckpointError, hold_folder, load_checkpoint, refuse_other_kinds,
+from metalstm.checkpoint import (CheckpointError, atomic_write, hold_folder, load_checkpoint, refuse_other_kinds,
                                  remove_temporaries, save_checkpoint)
 from metalstm.cli import (NATIVE_HELP, check_device, native_state, non_negative_float, positive_int, restore_native,
-                          set_threads, switch_native)
+                          seed_int, set_threads, switch_native)
 from metalstm.config import CONFIGS, Config, get_config
 from metalstm.distributed import World, all_reduce_grads_, init_from_env, shutdown
 from metalstm.episodes import episode_generator, sampler_for
@@ -354,6 +353,14 @@ def resume_state(run: Run) -> RunState:
                               f"without --resume)")
     tensors, saved_cfg, metrics = load_checkpoint(last)
     state = RunState.from_metrics(metrics, last)
+    best = run.out / "best.pt"
+    if best.exists() and state.best_episode >= 0:   # the run's best so far must still be readable
+        try:
+            load_checkpoint(best)
+        except CheckpointError as exc:
+            raise CheckpointError(f"{exc}; it is the run's best so far (episode {state.best_episode}), "
+                                  f"which resuming would list as written: restore it, or move it away "
+                                  f"and resume (a later validation that beats it writes best.pt again)") from None
     try:
         saved = Config.from_dict(saved_cfg)
     except (TypeError, ValueError) as exc:
@@ -363,7 +370,9 @@ def resume_state(run: Run) -> RunState:
                           for f in dataclasses.fields(Config) if f.compare and f.name != "episodes"
                           and getattr(saved, f.name) != getattr(cfg, f.name))
         raise CheckpointError(f"{last} was trained with configuration {saved.name!r} and other "
-                              f"settings: {diffs}; resume it with `{resume_command(saved, run.out)}`")
+                              f"settings: {diffs}; resume it with `{resume_command(saved, run.out)}`, "
+                              f"or start a new run from it with these settings: --init-from {last} "
+                              f"and another --out")
     if state.processes is not None and state.processes != run.world.size:
         raise CheckpointError(
             f"{last} was trained by {state.processes} process(es), this run has {run.world.size}: "
@@ -392,17 +401,11 @@ def _state(meta, opt) -> dict:
 
 
 def _write_log(path: Path, history: list[dict]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=LOG_FIELDS)
-            w.writeheader()
-            w.writerows(history)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    text = io.StringIO()
+    w = csv.DictWriter(text, fieldnames=LOG_FIELDS)
+    w.writeheader()
+    w.writerows(history)
+    atomic_write(path, text.getvalue())
 
 
 def train(cfg: Config, out_dir: str | Path, device: str = "cpu", resume: bool = False,
@@ -429,7 +432,12 @@ def train(cfg: Config, out_dir: str | Path, device: str = "cpu", resume: bool = 
     torch.manual_seed(cfg.seed)
     learner, rule = build_model(cfg, device)
     if init_state is not None and not resume:
-        rule.load_state_dict(init_state)
+        try:
+            rule.load_state_dict(init_state)
+        except RuntimeError as exc:
+            raise CheckpointError(f"the starting state does not fit a {cfg.rule} rule of this shape "
+                                  f"({cfg.steps} steps, hidden {cfg.hidden}): "
+                                  f"{str(exc).splitlines()[0][:160]}") from None
     params = [p for p in rule.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=cfg.lr) if params else None     # sgd: nothing to learn
     run = Run(cfg, out, learner, rule, opt, params, sampler_for(cfg, "train"), sampler_for(cfg, "val"),
@@ -492,7 +500,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--meta-batch", type=positive_int, help="episodes per meta-update and process (default 1)")
     ap.add_argument("--val-every", type=positive_int, help="override: validate every this many episodes")
     ap.add_argument("--val-episodes", type=positive_int, help="override: meta-validation episodes")
-    ap.add_argument("--seed", type=int, help="override the seed")
+    ap.add_argument("--seed", type=seed_int, help="override the seed")
     ap.add_argument("--data-root", help="where a real data set lives")
     ap.add_argument("--threads", type=positive_int, help="torch.set_num_threads")
     ap.add_argument("--reference", action="store_true", help="the readable path: reference_step and "
@@ -516,8 +524,14 @@ def main(argv: list[str] | None = None) -> int:
         set_threads(args.threads)
         init_state = None
         if args.init_from:
-            refuse_other_kinds(args.init_from, "a trained update rule to start from")
-            init_state = load_trained(args.init_from, expect=cfg)[1].state_dict()
+            refuse_other_kinds(args.init_from, "a trained update rule to start from (a best.pt or "
+                                                "data/checkpoints/*.pt)")
+            _, init_rule, init_cfg, _ = load_trained(args.init_from, expect=cfg)
+            if init_cfg.rule != cfg.rule:
+                raise CheckpointError(f"--init-from {args.init_from} holds a {init_cfg.rule!r} rule and "
+                                      f"this run trains {cfg.rule!r}: pass --rule {init_cfg.rule}, or "
+                                      f"start from a checkpoint of a {cfg.rule!r} rule")
+            init_state = init_rule.state_dict()
         world = init_from_env(args.device)
         out = Path(args.out or f"runs/{cfg.name}")
         if world.is_main:

@@ -212,7 +212,7 @@ def test_the_library_is_built_once_into_the_cache(monkeypatch, tmp_path):
     monkeypatch.setenv(native.CACHE_ENV, str(tmp_path))
     lib = native.library()
     built = sorted(p.name for p in tmp_path.iterdir())
-    assert [name.rsplit(".", 1)[1] for name in built] == ["flags", "so"]
+    assert [name.rsplit(".", 1)[1] for name in built] == ["flags", "sha256", "so"]   # .sha256: verified()
     assert native.library() is lib and "-O" in native.describe()
     monkeypatch.setattr(native, "_LIB", {"lib": None})
     monkeypatch.setattr(native, "_build", lambda *a: pytest.fail("compiled again"))

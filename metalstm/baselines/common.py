@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from metalstm.checkpoint import atomic_write
 from metalstm.episodes import Episode
 from metalstm.stats import mean_ci95 as confidence_interval  # one 95% interval for all (paper notes 5)
 
@@ -109,8 +110,7 @@ def report(title: str, results: Sequence[Evaluation], notes: dict[str, str], jso
     text = "\n".join([f"**{title}**", "", markdown_table(results), ""] +
                       [f"- {name}: {note}" for name, note in notes.items()])
     if json_path:
-        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
-        Path(json_path).write_text(json.dumps(
+        atomic_write(json_path, json.dumps(
             {"title": title, **extra,
              "results": [{"name": r.name, "mean": r.mean, "ci95": r.ci95, "seconds": r.seconds,
                           "note": notes.get(r.name, "")} for r in results]}, indent=2))

@@ -27,7 +27,8 @@ from metalstm.learner import Learner
 class Pretrained:
     """A pre-trained learner: its architecture, flat theta, and how it was made.
 
-    meta: JSON-able (learner shape, epochs, lr, seed, per-epoch loss and accuracy).
+    meta: JSON-able (the data's name and fingerprint, learner shape, epochs, lr, seed,
+    per-epoch loss and accuracy).
     """
 
     learner: Learner
@@ -70,7 +71,8 @@ def pretrain(dataset: ImageSet, epochs: int = 10, batch_size: int = 64, lr: floa
             correct += (logits.argmax(1) == y).sum().item()
             bar.set_postfix(loss=f"{loss.item():.3f}")
         history.append({"epoch": epoch + 1, "loss": loss_sum / len(dataset), "acc": correct / len(dataset)})
-    meta = {"dataset": dataset.name, "num_classes": dataset.num_classes, "in_channels": c,
+    meta = {"dataset": dataset.name, "data_sha256": dataset.fingerprint(),
+            "num_classes": dataset.num_classes, "in_channels": c,
             "image_size": h, "bn_eps": bn_eps, "bn_momentum": bn_momentum, "epochs": epochs,
             "batch_size": batch_size, "lr": lr, "seed": seed, "history": history,
             "seconds": time.perf_counter() - start}
@@ -95,18 +97,29 @@ def load_pretrained(path: str | Path) -> Pretrained:
     return Pretrained(learner, state["theta"], meta)
 
 
+def pretrain_settings(dataset: ImageSet, **kwargs) -> dict:
+    """What a cached pre-trained learner must have been made with to stand in for
+    `pretrain(dataset, **kwargs)`: every keyword argument that changes the result (defaults
+    included) and the data's contents (`ImageSet.fingerprint`: class names and image bytes),
+    not just its name."""
+    bound = inspect.signature(pretrain).bind(dataset, **kwargs)
+    bound.apply_defaults()
+    settings = {k: v for k, v in bound.arguments.items() if k not in ("dataset", "progress")}
+    settings.update(dataset=dataset.name, num_classes=dataset.num_classes,
+                    data_sha256=dataset.fingerprint())
+    return settings
+
+
 def load_or_pretrain(path: str | Path | None, dataset: ImageSet, progress: bool = True,
                      train: bool = True, **kwargs) -> Pretrained:
     """The cached pre-trained learner at `path` (or at its variant for these settings, see
-    `cache_candidates`) when it was made with the same settings (`pretrain`'s keyword
-    arguments, defaults included); otherwise pre-train now and cache it - never over a
-    cached file of other settings. train=False raises FileNotFoundError instead."""
-    bound = inspect.signature(pretrain).bind(dataset, **kwargs)
-    bound.apply_defaults()
-    settings = {k: v for k, v in bound.arguments.items() if k != "dataset"}
-    settings.update(dataset=dataset.name, num_classes=dataset.num_classes)
-    pre = find_cached(path, settings, load_pretrained,   # settings the file records must agree
-                      lambda found: all(found.meta[k] == v for k, v in settings.items() if k in found.meta))
+    `cache_candidates`) when it was made with the same settings and the same data
+    (`pretrain_settings`: a file that does not record one of them is not used); otherwise
+    pre-train now and cache it - never over a cached file of other settings. train=False
+    raises FileNotFoundError instead."""
+    settings = pretrain_settings(dataset, **kwargs)
+    pre = find_cached(path, settings, load_pretrained,   # every setting, recorded and equal
+                      lambda found: all(k in found.meta and found.meta[k] == v for k, v in settings.items()))
     if pre is not None:
         return pre
     if not train:

@@ -12,6 +12,8 @@ episodes are `metalstm.episodes.sampler_for(cfg, "test")`: the very episodes
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import sys
 import time
 from pathlib import Path
@@ -43,10 +45,57 @@ SGD_LRS = (1e-2, 3e-2, 1e-1, 3e-1, 1.0)
 def pretrained_for(cfg: Config, train_data, cache: str | Path | None = None, epochs: int = 10,
                    progress: bool = True, train: bool = True):
     """The classifier pre-trained on all meta-train classes (paper notes 9) for `cfg`, from
-    cache/pretrained-DATASET-SIZE.pt when it holds one made with these settings."""
+    cache/pretrained-DATASET-SIZE.pt (or its variant) when it holds one made with these
+    settings from the same images (`pretrain_settings`)."""
     path = Path(cache) / f"pretrained-{cfg.dataset}-{cfg.image_size}.pt" if cache else None
     return load_or_pretrain(path, train_data, progress=progress, train=train, epochs=epochs,
                             seed=cfg.seed, bn_eps=cfg.bn_eps)
+
+
+def matching_settings(cfg: Config, data: dict, matching_episodes: int = 4_000,
+                      matching_seconds: float | None = None, val_episodes: int = 50) -> dict:
+    """What a cached Matching Network must have been made with to stand in for a new one:
+    the episodes it trained and was chosen on (their data's contents, shape and seed), the
+    learner it embeds with, and its training budget."""
+    return {"config": cfg.name, "max_episodes": matching_episodes, "max_seconds": matching_seconds,
+            "train_sha256": data["train"].fingerprint(), "val_sha256": data["val"].fingerprint(),
+            "val_episodes": val_episodes, "n_way": cfg.n_way, "k_shot": cfg.k_shot,
+            "n_query": cfg.n_query, "seed": cfg.seed, "in_channels": cfg.in_channels,
+            "image_size": cfg.image_size, "bn_eps": cfg.bn_eps, "bn_momentum": cfg.bn_momentum}
+
+
+def find_matching(cache: Path | None, cfg: Config, wanted: dict, train: bool = True):
+    """(net, meta) of the cached Matching Network made with every one of `wanted`, or None.
+    train=False (only reading a cache, as the notebooks do with val_episodes=1) does not ask
+    for the count of meta-val episodes, which chose the kept network while it trained."""
+    path = cache / f"matching-{cfg.name}.pt" if cache else None
+    asked = {k: v for k, v in wanted.items() if train or k != "val_episodes"}
+    return find_cached(path, wanted, load_matching,     # every wanted setting, recorded and equal
+                       lambda found: all(k in found[1] and found[1][k] == v for k, v in asked.items()))
+
+
+def baseline_keys(cfg: Config, methods, data: dict, c0: torch.Tensor | None = None, val_episodes: int = 50,
+                  pretrain_epochs: int = 10, matching_episodes: int = 4_000,
+                  matching_seconds: float | None = None, finetune_steps=FINETUNE_STEPS,
+                  finetune_lrs=FINETUNE_LRS, sgd_lrs=SGD_LRS, adam_lrs=ADAM_LRS) -> dict[str, str]:
+    """{method name: SHA-256 of everything its predictions depend on}: the settings of
+    `build_baselines` that it uses and the contents of the data it learns and is tuned on (and
+    c_0 for 'learned'). Two runs with one key make the same method (every baseline is
+    deterministic), so `evaluate --reuse` takes a saved row only under the same key."""
+    common = {"n_way": cfg.n_way, "k_shot": cfg.k_shot, "n_query": cfg.n_query, "seed": cfg.seed,
+              "steps": cfg.steps, "batch_size": cfg.batch_size, "in_channels": cfg.in_channels,
+              "image_size": cfg.image_size, "bn_eps": cfg.bn_eps, "bn_momentum": cfg.bn_momentum,
+              "val_sha256": data["val"].fingerprint(), "val_episodes": val_episodes}
+    pre = {"train_sha256": data["train"].fingerprint(), "pretrain_epochs": pretrain_epochs}
+    own = {"finetune": {**pre, "steps": list(finetune_steps), "lrs": list(finetune_lrs)},
+           "nearest": pre,
+           "matching": matching_settings(cfg, data, matching_episodes, matching_seconds, val_episodes),
+           "sgd": {"lrs": list(sgd_lrs)}, "adam": {"lrs": list(adam_lrs)},
+           "learned": {"lrs": list(sgd_lrs), "c0_sha256": None if c0 is None else hashlib.sha256(
+               c0.detach().cpu().contiguous().float().numpy().tobytes()).hexdigest()}}
+    return {NAMES[m]: hashlib.sha256(json.dumps({"method": m, **common, **own[m]}, sort_keys=True,
+                                                default=str).encode()).hexdigest()
+            for m in methods}
 
 
 def build_baselines(cfg: Config, methods=METHODS, c0: torch.Tensor | None = None, val_episodes: int = 50,
@@ -67,8 +116,10 @@ def build_baselines(cfg: Config, methods=METHODS, c0: torch.Tensor | None = None
     learned   SGD from the meta-learner's c_0 (needs c0), lr tuned
     `data` may hold the already loaded {"train": ..., "val": ...} splits; the
     grids are (finetune_steps x finetune_lrs), sgd_lrs and adam_lrs.
-    A cached baseline is used only when made with the same settings; a new one is
-    cached beside it, never over it. train=False: a missing one is a FileNotFoundError
+    A cached baseline is used only when made with the same settings from the same images
+    (`pretrain_settings`, `matching_settings`: the data's contents, not its name); a new one
+    is cached beside it, never over it, and a cache folder it cannot be written to is refused
+    before any training. train=False: a missing one is a FileNotFoundError
     (for notebooks, which should not start minutes of training unasked).
     """
     unknown = sorted(set(methods) - set(METHODS))
@@ -86,8 +137,25 @@ def build_baselines(cfg: Config, methods=METHODS, c0: torch.Tensor | None = None
                       bn_momentum=cfg.bn_momentum)
     built, notes = {}, {}
 
+    # first what the cache holds, so that a cache folder that cannot take what must be made is
+    # refused before minutes of training, not after them
+    pre = cached_net = None
     if "finetune" in methods or "nearest" in methods:
-        pre = pretrained_for(cfg, data["train"], cache, pretrain_epochs, progress, train)
+        try:
+            pre = pretrained_for(cfg, data["train"], cache, pretrain_epochs, progress, train=False)
+        except FileNotFoundError:
+            if not train:
+                raise
+    wanted = matching_settings(cfg, data, matching_episodes, matching_seconds, val_episodes)
+    if "matching" in methods:
+        cached_net = find_matching(cache, cfg, wanted, train)
+    missing = (pre is None and ("finetune" in methods or "nearest" in methods)) or \
+              (cached_net is None and "matching" in methods)
+    if missing and train and cache is not None:
+        check_folder(cache, "--cache", writable=True)
+
+    if "finetune" in methods or "nearest" in methods:
+        pre = pre or pretrained_for(cfg, data["train"], cache, pretrain_epochs, progress, train)
         last = pre.meta["history"][-1] if pre.meta["history"] else {"loss": float("nan"), "acc": 0.0}
         pre_note = (f"pre-trained {pre.meta['epochs']} epochs on {pre.meta['num_classes']} classes "
                     f"(train loss {last['loss']:.2f}, acc {100 * last['acc']:.0f}%, "
@@ -106,10 +174,7 @@ def build_baselines(cfg: Config, methods=METHODS, c0: torch.Tensor | None = None
 
     if "matching" in methods:
         path = cache / f"matching-{cfg.name}.pt" if cache else None
-        wanted = {"config": cfg.name, "max_episodes": matching_episodes, "max_seconds": matching_seconds}
-        net, meta = find_cached(path, wanted, load_matching,     # every wanted setting must agree
-                                lambda found: all(found[1].get(k) == v for k, v in wanted.items())
-                                ) or (None, None)
+        net, meta = cached_net or (None, None)
         if net is None:
             if not train:
                 raise FileNotFoundError(f"no Matching Network for {cfg.name} with {matching_episodes} "
@@ -152,7 +217,8 @@ def build_baselines(cfg: Config, methods=METHODS, c0: torch.Tensor | None = None
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="Measure the baselines (paper notes 9) on meta-test episodes.")
-    ap.add_argument("--shot", type=int, choices=(1, 5), default=5, help="picks glyphs-1shot / glyphs-5shot")
+    ap.add_argument("--shot", type=int, choices=(1, 5), default=None,
+                    help="picks glyphs-1shot / glyphs-5shot (default 5; with --config, it must agree)")
     ap.add_argument("--config", help="a named configuration instead (metalstm.config)")
     ap.add_argument("--episodes", type=positive_int, help="meta-test episodes (default: the config's, 600)")
     ap.add_argument("--val-episodes", type=positive_int, default=50, help="meta-val episodes for tuning")
@@ -172,7 +238,10 @@ def main(argv: list[str] | None = None) -> int:
         check_folder(args.cache, "--cache")
         if args.checkpoint:
             refuse_other_kinds(args.checkpoint, "a trained meta-learner (a best.pt or data/checkpoints/*.pt)")
-        cfg = get_config(args.config or f"glyphs-{args.shot}shot")
+        cfg = get_config(args.config or f"glyphs-{args.shot or 5}shot")
+        if args.shot is not None and cfg.k_shot != args.shot:
+            raise ValueError(f"--shot {args.shot} but --config {cfg.name} is {cfg.k_shot}-shot; pass "
+                             f"--config alone, or a {args.shot}-shot configuration")
         methods = args.methods or [m for m in METHODS if m != "learned" or args.checkpoint]
         c0 = None
         if args.checkpoint:

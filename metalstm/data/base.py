@@ -7,6 +7,8 @@ index operations (paper notes 1), whatever the source of the images was.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass, field
 
 import torch
@@ -46,6 +48,17 @@ class ImageSet:
         order = torch.argsort(self.targets, stable=True)
         counts = torch.bincount(self.targets, minlength=len(self.classes)).tolist()
         self._by_class = list(torch.split(order, counts))
+
+    def fingerprint(self) -> str:
+        """SHA-256 of the contents: the class names, every image's bytes and every target
+        (not the name, which two different folders can share). What a cache of something made
+        from these images is keyed by (metalstm.baselines, evaluate --reuse)."""
+        if getattr(self, "_fingerprint", None) is None:
+            h = hashlib.sha256(json.dumps([list(self.classes), list(self.image_shape)]).encode())
+            h.update(self.images.contiguous().numpy().tobytes())
+            h.update(self.targets.contiguous().numpy().tobytes())
+            self._fingerprint = h.hexdigest()
+        return self._fingerprint
 
     # -- sizes -------------------------------------------------------------
     def __len__(self) -> int:

@@ -20,7 +20,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import os
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -76,15 +75,8 @@ def _arrays_sha256(images: torch.Tensor, targets: torch.Tensor) -> str:
 
 
 def _save_atomic(obj: dict, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    from metalstm.checkpoint import atomic_write
+    atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def load_mini_imagenet(root: str | os.PathLike, split: str = "train", image_size: int = 84,

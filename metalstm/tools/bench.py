@@ -88,7 +88,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from metalstm.cli import check_device, non_negative_int, positive_int, set_threads
+from metalstm.cli import check_compiler, check_device, non_negative_int, positive_int, set_threads
 from metalstm import fused, native
 from metalstm.data.base import ImageSet
 from metalstm.episodes import Episode, EpisodeSampler
@@ -602,6 +602,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         check_device(args.device)
+        if args.compile:
+            check_compiler("--compile")
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -44,6 +44,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from metalstm.checkpoint import atomic_write
+from metalstm.cli import check_png, positive_int, save_png, seed_int
 from metalstm.data import digits
 
 SIZE = 28                   # the learner's input, like the glyphs
@@ -171,9 +173,7 @@ def file_bytes(arrays: dict[str, np.ndarray], manifest: dict) -> tuple[bytes, by
 def write(arrays: dict[str, np.ndarray], manifest: dict, data_dir: str | Path | None = None) -> None:
     """Write the .npz and the .json, each atomically (never half a file)."""
     for path, data in zip(digits.paths(data_dir), file_bytes(arrays, manifest)):
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_bytes(data)
-        tmp.replace(path)
+        atomic_write(path, data)
 
 
 def sample_grid(path: str | Path, data_dir: str | Path | None = None, per_class: int = 12) -> Path:
@@ -198,19 +198,31 @@ def sample_grid(path: str | Path, data_dir: str | Path | None = None, per_class:
     fig.suptitle("digits: scikit-learn's 8x8 handwritten digits brought to 28x28", fontsize=9)
     fig.tight_layout()
     path = Path(path)
-    fig.savefig(path, dpi=80, bbox_inches="tight", pad_inches=0.05)
-    plt.close(fig)
+    try:
+        save_png(fig, path, dpi=80, bbox_inches="tight", pad_inches=0.05)
+    finally:
+        plt.close(fig)
     return path
 
 
 # -- command line --------------------------------------------------------------------
 def _convert(source: str | None, write_files: bool) -> int:
-    source = source or installed_csv()
+    given, source = source, source or installed_csv()
     if source is None:
-        print("no source: give --source (a scikit-learn wheel, digits.csv.gz or digits.csv); "
-              "see data/README.md")
-        return 1
-    arrays, manifest = build(read_csv_text(source))
+        print("error: no source: give --source (a scikit-learn wheel, digits.csv.gz or digits.csv; "
+              "data/README.md), or install scikit-learn", file=sys.stderr)
+        return 2
+    try:
+        if not Path(source).is_file():
+            raise ValueError("no such file" if not Path(source).exists() else "not a file")
+        arrays, manifest = build(read_csv_text(source))
+    except (ValueError, OSError, EOFError, KeyError, zipfile.BadZipFile, UnicodeDecodeError) as exc:
+        reason = {KeyError: f"the wheel has no {CSV_MEMBER}", UnicodeDecodeError: "not a text CSV"}.get(
+            type(exc), (str(exc).splitlines() or [type(exc).__name__])[0][:160])
+        print(f"error: {'--source ' if given else ''}{source}: {reason}; give a scikit-learn wheel, "
+              f"digits.csv.gz or digits.csv (data/README.md){'; nothing was written' if write_files else ''}",
+              file=sys.stderr)
+        return 2
     npz, js = digits.paths()
     if write_files:
         write(arrays, manifest)
@@ -239,12 +251,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--write", action="store_true", help="replace the shipped files")
     parser.add_argument("--nn-baseline", action="store_true",
                         help="pixel nearest-neighbour accuracy on digit episodes")
-    parser.add_argument("--episodes", type=int, default=600)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--way", type=int, default=5)
-    parser.add_argument("--shot", type=int, default=1)
+    parser.add_argument("--episodes", type=positive_int, default=600)
+    parser.add_argument("--seed", type=seed_int, default=0)
+    parser.add_argument("--way", type=positive_int, default=5)
+    parser.add_argument("--shot", type=positive_int, default=1)
     parser.add_argument("--metric", default="euclidean", choices=("euclidean", "cosine"))
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    parser.add_argument("--threads", type=positive_int, default=1, help="torch threads (default 1)")
     parser.add_argument("--sample-grid", metavar="PATH", help="save a picture of the data set")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -252,13 +264,24 @@ def main(argv: list[str] | None = None) -> int:
     if not (convert or args.nn_baseline or args.sample_grid):
         parser.print_help()
         return 0
+    try:
+        check_png(args.sample_grid, "--sample-grid")       # before the work, not after it
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     status = _convert(args.source, args.write) if convert else 0
     if args.nn_baseline:
         from metalstm.tools.build_glyphs import pixel_nn_report
         if pixel_nn_report(lambda: digits.load_digits("test"), args) != 0:
             return 2
     if args.sample_grid:
-        print(f"wrote {sample_grid(args.sample_grid)}")
+        try:
+            print(f"wrote {sample_grid(args.sample_grid)}")
+        except OSError as exc:
+            print(f"error: could not write --sample-grid {args.sample_grid} ({exc.strerror or exc})"
+                  + ("; the previous file is unchanged" if Path(args.sample_grid).exists() else ""),
+                  file=sys.stderr)
+            return 2
     return status
 
 

@@ -29,7 +29,8 @@ import matplotlib
 import numpy as np
 import torch
 
-from metalstm.cli import positive_int
+from metalstm.checkpoint import atomic_write
+from metalstm.cli import check_png, positive_int, save_png, seed_int
 from metalstm.data.base import ImageSet
 from metalstm.data.glyphs import SPLIT_NAMES, VERSION, load_glyphs, paths, read, sha256, split_table
 from metalstm.episodes import EpisodeSampler
@@ -214,9 +215,7 @@ def write(images: np.ndarray, manifest: dict, data_dir: str | Path | None = None
                    array.getvalue(), compress_type=zipfile.ZIP_DEFLATED)
     text = json.dumps(manifest, indent=1, ensure_ascii=False) + "\n"
     for path, data in ((npz, zipped.getvalue()), (js, text.encode("utf-8"))):
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_bytes(data)
-        tmp.replace(path)
+        atomic_write(path, data)
 
 
 
@@ -270,8 +269,10 @@ def sample_grid(path: str | Path, data_dir: str | Path | None = None, seed: int 
                  "jittered)", fontsize=9)
     fig.tight_layout()
     path = Path(path)
-    fig.savefig(path, dpi=80, bbox_inches="tight", pad_inches=0.05)
-    plt.close(fig)
+    try:
+        save_png(fig, path, dpi=80, bbox_inches="tight", pad_inches=0.05)
+    finally:
+        plt.close(fig)
     return path
 
 
@@ -341,7 +342,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--nn-baseline", action="store_true",
                         help="pixel nearest-neighbour accuracy on meta-test episodes")
     parser.add_argument("--episodes", type=positive_int, default=600)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=seed_int, default=0)
     parser.add_argument("--way", type=positive_int, default=5)
     parser.add_argument("--shot", type=positive_int, default=1)
     parser.add_argument("--split", default="test", choices=SPLIT_NAMES + ("all",))
@@ -357,6 +358,11 @@ def main(argv: list[str] | None = None) -> int:
     if not (args.stats or args.nn_baseline or args.render or args.sample_grid):
         parser.print_help()
         return 0
+    try:
+        check_png(args.sample_grid, "--sample-grid")       # before the work, not after it
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     status = 0
     if args.render:
         status = _render(args.write)
@@ -365,7 +371,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.nn_baseline and pixel_nn_report(lambda: load_glyphs(args.split), args) != 0:
         return 2
     if args.sample_grid:
-        print(f"wrote {sample_grid(args.sample_grid)}")
+        try:
+            print(f"wrote {sample_grid(args.sample_grid)}")
+        except OSError as exc:
+            print(f"error: could not write --sample-grid {args.sample_grid} ({exc.strerror or exc})"
+                  + ("; the previous file is unchanged" if Path(args.sample_grid).exists() else ""),
+                  file=sys.stderr)
+            return 2
     return status
 
 

@@ -280,7 +280,11 @@ def main(argv: list[str] | None = None) -> int:
                          "yet or changed since)")
     args = ap.parse_args(argv)
 
-    books = course_notebooks(args.only)
+    try:
+        books = course_notebooks(args.only)
+    except SystemExit as exc:                # no notebook with that prefix: a person's mistake
+        print(f"error: --only {' '.join(args.only)}: {exc}", file=sys.stderr)
+        return 2
     executed_dir = BUILD / "notebooks"
     formats = ["slides"] if args.slides_only else ["html"] + (["slides"] if args.slides else [])
     failures, total, ran = [], 0.0, 0

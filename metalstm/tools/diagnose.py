@@ -41,7 +41,7 @@ from metalstm.checkpoint import CheckpointError, load_checkpoint, refuse_other_k
 from metalstm.cli import (check_folder, check_output_file, non_negative_float, non_negative_int, positive_int,
                           set_threads, write_json)
 from metalstm.config import Config
-from metalstm.rules import build_model, load_trained
+from metalstm.rules import RUNG_NAMES, build_model, load_trained
 from metalstm.evaluate import evaluate_rule
 from metalstm.episodes import load_split
 from metalstm.episodes import sampler_for
@@ -105,6 +105,10 @@ def diagnose(checkpoint: str | Path, episodes: int = 100, cache: str | Path | No
     """Every measurement of the module docstring for one checkpoint."""
     learner, meta, cfg, _ = load_trained(checkpoint)
     meta.eval()
+    label = RUNG_NAMES[cfg.rule]             # what the checkpoint holds: a rung of the ladder
+    if train_episodes > 0 and not any(p.requires_grad for p in meta.parameters()):
+        raise ValueError(f"--train-episodes {train_episodes}: {checkpoint} holds the {cfg.rule!r} rule, "
+                         f"which has nothing to meta-train; leave --train-episodes out")
     taken = [str(Path(out) / sub) for sub in RUN_FOLDERS if out and (Path(out) / sub / "last.pt").exists()]
     if train_episodes > 0 and taken:       # checked before minutes of measuring, not after
         raise FileExistsError(f"{', '.join(taken)} already hold(s) a run; choose another --out")
@@ -117,8 +121,8 @@ def diagnose(checkpoint: str | Path, episodes: int = 100, cache: str | Path | No
                              desc=name if progress else None, query_bn=query_bn)
         return Row.of(group, name, split, accs)
 
-    rows = [rule_row("generalisation", "Meta-Learner LSTM", s, meta) for s in ("train", "val", "test")]
-    rows.append(rule_row("batch norm", "Meta-Learner LSTM, query on its own batch statistics", "val",
+    rows = [rule_row("generalisation", label, s, meta) for s in ("train", "val", "test")]
+    rows.append(rule_row("batch norm", f"{label}, query on its own batch statistics", "val",
                          meta, query_bn="batch"))
     nn = NearestNeighbour(pre.learner, pre.theta)
     rows.append(Row.of("features", "Nearest neighbour on the pre-trained network", "val",
@@ -178,6 +182,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         check_output_file(args.json, "--json")             # before the work, not after it
         check_folder(args.cache, "--cache")
+        if args.train_episodes:
+            check_folder(args.out, "--out", writable=True)
         refuse_other_kinds(args.checkpoint, "a trained meta-learner (a best.pt or data/checkpoints/*.pt)")
         rows = diagnose(args.checkpoint, args.episodes, args.cache, args.train_episodes, args.lr_factor,
                         args.pretrained_lr_factor, args.out)

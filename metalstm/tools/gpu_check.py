@@ -44,7 +44,8 @@ from pathlib import Path
 import torch
 
 from metalstm import fused
-from metalstm.cli import check_device, non_negative_int, positive_float, positive_int, set_threads
+from metalstm.checkpoint import atomic_write
+from metalstm.cli import check_compiler, check_device, check_folder, non_negative_int, positive_float, positive_int, set_threads
 from metalstm.config import get_config
 from metalstm.tools import bench
 
@@ -81,7 +82,7 @@ def run_bench(args, out: Path, compile_: bool) -> str:
         code = bench.main(argv)
     if code != 0:
         raise RuntimeError(f"the benchmark stopped with exit code {code}")
-    out.write_text(buffer.getvalue())
+    atomic_write(out, buffer.getvalue())
     return buffer.getvalue()
 
 
@@ -154,6 +155,9 @@ def main(argv: list[str] | None = None) -> int:
         overrides = {k: v for k, v in (("episodes", args.episodes), ("val_every", args.val_every),
                                        ("val_episodes", args.val_episodes)) if v is not None}
         cfg = get_config(args.config, **overrides)
+        check_folder(args.out, "--out", writable=True)       # before the work, not after it
+        if args.compile or args.try_compile:
+            check_compiler("--compile" if args.compile else "--try-compile")
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -189,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
         code = evaluate.main(["--checkpoint", str(out / "train" / "best.pt"), "--episodes", str(args.eval_episodes),
                               "--device", args.device, "--json", str(json_path)])
         summary["evaluation"] = str(json_path) if code == 0 else f"evaluate stopped with exit code {code}"
-    (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    atomic_write(out / "summary.json", json.dumps(summary, indent=1) + "\n")
     print(f"summary: {out / 'summary.json'}")
     return 0
 

@@ -23,9 +23,46 @@ def _diff(d) -> str:
     return f"{mean:+.2f} +- {half:.2f}" + ("" if abs(mean) > half else " (n.s.)")
 
 
+def _read(path) -> dict:
+    """One evaluate --json file, checked: a ValueError naming the file and what is wrong."""
+    try:
+        report = json.loads(Path(path).read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path} is not a JSON file (damaged or cut short?): "
+                         f"{str(exc).splitlines()[0][:100]}; give a file written by evaluate --json") from None
+    def bad(what):
+        return ValueError(f"{path} is not a results file of evaluate --json: {what}")
+    if not isinstance(report, dict):
+        raise bad(f"it holds {type(report).__name__ if report is not None else 'null'}, not an object")
+    if not isinstance(report.get("config"), dict) or not isinstance(report["config"].get("k_shot"), int):
+        raise bad("no \"config\" with a \"k_shot\"")
+    if not isinstance(report.get("test_sets"), dict) or not report["test_sets"]:
+        raise bad("no \"test_sets\" object")
+    for t, block in report["test_sets"].items():
+        rows = block.get("results") if isinstance(block, dict) else None
+        if not isinstance(rows, list):
+            raise bad(f"test set {t!r} has no list of \"results\"")
+        for row in rows:
+            if not isinstance(row, dict) or not isinstance(row.get("name"), str):
+                raise bad(f"a row of test set {t!r} has no \"name\"")
+            for key in ("mean", "ci95"):
+                if not isinstance(row.get(key), (int, float)) or isinstance(row.get(key), bool) \
+                        or not 0 <= row[key] <= 1:
+                    raise bad(f"{row['name']!r} on {t} has {key} {row.get(key)!r}, not a number from 0 to 1")
+            for key in ("vs_reference", "vs_below"):
+                d = row.get(key)
+                if d is not None and not (isinstance(d, list) and len(d) == 2 and
+                                          all(isinstance(v, (int, float)) for v in d)):
+                    raise bad(f"{row['name']!r} on {t} has {key} {d!r}, not null or [mean, half-width]")
+    return report
+
+
 def tables(paths: list[str | Path]) -> dict[str, str]:
     """{test set: markdown table} from ladder JSON files of one data set, one file per shot."""
-    reports = [json.loads(Path(p).read_text()) for p in paths]
+    if len({Path(p).resolve() for p in paths}) < len(paths):
+        twice = next(p for i, p in enumerate(paths) if Path(p).resolve() in {Path(q).resolve() for q in paths[:i]})
+        raise ValueError(f"{twice} is given twice; give each file once (one per shot)")
+    reports = [_read(p) for p in paths]
     shots = [r["config"]["k_shot"] for r in reports]
     out = {}
     for test_set in reports[0]["test_sets"]:
@@ -53,7 +90,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for test_set, table in tables(args.files).items():
             print(f"{test_set}:\n\n{table}\n")
-    except (OSError, KeyError, ValueError) as exc:
+    except OSError as exc:
+        print(f"error: cannot read {exc.filename or 'a file'} ({exc.strerror or exc})", file=sys.stderr)
+        return 2
+    except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0

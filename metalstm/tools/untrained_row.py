@@ -14,16 +14,20 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import sys
 import time
 from pathlib import Path
 
 import torch
 
+from metalstm.checkpoint import atomic_write, refuse_other_kinds
+from metalstm.cli import check_output_file, positive_int
 from metalstm.episodes import sampler_for
 from metalstm.evaluate import evaluate_rule
 from metalstm.rules import build_model, load_trained
 from metalstm.stats import mean_ci95
+from metalstm.train import LOG_FIELDS
 
 
 def untrained_row(cfg) -> dict:
@@ -39,15 +43,25 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="Prepend the untrained rule's validation row to an old log.csv.")
     ap.add_argument("--checkpoint", required=True, help="the run's best.pt (for its configuration)")
     ap.add_argument("--log", required=True, help="the run's log.csv")
-    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--threads", type=positive_int, default=1)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
+    path = Path(args.log)
     try:
+        refuse_other_kinds(args.checkpoint, "a trained meta-learner (the run's best.pt)")
         cfg = load_trained(args.checkpoint)[2]
-        path = Path(args.log)
         with open(path, newline="") as f:
             reader = csv.DictReader(f)
             fields, rows = reader.fieldnames, list(reader)
+        if not fields or "episode" not in fields:
+            raise ValueError(f"{path} is not a training log: it has no header with an 'episode' column "
+                             f"(a log.csv of metalstm.train starts with {','.join(LOG_FIELDS)})")
+        for i, row in enumerate(rows, start=2):
+            try:
+                int(row["episode"])
+            except (TypeError, ValueError):
+                raise ValueError(f"{path}, line {i}: episode {row['episode']!r} is not a whole number") from None
+        check_output_file(path, "--log")
     except (OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -55,12 +69,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{path} already starts at episode 0")
         return 0
     row = untrained_row(cfg)
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=fields)
-        w.writeheader()
-        w.writerows([row, *rows])
-    tmp.replace(path)
+    text = io.StringIO()
+    w = csv.DictWriter(text, fieldnames=fields, extrasaction="ignore")
+    w.writeheader()
+    w.writerows([row, *rows])
+    try:
+        atomic_write(path, text.getvalue())
+    except OSError as exc:
+        print(f"error: could not write {path} ({exc.strerror or exc}); it is unchanged", file=sys.stderr)
+        return 2
     print(f"{path}: episode 0, validation accuracy {row['val_acc']:.4f} +- {row['val_ci95']:.4f} "
           f"({cfg.val_episodes} episodes, {row['seconds']} s)")
     return 0
