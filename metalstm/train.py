@@ -447,6 +447,8 @@ def train(cfg: Config, out_dir: str | Path, device: str = "cpu", resume: bool = 
             remove_temporaries(out, ("last.pt", "best.pt", "log.csv"))
         if resume:
             state = resume_state(run)
+            if state.history:                  # log.csv's seconds go on from where the run stopped
+                run.started -= float(state.history[-1].get("seconds") or 0.0)
         elif run.last.exists():
             raise FileExistsError(f"{out} already holds a run; pass --resume to continue it, "
                                   f"or choose another --out")

@@ -455,3 +455,28 @@ def test_ctrl_c_ends_a_command_with_one_line_and_exit_130(tmp_path, delay):
     assert [line for line in err.splitlines() if line.strip()] == [
         "interrupted (Ctrl-C); no result was written as complete"]
     assert not out.exists()
+
+
+def test_a_double_ctrl_c_during_training_is_exit_130_without_a_traceback(tmp_path):
+    proc = subprocess.Popen([sys.executable, "-m", "metalstm.train", "--config", "smoke", "--episodes", "100000",
+                             "--val-every", "50", "--threads", "1", "--out", str(tmp_path / "run")], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "TQDM_DISABLE": "1"})
+    deadline = time.time() + 60
+    while not (tmp_path / "run" / "last.pt").exists() and time.time() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "Traceback" not in err, (proc.returncode, err)
+    load_checkpoint(tmp_path / "run" / "last.pt")           # what it kept is whole
+
+
+def test_a_resumed_log_goes_on_counting_seconds(tmp_path):
+    cfg = get_config("smoke", episodes=6, val_every=3)
+    train(cfg, tmp_path / "run", progress=False, stop_after=3)
+    train(cfg, tmp_path / "run", progress=False, resume=True)
+    import csv
+    seconds = [float(r["seconds"]) for r in csv.DictReader(open(tmp_path / "run" / "log.csv"))]
+    assert len(seconds) == 3 and seconds == sorted(seconds)

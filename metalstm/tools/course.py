@@ -34,6 +34,13 @@ from pathlib import Path
 
 from metalstm.paths import CHECKOUT
 
+
+def _write(path: Path, data: bytes | str) -> None:
+    """metalstm.checkpoint.atomic_write (imported here: the course runner starts without torch)."""
+    from metalstm.checkpoint import atomic_write
+    atomic_write(path, data)
+
+
 ROOT = CHECKOUT     # the notebooks are not installed with the package: the runner needs a checkout
 NOTEBOOKS = ROOT / "notebooks"
 BUILD = ROOT / "build"
@@ -68,7 +75,8 @@ def execute(path: Path, out_dir: Path, timeout: int = 1800) -> tuple[float, str 
         error = str(exc).strip().splitlines()[-1] if str(exc).strip() else "cell failed"
     seconds = time.perf_counter() - start
     out_dir.mkdir(parents=True, exist_ok=True)
-    nbformat.write(nb, out_dir / path.name)
+    text = nbformat.writes(nb)
+    _write(out_dir / path.name, text if text.endswith("\n") else text + "\n")   # as nbformat.write
     return seconds, error
 
 
@@ -198,8 +206,8 @@ def install_assets(dest: Path, names=("reveal.js", "mathjax"), cache: Path | Non
                 if rel and not member.endswith("/") and any(rel.startswith(p) for p in parts):
                     out = target / rel
                     out.parent.mkdir(parents=True, exist_ok=True)
-                    out.write_bytes(wheel.read(member))
-        stamp.write_text(sha256)
+                    _write(out, wheel.read(member))
+        _write(stamp, sha256)
         done.append(target)
     return done
 
@@ -256,7 +264,7 @@ def render(executed: Path, fmt: str) -> Path:
     body, _ = exporter(fmt).from_filename(str(executed))
     out = BUILD / fmt / (executed.stem + (".html" if fmt == "html" else ".slides.html"))
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(body, encoding="utf-8")
+    _write(out, body)
     return out
 
 
