@@ -480,3 +480,10 @@ def test_a_resumed_log_goes_on_counting_seconds(tmp_path):
     import csv
     seconds = [float(r["seconds"]) for r in csv.DictReader(open(tmp_path / "run" / "log.csv"))]
     assert len(seconds) == 3 and seconds == sorted(seconds)
+
+
+def test_diagnose_names_the_rule_the_checkpoint_holds():
+    from metalstm.tools.diagnose import diagnose
+    rows = diagnose(LADDER / "glyphs-5shot-sgd.pt", episodes=2, cache=SHIPPED / "baselines", progress=False)
+    names = [r.name for r in rows if r.group in ("generalisation", "batch norm")]
+    assert names and all(n.startswith("SGD (random init)") for n in names), names
