@@ -445,6 +445,33 @@ def _check_06_3(accuracy_beyond_T):
             "(episode_generator(sampler.seed, i)), so that the first T+1 values are the record's")
 
 
+@_exercise("06", 4, "substitution_gap",
+           "return (mean, half-width) of the per-episode accuracy difference rule - metalearner on the episodes")
+def _check_06_4(substitution_gap):
+    from metalstm.config import get_config
+    from metalstm.episodes import sampler_for
+    from metalstm.evaluate import evaluate_rule
+    from metalstm.learner import Learner
+    from metalstm.metalearner import SGDCell
+    from metalstm.stats import paired_difference
+
+    cfg = get_config("smoke")
+    learner = Learner(cfg.n_way, cfg.in_channels, cfg.image_size)
+    _, meta = _gated_metalearner(6)
+    rule = SGDCell(meta.c0, 0.05)
+    sampler = sampler_for(cfg, "val")
+    found = substitution_gap(learner, meta, rule, sampler, cfg, range(2, 6))
+    _expect(found is not None and len(found) == 2, "return a pair (mean, half-width)")
+    ours, theirs = (evaluate_rule(learner, r, sampler, range(2, 6), cfg) for r in (meta, rule))
+    mean, half = paired_difference(theirs, ours)
+    if abs(float(found[0]) + mean) < 1e-9 and abs(mean) > 1e-9:
+        raise Wrong("the sign: the difference is rule minus meta-learner (negative: the rule is worse)")
+    _expect(abs(float(found[0]) - mean) < 1e-9,
+            "run both on exactly the given episodes with evaluate_rule (the meta-test protocol) and pair them "
+            "episode by episode")
+    _expect(abs(float(found[1]) - half) < 1e-9, "the half-width of a 95% interval: metalstm.stats.paired_difference")
+
+
 # -- notebook 05 ----------------------------------------------------------------------
 @_exercise("05", 1, "best_from_log", "return (episode, val_acc) of the log.csv row that train kept as best.pt")
 def _check_05_1(best_from_log):

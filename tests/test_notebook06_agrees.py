@@ -282,3 +282,35 @@ def test_the_rungs_steps(shipped):
         medians = torch.stack([p.median() for p in parts])
         assert medians.max() < 1.5 * 0.1 and medians[0].abs() < 0.01
         assert 0.4 < (parts[0] < 0).float().mean() < 0.6
+
+
+def test_exercise4_substitution_gap_and_the_proposed_rule(solutions, model, sampler, record):
+    from metalstm.check import exercise
+    from metalstm.distill import fit_magnitude
+    from metalstm.rules import layer_index
+    from metalstm.stats import paired_difference
+
+    learner, meta = model
+    assert exercise("06", 4, solutions.substitution_gap, quiet=True)
+    rule = SGDCell(meta.c0, 0.05)
+    gap = solutions.substitution_gap(learner, meta, rule, sampler, CFG, range(2))
+    a, b = (evaluate_rule(learner, r, sampler, range(2), CFG) for r in (rule, meta))
+    assert gap == pytest.approx(paired_difference(a, b))
+    full = record_gates(learner, meta, sampler, CFG, episodes=2, progress=False, inputs=True)
+    cell = fit_magnitude(full, meta.c0.detach(), layer_index(learner)[0])
+    proposal = solutions.shared_slope_from(cell)
+    with torch.no_grad():
+        cell.b.fill_(cell.b.mean().item())                # the same rule, written as the package's cell
+    ep = sampler[0]
+    ours = trace_episode(learner, proposal, ep, CFG.steps, CFG.batch_size, episode_generator(sampler.seed, 0))
+    ref = trace_episode(learner, cell, ep, CFG.steps, CFG.batch_size, episode_generator(sampler.seed, 0))
+    torch.testing.assert_close(ours.theta, ref.theta)
+
+
+def test_the_check_of_exercise4_catches_a_wrong_sign(solutions):
+    from metalstm.check import exercise
+
+    def swapped(learner, metalearner, rule, sampler, cfg, episodes):
+        mean, half = solutions.substitution_gap(learner, metalearner, rule, sampler, cfg, episodes)
+        return -mean, half
+    assert not exercise("06", 4, swapped, quiet=True)

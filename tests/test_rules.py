@@ -42,7 +42,7 @@ def test_layer_index_puts_each_block_in_its_layer(learner):
     assert sum(counts) == learner.n_params
 
 
-@pytest.mark.parametrize("rung", ["sgd", "init", "meta-sgd", "schedule"])
+@pytest.mark.parametrize("rung", ["sgd", "init", "meta-sgd", "schedule", "magnitude"])
 def test_every_rung_starts_as_plain_sgd(learner, episode, rung):
     """Untrained, every first-order rung takes exactly SGD's steps from the same c_0."""
     t0 = theta0(learner)
@@ -80,7 +80,24 @@ def test_schedule_uses_the_step_size_of_each_step_and_layer(learner, episode):
         inner_loop(learner, rule, episode.support_x, episode.support_y, 4, 5)
 
 
+def test_magnitude_gives_larger_gradients_smaller_gates(learner, episode):
+    """i_t = sigmoid(a[t, l] + b[t, l] * max(ln|g|, -p)): with b < 0 the gate falls as |g| grows,
+    and it is flat below e^-p, where the preprocessing clamps ln|g|."""
+    t0 = theta0(learner)
+    index, names = layer_index(learner)
+    rule = make_rule("magnitude", learner, t0, LR, steps=3)
+    with torch.no_grad():
+        rule.b.fill_(-0.3)
+    grad = torch.tensor([1e-9, 1e-6, 1e-3, 1.0]).repeat(learner.n_params // 4 + 1)[: learner.n_params]
+    i = rule.gate(grad, 0)[:4]
+    assert i[0] == i[1] and i[1] > i[2] > i[3]
+    torch.testing.assert_close(i[3], torch.sigmoid(rule.a[0, int(index[3])]))
+    with pytest.raises(ValueError, match="learned for 3 steps"):
+        inner_loop(learner, rule, episode.support_x, episode.support_y, 4, 5)
+
+
 EXPECTED = {"sgd": set(), "init": {"c0"}, "meta-sgd": {"c0", "alpha"}, "schedule": {"c0", "alpha"},
+            "magnitude": {"c0", "a", "b"},
             "lstm": {"c0", "lstm_weight", "lstm_bias", "W_F", "W_I", "b_F", "b_I"}}
 
 
@@ -110,11 +127,11 @@ def test_every_rung_starts_from_the_same_c0():
 
 
 def test_unknown_rule_is_one_clear_error(learner):
-    with pytest.raises(ValueError, match="the ladder is: sgd, init, meta-sgd, schedule, lstm"):
+    with pytest.raises(ValueError, match="the ladder is: sgd, init, meta-sgd, schedule, magnitude, lstm"):
         make_rule("adam", learner, theta0(learner), LR, steps=3)
 
 
-@pytest.mark.parametrize("rung", ["init", "meta-sgd", "schedule", "lstm"])
+@pytest.mark.parametrize("rung", ["init", "meta-sgd", "schedule", "magnitude", "lstm"])
 def test_a_few_episodes_of_meta_training_raise_accuracy(rung, tmp_path):
     """Integration: each rung, meta-trained a few dozen episodes, beats its untrained start on
     fixed meta-validation episodes (the same ones before and after)."""

@@ -134,6 +134,24 @@ def gate_response(learner, metalearner, episode, steps: int, batch_size: int, ge
     return out
 
 
+def recorded_response(record, coordinates: Tensor, magnitudes: Tensor, gate: str = "input") -> Tensor:
+    """The recorded gate's median, per step, over the given coordinates' values whose |grad_t| lies
+    within half a decade of each magnitude: [T, len(magnitudes)], nan where none does (the dots
+    beside `gate_response`'s lines)."""
+    if record.grad is None:
+        raise ValueError("make the record with record_gates(..., inputs=True)")
+    g = record.grad[:, :, coordinates].abs().clamp_min(1e-30).log10()         # [E, T, n]
+    values = record.gate(gate)[:, :, coordinates]
+    out = torch.full((record.steps, len(magnitudes)), float("nan"))
+    for k, m in enumerate(magnitudes.log10().tolist()):
+        near = (g - m).abs() <= 0.5
+        for t in range(record.steps):
+            chosen = values[:, t][near[:, t]]
+            if chosen.numel():
+                out[t, k] = chosen.median()
+    return out
+
+
 def _clone(state):
     if hasattr(state, "__dataclass_fields__"):
         return type(state)(**{k: v.clone() if isinstance(v, Tensor) else v for k, v in vars(state).items()})

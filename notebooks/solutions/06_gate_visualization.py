@@ -1,6 +1,8 @@
 """Solutions to the exercises of notebook 06_gate_visualization (checked by tests/test_notebook06_agrees.py)."""
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -100,3 +102,41 @@ def accuracy_beyond_T(learner, metalearner, sampler, cfg, factor: int = 2, episo
     accs = [trace_episode(learner, metalearner, sampler[i], factor * cfg.steps, cfg.batch_size,
                           generator=episode_generator(sampler.seed, i)).query_acc for i in range(episodes)]
     return torch.stack(accs).mean(dim=0)
+
+
+# Exercise 4 -------------------------------------------------------------------
+def substitution_gap(learner, metalearner, rule, sampler, cfg, episodes) -> tuple[float, float]:
+    """The substitution test: mean per-episode query accuracy difference rule - metalearner, with its
+    95% half-width, on the same episodes under the meta-test protocol."""
+    from metalstm.evaluate import evaluate_rule
+    from metalstm.stats import paired_difference
+
+    theirs = evaluate_rule(learner, rule, sampler, episodes, cfg)
+    ours = evaluate_rule(learner, metalearner, sampler, episodes, cfg)
+    return paired_difference(theirs, ours)
+
+
+class SharedSlopeRule(nn.Module):
+    """One proposal: section 6.5's logistic rule with ONE slope b for every step,
+    i_t = sigmoid(a_t + b * max(ln|g|, -p)), f = 1, from the meta-learner's c_0 (2T -> T+1 numbers)."""
+
+    def __init__(self, c0: torch.Tensor, a: torch.Tensor, b: float, p: float = 10.0) -> None:
+        super().__init__()
+        self.c0 = nn.Parameter(c0.detach().clone(), requires_grad=False)
+        self.register_buffer("a", a.detach().clone())
+        self.b, self.p = float(b), float(p)
+
+    def initial_state(self) -> int:
+        return 0
+
+    def step(self, loss, grad, theta, t: int):
+        if t >= self.a.shape[0]:
+            raise ValueError(f"fitted for {self.a.shape[0]} steps; step {t + 1} asked for")
+        i = torch.sigmoid(self.a[t] + self.b * grad.abs().clamp_min(math.exp(-self.p)).log())
+        return theta - i * grad, t + 1, Gates(torch.ones_like(theta), i)
+
+
+def shared_slope_from(magnitude_cell) -> SharedSlopeRule:
+    """The proposal fitted from section 6.5's rule (metalstm.distill.fit_magnitude): its a_t, the mean b_t."""
+    return SharedSlopeRule(magnitude_cell.c0, magnitude_cell.a[:, 0].detach(), magnitude_cell.b.mean().item(),
+                           magnitude_cell.p)
