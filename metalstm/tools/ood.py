@@ -21,7 +21,6 @@ compared with the rule itself on the same episodes (paired).
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -29,11 +28,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from metalstm.cli import check_output_file, positive_int, set_threads, write_json
+from metalstm.cli import positive_int
 from metalstm.episodes import episode_generator, sampler_for
 from metalstm.evaluate import evaluate_methods, meta_test_sampler, rule_accuracy
 from metalstm.rules import RUNG_NAMES, load_trained
-from metalstm.stats import mean_ci95, paired_difference, significant
+from metalstm.stats import mean_ci95
+from metalstm.tools.measure_cli import difference, parser, run
 from metalstm.viz.record import shipped_checkpoint, trace_episode
 
 RULES = ("sgd", "init", "meta-sgd", "schedule", "lstm")
@@ -112,11 +112,6 @@ def measure(k_shot: int, episodes: int, steps_episodes: int, interventions=("sch
     return report
 
 
-def _diff(a, b) -> str:
-    mean, half = paired_difference(a, b)
-    return f"{100 * mean:+.2f} +- {100 * half:.2f}" + ("" if significant(mean, half) else " (n.s.)")
-
-
 def table(reports) -> str:
     """Per rule and shot: accuracy on glyphs and digits, the share of collapsed digit episodes, the
     late gradient norm (the 90% quantile of ||grad_T|| over the episodes) on each, and the interventions' paired gains on digits and glyphs. reports: JSON
@@ -133,7 +128,7 @@ def table(reports) -> str:
             q90 = {t: e["per_step"][t]["grad_norm_q90"][-1] for t in ("glyphs", "digits")}
             norms = f"{q90['glyphs']:.2f} / {q90['digits']:.2f}"
             if "clip" in acc["digits"]:
-                extra = [_diff(acc["digits"]["clip"], d), _diff(acc["glyphs"]["clip"], g), _diff(acc["digits"]["half"], d)]
+                extra = [difference(acc["digits"]["clip"], d), difference(acc["glyphs"]["clip"], g), difference(acc["digits"]["half"], d)]
             else:
                 extra = ["", "", ""]
             lines.append(f"| {e['name']} | {r['k_shot']}-shot | " + " | ".join(cells + [collapsed, norms] + extra) + " |")
@@ -141,38 +136,12 @@ def table(reports) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m metalstm.tools.ood", description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    ap.add_argument("--shot", type=int, choices=(1, 5), help="which shipped rules (glyphs-1shot or glyphs-5shot)")
+    ap = parser("python -m metalstm.tools.ood", __doc__)
     ap.add_argument("--episodes", type=positive_int, default=600, help="meta-test episodes for the accuracies")
     ap.add_argument("--steps-episodes", type=positive_int, default=50,
                     help="meta-test episodes for the per-step medians")
-    ap.add_argument("--threads", type=positive_int, default=None, help="torch.set_num_threads")
-    ap.add_argument("--json", help="write the measurement here")
-    ap.add_argument("--table", nargs="+", metavar="JSON", help="only print the table of these files")
-    args = ap.parse_args(argv)
-    if args.table:
-        try:
-            print(table(args.table))
-        except (OSError, KeyError, ValueError) as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
-        return 0
-    if args.shot is None:
-        ap.error("give --shot 1 or --shot 5 (or --table FILES)")
-    try:
-        check_output_file(args.json)
-    except ValueError as exc:
-        ap.error(str(exc))
-    set_threads(args.threads)
-    try:
-        report = measure(args.shot, args.episodes, args.steps_episodes)
-    except KeyboardInterrupt:
-        print("interrupted; nothing was written", file=sys.stderr)
-        return 130
-    report["command"] = "python -m metalstm.tools.ood " + " ".join(argv if argv is not None else sys.argv[1:])
-    print(table([report]))
-    return write_json(args.json, report, printed="the table above")
+    return run(ap, argv, measure=lambda args: measure(args.shot, args.episodes, args.steps_episodes),
+               tables=table, summary=lambda report: table([report]))
 
 
 if __name__ == "__main__":

@@ -24,7 +24,6 @@ no gradient ascent (negative steps set to 0).
 """
 from __future__ import annotations
 
-import argparse
 import copy
 import hashlib
 import json
@@ -34,12 +33,13 @@ from pathlib import Path
 
 import torch
 
-from metalstm.cli import check_output_file, positive_int, set_threads, write_json
+from metalstm.cli import positive_int
 from metalstm.distill import CANDIDATES, SENTENCES, StopAfter, describe, fit_candidates
 from metalstm.episodes import sampler_for
 from metalstm.evaluate import evaluate_methods, meta_test_sampler, rule_accuracy
 from metalstm.rules import layer_index, load_trained
-from metalstm.stats import mean_ci95, paired_difference, significant
+from metalstm.stats import mean_ci95
+from metalstm.tools.measure_cli import difference, parser, run
 from metalstm.viz.record import record_gates, shipped_checkpoint
 
 TEST_SETS = ("glyphs", "digits")
@@ -109,11 +109,6 @@ def substitute(k_shot: int, episodes: int, record_episodes: int, test_sets=TEST_
     return report
 
 
-def _diff(a, b) -> str:
-    mean, half = paired_difference(a, b)
-    return f"{100 * mean:+.2f} +- {100 * half:.2f}" + ("" if significant(mean, half) else " (n.s.)")
-
-
 def table(paths) -> str:
     """The markdown table: each candidate's paired difference to the LSTM, per test set and shot."""
     reports = [json.loads(Path(p).read_text()) for p in paths]
@@ -126,10 +121,10 @@ def table(paths) -> str:
         "{:.2f} +- {:.2f}".format(*(100 * v for v in mean_ci95(accs(r, t)["lstm"]))) for r, t in columns) + " |")
     for name in CANDIDATES:
         numbers = "/".join(str(r["rules"][name]["numbers"]) for r in reports)
-        cells = [_diff(accs(r, t)[name], accs(r, t)["lstm"]) for r, t in columns]
+        cells = [difference(accs(r, t)[name], accs(r, t)["lstm"]) for r, t in columns]
         lines.append(f"| `{name}`: {SENTENCES[name]} | {numbers} | " + " | ".join(cells) + " |")
     early = f"first {EARLY_STEPS} steps"
-    cells = [_diff(accs(r, t)[early], accs(r, t)["lstm"]) for r, t in columns]
+    cells = [difference(accs(r, t)[early], accs(r, t)["lstm"]) for r, t in columns]
     lines.append(f"| (intervention) the LSTM's first {EARLY_STEPS} updates only: the later, large steps add nothing "
                  "| 0 | " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -143,46 +138,25 @@ def meta_sgd_table(paths) -> str:
         r = json.loads(Path(p).read_text())
         m, s = r["meta_sgd"]["glyphs"], r["meta_sgd"]["steps"]["conv1"]
         lines.append(f"| {r['config']['k_shot']}-shot | {s['median_abs']:.3f} | {100 * s['negative']:.0f}% | "
-                     f"{s['q10']:+.3f} to {s['q90']:+.3f} | {_diff(m['conv 1 frozen'], m['meta-sgd'])} | "
-                     f"{_diff(m['no ascent'], m['meta-sgd'])} |")
+                     f"{s['q10']:+.3f} to {s['q90']:+.3f} | {difference(m['conv 1 frozen'], m['meta-sgd'])} | "
+                     f"{difference(m['no ascent'], m['meta-sgd'])} |")
     return "\n".join(lines)
 
 
+def summary(report: dict) -> str:
+    """One line per candidate and test set: its paired difference to the LSTM."""
+    k = report["config"]["k_shot"]
+    return "\n".join(f"{k}-shot {test_set:6} {name:13} {difference(accs, part['accuracies']['lstm'])}"
+                     for test_set, part in report["test_sets"].items()
+                     for name, accs in part["accuracies"].items() if name != "lstm")
+
+
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m metalstm.tools.substitute", description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    ap.add_argument("--shot", type=int, choices=(1, 5), help="which shipped LSTM (glyphs-1shot or glyphs-5shot)")
+    ap = parser("python -m metalstm.tools.substitute", __doc__)
     ap.add_argument("--episodes", type=positive_int, default=600, help="meta-test episodes per test set")
     ap.add_argument("--record", type=positive_int, default=20, help="meta-validation episodes to fit the rules on")
-    ap.add_argument("--threads", type=positive_int, default=None, help="torch.set_num_threads")
-    ap.add_argument("--json", help="write the measurement here")
-    ap.add_argument("--table", nargs="+", metavar="JSON", help="only print the tables of these files")
-    args = ap.parse_args(argv)
-    if args.table:
-        try:
-            print(table(args.table) + "\n\n" + meta_sgd_table(args.table))
-        except (OSError, KeyError, ValueError) as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
-        return 0
-    if args.shot is None:
-        ap.error("give --shot 1 or --shot 5 (or --table FILES)")
-    try:
-        check_output_file(args.json)
-    except ValueError as exc:
-        ap.error(str(exc))
-    set_threads(args.threads)
-    try:
-        report = substitute(args.shot, args.episodes, args.record)
-    except KeyboardInterrupt:
-        print("interrupted; nothing was written", file=sys.stderr)
-        return 130
-    report["command"] = "python -m metalstm.tools.substitute " + " ".join(argv if argv is not None else sys.argv[1:])
-    for test_set, part in report["test_sets"].items():
-        for name, accs in part["accuracies"].items():
-            if name != "lstm":
-                print(f"{args.shot}-shot {test_set:6} {name:10} {_diff(accs, part['accuracies']['lstm'])}")
-    return write_json(args.json, report, printed="the lines above")
+    return run(ap, argv, measure=lambda args: substitute(args.shot, args.episodes, args.record),
+               tables=lambda files: table(files) + "\n\n" + meta_sgd_table(files), summary=summary)
 
 
 if __name__ == "__main__":
