@@ -39,6 +39,13 @@ def _quiet_interrupts() -> None:
 
     _sys.excepthook, _sys.unraisablehook = hook, unraisable
 
+    def ignore_late_interrupts() -> None:       # the last exit step: Python would put back the
+        import signal                           # default action (killed, exit -2, not 130)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    import atexit
+    atexit.register(ignore_late_interrupts)    # registered first, so it runs after the others
+
 
 if _sys.argv[:1] == ["-m"]:        # `python -m metalstm.<module>`, while Python finds the module
     _quiet_interrupts()
