@@ -37,6 +37,7 @@ first-order Meta-SGD (Li et al. 2017). Each rule has the interface that
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 from torch import Tensor, nn
@@ -167,7 +168,16 @@ class MagnitudeCell(nn.Module):
 
 def make_rule(name: str, learner: Learner, theta0: Tensor, lr: float, steps: int) -> nn.Module:
     """The rung `name` (one of RUNGS but 'lstm', which `metalstm.metalearner.MetaLearner` is),
-    starting from theta0 with the fixed or initial step size lr."""
+    starting from theta0 with the fixed or initial step size lr: a finite number >= 0 (for
+    `magnitude`, whose step is a sigmoid, in (0, 1)); anything else is one ValueError."""
+    if name not in RUNGS or name == "lstm":
+        raise ValueError(f"unknown update rule {name!r}; the ladder is: {', '.join(RUNGS)}")
+    what = f"lr (the {name} rule's {'' if name in ('sgd', 'init') else 'initial '}step size)"
+    number = isinstance(lr, numbers.Real) and not isinstance(lr, bool)
+    if name == "magnitude" and not number:        # MagnitudeCell refuses the numbers outside (0, 1)
+        raise ValueError(f"{what} must be a number in (0, 1), got {lr!r}")
+    if name != "magnitude" and not (number and math.isfinite(lr) and lr >= 0):
+        raise ValueError(f"{what} must be a finite number >= 0, got {lr!r}")
     if name == "sgd":
         return SGDCell(theta0, lr)
     if name == "init":
@@ -201,7 +211,10 @@ def load_trained(path, device: str = "cpu",
                  expect: Config | None = None) -> tuple[Learner, nn.Module, Config, dict]:
     """A trained rule from a checkpoint: (learner, rule, config, metrics)."""
     state, cfg_dict, metrics = load_checkpoint(path)
-    cfg = Config.from_dict(cfg_dict)
+    try:
+        cfg = Config.from_dict(cfg_dict)
+    except (TypeError, ValueError) as exc:        # a field of another version, a wrong type, not a dict
+        raise CheckpointError(f"{path} holds no usable configuration: {exc}") from None
     if expect is not None and not expect.same_model(cfg):
         raise CheckpointError(
             f"{path} holds a {cfg.name!r} {cfg.rule} model ({cfg.n_way}-way, {cfg.in_channels}x"
@@ -210,7 +223,11 @@ def load_trained(path, device: str = "cpu",
             f"x{expect.image_size}, hidden {expect.hidden})")
     if expect is not None:                     # the readable/fast switch is the caller's choice
         cfg = cfg.replace(fast=expect.fast)
-    learner, rule = build_model(cfg, device)
+    try:                                       # built here, then moved: a device's error is its own
+        learner, rule = build_model(cfg)
+    except (TypeError, ValueError, RuntimeError) as exc:   # values no learner or rule is built from
+        raise CheckpointError(f"{path} holds no usable configuration: {exc}") from None
+    rule = rule.to(device)
     try:
         rule.load_state_dict(state["metalearner"])
     except (KeyError, RuntimeError) as exc:

@@ -17,6 +17,7 @@ Then what a bad input cannot show:
 """
 from __future__ import annotations
 
+import ast
 import errno
 import functools
 import importlib
@@ -220,6 +221,74 @@ def test_compile_without_a_cpp_compiler_is_one_line_before_any_work(command, tmp
     assert code == 2 and "Traceback" not in err
     check_line(error_line(err), ["--compile", "C++ compiler", "leave --compile off"], tmp_path)
     assert not out.exists()                                # no empty train/ folder left behind
+
+
+# -- the API's own refusals: rules, checkpoints' configurations, the inner loop, the learner ------
+def _checkpoint_with_config(path: Path, config) -> Path:
+    """A smoke lstm checkpoint whose stored configuration is `config` (whatever it is)."""
+    from metalstm.rules import build_model
+    _, rule = build_model(get_config("smoke"))
+    save_checkpoint(path, {"metalearner": rule.state_dict()}, config)
+    return path
+
+
+NAN, INF = float("nan"), float("inf")
+# (case, words the one line must hold); api_case(case, folder) makes the call
+API_RAW = [
+    # make_rule: a step size that is not a finite number >= 0 (magnitude: in (0, 1))
+    ("make_rule(sgd, lr=nan)", ["lr (the sgd rule's step size)", "finite number >= 0", "got nan"]),
+    ("make_rule(meta-sgd, lr=-1)", ["meta-sgd rule's initial step size", "finite number >= 0", "got -1"]),
+    ("make_rule(init, lr=inf)", ["init rule's step size", "finite number >= 0", "got inf"]),
+    ("make_rule(schedule, lr=True)", ["schedule rule's initial step size", "finite number >= 0", "got True"]),
+    ("make_rule(sgd, lr='0.1')", ["sgd rule's step size", "finite number >= 0", "got '0.1'"]),
+    ("make_rule(magnitude, lr=nan)", ["lr", "(0, 1)", "got nan"]),
+    ("make_rule(magnitude, lr=1.5)", ["lr", "(0, 1)", "got 1.5"]),
+    ("make_rule(magnitude, lr='0.5')", ["magnitude rule's initial step size", "(0, 1)", "got '0.5'"]),
+    # load_trained: a stored configuration that no rule can be built from, the file named
+    *[(f"load_trained({name})", ["bad.pt", "holds no usable configuration", *words]) for name, words in (
+        ("configuration a string", ["str", "object of fields"]),
+        ("a newer field", ["newer_field", "another version"]),
+        ("n_way '5'", ["n_way", "'5'", ">= 1"]),
+        ("hidden 0", ["hidden", "got 0", ">= 1"]),
+        ("rule adam", ["'adam'", "lstm"]),
+        ("sgd rule_lr nan", ["sgd rule's step size", "got nan"]),
+        ("p -1", ["p (the preprocessing's scale", "got -1.0"]),
+        ("bn_eps a string", ["not supported"]))],
+]
+
+
+def api_case(name: str, w: Path):
+    """The call of case `name`, ready to make (what it reads is written into `w` first)."""
+    from metalstm.learner import Learner
+    from metalstm.rules import load_trained, make_rule
+    learner = Learner(n_way=5)
+    theta0 = learner.init_params(torch.Generator().manual_seed(0))
+    smoke = get_config("smoke").to_dict()
+    if name.startswith("make_rule("):
+        rung, lr = name[len("make_rule("):-1].split(", lr=")
+        lr = {"nan": NAN, "inf": INF, "True": True}[lr] if lr in ("nan", "inf", "True") else ast.literal_eval(lr)
+        return lambda: make_rule(rung, learner, theta0, lr, steps=3)
+    if name.startswith("load_trained("):
+        stored = {"configuration a string": "smoke", "a newer field": {**smoke, "newer_field": 1},
+                  "n_way '5'": {**smoke, "n_way": "5"}, "hidden 0": {**smoke, "hidden": 0},
+                  "rule adam": {**smoke, "rule": "adam"}, "p -1": {**smoke, "p": -1.0},
+                  "sgd rule_lr nan": {**smoke, "rule": "sgd", "rule_lr": NAN},
+                  "bn_eps a string": {**smoke, "bn_eps": "small"}}[name[len("load_trained("):-1]]
+        path = _checkpoint_with_config(w / "bad.pt", stored)
+        return lambda: load_trained(path)
+    raise KeyError(name)
+
+
+@pytest.mark.parametrize("case,words", [pytest.param(c, words, id=c) for c, words in API_RAW])
+def test_a_bad_api_input_is_one_value_error_naming_it(case, words, tmp_path):
+    """The API's refusals that need no run folder: one ValueError, one line naming the bad value
+    and what would be valid, every file as it was."""
+    call = api_case(case, tmp_path)
+    before = fingerprint(tmp_path)
+    with pytest.raises(ValueError) as info:
+        call()
+    check_line(str(info.value).strip().splitlines(), words, tmp_path)
+    assert fingerprint(tmp_path) == before
 
 
 # -- caches keyed by content -------------------------------------------------------------------
