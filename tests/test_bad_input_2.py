@@ -254,6 +254,11 @@ API_RAW = [
         ("sgd rule_lr nan", ["sgd rule's step size", "got nan"]),
         ("p -1", ["p (the preprocessing's scale", "got -1.0"]),
         ("bn_eps a string", ["not supported"]))],
+    # the learner: images with NaN or infinity (a floating image; integer ones are refused by dtype)
+    ("Learner(NaN images)", ["images hold NaN or infinity", "must be finite"]),
+    ("Learner(an infinite pixel)", ["images hold NaN or infinity", "must be finite"]),
+    ("Learner.features(NaN images)", ["images hold NaN or infinity", "must be finite"]),
+    ("Learner(float64 NaN images, bn='running')", ["images hold NaN or infinity", "must be finite"]),
 ]
 
 
@@ -276,6 +281,16 @@ def api_case(name: str, w: Path):
                   "bn_eps a string": {**smoke, "bn_eps": "small"}}[name[len("load_trained("):-1]]
         path = _checkpoint_with_config(w / "bad.pt", stored)
         return lambda: load_trained(path)
+    x = torch.rand(4, 1, 28, 28, generator=torch.Generator().manual_seed(1))
+    if name.startswith("Learner"):
+        if "infinite" in name:
+            x[3, 0, 27, 27] = INF
+        else:
+            x[1, 0, 5, 7] = NAN
+        if "float64" in name:
+            stats = learner.new_bn_stats()
+            return lambda: learner(x.double(), theta0.double(), bn="running", stats=stats)
+        return lambda: (learner.features if ".features" in name else learner)(x, theta0)
     raise KeyError(name)
 
 
