@@ -26,6 +26,7 @@ F.max_pool2d(F.relu(x), 2) - the readable path (Config.fast, `--reference`).
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 
 import torch
@@ -115,11 +116,11 @@ class Learner:
         if side == 0:
             raise ValueError(f"image_size {image_size} is too small for {n_blocks} blocks of 2x2 "
                              f"max-pooling (needs at least {2 ** n_blocks})")
-        if not 0.0 < bn_momentum <= 1.0:
-            raise ValueError(f"bn_momentum must be in (0, 1], got {bn_momentum}")
-        if not 0.0 < bn_eps < float("inf"):
+        if not isinstance(bn_momentum, numbers.Real) or not 0.0 < bn_momentum <= 1.0:
+            raise ValueError(f"bn_momentum must be in (0, 1], got {bn_momentum!r}")
+        if not isinstance(bn_eps, numbers.Real) or not 0.0 < bn_eps < float("inf"):
             raise ValueError(f"bn_eps must be a finite number > 0 (it keeps batch norm's division "
-                             f"finite), got {bn_eps}")
+                             f"finite), got {bn_eps!r}")
         self.n_way, self.in_channels, self.image_size = n_way, in_channels, image_size
         self.n_filters, self.n_blocks = n_filters, n_blocks
         self.bn_eps, self.bn_momentum = bn_eps, bn_momentum

@@ -36,6 +36,8 @@ backpropagates through theta_T ... theta_1 to c_0 and both layers.
 """
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import dataclass
 from typing import Callable
 
@@ -44,7 +46,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from metalstm.fused import fused_step
-from metalstm.learner import BNStats, Learner
+from metalstm.learner import BNStats, Learner, all_finite
 from metalstm.preprocess import preprocess
 
 
@@ -144,7 +146,12 @@ class MetaLearner(nn.Module):
 
     def step(self, loss: Tensor, grad: Tensor, theta: Tensor,
              state: MetaLearnerState) -> tuple[Tensor, MetaLearnerState, Gates]:
-        """One update theta_{t-1} -> theta_t from the (detached) loss L_t and gradient grad_t."""
+        """One update theta_{t-1} -> theta_t from the (detached) loss L_t and gradient grad_t.
+
+        One ValueError, before anything is computed, for a grad_t of another shape than theta's
+        and for a loss or gradient with NaN or infinity (theta_t would be NaN: paper notes 4's
+        preprocessing passes a NaN on to every gate)."""
+        check_step_inputs(loss, grad, theta)
         if not self.fused:
             return self.reference_step(loss, grad, theta, state)
         theta, h, c, f, i, a_f, a_i = fused_step(
@@ -175,6 +182,30 @@ class MetaLearner(nn.Module):
         return theta, MetaLearnerState(h, c, *fed_back), Gates(f, i)
 
 
+class NonFiniteStepError(ValueError):
+    """The loss or gradient handed to a step has NaN or infinity: a bad input, or (inside
+    `inner_loop`, whose images are checked) an inner loop that diverged."""
+
+
+def check_step_inputs(loss: Tensor, grad: Tensor, theta: Tensor) -> None:
+    """One ValueError unless grad has theta's shape and the loss and every gradient value are finite.
+
+    Cheap enough for every step: one sum of grad and the loss (a NaN or an infinity makes it
+    non-finite) and one number read back; the exact tests run only when that sum is not finite."""
+    if grad.shape != theta.shape:
+        raise ValueError(f"grad has {grad.numel()} values, theta {theta.numel()}: grad_t must have theta's "
+                         f"shape {tuple(theta.shape)}, got {tuple(grad.shape)}")
+    if math.isfinite((grad.detach().sum() + loss.detach().sum()).item()):
+        return
+    bad = [] if all_finite(loss) else [f"the loss L_t is {loss.tolist()}"]
+    if not all_finite(grad):
+        count = int((~torch.isfinite(grad)).sum())
+        bad.append(f"grad_t holds {count} NaN or infinite values of {grad.numel()}")
+    if bad:                                    # else finite values whose sum overflowed: they are fine
+        raise NonFiniteStepError(f"{' and '.join(bad)}; the loss and gradient of a step must be finite "
+                                 f"(NaN or infinity in theta_(t-1) or in the images gives them)")
+
+
 class SGDCell(nn.Module):
     """Plain SGD written as the same cell with fixed gates f = 1, i = lr (paper notes 3).
 
@@ -199,6 +230,31 @@ class SGDCell(nn.Module):
 
 
 # -- the inner loop (paper notes 5) -------------------------------------------------------
+def check_steps(steps) -> None:
+    """One ValueError unless steps is a whole number >= 0 (a Python or NumPy integer, not a bool)."""
+    if not isinstance(steps, numbers.Integral) or isinstance(steps, bool) or steps < 0:
+        raise ValueError(f"steps must be a whole number >= 0, got {steps!r}")
+
+
+def check_examples(x: Tensor, y: Tensor, n_way: int | None, which: str) -> None:
+    """One ValueError unless the `which` ("support", "query") images x are finite and the labels y
+    are class numbers, one per image, in 0..n_way-1 (when n_way is known). Once per episode:
+    one sum of the images, one min and max of the labels."""
+    if not all_finite(x):
+        raise ValueError(f"the {which} images hold NaN or infinity; they must be finite")
+    if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
+        raise ValueError(f"the {which} labels must be class numbers in an integer tensor, got {y.dtype} "
+                         f"(e.g. y.long())")
+    if y.dim() != 1 or (x.dim() >= 1 and y.shape[0] != x.shape[0]):
+        images = x.shape[0] if x.dim() else "?"
+        raise ValueError(f"the {which} labels must be one per image, shape ({images},), got shape {tuple(y.shape)}")
+    if n_way is not None and y.numel():
+        low, high = torch.stack(torch.aminmax(y)).tolist()
+        if low < 0 or high >= n_way:
+            raise ValueError(f"the {which} labels must lie in 0..{n_way - 1} (the learner is {n_way}-way), "
+                             f"got {low if low < 0 else high}")
+
+
 def loss_and_grad(learner: Learner, x: Tensor, y: Tensor, theta: Tensor, bn: str = "batch",
                   stats: BNStats | None = None) -> tuple[Tensor, Tensor]:
     """L_t and grad_t = dL_t/dtheta of f(.; theta) on (x, y), both DETACHED (paper notes 5)."""
@@ -216,8 +272,7 @@ def support_batches(n: int, batch_size: int, steps: int,
     (in the given order when generator is None, as in the authors' code)."""
     if not 1 <= batch_size <= n:
         raise ValueError(f"batch_size must be between 1 and the support set's size {n}, got {batch_size}")
-    if steps < 0:
-        raise ValueError(f"steps must be >= 0, got {steps}")
+    check_steps(steps)
     batches: list[Tensor] = []
     while len(batches) < steps:
         order = torch.arange(n) if generator is None else torch.randperm(n, generator=generator)
@@ -263,7 +318,12 @@ def inner_loop(learner: Learner, rule: nn.Module, support_x: Tensor, support_y: 
     where the gate recorder (metalstm.viz.trace_episode), the baselines' accuracy curves
     and notebook 06 look inside the loop. When it runs, `stats` hold the running
     averages of the t support passes so far.
+
+    steps that is not a whole number >= 0, support images with NaN or infinity, or labels
+    outside 0..learner.n_way-1 are one ValueError before the first step.
     """
+    check_steps(steps)
+    check_examples(support_x, support_y, getattr(learner, "n_way", None), "support")
     theta = rule.c0 if theta0 is None else theta0
     state = rule.initial_state()
     losses, gates = [], ([] if record else None)
@@ -303,7 +363,12 @@ def run_episode(learner: Learner, rule: nn.Module, episode, steps: int, batch_si
     mode="test": the support steps use batch statistics and accumulate running
         averages in a FRESH BNStats (nothing carries over from another episode);
         the query pass normalises with them. No meta-graph is built.
+
+    A bad steps, images with NaN or infinity or labels outside 0..learner.n_way-1 (query here,
+    support in `inner_loop`) are one ValueError before any work.
     """
+    check_steps(steps)
+    check_examples(episode.query_x, episode.query_y, getattr(learner, "n_way", None), "query")
     if mode == "train":
         theta, losses, gates = inner_loop(learner, rule, episode.support_x, episode.support_y, steps,
                                           batch_size, bn="batch", generator=generator, record=record)

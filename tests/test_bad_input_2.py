@@ -18,6 +18,7 @@ Then what a bad input cannot show:
 from __future__ import annotations
 
 import ast
+import dataclasses
 import errno
 import functools
 import importlib
@@ -253,12 +254,35 @@ API_RAW = [
         ("rule adam", ["'adam'", "lstm"]),
         ("sgd rule_lr nan", ["sgd rule's step size", "got nan"]),
         ("p -1", ["p (the preprocessing's scale", "got -1.0"]),
-        ("bn_eps a string", ["not supported"]))],
+        ("bn_eps a string", ["bn_eps", "finite number > 0", "got 'small'"]))],
     # the learner: images with NaN or infinity (a floating image; integer ones are refused by dtype)
     ("Learner(NaN images)", ["images hold NaN or infinity", "must be finite"]),
     ("Learner(an infinite pixel)", ["images hold NaN or infinity", "must be finite"]),
     ("Learner.features(NaN images)", ["images hold NaN or infinity", "must be finite"]),
     ("Learner(float64 NaN images, bn='running')", ["images hold NaN or infinity", "must be finite"]),
+    # the inner loop and an episode: steps, images and labels, refused before the first step
+    ("inner_loop(steps=2.5)", ["steps must be a whole number >= 0", "got 2.5"]),
+    ("inner_loop(steps=-1)", ["steps must be a whole number >= 0", "got -1"]),
+    ("run_episode(steps=True)", ["steps must be a whole number >= 0", "got True"]),
+    ("run_episode(steps='8')", ["steps must be a whole number >= 0", "got '8'"]),
+    ("inner_loop(NaN support images)", ["the support images hold NaN or infinity", "must be finite"]),
+    ("run_episode(an infinite support pixel, test)", ["the support images hold NaN or infinity"]),
+    ("run_episode(NaN query images, train)", ["the query images hold NaN or infinity", "must be finite"]),
+    ("run_episode(NaN query images, test)", ["the query images hold NaN or infinity", "must be finite"]),
+    ("inner_loop(support label 5, 5-way)", ["support labels", "0..4", "5-way", "got 5"]),
+    ("run_episode(query label -1)", ["query labels", "0..4", "got -1"]),
+    ("run_episode(query label -100, cross_entropy's ignore_index)", ["query labels", "0..4", "got -100"]),
+    ("run_episode(query label 7, test)", ["query labels", "0..4", "got 7"]),
+    ("inner_loop(float labels)", ["support labels", "integer tensor", "torch.float32"]),
+    ("inner_loop(a label short)", ["support labels", "one per image", "(25,)", "(24,)"]),
+    # a meta-learner step: grad of another length, NaN or infinity in the loss or gradient
+    ("MetaLearner.step(grad of 49 values)", ["grad has 49 values, theta 50"]),
+    ("MetaLearner.step(NaN loss)", ["the loss L_t is nan", "must be finite"]),
+    ("MetaLearner.step(an infinite loss, no_grad)", ["the loss L_t is inf", "must be finite"]),
+    ("MetaLearner.step(inf in grad)", ["grad_t holds 1 NaN or infinite values of 50", "must be finite"]),
+    ("MetaLearner.step(NaN grad, reference)", ["grad_t holds 2 NaN or infinite values of 50"]),
+    ("MetaLearner.step(NaN grad, native C loops)", ["grad_t holds 1 NaN or infinite values of 50"]),
+    ("MetaLearner.step(NaN loss and grad, no_grad)", ["the loss L_t is nan and grad_t holds 50 NaN"]),
 ]
 
 
@@ -291,7 +315,72 @@ def api_case(name: str, w: Path):
             stats = learner.new_bn_stats()
             return lambda: learner(x.double(), theta0.double(), bn="running", stats=stats)
         return lambda: (learner.features if ".features" in name else learner)(x, theta0)
+    if name.startswith(("inner_loop(", "run_episode(")):
+        return _episode_case(name, learner, theta0)
+    if name.startswith("MetaLearner.step("):
+        return _step_case(name)
     raise KeyError(name)
+
+
+def _episode_case(name: str, learner, theta0):
+    from metalstm.metalearner import SGDCell, inner_loop, run_episode
+    from testkit import random_episode
+    ep, rule, steps = random_episode(k_shot=5, n_query=3), SGDCell(theta0, 0.1), 2
+    if "steps=" in name:
+        steps = ast.literal_eval(name.split("steps=")[1][:-1])
+    if "support images" in name:
+        ep.support_x[7, 0, 3, 3] = NAN
+    if "support pixel" in name:
+        ep.support_x[24, 0, 27, 0] = -INF
+    if "query images" in name:
+        ep.query_x[14, 0, 0, 0] = NAN
+    if "support label 5" in name:
+        ep.support_y[-1] = 5
+    if "query label" in name:
+        ep.query_y[3] = int(name.split("query label ")[1].split(",")[0].rstrip(")"))
+    if "float labels" in name:
+        ep = dataclasses.replace(ep, support_y=ep.support_y.float())
+    if "a label short" in name:
+        ep = dataclasses.replace(ep, support_y=ep.support_y[:-1])
+    if name.startswith("inner_loop("):
+        return lambda: inner_loop(learner, rule, ep.support_x, ep.support_y, steps, 5)
+    mode = "test" if "test" in name else "train"
+    return lambda: run_episode(learner, rule, ep, steps, 5, mode=mode)
+
+
+def _step_case(name: str):
+    import contextlib
+
+    from metalstm import fused, native
+    from metalstm.metalearner import MetaLearner
+    n = 50
+    g = torch.Generator().manual_seed(3)
+    meta = MetaLearner(n, theta0=torch.randn(n, generator=g), generator=g, fused="reference" not in name)
+    loss, grad, state = torch.tensor(0.7), 1e-2 * torch.randn(n, generator=g), meta.initial_state()
+    if "49 values" in name:
+        grad = grad[:49]
+    if "NaN loss" in name:
+        loss = torch.tensor(NAN)
+    if "infinite loss" in name:
+        loss = torch.tensor(INF)
+    if "inf in grad" in name:
+        grad[11] = INF
+    if "NaN grad" in name:
+        grad[[4, 40][:1 if "native" in name else 2]] = NAN
+    if "loss and grad" in name:
+        grad[:] = NAN
+
+    def call():
+        if "native" in name and not native.available():
+            pytest.skip("native.c does not compile here (no C compiler?)")
+        was = fused.native_on()
+        fused.set_native("native" in name)
+        try:
+            with torch.no_grad() if "no_grad" in name else contextlib.nullcontext():
+                return meta.step(loss, grad, meta.c0, state)
+        finally:
+            fused.set_native(was)
+    return call
 
 
 @pytest.mark.parametrize("case,words", [pytest.param(c, words, id=c) for c, words in API_RAW])
@@ -304,6 +393,20 @@ def test_a_bad_api_input_is_one_value_error_naming_it(case, words, tmp_path):
         call()
     check_line(str(info.value).strip().splitlines(), words, tmp_path)
     assert fingerprint(tmp_path) == before
+
+
+def test_finite_values_whose_sum_overflows_are_not_refused():
+    """The checks sum first (cheap) and test value by value only when the sum is not finite: finite
+    values that overflow the sum pass; one NaN among them does not."""
+    from metalstm.learner import all_finite
+    from metalstm.metalearner import MetaLearner
+    big = torch.full((50,), 3e38)
+    assert all_finite(big) and not all_finite(torch.cat([big, torch.tensor([NAN])]))
+    assert all_finite(torch.full((4,), 6e4, dtype=torch.float16))            # summed in float32
+    meta = MetaLearner(50, theta0=torch.zeros(50), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        theta, _, _ = meta.step(torch.tensor(1.0), big, meta.c0, meta.initial_state())
+    assert torch.isfinite(theta).all()
 
 
 # -- caches keyed by content -------------------------------------------------------------------
@@ -396,7 +499,7 @@ def test_the_shipped_results_are_reused_in_full_under_their_keys():
         c0 = load_trained(report["checkpoint"])[1].c0.detach().cpu()
         keys.update(baseline_keys(cfg, METHODS, {s: load_split(cfg, s) for s in ("train", "val")}, c0))
         found = reusable([path], cfg, 600, samplers, keys)
-        assert len(found) == sum(len(b["results"]) for b in report["test_sets"].values()) == 22
+        assert len(found) == sum(len(b["results"]) for b in report["test_sets"].values()) == 24
         assert reusable([path], cfg, 600, samplers, {}) == {}           # no key, no reuse
 
 
