@@ -140,6 +140,9 @@ RAW = [
     ("digits", ["--nn-baseline", "--threads", "0"], ["--threads", ">= 1"]),
     ("glyphs", ["--sample-grid", "{w}/afile/grid.png"], ["--sample-grid", "afile", "is a file"]),
     ("gpu_check", ["--out", "{w}/afile", "--no-bench", "--device", "cpu"], ["--out", "afile", "folder"]),
+    ("grid", ["--config", "smoke", "--shots", "1", "--out", "{w}/afile"], ["--out", "afile", "is a file"]),
+    ("grid", ["--config", "smoke", "--shots", "1", "--out", "{w}/g", "--publish", "{w}/afile/pub"],
+     ["--publish", "afile", "is a file", "nothing can be written"]),
     # -- unclear before ----------------------------------------------------------------------
     ("evaluate", [*E, "--test-sets", "omniglot"], ["--test-sets omniglot", "glyphs, digits"]),
     ("evaluate", [*E, "--test-sets", "mini-imagenet"], ["--test-sets mini-imagenet", "glyphs, digits"]),
@@ -158,7 +161,7 @@ MAINS = {"train": "metalstm.train", "evaluate": "metalstm.evaluate", "baselines"
          "digits": "metalstm.tools.build_digits", "glyphs": "metalstm.tools.build_glyphs",
          "diagnose": "metalstm.tools.diagnose", "results_table": "metalstm.tools.results_table",
          "untrained_row": "metalstm.tools.untrained_row", "gpu_check": "metalstm.tools.gpu_check",
-         "course": "metalstm.tools.course", "episodes": "metalstm.episodes"}
+         "course": "metalstm.tools.course", "episodes": "metalstm.episodes", "grid": "metalstm.tools.grid"}
 
 
 def case_id(what: str, target) -> str:
@@ -407,6 +410,24 @@ def test_finite_values_whose_sum_overflows_are_not_refused():
     with torch.no_grad():
         theta, _, _ = meta.step(torch.tensor(1.0), big, meta.c0, meta.initial_state())
     assert torch.isfinite(theta).all()
+
+
+@pytest.mark.parametrize("flag", ["--out", "--publish"])
+def test_grid_refuses_a_folder_it_cannot_write_before_any_run_starts(flag, tmp_path, monkeypatch, capsys):
+    from metalstm.tools import grid
+    locked = tmp_path / "ro"
+    locked.mkdir()
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode, **k: False if Path(p) == locked and mode == os.W_OK
+                        else real_access(p, mode, **k))
+    monkeypatch.setattr(subprocess, "Popen", _refused(subprocess.Popen, "a run started before the check"))
+    folders = {"--out": tmp_path / "out", "--publish": tmp_path / "pub"} | {flag: locked / "sub"}
+    code = grid.main(["--config", "smoke", "--shots", "1", "--rungs", "sgd", "--seeds", "0",
+                      "--out", str(folders["--out"]), "--publish", str(folders["--publish"])])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    check_line(error_line(err), [flag, "ro/sub", "is not writable"], tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ro"] and not any(locked.iterdir())
 
 
 # -- caches keyed by content -------------------------------------------------------------------

@@ -41,14 +41,13 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from metalstm.checkpoint import hold_folder
-from metalstm.cli import positive_float, positive_int
+from metalstm.checkpoint import atomic_write, hold_folder
+from metalstm.cli import check_folder, positive_float, positive_int
 from metalstm.config import CONFIGS
 from metalstm import rules
 
@@ -155,22 +154,10 @@ def describe(s: Standing, final: int) -> str:
 
 
 # -- what the grid writes besides the runs: summary.json, published copies, commits ---------
-def write_atomically(path: Path, write) -> None:
-    """Write `path` through a temporary file in its folder and os.replace: whole or not at all."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def publish(spec: Spec, dest: Path) -> list[Path]:
     """Copy a finished run's log.csv (and, for seed 0, best.pt) into `dest` as NAME.log.csv and
-    NAME.pt; returns the copies that changed (an identical copy is not rewritten)."""
+    NAME.pt; returns the copies that changed (an identical copy is not rewritten). Each copy is
+    written atomically (`metalstm.checkpoint.atomic_write`): whole, or the old file as it was."""
     pairs = [(spec.folder / "log.csv", dest / f"{spec.name}.log.csv")]
     if spec.seed == 0:
         pairs.append((spec.folder / "best.pt", dest / f"{spec.name}.pt"))
@@ -179,7 +166,7 @@ def publish(spec: Spec, dest: Path) -> list[Path]:
         if dst.is_file() and filecmp.cmp(src, dst, shallow=False):
             continue
         with open(src, "rb") as f:
-            write_atomically(dst, lambda out: shutil.copyfileobj(f, out))
+            atomic_write(dst, lambda out: shutil.copyfileobj(f, out))
         changed.append(dst)
     return changed
 
@@ -310,7 +297,7 @@ class Grid:
     def write_summary(self) -> None:
         data = {"episodes": self.args.episodes, "val_every": self.args.val_every,
                 "updated": time.strftime("%Y-%m-%d %H:%M:%S"), "runs": self.records}
-        write_atomically(self.summary_path, lambda f: f.write(json.dumps(data, indent=2).encode()))
+        atomic_write(self.summary_path, json.dumps(data, indent=2))
 
     def finished(self, child: Child, code: int, cpu: float | None, stopping: bool) -> None:
         spec, wall = child.spec, time.monotonic() - child.started
@@ -464,8 +451,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         specs = make_plan(args.config, _unique(args.rungs), _unique(args.shots), _unique(args.seeds),
                           Path(args.out), args.order)
-        if args.publish and Path(args.publish).exists() and not Path(args.publish).is_dir():
-            raise ValueError(f"--publish {args.publish} is a file; it must be a folder")
+        for flag, folder in (("--out", args.out), ("--publish", args.publish)):
+            check_folder(folder, flag, writable=not args.dry_run)   # before any run starts
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
