@@ -56,7 +56,7 @@ from metalstm.episodes import episode_generator, sampler_for
 from metalstm.evaluate import evaluate_rule
 from metalstm.rules import RUNGS, build_model, load_trained
 from metalstm.stats import mean_ci95
-from metalstm.metalearner import run_episode
+from metalstm.metalearner import NonFiniteStepError, run_episode
 
 if TYPE_CHECKING:
     from metalstm.episodes import EpisodeSampler
@@ -282,8 +282,12 @@ def meta_gradient(run: Run, episodes: range) -> tuple[float, float]:
     totals = torch.zeros(2)                          # this process's summed query loss and accuracy
     for i in mine:
         ep = run.train_episodes[i].to(run.device)
-        res = run_episode(run.learner, run.rule, ep, cfg.steps, cfg.batch_size, mode="train",
-                          generator=episode_generator(run.train_episodes.seed, i))
+        try:
+            res = run_episode(run.learner, run.rule, ep, cfg.steps, cfg.batch_size, mode="train",
+                              generator=episode_generator(run.train_episodes.seed, i))
+        except NonFiniteStepError:                   # the inner loop diverged: a NaN query loss, so that
+            totals += torch.tensor([math.nan, 0.0])  # every process stops below, after the all-reduce
+            continue
         (res.query_loss / n).backward()              # the meta-gradient of the mean query loss
         totals += torch.tensor([res.query_loss.item(), res.query_acc])
     all_reduce_grads_(run.params, world)

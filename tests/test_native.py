@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from metalstm import fused, native
-from metalstm.metalearner import MetaLearner
+from metalstm.metalearner import MetaLearner, NonFiniteStepError
 from metalstm.preprocess import preprocess
 from test_fused import perturbed_meta, unroll
 
@@ -126,11 +126,16 @@ def test_native_preprocessing_is_paper_notes_4():
 
 @pytest.mark.parametrize("where", ["grad", "c", "h"])
 def test_a_nan_still_reaches_theta(native_on, where):
-    """The non-finite guard of train.py sees a diverging run: a NaN in grad_t, in the cell state
-    (through tanh) or in h (through z and every gate's exp) gives NaN in theta_t."""
+    """The non-finite guard of train.py sees a diverging run: a NaN in the cell state (through tanh)
+    or in h (through z and every gate's exp) gives NaN in theta_t; a NaN in grad_t is refused by
+    MetaLearner.step before the C loops run."""
     meta = perturbed_meta(50, "value").float()
     grad, state = torch.zeros(50), meta.initial_state()
     {"grad": grad, "c": state.c[3], "h": state.h[5]}[where][7] = float("nan")
+    if where == "grad":
+        with pytest.raises(NonFiniteStepError):
+            meta.step(torch.tensor(1.0), grad, meta.c0, state)
+        return
     with torch.no_grad():
         theta, new, _ = meta.step(torch.tensor(1.0), grad, meta.c0, state)
     assert torch.isnan(theta[7]) and torch.isfinite(theta[:7]).all() and torch.isfinite(theta[8:]).all()
