@@ -22,6 +22,10 @@ COUNTS = ("image_size", "in_channels", "n_way", "k_shot", "n_query", "steps", "b
           "val_every", "val_episodes", "test_episodes", "meta_batch", "hidden")
 
 
+# the ladder of update rules (paper notes 11), in order; metalstm.rules builds each of them
+RUNGS = ("sgd", "init", "meta-sgd", "schedule", "magnitude", "lstm")
+
+
 @dataclass(frozen=True)
 class Config:
     name: str
@@ -83,7 +87,6 @@ class Config:
             value = d.get(name, 1)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"configuration field {name} must be a whole number >= 1, got {value!r}")
-        from metalstm.rules import RUNGS        # the ladder of update rules (paper notes 11)
         if d.get("rule", "lstm") not in RUNGS:
             raise ValueError(f"configuration field rule is {d['rule']!r}; the ladder is {', '.join(RUNGS)}")
         d = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}

@@ -43,11 +43,10 @@ import torch
 from torch import Tensor, nn
 
 from metalstm.checkpoint import CheckpointError, load_checkpoint
-from metalstm.config import Config
+from metalstm.config import RUNGS, Config
 from metalstm.learner import Learner
 from metalstm.metalearner import Gates, MetaLearner, SGDCell
 
-RUNGS = ("sgd", "init", "meta-sgd", "schedule", "magnitude", "lstm")
 RUNG_NAMES = {"sgd": "SGD (random init)", "init": "Learned init (FO-MAML)", "meta-sgd": "Meta-SGD",
               "schedule": "Learned schedule", "magnitude": "Schedule x gradient magnitude",
               "lstm": "Meta-Learner LSTM"}

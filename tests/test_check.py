@@ -115,6 +115,14 @@ def _wrong_c0_only(cfg, episodes):                                     # trains 
     return learner, meta
 
 
+def _wrong_gap_unpaired(learner, metalearner, rule, sampler, cfg, episodes):   # the difference of the means
+    from metalstm.evaluate import evaluate_rule                                 # with an unpaired interval
+    from metalstm.stats import mean_ci95
+    a, b = (evaluate_rule(learner, r, sampler, episodes, cfg) for r in (rule, metalearner))
+    (ma, ha), (mb, hb) = mean_ci95(a), mean_ci95(b)
+    return ma - mb, ha + hb
+
+
 WRONG = {
     ("01", 1): _wrong_any_sizes,
     ("01", 2): lambda c, n, labelled=True: c ** n,
@@ -134,6 +142,7 @@ WRONG = {
     ("06", 1): _WrongNoForgetting,
     ("06", 2): _WrongScheduleRule,
     ("06", 3): _wrong_beyond_T,
+    ("06", 4): _wrong_gap_unpaired,
 }
 
 
@@ -143,7 +152,8 @@ def solutions():
 
 
 def test_every_exercise_has_a_check():
-    assert sorted(check.REGISTRY) == [(nb, k) for nb in ("01", "02", "03", "04", "05", "06") for k in (1, 2, 3)]
+    three = [(nb, k) for nb in ("01", "02", "03", "04", "05", "06") for k in (1, 2, 3)]
+    assert sorted(check.REGISTRY) == sorted(three + [("06", 4)])
     assert set(WRONG) == set(check.REGISTRY)
 
 
