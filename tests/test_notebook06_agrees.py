@@ -174,7 +174,8 @@ def shipped():
     out = {"records": {}, "models": {}, "rungs": {}}
     for k in (1, 5):
         learner, meta, cfg, _ = out["models"][k] = load_trained(shipped_checkpoint(f"glyphs-{k}shot"))
-        out["records"][k] = record_gates(learner, meta, sampler_for(cfg, "val"), cfg, episodes=20, progress=False)
+        out["records"][k] = record_gates(learner, meta, sampler_for(cfg, "val"), cfg, episodes=20, progress=False,
+                                         inputs=True)
         for rung in ("schedule", "meta-sgd"):
             out["rungs"][k, rung] = load_trained(shipped_checkpoint(f"glyphs-{k}shot", rung=rung))
     return out
@@ -314,3 +315,95 @@ def test_the_check_of_exercise4_catches_a_wrong_sign(solutions):
         mean, half = solutions.substitution_gap(learner, metalearner, rule, sampler, cfg, episodes)
         return -mean, half
     assert not exercise("06", 4, swapped, quiet=True)
+
+
+# -- sections 6.2 (late steps), 6.5 (what the gate responds to), 6.6-6.7 and 7 (the substitutions) ----------
+RESULTS = Path(__file__).resolve().parents[1] / "data" / "results"
+
+
+def substitution(k):
+    import json
+    return json.loads((RESULTS / f"substitution-{k}shot.json").read_text())
+
+
+def gap(report, test_set, name):
+    from metalstm.stats import paired_difference
+    accs = report["test_sets"][test_set]["accuracies"]
+    return paired_difference(accs[name], accs["lstm"])
+
+
+def test_the_substitution_files_were_measured_on_the_shipped_checkpoints():
+    import hashlib
+    for k in (1, 5):
+        shipped = hashlib.sha256(shipped_checkpoint(f"glyphs-{k}shot").read_bytes()).hexdigest()
+        report = substitution(k)
+        assert report["checkpoint_sha256"] == shipped
+        assert all(len(a) == report["episodes"] == 600 for part in report["test_sets"].values()
+                   for a in part["accuracies"].values())
+
+
+def test_the_large_gates_come_on_near_zero_gradients(shipped):
+    """6.2: from the first step with 3/4 of the largest median gate on, the support loss is about 0 and a
+    step moves a coordinate far less than step 1."""
+    for k, r in shipped["records"].items():
+        i_med = r.input.double().median(dim=2).values.median(dim=0).values
+        length = (r.input.double() * r.grad.double().abs()).median(dim=2).values.median(dim=0).values
+        big = int((i_med >= 0.75 * i_med.max()).nonzero()[0])
+        assert big >= 2                                              # not at step 1 or 2
+        assert r.support_loss.double().median(dim=0).values[big] < 0.05
+        assert length[0] > 10 * length[big]
+
+
+def test_what_the_input_gate_responds_to(shipped):
+    """6.5: strongly anti-correlated with ln|g| at steps 1-3; the schedule explains most variance, ln|g| the
+    next, the other inputs little; the intervention: flat below e^-p, falling above; every fitted b_t < 0."""
+    from metalstm.distill import fit_magnitude
+    from metalstm.rules import layer_index
+    from metalstm.viz.mechanism import correlations, explained_variance, gate_response
+
+    for k, r in shipped["records"].items():
+        learner, meta, cfg, _ = shipped["models"][k]
+        layer_of = layer_index(learner)[0]
+        table = correlations(r, layer_of)
+        for t in range(3):
+            assert torch.tensor([c["magnitude"] for c in table[t]]).median() < -0.5
+        shares = explained_variance(r, layer_of)
+        others = [shares[f"+ {n}"] for n in ("sign", "loss", "theta", "previous gate")]
+        assert shares["step and layer"] > shares["+ magnitude"] > max(others) and max(others) < 0.05
+        magnitudes = torch.logspace(-8, 0, 9)
+        sampler = sampler_for(cfg, "val")
+        response = gate_response(learner, meta, sampler[0], cfg.steps, cfg.batch_size,
+                                 episode_generator(sampler.seed, 0), magnitudes, layer_of)[:, :, 0]
+        assert (response[:, :3].max(dim=1).values - response[:, :3].min(dim=1).values).max() < 0.01
+        assert ((response[:, -1] / response[:, 4]) ** 0.25 < 0.95).all()
+        cell = fit_magnitude(r, meta.c0.detach(), layer_of)
+        assert (cell.b < 0).all()
+
+
+def test_the_substitutions_the_notebook_reads():
+    """6.2, 6.6, 6.7 and the summary: the median schedule loses tens of points everywhere; sign descent
+    loses everywhere and RMSprop at 1-shot; the logistic rule comes closest, level with or above the LSTM
+    at 5-shot and a little below it at 1-shot; f = 1 changes nothing measurable; stopping after 3
+    updates costs accuracy everywhere, more on digits; Meta-SGD's conv 1 frozen changes nothing
+    measurable, removing its negative steps costs accuracy."""
+    from metalstm.stats import paired_difference, significant
+    below = lambda d: significant(*d) and d[0] < 0            # noqa: E731
+    for k in (1, 5):
+        report = substitution(k)
+        for test_set in ("glyphs", "digits"):
+            assert gap(report, test_set, "median")[0] < -0.10
+            assert below(gap(report, test_set, "sign"))
+            assert not significant(*gap(report, test_set, "no-forget"))
+            assert below(gap(report, test_set, "first 3 steps"))
+            assert -0.02 < gap(report, test_set, "magnitude")[0] < 0.02
+            if k == 1:
+                assert gap(report, test_set, "rmsprop")[0] < -0.10 and below(gap(report, test_set, "magnitude"))
+            else:
+                assert not below(gap(report, test_set, "magnitude"))
+        assert gap(report, "digits", "first 3 steps")[0] < gap(report, "glyphs", "first 3 steps")[0]
+        accs = report["meta_sgd"]["glyphs"]
+        assert not significant(*paired_difference(accs["conv 1 frozen"], accs["meta-sgd"]))
+        assert below(paired_difference(accs["no ascent"], accs["meta-sgd"]))
+    worst = {name: min(gap(substitution(k), t, name)[0] for k in (1, 5) for t in ("glyphs", "digits"))
+             for name in ("median", "power", "sign", "rmsprop", "magnitude")}
+    assert max(worst, key=worst.get) == "magnitude"
