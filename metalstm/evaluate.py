@@ -129,19 +129,27 @@ def rule_key(path, native: bool = False, reference: bool = False) -> str:
                                       "reference": bool(reference)}, sort_keys=True).encode()).hexdigest()
 
 
+def read_results_object(path, label: str, hint: str) -> tuple[dict, Callable[[str], ValueError]]:
+    """An evaluate --json file as a dict, and `bad(what)` for the caller's own checks: one ValueError
+    naming the file (as `label`) when it cannot be read, is not JSON or holds no object."""
+    try:
+        report = json.loads(Path(path).read_text())
+    except OSError as exc:
+        raise ValueError(f"{label}: cannot read it ({exc.strerror or exc})") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{label} is not a JSON file (damaged or cut short?): "
+                         f"{str(exc).splitlines()[0][:100]}; {hint}") from None
+
+    def bad(what):
+        return ValueError(f"{label} is not a results file of evaluate --json: {what}")
+    if not isinstance(report, dict):
+        raise bad(f"it holds {type(report).__name__ if report is not None else 'null'}, not an object")
+    return report, bad
+
+
 def _read_results(path, n: int) -> dict:
     """An earlier --json, checked: one ValueError naming the file and what is wrong with it."""
-    try:
-        old = json.loads(Path(path).read_text())
-    except OSError as exc:
-        raise ValueError(f"--reuse {path}: cannot read it ({exc.strerror or exc})") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"--reuse {path} is not a JSON file (damaged or cut short?): "
-                         f"{str(exc).splitlines()[0][:100]}; give a --json written by evaluate") from None
-    def bad(what):
-        return ValueError(f"--reuse {path} is not a results file of evaluate --json: {what}")
-    if not isinstance(old, dict):
-        raise bad(f"it holds {type(old).__name__ if old is not None else 'null'}, not an object")
+    old, bad = read_results_object(path, f"--reuse {path}", "give a --json written by evaluate")
     if not isinstance(old.get("config"), dict) or not isinstance(old.get("test_sets"), dict):
         raise bad("no \"config\" object or no \"test_sets\" object")
     for t, block in old["test_sets"].items():

@@ -275,12 +275,8 @@ def main(argv: list[str] | None = None) -> int:
         if pixel_nn_report(lambda: digits.load_digits("test"), args) != 0:
             return 2
     if args.sample_grid:
-        try:
-            print(f"wrote {sample_grid(args.sample_grid)}")
-        except OSError as exc:
-            print(f"error: could not write --sample-grid {args.sample_grid} ({exc.strerror or exc})"
-                  + ("; the previous file is unchanged" if Path(args.sample_grid).exists() else ""),
-                  file=sys.stderr)
+        from metalstm.tools.build_glyphs import write_sample_grid
+        if write_sample_grid(sample_grid, args.sample_grid) != 0:
             return 2
     return status
 

@@ -370,15 +370,21 @@ def main(argv: list[str] | None = None) -> int:
         _stats()
     if args.nn_baseline and pixel_nn_report(lambda: load_glyphs(args.split), args) != 0:
         return 2
-    if args.sample_grid:
-        try:
-            print(f"wrote {sample_grid(args.sample_grid)}")
-        except OSError as exc:
-            print(f"error: could not write --sample-grid {args.sample_grid} ({exc.strerror or exc})"
-                  + ("; the previous file is unchanged" if Path(args.sample_grid).exists() else ""),
-                  file=sys.stderr)
-            return 2
+    if args.sample_grid and write_sample_grid(sample_grid, args.sample_grid) != 0:
+        return 2
     return status
+
+
+def write_sample_grid(make, path) -> int:
+    """--sample-grid of build_glyphs and build_digits: make(path) writes the picture; 0, or one error
+    line and 2 (an existing file is left as it was)."""
+    try:
+        print(f"wrote {make(path)}")
+    except OSError as exc:
+        print(f"error: could not write --sample-grid {path} ({exc.strerror or exc})"
+              + ("; the previous file is unchanged" if Path(path).exists() else ""), file=sys.stderr)
+        return 2
+    return 0
 
 
 if __name__ == "__main__":

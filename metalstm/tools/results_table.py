@@ -25,15 +25,8 @@ def _diff(d) -> str:
 
 def _read(path) -> dict:
     """One evaluate --json file, checked: a ValueError naming the file and what is wrong."""
-    try:
-        report = json.loads(Path(path).read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{path} is not a JSON file (damaged or cut short?): "
-                         f"{str(exc).splitlines()[0][:100]}; give a file written by evaluate --json") from None
-    def bad(what):
-        return ValueError(f"{path} is not a results file of evaluate --json: {what}")
-    if not isinstance(report, dict):
-        raise bad(f"it holds {type(report).__name__ if report is not None else 'null'}, not an object")
+    from metalstm.evaluate import read_results_object
+    report, bad = read_results_object(path, str(path), "give a file written by evaluate --json")
     if not isinstance(report.get("config"), dict) or not isinstance(report["config"].get("k_shot"), int):
         raise bad("no \"config\" with a \"k_shot\"")
     if not isinstance(report.get("test_sets"), dict) or not report["test_sets"]:
