@@ -658,6 +658,12 @@ def _torch_loading(pid: int) -> bool:
         return False
 
 
+def _interruptible() -> None:
+    """In the child, before exec: Ctrl-C's default action, whatever this test run inherited (a shell
+    starts background jobs with SIGINT ignored, and Python keeps an ignored SIGINT ignored)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.parametrize("when", ["during the imports", "during the work"])
 def test_ctrl_c_ends_a_command_with_one_line_and_exit_130(tmp_path, when):
     if not Path("/proc/self/maps").exists():
@@ -666,7 +672,7 @@ def test_ctrl_c_ends_a_command_with_one_line_and_exit_130(tmp_path, when):
     proc = subprocess.Popen([sys.executable, "-m", "metalstm.evaluate", "--checkpoint",
                              str(SHIPPED / "glyphs-5shot.pt"), "--episodes", "600", "--threads", "1",
                              "--json", str(out)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env={**os.environ, "TQDM_DISABLE": "1"})
+                            text=True, env={**os.environ, "TQDM_DISABLE": "1"}, preexec_fn=_interruptible)
     deadline = time.time() + 60
     while not _torch_loading(proc.pid) and proc.poll() is None and time.time() < deadline:
         time.sleep(0.005)
@@ -684,7 +690,7 @@ def test_a_double_ctrl_c_during_training_is_exit_130_without_a_traceback(tmp_pat
     proc = subprocess.Popen([sys.executable, "-m", "metalstm.train", "--config", "smoke", "--episodes", "100000",
                              "--val-every", "50", "--threads", "1", "--out", str(tmp_path / "run")], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "TQDM_DISABLE": "1"})
+                            env={**os.environ, "TQDM_DISABLE": "1"}, preexec_fn=_interruptible)
     deadline = time.time() + 60
     while not (tmp_path / "run" / "last.pt").exists() and time.time() < deadline:
         time.sleep(0.2)
