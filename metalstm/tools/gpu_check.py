@@ -92,6 +92,9 @@ def timed_training(cfg, out: Path, device: str, seconds: float) -> dict:
     from metalstm.train import train
 
     timer = threading.Timer(seconds, lambda: os.kill(os.getpid(), signal.SIGINT))
+    # Ctrl-C's Python action even where SIGINT came in ignored (a shell's background job), or the
+    # time limit would never stop the run
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     started = time.perf_counter()
     timer.start()
     try:
@@ -103,6 +106,7 @@ def timed_training(cfg, out: Path, device: str, seconds: float) -> dict:
         best, best_episode = best_validation(out / "log.csv")
     finally:
         timer.cancel()
+        signal.signal(signal.SIGINT, previous)
     seconds_used = time.perf_counter() - started
     rate = episodes / seconds_used if seconds_used > 0 else 0.0
     return {"config": cfg.name, "episodes_budget": cfg.episodes, "episodes_done": episodes,
