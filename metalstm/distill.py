@@ -283,10 +283,10 @@ def describe(rule: nn.Module) -> dict:
         return {"numbers": 0, "note": "the meta-learner's own input gate, f = 1"}
     if isinstance(rule, StepTable):
         return {"numbers": 2 * rule.steps * (rule.groups or rule.c0.numel()), "note": "median f, i per step and tensor"}
+    if isinstance(rule, MagnitudeCell):              # a and b are shared by the layers: one column each
+        return {"a": rule.a[:, 0].tolist(), "b": rule.b[:, 0].tolist(), "numbers": 2 * rule.a.shape[0]}
     out = {name: q.detach().tolist() for name, q in rule.named_parameters() if name != "c0"}
     out["numbers"] = sum(q.numel() for name, q in rule.named_parameters() if name != "c0")
-    if isinstance(rule, MagnitudeCell):
-        out = {"a": rule.a[:, 0].tolist(), "b": rule.b[:, 0].tolist(), "numbers": 2 * rule.a.shape[0]}
     if isinstance(rule, RMSpropCell):
         out.update(beta=rule.beta, eps=rule.eps)
     return out
