@@ -55,4 +55,4 @@ clean:
 browser-check: env
 	command -v chromium >/dev/null || (apt-get update && apt-get install -y chromium)
 	$(PY) -m pip install --disable-pip-version-check -q playwright
-	$(TESTENV) $(PY) -m pytest -m browser -v -s tests/test_browser.py
+	$(TESTENV) $(PY) -m pytest -m browser -v -s tests/notebooks/test_browser.py

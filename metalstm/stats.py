@@ -51,7 +51,7 @@ def significant(mean: float, half: float) -> bool:
     return abs(mean) > half
 
 
-# The 0.975 quantile of Student's t with df = 1 .. 30 degrees of freedom (tests/test_stats.py checks
+# The 0.975 quantile of Student's t with df = 1 .. 30 degrees of freedom (tests/package/test_stats.py checks
 # each against the numerically integrated density); beyond 30, `t975` expands around 1.96.
 T975 = (12.706204736, 4.302652730, 3.182446305, 2.776445105, 2.570581836, 2.446911851, 2.364624252,
         2.306004135, 2.262157163, 2.228138852, 2.200985160, 2.178812830, 2.160368656, 2.144786688,

@@ -6,5 +6,5 @@
     python -m metalstm.tools.build_glyphs   # draw the glyph data set again from the fonts
 
 The teaching modules (everything else in `metalstm`) never import from here;
-tests/test_imports.py checks it.
+tests/delivery/test_imports.py checks it.
 """

@@ -266,7 +266,7 @@ def with_native(fn):
 # parameters replaced by slices of theta_T so that the query loss reaches the meta-learner;
 # layer 1 is nn.LSTMCell with the n coordinates as its batch ([n, 4] inputs), layer 2 the
 # meta-LSTM cell as tensor operations; autograd differentiates everything. It computes the
-# same numbers as metalstm (tests/test_bench.py), which the port does not quite: it divides
+# same numbers as metalstm (tests/cli/test_bench.py), which the port does not quite: it divides
 # the gradient by the batch size and feeds back the gates' logits.
 
 class NaiveLearner(nn.Module):

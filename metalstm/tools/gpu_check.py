@@ -23,7 +23,7 @@ for the device). CUDA graphs are not tried: an episode runs T meta-learner steps
 whose saved activations a captured graph would overwrite step after step; that
 needs a device to develop against.
 
-Dry run on a CPU (what tests/test_bench.py runs, seconds):
+Dry run on a CPU (what tests/cli/test_bench.py runs, seconds):
 
     python -m metalstm.tools.gpu_check --device cpu --config smoke --minutes 0.05 \\
         --bench-shapes 28 --bench-shots 1 --bench-repeats 1 --bench-warmup 0 --out /tmp/gpu-check

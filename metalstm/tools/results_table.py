@@ -5,7 +5,7 @@
 prints one markdown table per test set (glyphs, digits): every method's accuracy
 with its 95% interval, and its paired difference (600 shared episodes) to the
 Meta-Learner LSTM and, for a rung of the ladder, to the rung below it, 1-shot
-beside 5-shot. tests/test_readme_results.py checks that README.md holds exactly
+beside 5-shot. tests/claims/test_readme_results.py checks that README.md holds exactly
 these tables.
 """
 from __future__ import annotations

@@ -13,7 +13,7 @@ candidate - all from the LSTM's own c_0 - on the same meta-test episodes of
 glyphs and of the out-of-domain digits (600 by default). The JSON keeps each
 candidate's fitted numbers and every episode's accuracy; `--table` prints the
 paired differences to the LSTM with their 95% intervals, the table that README
-and notebook 06 show (tests/test_readme_results.py checks the README's copy).
+and notebook 06 show (tests/claims/test_readme_results.py checks the README's copy).
 
 One intervention on the LSTM itself runs beside them: its first 3 updates only
 (theta kept from step 4 on), which tests whether the large late steps matter.

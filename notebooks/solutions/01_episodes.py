@@ -1,4 +1,4 @@
-"""Solutions to the exercises of notebook 01_episodes (checked by tests/test_notebook01_agrees.py)."""
+"""Solutions to the exercises of notebook 01_episodes (checked by tests/notebooks/test_notebook01_agrees.py)."""
 from __future__ import annotations
 
 import math

@@ -1,4 +1,4 @@
-"""Solutions to the exercises of notebook 02_gradient_descent_as_an_lstm (checked by tests/test_notebook02_agrees.py)."""
+"""Solutions to the exercises of notebook 02_gradient_descent_as_an_lstm (checked by tests/notebooks/test_notebook02_agrees.py)."""
 from __future__ import annotations
 
 import torch

@@ -1,4 +1,4 @@
-"""Solutions to the exercises of notebook 03_preprocessing_and_parameter_sharing (checked by tests/test_notebook03_agrees.py)."""
+"""Solutions to the exercises of notebook 03_preprocessing_and_parameter_sharing (checked by tests/notebooks/test_notebook03_agrees.py)."""
 from __future__ import annotations
 
 import math

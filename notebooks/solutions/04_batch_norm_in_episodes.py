@@ -1,4 +1,4 @@
-"""Solutions to the exercises of notebook 04_batch_norm_in_episodes (checked by tests/test_notebook04_agrees.py).
+"""Solutions to the exercises of notebook 04_batch_norm_in_episodes (checked by tests/notebooks/test_notebook04_agrees.py).
 
 All three use the package's explicit batch-norm handling (paper notes 7):
 ``learner(x, theta, bn="batch", stats=s)`` updates the running averages of a

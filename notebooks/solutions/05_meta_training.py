@@ -1,4 +1,4 @@
-"""Solutions to the exercises of notebook 05_meta_training (checked by tests/test_notebook05_agrees.py)."""
+"""Solutions to the exercises of notebook 05_meta_training (checked by tests/notebooks/test_notebook05_agrees.py)."""
 from __future__ import annotations
 
 import csv

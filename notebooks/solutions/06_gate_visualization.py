@@ -1,4 +1,4 @@
-"""Solutions to the exercises of notebook 06_gate_visualization (checked by tests/test_notebook06_agrees.py)."""
+"""Solutions to the exercises of notebook 06_gate_visualization (checked by tests/notebooks/test_notebook06_agrees.py)."""
 from __future__ import annotations
 
 import math

@@ -18,7 +18,7 @@ from metalstm.data.glyphs import load_glyphs, split_table
 from metalstm.episodes import EpisodeSampler
 from testkit import check_markers, load_solutions, notebook_code
 
-NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
+NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
 NOTEBOOK = NOTEBOOKS / "01_episodes.ipynb"
 
 

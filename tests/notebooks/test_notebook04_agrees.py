@@ -25,7 +25,7 @@ from metalstm.learner import BNStats, Learner
 from metalstm.metalearner import SGDCell, inner_loop, run_episode
 from testkit import check_markers, load_solutions, notebook_code
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 NOTEBOOK = ROOT / "notebooks" / "04_batch_norm_in_episodes.ipynb"
 SOLUTIONS = ROOT / "notebooks" / "solutions" / "04_batch_norm_in_episodes.py"
 STEPS, MOMENTUM, LR = {5: 8, 1: 12}, {5: 0.95, 1: 0.9}, 0.1

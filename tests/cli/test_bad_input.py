@@ -13,7 +13,7 @@ the Python API, and checks:
   the last process that held the folder, which a refused resume also holds.
 
 What is refused and what is kept on purpose: lr 0 is a valid learning rate
-(Adam then moves nothing: tests/test_train.py's warm start relies on it);
+(Adam then moves nothing: tests/package/test_train.py's warm start relies on it);
 steps=0 is valid for `run_episode` / `inner_loop` (theta_T = c_0) but not for
 meta-training; clip=inf turns clipping off, clip <= 0 is refused.
 """
@@ -34,7 +34,7 @@ from metalstm.checkpoint import checksum, load_checkpoint, save_checkpoint
 from metalstm.config import get_config
 from metalstm.train import train
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT / "data"
 SHIPPED = DATA / "checkpoints"
 MATCHING = SHIPPED / "baselines" / "matching-glyphs-5shot.pt"

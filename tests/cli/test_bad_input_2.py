@@ -1,6 +1,6 @@
 """Never a silent wrong result from a cache, never a lost result file (issue 25).
 
-The second battery of bad inputs, as tests/test_bad_input.py checks the first: ONE parametrised
+The second battery of bad inputs, as tests/cli/test_bad_input.py checks the first: ONE parametrised
 test runs each case through the real command line (its main(argv), in this process) or the
 Python API and checks exit code 2 (or one ValueError), one line that names the bad value and
 what would be valid, no traceback, and every file that existed before byte-identical after.
@@ -39,7 +39,7 @@ from metalstm.config import get_config
 from metalstm.train import train
 from test_bad_input import check_line, error_line, fingerprint
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT / "data"
 SHIPPED = DATA / "checkpoints"
 LADDER = SHIPPED / "ladder"

@@ -8,7 +8,7 @@
 
 Slow (a JupyterLab server, a kernel, about a minute of notebook; executing notebook 01 for the
 deck), so they run only when selected: `make browser-check`, or `pytest -m browser
-tests/test_browser.py` once playwright and Chromium (/usr/bin/chromium, or $CHROMIUM) are
+tests/notebooks/test_browser.py` once playwright and Chromium (/usr/bin/chromium, or $CHROMIUM) are
 installed. Test 1 needs the checkpoints data/checkpoints/glyphs-{1,5}shot.pt, or a folder of
 them in $METALSTM_CHECKPOINTS. Test 2 builds the deck of notebook $METALSTM_DECK (default 01) in
 a temporary folder; the first run downloads the two pinned wheels with reveal.js and MathJax
@@ -32,7 +32,7 @@ import pytest
 
 pytestmark = pytest.mark.browser
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 NOTEBOOK = "notebooks/06_gate_visualization.ipynb"
 CHROMIUM = Path(os.environ.get("CHROMIUM", "/usr/bin/chromium"))
 SHOTS = REPO / "build" / "browser"

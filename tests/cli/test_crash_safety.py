@@ -14,7 +14,7 @@ run of 6 episodes, 4 kills, the resumes); the second does the same through the
 real command line, each kill paying a fresh `python -m metalstm.train` start
 (about 30 s). Run them with
 
-    pytest -m slow tests/test_crash_safety.py
+    pytest -m slow tests/cli/test_crash_safety.py
 """
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ from metalstm.train import train
 
 CFG = get_config("smoke", val_every=2)                   # 6 episodes, a checkpoint write every 2
 KILLS = 4
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def same_run(a: Path, b: Path) -> None:

@@ -26,7 +26,7 @@ from metalstm.viz import (LAYERS, forgetting_share, gate_summary, implied_weight
                           weight_decay_share)
 from testkit import check_markers, load_solutions, notebook_code, perturb_rule_
 
-NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
+NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
 NOTEBOOK = NOTEBOOKS / "06_gate_visualization.ipynb"
 CFG = get_config("smoke")
 STRATEGY = ("retained_fraction", "implied_weight_decay", "forgetting_share", "weight_decay_share", "step_sizes")
@@ -318,7 +318,7 @@ def test_the_check_of_exercise4_catches_a_wrong_sign(solutions):
 
 
 # -- sections 6.2 (late steps), 6.5 (what the gate responds to), 6.6-6.7 and 7 (the substitutions) ----------
-RESULTS = Path(__file__).resolve().parents[1] / "data" / "results"
+RESULTS = Path(__file__).resolve().parents[2] / "data" / "results"
 
 
 def substitution(k):

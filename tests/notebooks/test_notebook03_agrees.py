@@ -19,7 +19,7 @@ from metalstm.metalearner import MetaLearner
 from metalstm.preprocess import preprocess
 from testkit import check_markers, load_solutions, notebook_code
 
-NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
+NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
 NOTEBOOK = NOTEBOOKS / "03_preprocessing_and_parameter_sharing.ipynb"
 
 

@@ -1,7 +1,7 @@
 """The Open-in-Colab set-up cell: one snippet (notebooks/colab_setup.py) that every lecture notebook
 carries verbatim as its second cell, and that installs the course where `metalstm` is missing.
 
-The install test is slow (a fresh virtual environment): `pytest -m slow tests/test_colab.py`.
+The install test is slow (a fresh virtual environment): `pytest -m slow tests/delivery/test_colab.py`.
 It runs the snippet with a new venv's Python, outside the repository, with REPO pointed at this
 repository (a file:// URL) and its current branch. The venv sees the packages of the project's
 .venv (torch, ...) through a .pth file over a folder of links that leaves metalstm out, and pip
@@ -18,7 +18,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SNIPPET = ROOT / "notebooks" / "colab_setup.py"
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 CARRY_IT = ("01", "02", "03", "04", "05", "06")   # notebooks that must carry the cell

@@ -18,7 +18,7 @@ from metalstm.metalearner import SGDCell, inner_loop, loss_and_grad
 from testkit import check_markers, load_solutions, notebook_code
 from testkit import random_episode as _random_episode
 
-NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
+NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
 NOTEBOOK = NOTEBOOKS / "02_gradient_descent_as_an_lstm.ipynb"
 # float32 rounding through four conv + batch-norm blocks is ~1e-6 here; a wrong formula is >1e-2
 TOL = 1e-4

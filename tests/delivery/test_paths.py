@@ -13,7 +13,7 @@ from metalstm import paths
 from metalstm.data import glyphs
 from metalstm.viz import shipped_checkpoint
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture

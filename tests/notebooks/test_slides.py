@@ -1,7 +1,7 @@
 """The lecture decks and HTML pages (metalstm.tools.course, `make slides`, `make html`), without a browser:
 the decks follow the cells' slideshow metadata, load nothing from the network, and the notebooks'
 metadata makes a deck of every lecture notebook (objectives, each idea, summary, exercises).
-tests/test_browser.py opens a real deck offline in Chromium."""
+tests/notebooks/test_browser.py opens a real deck offline in Chromium."""
 import hashlib
 import re
 import zipfile

@@ -5,7 +5,7 @@ import pytest
 
 from metalstm.tools.results_table import main, tables
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 FILES = [ROOT / "data" / "results" / f"ladder-{k}shot.json" for k in (1, 5)]
 
 

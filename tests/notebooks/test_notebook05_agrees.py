@@ -22,7 +22,7 @@ from metalstm.stats import mean_ci95
 from metalstm.train import train
 from testkit import check_markers, load_solutions, notebook_code
 
-NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "05_meta_training.ipynb"
+NOTEBOOK = Path(__file__).resolve().parents[2] / "notebooks" / "05_meta_training.ipynb"
 SMOKE = get_config("smoke")
 
 
