@@ -89,6 +89,11 @@ class ScheduleCell(nn.Module):
     theta_t = theta_{t-1} - alpha[t, layer(j)] * grad_t[j], alpha [T, layers] starting at `lr`.
 
     The state is the step counter t; running more than `steps` steps is an error.
+
+    `layer_of` (the layer of every coordinate, n integers: 228 KB for the glyph learner) is
+    recomputed from the learner (`layer_index`), so it is not saved, as in MagnitudeCell: a
+    checkpoint holds c_0 and alpha only. A checkpoint written before that holds it too; it
+    loads, and must hold the layers this learner gives (else load_state_dict says so).
     """
 
     def __init__(self, theta0: Tensor, lr: float, layer_of: Tensor, layer_names: list[str],
@@ -98,8 +103,19 @@ class ScheduleCell(nn.Module):
             raise ValueError(f"a schedule needs at least one step, got steps={steps}")
         self.c0 = nn.Parameter(theta0.detach().clone().float())
         self.alpha = nn.Parameter(torch.full((steps, len(layer_names)), float(lr)))
-        self.register_buffer("layer_of", layer_of.clone())
+        self.register_buffer("layer_of", layer_of.clone(), persistent=False)
         self.layer_names = list(layer_names)
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs) -> None:
+        """An older checkpoint's saved layer_of is checked against the recomputed one and dropped."""
+        saved = state_dict.pop(prefix + "layer_of", None)
+        if saved is not None and not (saved.shape == self.layer_of.shape and
+                                      torch.equal(saved.to(self.layer_of.device), self.layer_of)):
+            error_msgs.append(f"{prefix}layer_of: the checkpoint's layer of each coordinate "
+                              f"({tuple(saved.shape)}) is not this learner's ({tuple(self.layer_of.shape)})")
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)
 
     def rule_parameters(self) -> list[nn.Parameter]:
         return [self.alpha]
