@@ -193,6 +193,130 @@ def test_image_folder_errors(tmp_path):
         load_image_folder(tmp_path / "empty", 28, channels=2)
 
 
+# -- gray or RGB, whatever the files hold -----------------------------------
+def pil_gray(r, g, b):
+    """PIL's L of an RGB pixel: ITU-R 601-2 luma, L = (19595 R + 38470 G + 7471 B + 2^15) >> 16."""
+    return (19595 * r + 38470 * g + 7471 * b + 0x8000) >> 16
+
+
+GRAY = {"dark": 30, "light": 200}                                       # class -> gray value
+COLOUR = {"red": (220, 20, 40), "teal": (10, 150, 140)}                 # class -> RGB
+
+
+def gray_folder(root, n=3, size=(13, 9)):
+    for name, v in GRAY.items():
+        (root / name).mkdir(parents=True)
+        for k in range(n):
+            Image.new("L", size, v).save(root / name / f"{k}.png")
+    return root
+
+
+def rgb_folder(root, n=3, size=(9, 13)):
+    for name, rgb in COLOUR.items():
+        (root / name).mkdir(parents=True)
+        for k in range(n):
+            Image.new("RGB", size, rgb).save(root / name / f"{k}.png")
+    return root
+
+
+def test_gray_folder_as_gray_and_as_rgb(tmp_path):
+    root = gray_folder(tmp_path / "gray")
+    one = load_image_folder(root, image_size=8, channels=1)
+    three = load_image_folder(root, image_size=8, channels=3)
+    assert one.images.shape == (6, 1, 8, 8) and three.images.shape == (6, 3, 8, 8)
+    values = torch.tensor([GRAY["dark"]] * 3 + [GRAY["light"]] * 3, dtype=torch.uint8)
+    assert torch.equal(one.images, values.view(6, 1, 1, 1).expand(6, 1, 8, 8))
+    assert torch.equal(three.images, values.view(6, 1, 1, 1).expand(6, 3, 8, 8))   # gray in all three
+    assert one.classes == three.classes == ["dark", "light"]
+    assert one.targets.tolist() == three.targets.tolist() == [0, 0, 0, 1, 1, 1]
+
+
+def test_rgb_folder_as_rgb_and_as_gray(tmp_path):
+    root = rgb_folder(tmp_path / "rgb")
+    three = load_image_folder(root, image_size=5, channels=3)
+    one = load_image_folder(root, image_size=5, channels=1)
+    assert three.images.shape == (6, 3, 5, 5) and one.images.shape == (6, 1, 5, 5)
+    for i, rgb in enumerate(COLOUR.values()):       # classes sorted: red, teal
+        block = three.images[3 * i:3 * i + 3]
+        assert torch.equal(block, torch.tensor(rgb, dtype=torch.uint8).view(1, 3, 1, 1).expand(3, 3, 5, 5))
+        assert (one.images[3 * i:3 * i + 3] == pil_gray(*rgb)).all()
+
+
+def test_every_file_mode_becomes_the_channels_asked_for(tmp_path):
+    """RGBA and LA (laid over white), palette with and without a transparent colour, 1-bit,
+    16-bit gray (scaled, not clipped), a GIF: one class each, 2 files, as gray and as RGB."""
+    import numpy as np
+    root = tmp_path / "modes"
+    expected = {}                                               # class -> the RGB it must give
+
+    def save(name, img, rgb, suffix=".png"):
+        (root / name).mkdir(parents=True)
+        for k in range(2):
+            img.save(root / name / f"{k}{suffix}")
+        expected[name] = rgb
+
+    save("a-rgba-opaque", Image.new("RGBA", (6, 6), (220, 20, 40, 255)), (220, 20, 40))
+    save("b-rgba-clear", Image.new("RGBA", (6, 6), (0, 0, 0, 0)), (255, 255, 255))          # over white
+    save("c-la-half", Image.new("LA", (6, 6), (0, 128)), (127, 127, 127))   # black, half opaque, over white
+    pal = Image.new("P", (6, 6), 1)
+    pal.putpalette([0, 0, 0, 10, 150, 140] + [0] * 762)
+    save("d-palette", pal, (10, 150, 140))
+    clear = pal.copy()
+    clear.info["transparency"] = 1                                          # colour 1 is transparent
+    save("e-palette-clear", clear, (255, 255, 255))
+    save("f-bilevel", Image.new("1", (6, 6), 1), (255, 255, 255))
+    v = round(40000 / 257)                                                  # PIL's convert would clip to 255
+    save("g-gray16", Image.fromarray(np.full((6, 6), 40000, dtype=np.uint16)), (v, v, v))
+    save("h-gif", pal.copy(), (10, 150, 140), suffix=".gif")
+    gray = load_image_folder(root, image_size=4, channels=1)
+    rgb = load_image_folder(root, image_size=4, channels=3)
+    assert gray.classes == rgb.classes == sorted(expected)
+    assert gray.image_shape == (1, 4, 4) and rgb.image_shape == (3, 4, 4)
+    for c, name in enumerate(gray.classes):
+        want = torch.tensor(expected[name], dtype=torch.uint8).view(1, 3, 1, 1).expand(2, 3, 4, 4)
+        assert torch.equal(rgb.images[rgb.indices_of(c)], want), name
+        assert (gray.images[gray.indices_of(c)] == pil_gray(*expected[name])).all(), name
+
+
+def test_the_fingerprint_tells_the_channels_apart(tmp_path):
+    root = gray_folder(tmp_path / "gray")
+    one, three = (load_image_folder(root, 8, channels=c) for c in (1, 3))
+    assert one.fingerprint() != three.fingerprint()
+    assert one.fingerprint() == load_image_folder(root, 8, channels=1, name="other name").fingerprint()
+    assert load_image_folder(root, 8, channels=1).fingerprint() != \
+        load_image_folder(root, 16, channels=1).fingerprint()
+
+
+def test_load_dataset_folder_takes_the_channels(tmp_path):
+    gray_folder(tmp_path / "f" / "train")
+    assert load_dataset("folder", "train", root=tmp_path / "f", image_size=8).image_shape == (3, 8, 8)
+    assert load_dataset("folder", "train", root=tmp_path / "f", image_size=8, channels=1).image_shape == (1, 8, 8)
+    with pytest.raises(ValueError, match="channels must be 1"):
+        load_dataset("folder", "train", root=tmp_path / "f", channels=4)
+
+
+def test_meta_training_on_a_gray_folder(tmp_path):
+    """The configuration's in_channels=1 loads a folder of gray PNGs as gray: a few episodes of
+    meta-training on it run end to end (they were refused as 3x28x28 before)."""
+    from metalstm.config import get_config
+    from metalstm.train import train
+    g = torch.Generator().manual_seed(0)
+    for split, n_classes in (("train", 6), ("val", 5), ("test", 5)):
+        for c in range(n_classes):
+            d = tmp_path / "data" / split / f"{split}{c}"
+            d.mkdir(parents=True)
+            base = torch.randint(0, 256, (20, 20), generator=g)
+            for k in range(6):
+                noise = torch.randint(-30, 31, (20, 20), generator=g)
+                pixels = (base + noise).clamp(0, 255).to(torch.uint8).numpy()
+                Image.fromarray(pixels, "L").save(d / f"{k}.png")
+    cfg = get_config("smoke", dataset="folder", data_root=str(tmp_path / "data"), image_size=16,
+                     in_channels=1, episodes=4, val_every=2, val_episodes=2)
+    res = train(cfg, tmp_path / "run", progress=False)
+    assert res.episodes_done == 4 and 0.0 <= res.best_val_acc <= 1.0
+    assert (tmp_path / "run" / "best.pt").exists()
+
+
 # -- the registry ----------------------------------------------------------
 def test_load_dataset_dispatches(omniglot_root, mini_root, tmp_path):
     assert load_dataset("omniglot", "test", root=omniglot_root).name == "omniglot/test"
