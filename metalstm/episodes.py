@@ -207,7 +207,8 @@ def load_split(cfg, split: str):
     """One meta-split of the configuration's data set, checked against its episode shape."""
     from metalstm.data import load_dataset
 
-    data = load_dataset(cfg.dataset, split, root=cfg.data_root, image_size=cfg.image_size)
+    data = load_dataset(cfg.dataset, split, root=cfg.data_root, image_size=cfg.image_size,
+                        channels=cfg.in_channels)
     if data.image_shape != (cfg.in_channels, cfg.image_size, cfg.image_size):
         raise ValueError(f"{cfg.name}: expects {cfg.in_channels}x{cfg.image_size}x{cfg.image_size} "
                          f"images but {data.name} has {'x'.join(map(str, data.image_shape))}")

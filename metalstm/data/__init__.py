@@ -25,14 +25,17 @@ DATASETS = {
     "digits": "embedded handwritten digits (scikit-learn's 8x8, as 28x28 gray), meta-test only",
     "omniglot": "root holds omniglot-py/images_background and images_evaluation; 28x28 gray",
     "mini-imagenet": "root holds train.csv, val.csv, test.csv and images/; 84x84 RGB",
-    "folder": "root holds train/, val/, test/, each with one sub-folder per class; 84x84 RGB",
+    "folder": "root holds train/, val/, test/, each with one sub-folder per class; 84x84 RGB "
+              "(or the size and channels asked for: gray with in_channels=1)",
 }
 SPLITS = ("train", "val", "test")
 
 
 def load_dataset(name: str, split: str, root: str | os.PathLike | None = None,
-                 image_size: int | None = None) -> ImageSet:
-    """One meta-split ("train" | "val" | "test") of the data set `name` (see DATASETS)."""
+                 image_size: int | None = None, channels: int | None = None) -> ImageSet:
+    """One meta-split ("train" | "val" | "test") of the data set `name` (see DATASETS).
+    channels (1 gray, 3 RGB) converts the images of a "folder" data set, whatever their files
+    hold (default 3); the other data sets have the channels they have."""
     if name not in DATASETS:
         raise ValueError(f"unknown data set {name!r}; known: {', '.join(DATASETS)}")
     if split not in SPLITS:
@@ -53,8 +56,8 @@ def load_dataset(name: str, split: str, root: str | os.PathLike | None = None,
         return load_omniglot(root, split, image_size or 28)
     if name == "mini-imagenet":
         return load_mini_imagenet(root, split, image_size or 84)
-    return load_image_folder(os.path.join(root, split), image_size or 84, channels=3,
-                             name=f"folder/{split}")
+    return load_image_folder(os.path.join(root, split), image_size or 84,
+                             channels=3 if channels is None else channels, name=f"folder/{split}")
 
 
 def resized(data: ImageSet, image_size: int) -> ImageSet:
