@@ -288,13 +288,15 @@ class Trained:
 
 
 def _load_trained():
-    """metalstm's checkpoint reader, wherever it lives in this version."""
-    import importlib
-    for module in ("metalstm.rules", "metalstm.runs", "metalstm.checkpoint"):
-        found = getattr(importlib.import_module(module), "load_trained", None)
-        if found is not None:
-            return found
-    raise ImportError("metalstm has no load_trained (metalstm.rules, metalstm.runs, metalstm.checkpoint)")
+    """metalstm's checkpoint reader (`load_trained`), wherever this version keeps it."""
+    try:
+        from metalstm.rules import load_trained
+    except ImportError:
+        try:
+            from metalstm.runs import load_trained                # type: ignore[no-redef]
+        except ImportError:
+            from metalstm.checkpoint import load_trained          # type: ignore[no-redef]
+    return load_trained
 
 
 def checkpoint_path(path: str | os.PathLike) -> Path:
