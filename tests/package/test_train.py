@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from metalstm import evaluate, train as train_mod
+from metalstm import evaluate, runs, train as train_mod
 from metalstm.checkpoint import CheckpointError, load_checkpoint
 from metalstm.config import get_config
 from metalstm.train import NonFiniteError, train
@@ -237,10 +237,10 @@ def test_evaluate_refuses_a_checkpoint_with_nan(tmp_path, capsys):
     assert "NaN" in err and len(err.strip().splitlines()) == 1
 
 
-def interrupt_on_call(monkeypatch, name, when):
-    """Make train_mod.<name> raise KeyboardInterrupt (once) at the first call n (1-based) with
+def interrupt_on_call(monkeypatch, module, name, when):
+    """Make module.<name> raise KeyboardInterrupt (once) at the first call n (1-based) with
     when(n, args) true, as a Ctrl-C inside it would."""
-    real, calls, fired = getattr(train_mod, name), [], []
+    real, calls, fired = getattr(module, name), [], []
 
     def wrapped(*args, **kwargs):
         calls.append(args)
@@ -249,13 +249,13 @@ def interrupt_on_call(monkeypatch, name, when):
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(train_mod, name, wrapped)
+    monkeypatch.setattr(module, name, wrapped)
 
 
 def test_ctrl_c_during_validation_then_resume_gives_the_uninterrupted_files(tmp_path, monkeypatch):
     train(SMOKE, tmp_path / "straight", progress=False)
     with monkeypatch.context() as m:
-        interrupt_on_call(m, "evaluate_rule", lambda n, args: n == 2)       # the validation at episode 3
+        interrupt_on_call(m, train_mod, "evaluate_rule", lambda n, args: n == 2)       # the validation at episode 3
         with pytest.raises(KeyboardInterrupt):
             train(SMOKE, tmp_path / "resumed", progress=False)
     train(SMOKE, tmp_path / "resumed", resume=True, progress=False)
@@ -265,7 +265,7 @@ def test_ctrl_c_during_validation_then_resume_gives_the_uninterrupted_files(tmp_
 def test_ctrl_c_while_best_pt_is_written_then_resume_gives_the_uninterrupted_files(tmp_path, monkeypatch):
     train(SMOKE, tmp_path / "straight", progress=False)
     with monkeypatch.context() as m:
-        interrupt_on_call(m, "save_checkpoint", lambda n, args: Path(args[0]).name == "best.pt")
+        interrupt_on_call(m, runs, "save_checkpoint", lambda n, args: Path(args[0]).name == "best.pt")
         with pytest.raises(KeyboardInterrupt):
             train(SMOKE, tmp_path / "resumed", progress=False)
     assert not (tmp_path / "resumed" / "best.pt").exists()
@@ -401,7 +401,7 @@ def test_a_torchrun_survivor_says_which_rank_failed_and_that_last_pt_is_intact(t
             raise RuntimeError("[../third_party/gloo/gloo/transport/tcp/pair.cc:534] Connection closed by peer "
                                "[127.0.0.1]:29500")
 
-    monkeypatch.setattr(train_mod, "init_from_env", lambda device: PeerDied(0, 2))
+    monkeypatch.setattr(runs, "init_from_env", lambda device: PeerDied(0, 2))
     code = train_mod.main(["--config", "smoke", "--threads", "1", "--out", str(tmp_path), "--resume"])
     err = capsys.readouterr().err.strip()
     assert code == 2 and "Traceback" not in err and len(err.splitlines()) == 1
@@ -409,3 +409,22 @@ def test_a_torchrun_survivor_says_which_rank_failed_and_that_last_pt_is_intact(t
     assert f"{tmp_path / 'last.pt'} (episode 4) is intact" in err
     assert "`torchrun --nproc_per_node=2 -m metalstm.train --config smoke --out" in err
     assert (tmp_path / "last.pt").read_bytes() == before
+
+
+def test_train_py_is_the_algorithm_and_the_run_machinery_lives_beside_it():
+    """metalstm/train.py reads top to bottom as the algorithm (notebook 05): the loop, the
+    meta-gradient, the meta-step, the validation; signals, locks, files and the command line
+    are metalstm.runs."""
+    import ast
+    import inspect
+
+    source = inspect.getsource(train_mod)
+    tree = ast.parse(source)
+    imported = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    imported |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+    assert not imported & {"signal", "threading", "argparse", "csv", "io", "copy", "contextlib"}
+    assert "hold_folder" not in source and "save_checkpoint" not in source and "print(" not in source
+    defined = [n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef))]
+    assert {"meta_gradient", "meta_step", "validate", "train"} <= set(defined)
+    assert len(source.splitlines()) < 250
+    assert train_mod.main.__module__ == "metalstm.train" and callable(runs.main)
