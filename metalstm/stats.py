@@ -23,7 +23,7 @@ mean +- t_{0.975, S-1} * std / sqrt(S) (t = 4.303 for 3 seeds):
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import torch
 
@@ -143,3 +143,19 @@ def seed_paired_difference(a: Sequence[Sequence[float]],
         diffs.append(sum(p - q for p, q in zip(x, y)) / len(x))
     mean, half = t_ci95(diffs)
     return mean, half, diffs
+
+
+def seed_paired_common(a: Mapping[int, Sequence[float]],
+                        b: Mapping[int, Sequence[float]]) -> tuple[float, float, list[float]] | None:
+    """`seed_paired_difference` over the seeds that both methods have, paired by seed number:
+    a[s] and b[s] are the per-episode accuracies of the rules trained with seed s (a grid may
+    have finished seeds 0, 1, 2 of one rung and only seed 0 of another: then only seed 0 is
+    compared). The seeds are taken in sorted order; None when the two share no seed.
+
+        >>> seed_paired_common({0: [1.0], 2: [0.5]}, {2: [0.25], 5: [1.0]})
+        (0.25, nan, [0.25])
+    """
+    common = sorted(set(a) & set(b))
+    if not common:
+        return None
+    return seed_paired_difference([a[s] for s in common], [b[s] for s in common])

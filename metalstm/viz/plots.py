@@ -7,6 +7,8 @@
     plot_step_sizes(r1, r5, ...)        the input gate as a learning rate per step, beside the ladder's
                                         learned steps (schedule, meta-sgd) and SGD's tuned step
     plot_query_accuracy_by_step(r1, r5) query accuracy (mean, 95% interval) and losses per step
+    plot_seed_spread(rows)              the ladder over training seeds: each seed's mean, and the
+                                        mean with its t interval (metalstm.tools.ladder_seeds)
 """
 from __future__ import annotations
 
@@ -227,4 +229,43 @@ def _plot_query_accuracy_by_step(records):
     ax_loss.legend()
     for ax in (ax_acc, ax_loss):
         ax.grid(alpha=0.3)
+    return fig
+
+
+def plot_seed_spread(rows: list[dict], test_sets=None):
+    """The ladder over training seeds (`metalstm.tools.ladder_seeds.seed_rows`): one row of
+    panels per shot, one column per test set (glyphs, digits); per rung, each training seed's
+    mean accuracy as a dot and the mean over seeds with its 95% t interval (df = seeds - 1) as
+    a bar. A rung with one seed has no interval: its mean is drawn without a bar."""
+    if not rows:
+        raise ValueError("no rows to draw: pass the rows of ladder_seeds.seed_rows (from its JSON files)")
+    from metalstm.config import RUNGS
+    test_sets = list(test_sets or dict.fromkeys(r["test_set"] for r in rows))
+    shots = sorted({r["shot"] for r in rows})
+    rungs = [g for g in RUNGS if any(r["rung"] == g for r in rows)]
+    with plt.rc_context(PROJECTOR):
+        fig, axes = plt.subplots(len(shots), len(test_sets), figsize=(6.2 * len(test_sets), 3.9 * len(shots)),
+                                 squeeze=False, layout="constrained")
+        for i, shot in enumerate(shots):
+            for j, t in enumerate(test_sets):
+                ax = axes[i, j]
+                for x, rung in enumerate(rungs):
+                    r = next((r for r in rows if (r["shot"], r["test_set"], r["rung"]) == (shot, t, rung)), None)
+                    if r is None:
+                        continue
+                    seeds = list(r["seed_means"].values())
+                    jitter = torch.linspace(-0.12, 0.12, len(seeds)).tolist() if len(seeds) > 1 else [0.0]
+                    ax.scatter([x + d for d in jitter], [100 * m for m in seeds], s=28, color="0.45", zorder=3,
+                               label="one seed's mean" if x == 0 else None)
+                    half = r["half"] if len(seeds) > 1 and not math.isnan(r["half"]) else None
+                    ax.errorbar([x + 0.3], [100 * r["mean"]], yerr=None if half is None else [100 * half],
+                                fmt="D", color="C0" if half is not None else "C3", capsize=5, lw=2, zorder=4,
+                                label=("mean, 95% t interval" if half is not None else "mean (1 seed, no interval)"))
+                ax.set_xticks(range(len(rungs)), rungs, rotation=20)
+                ax.set_title(f"{shot}-shot, meta-test on {t}")
+                ax.set_ylabel("accuracy (%)")
+                ax.grid(axis="y", alpha=0.3)
+                handles, labels = ax.get_legend_handles_labels()
+                unique = dict(zip(labels, handles))
+                ax.legend(unique.values(), unique.keys(), loc="lower right", fontsize=10)
     return fig
