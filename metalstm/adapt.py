@@ -12,7 +12,7 @@ split in two so that the query images need no labels:
     adapt:   theta_0 = c_0;  for t = 1..T, on the support mini-batch B_t:
                  L_t, grad_t = loss and gradient of f(x_B_t; theta_{t-1}), batch statistics
                  theta_t = f_t * theta_{t-1} + i_t * (-grad_t)            (the rule's step)
-                 mu_k <- (1 - m) mu_k + m mean_B_t,  s2_k <- (1 - m) s2_k + m var_B_t
+                 mu_k <- (1 - m) mu_k + m mean_B_t,  s2_k <- (1 - m) s2_k + m var_B_t (unbiased)
                  (every batch-norm layer k; mu = 0, s2 = 1 to start; m = the learner's bn_momentum)
     predict: logits = f(x; theta_T) normalised with (mu, s2), never with the query batch's own
              statistics, so each query image's prediction depends on it alone (paper notes 7).
