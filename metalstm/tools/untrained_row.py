@@ -27,7 +27,7 @@ from metalstm.episodes import sampler_for
 from metalstm.evaluate import evaluate_rule
 from metalstm.rules import build_model, load_trained
 from metalstm.stats import mean_ci95
-from metalstm.train import LOG_FIELDS
+from metalstm.runs import LOG_FIELDS
 
 
 def untrained_row(cfg) -> dict:
