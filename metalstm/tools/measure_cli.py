@@ -1,5 +1,5 @@
 """The command line that the measurement tools share (`substitute`, `ood`): one shipped setting per
-run, written as JSON, and a --table mode that prints the README's tables from such files.
+run, written as JSON, and a --table mode that prints the tables of docs/results.md from such files.
 
     ap = parser("python -m metalstm.tools.ood", __doc__)
     ap.add_argument("--episodes", ...)                    # the tool's own options

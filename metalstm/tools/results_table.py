@@ -1,12 +1,14 @@
-"""The README's results tables, made from the shipped evaluation files (so the two cannot drift).
+"""The results tables of docs/results.md, made from the shipped evaluation files (so the two cannot drift).
 
     python -m metalstm.tools.results_table data/results/ladder-1shot.json data/results/ladder-5shot.json
+    python -m metalstm.tools.results_table --check data/results/ladder-*.json    # are they in docs/results.md?
 
 prints one markdown table per test set (glyphs, digits): every method's accuracy
 with its 95% interval, and its paired difference (600 shared episodes) to the
 Meta-Learner LSTM and, for a rung of the ladder, to the rung below it, 1-shot
-beside 5-shot. tests/claims/test_readme_results.py checks that README.md holds exactly
-these tables.
+beside 5-shot. tests/claims/test_readme_results.py checks that docs/results.md (DEFAULT_TARGET)
+holds exactly these tables; --check (with --target FILE for another page) does the same from
+the command line.
 """
 from __future__ import annotations
 
@@ -14,6 +16,9 @@ import argparse
 import json
 import sys
 from pathlib import Path
+
+# the page that shows these tables, relative to the repository root
+DEFAULT_TARGET = "docs/results.md"
 
 
 def _diff(d) -> str:
@@ -77,11 +82,23 @@ def tables(paths: list[str | Path]) -> dict[str, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description="Print the README's results tables from evaluation JSON files.")
+    ap = argparse.ArgumentParser(description=f"Print the results tables of {DEFAULT_TARGET} from evaluation "
+                                             "JSON files.")
     ap.add_argument("files", nargs="+", help="ladder-Kshot.json files written by `metalstm.evaluate --json`")
+    ap.add_argument("--check", action="store_true", help="instead of printing, exit 1 unless the --target "
+                    "page holds every table exactly")
+    ap.add_argument("--target", default=str(Path(__file__).resolve().parents[2] / DEFAULT_TARGET), metavar="FILE",
+                    help=f"the page that shows the tables, for --check (default: {DEFAULT_TARGET})")
     args = ap.parse_args(argv)
     try:
-        for test_set, table in tables(args.files).items():
+        made = tables(args.files)
+        if args.check:
+            page = Path(args.target).read_text(encoding="utf-8")
+            stale = [t for t, table in made.items() if table not in page]
+            for t in stale:
+                print(f"{args.target}: the {t} table differs; it should read:\n\n{made[t]}\n", file=sys.stderr)
+            return 1 if stale else 0
+        for test_set, table in made.items():
             print(f"{test_set}:\n\n{table}\n")
     except OSError as exc:
         print(f"error: cannot read {exc.filename or 'a file'} ({exc.strerror or exc})", file=sys.stderr)

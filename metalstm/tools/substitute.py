@@ -12,8 +12,8 @@ records its gates and the gradients they read on meta-validation episodes
 candidate - all from the LSTM's own c_0 - on the same meta-test episodes of
 glyphs and of the out-of-domain digits (600 by default). The JSON keeps each
 candidate's fitted numbers and every episode's accuracy; `--table` prints the
-paired differences to the LSTM with their 95% intervals, the table that README
-and notebook 06 show (tests/claims/test_readme_results.py checks the README's copy).
+paired differences to the LSTM with their 95% intervals, the table that docs/results.md
+and notebook 06 show (tests/claims/test_readme_results.py checks the copy in docs/results.md).
 
 One intervention on the LSTM itself runs beside them: its first 3 updates only
 (theta kept from step 4 on), which tests whether the large late steps matter.
@@ -40,7 +40,8 @@ from metalstm.evaluate import evaluate_methods, meta_test_sampler, rule_accuracy
 from metalstm.rules import layer_index, load_trained
 from metalstm.stats import mean_ci95
 from metalstm.tools.measure_cli import difference, parser, run
-from metalstm.viz.record import record_gates, shipped_checkpoint
+from metalstm.paths import shipped_checkpoint
+from metalstm.viz.record import record_gates
 
 TEST_SETS = ("glyphs", "digits")
 EARLY_STEPS = 3          # "the steps after step 3, taken on near-zero gradients, add nothing"

@@ -1,29 +1,81 @@
-"""The README's results tables are exactly what the shipped evaluation files give."""
+"""The results tables of docs/results.md, and the README's headline table, are exactly what the
+shipped evaluation files give.
+
+docs/results.md holds every results table (the ladder and the baselines, the substitution tests,
+the out-of-domain measurements); each must equal what its tool prints from the JSON in
+data/results/. The README shows one headline table, a few rows of the ladder files, and it is
+checked against the same files.
+"""
+import json
 from pathlib import Path
 
 import pytest
 
-from metalstm.tools.results_table import main, tables
+from metalstm.tools.results_table import DEFAULT_TARGET, main, tables
 
 ROOT = Path(__file__).resolve().parents[2]
+RESULTS_PAGE = ROOT / "docs" / "results.md"
 FILES = [ROOT / "data" / "results" / f"ladder-{k}shot.json" for k in (1, 5)]
+SUBSTITUTION = [ROOT / "data" / "results" / f"substitution-{k}shot.json" for k in (1, 5)]
+OOD = [ROOT / "data" / "results" / f"ood-{k}shot.json" for k in (1, 5)]
+
+# the README's headline: the shipped Meta-Learner LSTM among the main baselines and rungs
+HEADLINE_ROWS = ["SGD (random init)", "Learned init (FO-MAML)", "Meta-SGD", "Meta-Learner LSTM",
+                 "Fine-tune", "Nearest neighbour", "Matching Networks"]
 
 
-def test_every_results_table_of_the_readme_comes_from_the_shipped_json():
-    readme = (ROOT / "README.md").read_text()
+def headline(paths=FILES, rows=HEADLINE_ROWS) -> str:
+    """The README's headline table from the ladder files: accuracy +- 95% interval per test set and shot."""
+    reports = [json.loads(Path(p).read_text()) for p in paths]
+    columns = [(t, r) for t in ("glyphs", "digits") for r in reports]
+    head = "| method | " + " | ".join(f"{t} {r['config']['k_shot']}-shot" for t, r in columns) + " |"
+    lines = [head, "|---|" + "---|" * len(columns)]
+    for name in rows:
+        cells = []
+        for t, r in columns:
+            row = next(x for x in r["test_sets"][t]["results"] if x["name"] == name)
+            cells.append(f"{100 * row['mean']:.2f} +- {100 * row['ci95']:.2f}")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def test_the_tool_names_the_results_page_as_its_target():
+    assert DEFAULT_TARGET == "docs/results.md" and (ROOT / DEFAULT_TARGET).is_file()
+
+
+def test_every_results_table_of_the_results_page_comes_from_the_shipped_json():
+    page = RESULTS_PAGE.read_text()
     made = tables(FILES)
     assert set(made) == {"glyphs", "digits"}
     for test_set, table in made.items():
-        assert table in readme, f"README's {test_set} table differs from `python -m metalstm.tools.results_table`"
+        assert table in page, (f"docs/results.md's {test_set} table differs from "
+                               f"`python -m metalstm.tools.results_table`")
+
+
+def test_the_readmes_headline_table_comes_from_the_shipped_json():
+    table = headline()
+    assert table in (ROOT / "README.md").read_text(), \
+        "README's headline table differs from the shipped JSON; it should read:\n\n" + table
+
+
+def test_the_headline_agrees_with_the_full_tables():
+    """Every headline cell is the accuracy cell of the same row in the results page's tables."""
+    full = tables(FILES)
+    for line in headline().splitlines()[2:]:
+        name, g1, g5, d1, d5 = [c.strip() for c in line.strip("|").split("|")]
+        glyphs = next(x for x in full["glyphs"].splitlines() if x.startswith(f"| {name} |"))
+        digits = next(x for x in full["digits"].splitlines() if x.startswith(f"| {name} |"))
+        assert [c.strip() for c in glyphs.strip("|").split("|")][1::3][:2] == [g1, g5]
+        assert [c.strip() for c in digits.strip("|").split("|")][1::3][:2] == [d1, d5]
 
 
 def test_a_changed_number_would_be_caught(tmp_path):
-    import json
     report = json.loads(FILES[0].read_text())
     report["test_sets"]["glyphs"]["results"][0]["mean"] += 0.001
     changed = tmp_path / "changed.json"
     changed.write_text(json.dumps(report))
     assert tables([changed, FILES[1]])["glyphs"] != tables(FILES)["glyphs"]
+    assert headline([changed, FILES[1]]) != headline()
 
 
 def test_the_command_refuses_a_missing_file(tmp_path, capsys):
@@ -31,24 +83,19 @@ def test_the_command_refuses_a_missing_file(tmp_path, capsys):
     assert "error:" in capsys.readouterr().err
 
 
-SUBSTITUTION = [ROOT / "data" / "results" / f"substitution-{k}shot.json" for k in (1, 5)]
-OOD = [ROOT / "data" / "results" / f"ood-{k}shot.json" for k in (1, 5)]
-
-
-def test_the_substitution_tables_of_the_readme_come_from_the_shipped_json():
+def test_the_substitution_tables_of_the_results_page_come_from_the_shipped_json():
     from metalstm.tools.substitute import meta_sgd_table, table
-    readme = (ROOT / "README.md").read_text()
-    assert table(SUBSTITUTION) in readme, "README's substitution table differs from `metalstm.tools.substitute --table`"
-    assert meta_sgd_table(SUBSTITUTION) in readme, "README's Meta-SGD table differs from the shipped JSON"
+    page = RESULTS_PAGE.read_text()
+    assert table(SUBSTITUTION) in page, "docs/results.md's substitution table differs from `metalstm.tools.substitute --table`"
+    assert meta_sgd_table(SUBSTITUTION) in page, "docs/results.md's Meta-SGD table differs from the shipped JSON"
 
 
-def test_the_out_of_domain_table_of_the_readme_comes_from_the_shipped_json():
+def test_the_out_of_domain_table_of_the_results_page_comes_from_the_shipped_json():
     from metalstm.tools.ood import table
-    assert table(OOD) in (ROOT / "README.md").read_text(), "README's out-of-domain table differs from the JSON"
+    assert table(OOD) in RESULTS_PAGE.read_text(), "docs/results.md's out-of-domain table differs from the JSON"
 
 
 def test_a_changed_substitution_number_would_be_caught(tmp_path):
-    import json
     from metalstm.tools.substitute import table
     report = json.loads(SUBSTITUTION[0].read_text())
     accs = report["test_sets"]["glyphs"]["accuracies"]["magnitude"]
@@ -56,3 +103,9 @@ def test_a_changed_substitution_number_would_be_caught(tmp_path):
     changed = tmp_path / "changed.json"
     changed.write_text(json.dumps(report))
     assert table([changed, SUBSTITUTION[1]]) != table(SUBSTITUTION)
+
+
+def test_the_results_tables_are_not_copied_into_the_readme():
+    """The README keeps one headline table; the full tables live in docs/results.md only."""
+    readme = (ROOT / "README.md").read_text()
+    assert not any(table in readme for table in tables(FILES).values())
