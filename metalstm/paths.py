@@ -6,11 +6,16 @@ the repository's data/ folder, next to the package. An installed package
 environment variable METALSTM_DATA names the folder that holds them:
 
     export METALSTM_DATA=/path/to/metalstm/data
+
+The shipped checkpoints are data/checkpoints/<config>.pt (the Meta-Learner
+LSTM) and data/checkpoints/ladder/<config>-<rung>.pt (`shipped_checkpoint`).
 """
 from __future__ import annotations
 
 import os
 from pathlib import Path
+
+from metalstm.config import RUNGS
 
 ENV = "METALSTM_DATA"
 CHECKOUT = Path(__file__).resolve().parent.parent     # the folder that holds metalstm/ in a checkout
@@ -31,3 +36,32 @@ def data_dir() -> Path:
         f"no data folder: {folder} does not exist (the package is installed, not run from a "
         f"checkout). Set {ENV} to the folder that holds glyphs-v1.npz, checkpoints/ and results/ "
         f"(the data/ folder of the course repository), e.g. export {ENV}=/path/to/metalstm/data")
+
+
+def shipped_checkpoint(config_name: str, root: str | os.PathLike | None = None,
+                       rung: str | None = None) -> Path:
+    """Path of a shipped checkpoint: data/checkpoints/<config_name>.pt (the Meta-Learner LSTM),
+    or with `rung` (a rung of the ladder, metalstm.rules.RUNGS) data/checkpoints/ladder/
+    <config_name>-<rung>.pt.
+
+    root: a folder to look in instead; by default $METALSTM_CHECKPOINTS when set
+    (for testing with your own short-trained checkpoints; rungs in its ladder/), else the
+    repository's data/checkpoints. A missing file raises one FileNotFoundError that says how to train it.
+    """
+    if rung is not None and rung not in RUNGS:
+        raise ValueError(f"unknown rung {rung!r}; the ladder is: {', '.join(RUNGS)}")
+    from_env = root is None and bool(os.environ.get("METALSTM_CHECKPOINTS"))
+    folder = Path(root or os.environ.get("METALSTM_CHECKPOINTS")
+                  or data_dir() / "checkpoints")
+    if rung is None:
+        path, run, flags = folder / f"{config_name}.pt", config_name, ""
+    else:
+        path, run = folder / "ladder" / f"{config_name}-{rung}.pt", f"{config_name}-{rung}"
+        flags = f" --rule {rung} --episodes 2000"
+    if not path.is_file():
+        where = " (the folder named by $METALSTM_CHECKPOINTS)" if from_env else ""
+        raise FileNotFoundError(
+            f"no checkpoint {path}{where}. Train it (about half an hour on a 2-core CPU) with\n"
+            f"    python -m metalstm.train --config {config_name}{flags} --out runs/{run}\n"
+            f"and copy runs/{run}/best.pt to {path}")
+    return path

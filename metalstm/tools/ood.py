@@ -36,7 +36,8 @@ from metalstm.evaluate import evaluate_methods, meta_test_sampler, rule_accuracy
 from metalstm.rules import RUNG_NAMES, load_trained
 from metalstm.stats import mean_ci95
 from metalstm.tools.measure_cli import difference, parser, run
-from metalstm.viz.record import shipped_checkpoint, trace_episode
+from metalstm.paths import shipped_checkpoint
+from metalstm.viz.record import trace_episode
 
 RULES = ("sgd", "init", "meta-sgd", "schedule", "lstm")
 COLLAPSED = 0.3               # an episode ending at or below 30% (5-way: chance 20%) has collapsed

@@ -10,12 +10,12 @@ from metalstm.viz.plots import (accuracy_by_step, plot_gate_bands, plot_gates, p
                                 plot_step_sizes)
 from metalstm.viz.record import (GATES, LAYER_TITLES, LAYERS, EpisodeTrace, GateRecord, forgetting_share,
                                  format_summary, gate_summary, implied_weight_decay, pick_coordinates,
-                                 record_gates, retained_fraction, shipped_checkpoint, step_sizes,
+                                 record_gates, retained_fraction, step_sizes,
                                  trace_episode, variance_shares, weight_decay_share)
 
 __all__ = ["GATES", "LAYERS", "LAYER_TITLES", "EpisodeTrace", "GateRecord", "InnerLoopExplorer",
            "accuracy_by_step", "figure_png", "format_summary", "gate_summary", "mosaic",
            "pick_coordinates", "plot_gate_bands", "plot_gates", "plot_query_accuracy_by_step",
-           "record_gates", "shipped_checkpoint", "trace_episode", "variance_shares",
+           "record_gates", "trace_episode", "variance_shares",
            "forgetting_share", "implied_weight_decay", "plot_step_sizes", "retained_fraction", "step_sizes",
            "weight_decay_share"]

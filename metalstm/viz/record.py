@@ -20,9 +20,7 @@ everything in a `GateRecord`: gates [episodes, T, n_params], accuracies
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -31,8 +29,6 @@ from tqdm.auto import tqdm
 
 from metalstm.learner import Learner
 from metalstm.metalearner import InnerStep, inner_loop
-from metalstm.paths import data_dir
-from metalstm.rules import RUNGS
 
 # the layers of the paper's Figure 2: the four conv weights and the linear weight
 LAYERS = ("conv1.weight", "conv2.weight", "conv3.weight", "conv4.weight", "fc.weight")
@@ -322,32 +318,3 @@ def format_summary(*records: GateRecord, layers=LAYERS) -> str:
                 f"{row['input_p10']:7.4f}-{row['input_p90']:.4f} "
                 f"{'f %.5f / i %.5f' % (row['forget_episode_std'], row['input_episode_std']):>20}")
     return "\n".join(lines)
-
-
-def shipped_checkpoint(config_name: str, root: str | os.PathLike | None = None,
-                       rung: str | None = None) -> Path:
-    """Path of a shipped checkpoint: data/checkpoints/<config_name>.pt (the Meta-Learner LSTM),
-    or with `rung` (a rung of the ladder, metalstm.rules.RUNGS) data/checkpoints/ladder/
-    <config_name>-<rung>.pt.
-
-    root: a folder to look in instead; by default $METALSTM_CHECKPOINTS when set
-    (for testing with your own short-trained checkpoints; rungs in its ladder/), else the
-    repository's data/checkpoints. A missing file raises one FileNotFoundError that says how to train it.
-    """
-    if rung is not None and rung not in RUNGS:
-        raise ValueError(f"unknown rung {rung!r}; the ladder is: {', '.join(RUNGS)}")
-    from_env = root is None and bool(os.environ.get("METALSTM_CHECKPOINTS"))
-    folder = Path(root or os.environ.get("METALSTM_CHECKPOINTS")
-                  or data_dir() / "checkpoints")
-    if rung is None:
-        path, run, flags = folder / f"{config_name}.pt", config_name, ""
-    else:
-        path, run = folder / "ladder" / f"{config_name}-{rung}.pt", f"{config_name}-{rung}"
-        flags = f" --rule {rung} --episodes 2000"
-    if not path.is_file():
-        where = " (the folder named by $METALSTM_CHECKPOINTS)" if from_env else ""
-        raise FileNotFoundError(
-            f"no checkpoint {path}{where}. Train it (about half an hour on a 2-core CPU) with\n"
-            f"    python -m metalstm.train --config {config_name}{flags} --out runs/{run}\n"
-            f"and copy runs/{run}/best.pt to {path}")
-    return path

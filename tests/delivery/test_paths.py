@@ -11,7 +11,7 @@ import pytest
 
 from metalstm import paths
 from metalstm.data import glyphs
-from metalstm.viz import shipped_checkpoint
+from metalstm.paths import shipped_checkpoint
 
 REPO = Path(__file__).resolve().parents[2]
 

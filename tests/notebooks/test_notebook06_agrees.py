@@ -21,8 +21,9 @@ from metalstm.episodes import episode_generator, sampler_for
 from metalstm.evaluate import evaluate_rule
 from metalstm.metalearner import SGDCell, run_episode
 from metalstm.rules import build_model, load_trained
+from metalstm.paths import shipped_checkpoint
 from metalstm.viz import (LAYERS, forgetting_share, gate_summary, implied_weight_decay, record_gates,
-                          retained_fraction, shipped_checkpoint, step_sizes, trace_episode, variance_shares,
+                          retained_fraction, step_sizes, trace_episode, variance_shares,
                           weight_decay_share)
 from testkit import check_markers, load_solutions, notebook_code, perturb_rule_
 

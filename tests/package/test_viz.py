@@ -13,12 +13,13 @@ import torch  # noqa: E402
 import metalstm.viz.explorer as explorer_module  # noqa: E402
 from metalstm.config import get_config  # noqa: E402
 from metalstm.metalearner import SGDCell, inner_loop, loss_and_grad, run_episode, support_batches  # noqa: E402
+from metalstm.paths import shipped_checkpoint  # noqa: E402
 from metalstm.rules import build_model# noqa: E402
 from metalstm.episodes import episode_generator, sampler_for  # noqa: E402
 from metalstm.viz import (LAYERS, GateRecord, InnerLoopExplorer, forgetting_share, format_summary,  # noqa: E402
                           gate_summary, implied_weight_decay, pick_coordinates, plot_gate_bands, plot_gates,
                           plot_query_accuracy_by_step, plot_step_sizes, record_gates, retained_fraction,
-                          shipped_checkpoint, step_sizes, trace_episode, weight_decay_share)
+                          step_sizes, trace_episode, weight_decay_share)
 from testkit import perturb_rule_  # noqa: E402
 
 CFG = get_config("smoke")          # 5-way 1-shot, 5 queries, T = 3 steps of batch 5
