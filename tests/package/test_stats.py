@@ -6,8 +6,8 @@ import torch
 
 from metalstm.baselines.common import Evaluation
 from metalstm.evaluate import paired_rows, paired_table
-from metalstm.stats import (T975, mean_ci95, paired_difference, seed_mean_ci95, seed_paired_difference,
-                            significant, t975)
+from metalstm.stats import (T975, mean_ci95, paired_difference, seed_mean_ci95, seed_paired_common,
+                            seed_paired_difference, significant, t975)
 
 
 def test_mean_ci95_is_1_96_std_over_sqrt_n():
@@ -110,3 +110,41 @@ def test_seed_level_statistics_refuse_unpaired_input():
         seed_mean_ci95([])
     with pytest.raises(ValueError, match="seed.s. 0 hold no accuracies"):
         seed_mean_ci95([[], [0.5]])
+
+
+def test_three_seeds_0_80_0_82_0_84_by_hand():
+    per_seed = [[0.78, 0.82], [0.82, 0.80, 0.84], [0.84]]             # seed means 0.80, 0.82, 0.84
+    mean, half, means = seed_mean_ci95(per_seed)
+    assert means == pytest.approx([0.80, 0.82, 0.84]) and mean == pytest.approx(0.82)
+    assert half == pytest.approx(4.303 * 0.02 / 1.732, rel=2e-4)         # t975(2) * sd / sqrt(3)
+    assert half == pytest.approx(0.049683, abs=1e-6)
+    assert mean_ci95(means)[1] < half                                     # 1.96 would claim too much
+
+
+def test_a_difference_paired_within_seeds_outlives_the_seed_spread_that_hides_it():
+    """Rung A beats rung B by one point in every seed, while the seeds themselves spread by two
+    points (both rungs of seed s share its initialisation and training episodes): the separate
+    seed intervals overlap, the interval over the per-seed paired differences excludes 0."""
+    g = torch.Generator().manual_seed(1)
+    difficulty = (torch.rand(600, generator=g) * 0.2).tolist()              # shared by every run
+    seed_effect = [0.0, 0.02, 0.04]
+    a = [[0.75 + s + d for d in difficulty] for s in seed_effect]
+    b = [[0.74 + s + d + e for d, e in zip(difficulty, (0.001 * torch.randn(600, generator=g)).tolist())]
+         for s in seed_effect]
+    (ma, ha, _), (mb, hb, _) = seed_mean_ci95(a), seed_mean_ci95(b)
+    assert abs(ma - mb) < ha + hb                                          # overlapping intervals
+    d, hd, per_seed = seed_paired_difference(a, b)
+    assert per_seed == pytest.approx([0.01] * 3, abs=2e-4) and d == pytest.approx(0.01, abs=2e-4)
+    assert significant(d, hd)
+    # within a seed, the paired mean difference is the difference of the two seed means
+    assert per_seed[0] == pytest.approx(sum(a[0]) / 600 - sum(b[0]) / 600)
+
+
+def test_seed_paired_common_pairs_the_seeds_both_methods_have():
+    a = {0: [0.9, 0.7], 1: [0.8, 0.8], 2: [0.6, 0.6]}
+    b = {2: [0.5, 0.5], 0: [0.8, 0.6], 7: [0.1, 0.1]}                     # seeds 0 and 2 in common
+    mean, half, per_seed = seed_paired_common(a, b)
+    assert per_seed == pytest.approx([0.1, 0.1]) and mean == pytest.approx(0.1) and half == pytest.approx(0)
+    mean, half, per_seed = seed_paired_common({3: [1.0]}, {3: [0.5], 4: [0.0]})
+    assert mean == pytest.approx(0.5) and math.isnan(half)                # one seed: no interval
+    assert seed_paired_common({0: [1.0]}, {1: [1.0]}) is None
