@@ -101,6 +101,14 @@ class EpisodeSampler:
         return _mixed(self.seed, i, (0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 1))
 
     def __getitem__(self, i: int) -> Episode:
+        """Episode i (paper notes 1), a function of `generator(i)` alone.
+
+        N classes of the eligible ones (those with at least K+Q images), in a random order:
+        the j-th gets label j. Of each, a random K+Q of its images: the first K are support
+        images, the other Q queries. Returns an `Episode`: support_x [N*K, C, H, W],
+        support_y [N*K], query_x [N*Q, C, H, W], query_y [N*Q] (grouped by label), classes [N].
+        i is a whole number >= 0: anything else is a ValueError, a negative one an IndexError.
+        """
         if isinstance(i, bool) or not hasattr(type(i), "__index__"):
             raise ValueError(f"an episode index is a whole number >= 0, got {i!r}")
         i = i.__index__()
@@ -137,54 +145,6 @@ class EpisodeSampler:
     def __repr__(self) -> str:
         return (f"EpisodeSampler({self.dataset.name!r}, {self.n_way}-way {self.k_shot}-shot, "
                 f"{self.n_query} query, seed={self.seed})")
-
-
-def main(argv: list[str] | None = None) -> float:
-    """`python -m metalstm.episodes`: how many episodes per second the sampler draws."""
-    import argparse
-    import sys
-    import time
-
-    from tqdm.auto import tqdm
-
-    from metalstm.data import load_dataset
-
-    def positive_int(text: str) -> int:             # as metalstm.cli.positive_int (kept light here)
-        if not text.lstrip("-").isdigit() or int(text) < 1:
-            raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}")
-        return int(text)
-
-    def seed_int(text: str) -> int:                 # as metalstm.cli.seed_int
-        if not text.isdigit() or int(text) >= 2 ** 63:
-            raise argparse.ArgumentTypeError(f"must be a whole number from 0 to 2**63 - 1, got {text!r}")
-        return int(text)
-
-    p = argparse.ArgumentParser(prog="python -m metalstm.episodes", description=main.__doc__)
-    p.add_argument("--dataset", default="glyphs")
-    p.add_argument("--root", default=None, help="folder of a real data set (not for glyphs)")
-    p.add_argument("--split", default="train", choices=["train", "val", "test"])
-    p.add_argument("--n-way", type=positive_int, default=5)
-    p.add_argument("--k-shot", type=positive_int, default=5)
-    p.add_argument("--n-query", type=positive_int, default=15)
-    p.add_argument("--episodes", type=positive_int, default=2000)
-    p.add_argument("--seed", type=seed_int, default=0)
-    p.add_argument("--threads", type=positive_int, default=None, help="torch threads (default: torch's choice)")
-    args = p.parse_args(argv)
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
-    try:
-        data = load_dataset(args.dataset, args.split, root=args.root)
-        sampler = EpisodeSampler(data, args.n_way, args.k_shot, args.n_query, seed=args.seed)
-    except (ValueError, OSError) as exc:         # a request the data set cannot serve: one line
-        print(f"error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
-    start = time.perf_counter()
-    for i in tqdm(range(args.episodes), desc="episodes"):
-        sampler[i]
-    rate = args.episodes / (time.perf_counter() - start)
-    print(f"{sampler}: {rate:,.0f} episodes/s ({args.episodes} episodes, {torch.get_num_threads()} threads)")
-    return rate
-
 
 
 # -- seeds and the fixed episode streams of a configuration --------------------
@@ -225,6 +185,3 @@ def sampler_for(cfg, split: str, data=None) -> "EpisodeSampler":
     data = data if data is not None else load_split(cfg, split)
     return EpisodeSampler(data, cfg.n_way, cfg.k_shot, cfg.n_query, seed=cfg.seed * 10 + SPLIT_OFFSETS[split])
 
-
-if __name__ == "__main__":
-    main()

@@ -120,7 +120,7 @@ RAW = [
     ("evaluate", ["--checkpoint", "{w}/run/best.pt", "--baselines", "nn"], ["--baselines", "'nn'", "nearest"]),
     ("evaluate", ["--checkpoint", "{w}/nan.pt"], ["nan.pt", "NaN", "earlier checkpoint"]),
     ("evaluate", ["--checkpoint", "{w}/missing.pt"], ["no checkpoint", "missing.pt"]),
-    # -- python -m metalstm.episodes ------------------------------------------------------
+    # -- python -m metalstm.tools.episode_rate --------------------------------------------
     ("episodes", ["--n-way", "5000", "--episodes", "2"], ["5000-way", "675 classes"], *SUB),
     ("episodes", ["--episodes", "-5"], ["--episodes", ">= 1", "'-5'"]),
     ("episodes", ["--episodes", "0"], ["--episodes", ">= 1"]),
@@ -174,7 +174,7 @@ def case_id(what: str, target) -> str:
 CASES = [pytest.param(what, target, words, id=case_id(what, target),
                       marks=[m for m in rest if m != "sub"]) for what, target, words, *rest in RAW]
 SUBPROCESS = {case_id(what, target): (what, target, words) for what, target, words, *rest in RAW if "sub" in rest}
-MODULES = {"train": "metalstm.train", "evaluate": "metalstm.evaluate", "episodes": "metalstm.episodes",
+MODULES = {"train": "metalstm.train", "evaluate": "metalstm.evaluate", "episodes": "metalstm.tools.episode_rate",
            "glyphs": "metalstm.tools.build_glyphs", "baselines": "metalstm.baselines",
            "bench": "metalstm.tools.bench", "diagnose": "metalstm.tools.diagnose"}
 MAINS = {**MODULES, "baselines": "metalstm.baselines.suite"}      # where each main(argv) is

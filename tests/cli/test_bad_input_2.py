@@ -161,7 +161,7 @@ MAINS = {"train": "metalstm.train", "evaluate": "metalstm.evaluate", "baselines"
          "digits": "metalstm.tools.build_digits", "glyphs": "metalstm.tools.build_glyphs",
          "diagnose": "metalstm.tools.diagnose", "results_table": "metalstm.tools.results_table",
          "untrained_row": "metalstm.tools.untrained_row", "gpu_check": "metalstm.tools.gpu_check",
-         "course": "metalstm.tools.course", "episodes": "metalstm.episodes", "grid": "metalstm.tools.grid"}
+         "course": "metalstm.tools.course", "episodes": "metalstm.tools.episode_rate", "grid": "metalstm.tools.grid"}
 
 
 def case_id(what: str, target) -> str:

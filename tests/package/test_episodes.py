@@ -126,6 +126,6 @@ def test_impossible_requests_name_the_numbers(n_way, k_shot, n_query, numbers):
 
 
 def test_speed_command_runs(capsys):
-    from metalstm.episodes import main
+    from metalstm.tools.episode_rate import main
     rate = main(["--n-way", "5", "--k-shot", "1", "--n-query", "5", "--episodes", "20", "--split", "val"])
     assert rate > 0 and "episodes/s" in capsys.readouterr().out
