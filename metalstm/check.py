@@ -12,7 +12,6 @@ not raised, so a notebook keeps running. The worked solutions are in notebooks/s
 from __future__ import annotations
 
 import itertools
-import math
 import traceback
 from dataclasses import dataclass
 from typing import Callable
@@ -93,8 +92,11 @@ def exercises() -> None:
 
 
 # -- small inputs ---------------------------------------------------------------------
-def _tagged_set(sizes):
-    """An ImageSet whose images store their own index (pixels 0, 1) and class (pixel 2)."""
+def tagged_set(sizes):
+    """An ImageSet of len(sizes) classes, sizes[c] images of class c, whose 1x2x2 images store
+    their own index (pixels 0, 1: index // 256, index % 256) and class (pixel 2); `decode_tagged`
+    reads them back from a sampler's float images. Used by this exercise check and by
+    tests/notebooks/test_notebook01_agrees.py."""
     from metalstm.data import ImageSet
 
     n = sum(sizes)
@@ -104,7 +106,8 @@ def _tagged_set(sizes):
     return ImageSet(images.to(torch.uint8).view(n, 1, 2, 2), targets, [str(c) for c in range(len(sizes))])
 
 
-def _decode(x):
+def decode_tagged(x):
+    """(image indices [B], classes [B]) of float images x [B, 1, 2, 2] drawn from a `tagged_set`."""
     v = (x * 255).round().long().view(len(x), 4)
     return v[:, 0] * 256 + v[:, 1], v[:, 2]
 
@@ -129,7 +132,7 @@ def _glyph_episodes(k_shot=5, count=2, start=0):
 @_exercise("01", 1, "sample_episode_any_sizes",
            "return (support_x, support_y, query_x, query_y, classes) drawing only classes with >= K+Q images")
 def _check_01_1(sample):
-    data = _tagged_set([20, 4, 20, 7, 9, 20])           # K+Q = 8: classes 1 and 3 are too small
+    data = tagged_set([20, 4, 20, 7, 9, 20])           # K+Q = 8: classes 1 and 3 are too small
     seen = set()
     for seed in range(40):
         out = sample(data, 3, 2, 6, torch.Generator().manual_seed(seed))
@@ -139,8 +142,8 @@ def _check_01_1(sample):
         _expect(sx.shape == (6, 1, 2, 2) and qx.shape == (18, 1, 2, 2),
                 "an episode of 3 ways, 2 shots and 6 queries has 6 support and 18 query images")
         _expect(sy.tolist() == [0, 0, 1, 1, 2, 2], "support labels are grouped by label: 0, 0, 1, 1, 2, 2")
-        s_idx, s_cls = _decode(sx)
-        q_idx, q_cls = _decode(qx)
+        s_idx, s_cls = decode_tagged(sx)
+        q_idx, q_cls = decode_tagged(qx)
         _expect(torch.equal(s_cls, classes[sy]) and torch.equal(q_cls, classes[qy]),
                 "image j of label k must be an image of class classes[k]")
         _expect(len(set(s_idx.tolist()) | set(q_idx.tolist())) == 24,

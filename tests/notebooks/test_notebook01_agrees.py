@@ -13,7 +13,7 @@ import nbformat
 import pytest
 import torch
 
-from metalstm.data import ImageSet
+from metalstm.check import decode_tagged, tagged_set
 from metalstm.data.glyphs import load_glyphs, split_table
 from metalstm.episodes import EpisodeSampler
 from testkit import check_markers, load_solutions, notebook_code
@@ -37,20 +37,6 @@ def glyphs_train():
     return load_glyphs("train")
 
 
-def tagged_set(sizes):
-    """Each image stores its own index (pixels 0, 1) and its class (pixel 2)."""
-    n = sum(sizes)
-    targets = torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(sizes))
-    idx = torch.arange(n)
-    images = torch.stack([idx // 256, idx % 256, targets, torch.zeros(n, dtype=torch.long)], 1)
-    return ImageSet(images.to(torch.uint8).view(n, 1, 2, 2), targets, [str(c) for c in range(len(sizes))])
-
-
-def decode(x):
-    v = (x * 255).round().long().view(len(x), 4)
-    return v[:, 0] * 256 + v[:, 1], v[:, 2]
-
-
 @pytest.mark.parametrize("n_way, k_shot, n_query", [(5, 1, 15), (5, 5, 15), (20, 1, 5), (3, 2, 18)])
 def test_notebook_sampler_draws_exactly_the_package_episodes(glyphs_train, n_way, k_shot, n_query):
     sample_episode = notebook_function("sample_episode")
@@ -67,8 +53,8 @@ def test_notebook_sampler_keeps_the_episode_rules():
     sample_episode = notebook_function("sample_episode")
     g = torch.Generator().manual_seed(0)
     sx, sy, qx, qy, classes = sample_episode(tagged_set([20] * 8), 4, 3, 5, g)
-    s_idx, s_cls = decode(sx)
-    q_idx, q_cls = decode(qx)
+    s_idx, s_cls = decode_tagged(sx)
+    q_idx, q_cls = decode_tagged(qx)
     assert torch.equal(s_cls, classes[sy]) and torch.equal(q_cls, classes[qy])
     assert not set(s_idx.tolist()) & set(q_idx.tolist())
     assert sy.tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3]
@@ -147,8 +133,8 @@ def test_solution_sampler_for_unequal_classes(solutions):
     for seed in range(60):
         sx, sy, qx, qy, classes = solutions.sample_episode_any_sizes(
             data, 3, 2, 6, torch.Generator().manual_seed(seed))
-        s_idx, s_cls = decode(sx)
-        q_idx, q_cls = decode(qx)
+        s_idx, s_cls = decode_tagged(sx)
+        q_idx, q_cls = decode_tagged(qx)
         assert torch.equal(s_cls, classes[sy]) and torch.equal(q_cls, classes[qy])
         assert len(set(s_idx.tolist()) | set(q_idx.tolist())) == 3 * 8
         assert sx.shape == (6, 1, 2, 2) and qx.shape == (18, 1, 2, 2)
