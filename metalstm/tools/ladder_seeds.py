@@ -38,15 +38,12 @@ interval as a bar.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import hashlib
 import json
 import math
 import sys
 import time
 from pathlib import Path
-
-import torch
 
 from metalstm.checkpoint import atomic_write
 from metalstm.cli import (add_path_option, check_folder, check_output_file, check_path_runs, check_png,
@@ -142,14 +139,6 @@ def up_to_date(json_path: Path, sha: str, episodes: int, samplers: dict) -> bool
         return False
 
 
-def with_path(cfg, path: str):
-    """`cfg` set to run on `path` (fused, native or reference), through whichever field this
-    version of Config has for it (`path`, or the older `fast`)."""
-    if "path" in {f.name for f in dataclasses.fields(cfg)}:
-        return cfg.replace(path=path)
-    return cfg.replace(fast=path != "reference")
-
-
 def checkpoint_config(ckpt: Path):
     """The Config that a checkpoint was trained with (one CheckpointError if it cannot be read)."""
     from metalstm.checkpoint import CheckpointError, load_checkpoint
@@ -170,7 +159,7 @@ def evaluate_run(spec: grid_tool.Spec, episodes: int, test_sets=TEST_SETS, path:
     from metalstm.rules import load_trained
     ckpt = spec.folder / "best.pt"
     sha = file_sha256(ckpt)
-    learner, rule, cfg, metrics = load_trained(ckpt, expect=with_path(checkpoint_config(ckpt), path))
+    learner, rule, cfg, metrics = load_trained(ckpt, expect=checkpoint_config(ckpt).replace(path=path))
     rule.eval()
     samplers = standard_samplers(cfg, test_sets)
     metrics = metrics if isinstance(metrics, dict) else {}
