@@ -7,7 +7,7 @@ valid, and exit code 2, never a traceback or a silently changed request:
     ap.add_argument("--threads", type=positive_int)      # 0 would silently mean "torch's choice"
     check_device(args.device)                            # "cuda" without a GPU, "gpu", "cuda:7"
     check_output_file(args.json, "--json")               # a folder, or under a file
-    switch_native(args.native, args.device, args.reference)   # no C compiler, a GPU, --reference
+    check_path_runs(args.path, args.device)              # --path native without a C compiler, a GPU
 
 Type functions raise argparse.ArgumentTypeError, which argparse prints as
 "error: argument --episodes: must be a whole number >= 1, got '0'" (after its
@@ -174,55 +174,34 @@ def check_folder(path: str | os.PathLike | None, flag: str, writable: bool = Fal
         _check_writable_folder(Path(path), f"{flag} {path}")
 
 
-def check_compiler(flag: str = "--compile") -> None:
-    """ValueError unless torch.compile can build its kernels here: its CPU code generator calls
-    a C++ compiler ($CXX, else c++, g++ or clang++ on the PATH). Checked before the work, so a
-    missing compiler is one line, not a hundred lines of InductorError after minutes."""
-    import shutil
-    if os.environ.get("CXX"):
-        if shutil.which(os.environ["CXX"].split()[0]) is None:
-            raise ValueError(f"{flag}: $CXX is {os.environ['CXX']!r}, which names no program on the PATH")
-        return
-    if not any(shutil.which(name) for name in ("c++", "g++", "clang++")):
-        raise ValueError(f"{flag} needs a C++ compiler (c++, g++ or clang++ on the PATH, or $CXX) for "
-                         f"torch.compile's kernels; install one, or leave {flag} off")
-
 def set_threads(n: int | None) -> None:
     """torch.set_num_threads(n) when n is given (argparse has checked n >= 1)."""
     if n is not None:
         torch.set_num_threads(n)
 
 
-NATIVE_HELP = ("run each meta-learner step, layer 1's matrix products included, as the C loops of "
-               "metalstm/native.c (compiled on first use with the system's C compiler; CPU only; one "
-               "thread, so faster with --threads 1 only; the same numbers to rounding; README, Speed)")
+PATH_HELP = ("which implementation runs the model, the same numbers to rounding: reference "
+             "(MetaLearner.reference_step and plain pooling: the readable one), fused (the default: "
+             "metalstm.fast.fused's hand-written backward and channels-last pooling) or native (fused, "
+             "with each meta-learner step as the C loops of metalstm/fast/native.c: CPU only, compiled on "
+             "first use with the system's C compiler, one thread; docs/speed.md)")
 
 
-def switch_native(on: bool, device: str, reference: bool = False) -> None:
-    """--native: every CPU float32 meta-learner step through metalstm.native's C loops
-    (metalstm.fused.set_native) until `restore_native`; one ValueError when they cannot run here."""
-    if not on:
+def add_path_option(ap: argparse.ArgumentParser) -> None:
+    """--path {reference,fused,native}, default fused (metalstm.config.PATHS)."""
+    from metalstm.config import PATHS
+    ap.add_argument("--path", choices=PATHS, default="fused", help=PATH_HELP)
+
+
+def check_path_runs(path: str, device: str) -> None:
+    """One ValueError, before any work, when `--path path` cannot run here: native on a device
+    other than the CPU, or native.c not compiling (no C compiler; it is compiled now, once)."""
+    if path != "native":
         return
-    if reference:
-        raise ValueError("--native speeds up the fused step, which --reference replaces by the readable "
-                         "one: pass one of the two")
     if torch.device(device).type != "cpu":
-        raise ValueError(f"--native runs on the CPU; with --device {device}, leave it off")
-    from metalstm import fused, native
+        raise ValueError(f"--path native runs on the CPU; with --device {device}, pass --path fused")
+    from metalstm.fast import native
     try:
-        fused.set_native(True)
+        native.library()
     except native.NativeUnavailable as exc:
-        raise ValueError(f"--native: {exc}") from None
-
-
-def native_state() -> bool:
-    """Whether the C loops are on now: what a command that takes --native gives back at its end."""
-    from metalstm import fused
-    return fused.native_on()
-
-
-def restore_native(state: bool) -> None:
-    """The end of a command that took --native: the switch as it was before (for callers in the
-    same process: tests, and notebooks that run a main())."""
-    from metalstm import fused
-    fused.set_native(state)
+        raise ValueError(f"--path native: {exc}") from None

@@ -25,6 +25,18 @@ COUNTS = ("image_size", "in_channels", "n_way", "k_shot", "n_query", "steps", "b
 # the ladder of update rules (paper notes 11), in order; metalstm.rules builds each of them
 RUNGS = ("sgd", "init", "meta-sgd", "schedule", "magnitude", "lstm")
 
+# the three implementations of one model (Config.path, `--path`), the same numbers to rounding:
+#   "reference"  MetaLearner.reference_step and plain F.max_pool2d(F.relu(x), 2): the readable one
+#   "fused"      metalstm.fast.fused (a hand-written backward) and channels-last pooling: the default
+#   "native"     "fused" with the meta-learner step as the C loops of metalstm/fast/native.c
+PATHS = ("reference", "fused", "native")
+
+
+def check_path(path) -> None:
+    """One ValueError unless path is one of PATHS."""
+    if path not in PATHS:
+        raise ValueError(f"path must be one of {', '.join(PATHS)}, got {path!r}")
+
 
 @dataclass(frozen=True)
 class Config:
@@ -56,9 +68,11 @@ class Config:
     p: float = 10.0
     forget_bias: tuple[float, float] = (4.0, 5.0)
     input_bias: tuple[float, float] = (-5.0, -4.0)
-    # the path: fused step + channels-last pooling (True), or reference_step + plain pooling, the
-    # readable one (False, --reference); equal to rounding. A checkpoint without it loads as True.
-    fast: bool = True
+    # which implementation runs the model (PATHS above, `--path`): how the numbers are computed, not
+    # which model, so not compared (a run may resume on another path; equal to rounding). A checkpoint
+    # written before the field existed loads as "fused"; one with the older `fast` field as
+    # fast=True -> "fused", False -> "reference"
+    path: str = field(default="fused", compare=False)
     # learner batch norm (paper notes 7)
     bn_eps: float = 1e-3
     bn_momentum: float = 0.95
@@ -76,6 +90,12 @@ class Config:
         ladder, a count that is not a whole number >= 1)."""
         if not isinstance(d, dict):
             raise ValueError(f"the stored configuration is {type(d).__name__}, not an object of fields")
+        if "fast" in d and "path" not in d:           # written before `path` replaced `fast`
+            fast = d["fast"]
+            if not isinstance(fast, bool):
+                raise ValueError(f"configuration field fast must be true or false, got {fast!r}")
+            d = {k: v for k, v in d.items() if k != "fast"}
+            d["path"] = "fused" if fast else "reference"
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known, key=str)
         if unknown:
@@ -91,6 +111,9 @@ class Config:
             raise ValueError(f"configuration field rule is {d['rule']!r}; the ladder is {', '.join(RUNGS)}")
         d = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
         return cls(**d)
+
+    def __post_init__(self) -> None:
+        check_path(self.path)
 
     def replace(self, **changes) -> "Config":
         return dataclasses.replace(self, **changes)

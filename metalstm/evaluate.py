@@ -33,13 +33,13 @@ from tqdm.auto import tqdm
 from metalstm.baselines.common import Evaluation
 from metalstm.baselines.suite import METHODS, NAMES, baseline_keys, build_baselines
 from metalstm.checkpoint import CheckpointError, refuse_other_kinds, stored_checksum
-from metalstm.cli import (NATIVE_HELP, check_device, check_folder, check_output_file, native_state,
-                          positive_int, restore_native, set_threads, switch_native, write_json)
+from metalstm.cli import (add_path_option, check_device, check_folder, check_output_file, check_path_runs,
+                          positive_int, set_threads, write_json)
 from metalstm.config import Config, get_config
 from metalstm.data import load_dataset
 from metalstm.episodes import (Episode, EpisodeSampler, check_request, episode_generator, load_split,
                                sampler_for)
-from metalstm.metalearner import run_episode
+from metalstm.metalearner import run_episode, set_path
 from metalstm.rules import RUNG_NAMES, RUNGS, load_trained
 from metalstm.stats import paired_difference, significant
 
@@ -124,7 +124,8 @@ def meta_test_sampler(cfg: Config, test_set: str | None = None) -> EpisodeSample
 def rule_key(path, native: bool = False, reference: bool = False) -> str:
     """What a rule's saved per-episode accuracies are keyed by: the checkpoint's own checksum
     (not its path: a file replaced at the same path is another rule) and the path that computed
-    them (--native and --reference round differently)."""
+    them (--path native and --path reference round differently; the keys of the fused path are
+    those of runs before --path existed)."""
     return hashlib.sha256(json.dumps({"checkpoint_sha256": stored_checksum(path), "native": bool(native),
                                       "reference": bool(reference)}, sort_keys=True).encode()).hexdigest()
 
@@ -178,8 +179,9 @@ def reusable(paths, cfg: Config, n: int, samplers: dict, keys: dict[str, str] | 
     A row is reused only under its method's key (`keys`: a rule's `rule_key`, a baseline's
     `baseline_keys`), so a checkpoint or a cache replaced since is measured again."""
     found, keys = {}, keys or {}
-    same = lambda c: {k: v for k, v in c.items() if k not in ("rule", "rule_lr", "episodes", "description")}
-    for path in paths:                       # the rule and its budget do not change the episodes or baselines
+    same = lambda c: {k: v for k, v in c.items() if k not in ("rule", "rule_lr", "episodes", "description",
+                                                               "path", "fast")}
+    for path in paths:       # the rule, its budget and path (in its key) do not change the episodes or baselines
         old = _read_results(path, n)
         if same(old.get("config", {})) != same(cfg.to_dict()) or old.get("episodes") != n:
             raise ValueError(f"--reuse {path} was made with another checkpoint configuration or episode "
@@ -249,19 +251,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=positive_int)
     ap.add_argument("--json", help="also write the results (with every episode's accuracy) as JSON here")
-    ap.add_argument("--reference", action="store_true", help="the readable path: reference_step and "
-                    "plain pooling instead of the fused step (the same numbers to rounding, slower)")
-    ap.add_argument("--native", action="store_true", help=NATIVE_HELP)
+    add_path_option(ap)
     ap.add_argument("--reuse", nargs="*", default=[], metavar="JSON", help="take the per-episode accuracies of methods that this "
                     "earlier --json of the same setting and episodes already holds (every method is "
                     "deterministic, so they are the numbers a new run would give); a row is taken only "
                     "under its key: a rule's checkpoint checksum, a baseline's settings and data, the "
                     "test set's images and seed; anything else is measured again")
     args = ap.parse_args(argv)
-    native_before = native_state()
     try:
         check_device(args.device)
-        switch_native(args.native, args.device, args.reference)
+        check_path_runs(args.path, args.device)
         check_output_file(args.json, "--json")             # before the work, not after it
         check_folder(args.cache, "--cache")
         set_threads(args.threads)
@@ -279,8 +278,8 @@ def main(argv: list[str] | None = None) -> int:
             raise CheckpointError(f"{args.checkpoint} holds a {cfg.k_shot}-shot {cfg.dataset} rule "
                                   f"({cfg.name!r}); --config {expect.name} is {expect.k_shot}-shot "
                                   f"{expect.dataset}: pass --config {cfg.name}, or no --config")
-        if args.reference:                 # Config.fast=False, as build_model would have made it
-            cfg, learner.fast, meta.fused = cfg.replace(fast=False), False, False
+        cfg = cfg.replace(path=args.path)           # --path, as build_model would have made it
+        set_path(args.path, learner, meta)
         n = args.episodes or cfg.test_episodes
         samplers = {name: meta_test_sampler(cfg, name) for name in (args.test_sets or [cfg.dataset])}
         rules = {RUNG_NAMES[cfg.rule]: (learner, meta, cfg, args.checkpoint)}
@@ -290,8 +289,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise ValueError(f"{path} is a {r_cfg.k_shot}-shot rule of {r_cfg.steps} steps of batch "
                                  f"{r_cfg.batch_size}; {args.checkpoint} is {cfg.k_shot}-shot, "
                                  f"{cfg.steps} x {cfg.batch_size}: compare rules of one setting")
-            if args.reference:
-                r_learner.fast = False
+            set_path(args.path, r_learner, rule)
             name = RUNG_NAMES[r_cfg.rule]
             if name in rules:                      # e.g. the same rule trained for fewer episodes
                 name = f"{name} ({r_cfg.episodes:,} episodes)"
@@ -301,10 +299,11 @@ def main(argv: list[str] | None = None) -> int:
             rules[name] = (r_learner, rule, r_cfg, path)
         order = sorted(rules, key=lambda name: (RUNGS.index(rules[name][2].rule), rules[name][2].episodes))
         rung_of = {name: rules[name][2].rule for name in order}
-        # a rule's note names its checkpoint (and --native, whose rounding differs): --reuse takes a
-        # rule's saved accuracies only from a run with the same note
-        notes = {name: str(rules[name][3]) + (" (--native)" if args.native else "") for name in order}
-        keys = {name: rule_key(rules[name][3], args.native, args.reference) for name in order}
+        # a rule's note names its checkpoint (and --path native, whose rounding differs); --reuse takes
+        # a rule's saved accuracies only under the same key (checkpoint and path)
+        notes = {name: str(rules[name][3]) + (" (--path native)" if args.path == "native" else "")
+                 for name in order}
+        keys = {name: rule_key(rules[name][3], args.path == "native", args.path == "reference") for name in order}
         baselines = {}
         wanted = list(dict.fromkeys(METHODS if args.baselines == ["all"] else args.baselines))
         c0 = meta.c0.detach().cpu() if cfg.rule == "lstm" else None
@@ -351,8 +350,6 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError) as exc:               # CheckpointError is a ValueError
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    finally:
-        restore_native(native_before)
     print("\n".join(f"- {name}: {note}" for name, note in notes.items()))
     print("\n(n.s.: the paired 95% interval includes 0)")
     return write_json(args.json, report_json, "the tables above", indent=1)

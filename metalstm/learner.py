@@ -19,9 +19,9 @@ Batch norm inside episodes (paper notes 7) is explicit, never a hidden module mo
 A `BNStats` belongs to one episode: make a fresh one per episode
 (`Learner.new_bn_stats`), so statistics never leak from one episode to the next.
 
-fast=True (the default) pools through a channels-last kernel (`relu_max_pool`,
-exactly the same numbers, faster on a CPU); fast=False runs the plain
-F.max_pool2d(F.relu(x), 2) - the readable path (Config.fast, `--reference`).
+path (Config.path, `--path`): "fused" and "native" (the default is "fused") pool through a
+channels-last kernel (`relu_max_pool`, exactly the same numbers); "reference" runs the plain
+F.max_pool2d(F.relu(x), 2), the readable path.
 """
 from __future__ import annotations
 
@@ -33,10 +33,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from metalstm.config import check_path
+
 
 class _PoolChannelsLast(torch.autograd.Function):
     """2x2 max-pool through PyTorch's channels-last CPU kernel (vectorised over channels;
-    ~5x faster forward than the default-layout kernel here), with the same indices and
+    faster than the default-layout kernel: docs/speed.md), with the same indices and
     hence the same gradient as F.max_pool2d."""
 
     @staticmethod
@@ -105,7 +107,7 @@ class Learner:
 
     def __init__(self, n_way: int = 5, in_channels: int = 1, image_size: int = 28,
                  n_filters: int = 32, n_blocks: int = 4, bn_eps: float = 1e-3,
-                 bn_momentum: float = 0.95, fast: bool = True) -> None:
+                 bn_momentum: float = 0.95, path: str = "fused") -> None:
         for name, value in (("n_way", n_way), ("in_channels", in_channels), ("image_size", image_size),
                             ("n_filters", n_filters), ("n_blocks", n_blocks)):
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
@@ -124,7 +126,8 @@ class Learner:
         self.n_way, self.in_channels, self.image_size = n_way, in_channels, image_size
         self.n_filters, self.n_blocks = n_filters, n_blocks
         self.bn_eps, self.bn_momentum = bn_eps, bn_momentum
-        self.fast = fast                     # False: plain pooling, the readable path
+        check_path(path)
+        self.path = path                     # "reference": plain pooling, the readable path
         self.n_features = n_filters * side * side
 
         self.layout: list[tuple[str, tuple[int, ...]]] = []
@@ -203,7 +206,7 @@ class Learner:
                              p[f"bn{k}.weight"], p[f"bn{k}.bias"], training=training,
                              momentum=self.bn_momentum, eps=self.bn_eps)
             # ReLU and 2x2 max-pool; the fast path computes the same numbers (tested)
-            x = relu_max_pool(x) if self.fast else F.max_pool2d(F.relu(x), 2)
+            x = F.max_pool2d(F.relu(x), 2) if self.path == "reference" else relu_max_pool(x)
         if stats is not None and training:
             stats.updates += 1
         return x.flatten(1), p
@@ -239,7 +242,7 @@ class LearnerModule(nn.Module):
 
     def __init__(self, learner: Learner) -> None:
         super().__init__()
-        self.n_blocks, self.fast = learner.n_blocks, learner.fast
+        self.n_blocks, self.path = learner.n_blocks, learner.path
         c_in = learner.in_channels
         for k in range(1, learner.n_blocks + 1):   # registration order = Learner.layout order
             setattr(self, f"conv{k}", nn.Conv2d(c_in, learner.n_filters, 3, padding=1))
@@ -252,7 +255,7 @@ class LearnerModule(nn.Module):
         for k in range(1, self.n_blocks + 1):
             x = getattr(self, f"conv{k}")(x)
             x = getattr(self, f"bn{k}")(x)
-            x = relu_max_pool(x) if self.fast else F.max_pool2d(F.relu(x), 2)
+            x = F.max_pool2d(F.relu(x), 2) if self.path == "reference" else relu_max_pool(x)
         return x.flatten(1)
 
     def forward(self, x: Tensor) -> Tensor:

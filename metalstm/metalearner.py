@@ -29,6 +29,16 @@ built here.
 Meta-parameters: 80*24 + 80 = 2,000 (layer 1) + 2*22 + 2 = 46 (layer 2) = 2,046
 for hidden 20, whatever the learner's size, plus c_0 (the learner's n_params).
 
+Names and shapes (docs/paper.md, the glossary), a column per coordinate: layer 1's weight W1
+[4H, 4 + H] and bias b1 [4H] (stored as `lstm_weight`, `lstm_bias`, nn.LSTMCell's names);
+its pre-activations z [4H, n] = [z_i; z_f; z_g; z_o]; its state h, c [H, n]; layer 2's W_F,
+W_I [H + 2], b_F, b_I [], pre-activations a_f, a_i [n] and gates f, i [n]; the fed-back
+gates f_prev, i_prev [n] (`MetaLearnerState.f`, `.i`).
+
+Three implementations of one step, chosen by `path` (Config.path, `--path`): "reference"
+runs `MetaLearner.reference_step` below; "fused" (the default) and "native" run
+`metalstm.fast` (a hand-written backward; C loops), imported only when a step needs them.
+
 `inner_loop` runs T such steps on the support set; the loss and gradient fed to
 the meta-learner are DETACHED (paper notes 5: no second derivatives), while theta_t
 itself stays in the autograd graph, so the query loss of `run_episode`
@@ -45,7 +55,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from metalstm.fused import fused_step
+from typing import NamedTuple
+
+from metalstm.config import check_path
 from metalstm.learner import BNStats, Learner, all_finite
 from metalstm.preprocess import preprocess
 
@@ -56,6 +68,19 @@ class Gates:
 
     f: Tensor
     i: Tensor
+
+
+class StepWeights(NamedTuple):
+    """The meta-learner's weights as one step reads them (paper notes 4): layer 1's W1 [4H, 4 + H]
+    (columns: pre(L_t) (2), pre(grad_t) (2), h (H); rows: the gates i, f, g, o, H each) and
+    b1 [4H]; layer 2's W_F, W_I [H + 2] (reading [h, theta, previous gate]) and b_F, b_I []."""
+
+    W1: Tensor
+    b1: Tensor
+    W_F: Tensor
+    W_I: Tensor
+    b_F: Tensor
+    b_I: Tensor
 
 
 @dataclass
@@ -87,20 +112,19 @@ class MetaLearner(nn.Module):
     that is the default here (prev_gate="value"). The authors' Lua code feeds
     back the pre-sigmoid logits instead: prev_gate="logit".
 
-    fused=True (the default) computes `step` with `metalstm.fused.FusedMetaStep`,
-    the same equations with a hand-written backward pass and an in-place
-    meta-test step (faster on a CPU, most of all in meta-testing: README,
-    Speed); fused=False runs `reference_step`, the equations as written
-    below, differentiated by autograd. The two agree to rounding (tested).
-    `metalstm.fused.set_native(True)` (`--native`) runs the fused step, its matrix
-    products included, as C loops (metalstm/native.c): an opt-in, also agreeing to rounding.
+    path picks the implementation of `step` (Config.path, `--path`): "reference" runs
+    `reference_step`, the equations as written below, differentiated by autograd;
+    "fused" (the default) `metalstm.fast.fused.fused_step`, the same equations with a
+    hand-written backward pass and a meta-test step that keeps nothing; "native" that fused
+    step as C loops (metalstm/fast/native.c) where they can run (CPU float32 and a C
+    compiler), else as "fused". All three agree to rounding (tested); speeds: docs/speed.md.
     """
 
     def __init__(self, n_params: int, hidden: int = 20, p: float = 10.0,
                  forget_bias: tuple[float, float] = (4.0, 5.0), input_bias: tuple[float, float] = (-5.0, -4.0),
                  weight_range: float = 0.01, theta0: Tensor | None = None,
                  generator: torch.Generator | None = None, *, learner: Learner | None = None,
-                 prev_gate: str = "value", fused: bool = True) -> None:
+                 prev_gate: str = "value", path: str = "fused") -> None:
         super().__init__()
         if theta0 is None:
             if learner is None:
@@ -117,7 +141,7 @@ class MetaLearner(nn.Module):
         if prev_gate not in ("value", "logit"):
             raise ValueError(f"prev_gate must be 'value' (paper) or 'logit' (authors' code), got {prev_gate!r}")
         self.n_params, self.hidden, self.p, self.prev_gate = n_params, hidden, p, prev_gate
-        self.fused = fused
+        self.path = path
 
         def uniform(shape, low, high):
             return nn.Parameter(torch.empty(shape).uniform_(low, high, generator=generator))
@@ -134,9 +158,24 @@ class MetaLearner(nn.Module):
         self.b_I = uniform((), *input_bias)
         self.c0 = nn.Parameter(theta0.detach().clone().float())
 
+    @property
+    def path(self) -> str:
+        """Which implementation runs `step`: "reference", "fused" or "native" (settable)."""
+        return self._path
+
+    @path.setter
+    def path(self, value: str) -> None:
+        check_path(value)
+        self._path = value
+
     def rule_parameters(self) -> list[nn.Parameter]:
         """The update rule's own parameters: everything but c0 (2,046 numbers for hidden 20)."""
         return [param for name, param in self.named_parameters() if name != "c0"]
+
+    def weights(self) -> StepWeights:
+        """The rule's weights under their names in the equations (W1 is `lstm_weight`, b1 `lstm_bias`)."""
+        return StepWeights(W1=self.lstm_weight, b1=self.lstm_bias, W_F=self.W_F, W_I=self.W_I,
+                           b_F=self.b_F, b_I=self.b_I)
 
     def initial_state(self) -> MetaLearnerState:
         """Zero layer-1 state and zero previous gates, one column per coordinate."""
@@ -152,34 +191,50 @@ class MetaLearner(nn.Module):
         and for a loss or gradient with NaN or infinity (theta_t would be NaN: paper notes 4's
         preprocessing passes a NaN on to every gate)."""
         check_step_inputs(loss, grad, theta)
-        if not self.fused:
+        if self.path == "reference":
             return self.reference_step(loss, grad, theta, state)
-        theta, h, c, f, i, a_f, a_i = fused_step(
-            loss, grad, theta, state.h, state.c, state.f, state.i, self.lstm_weight, self.lstm_bias,
-            self.W_F, self.W_I, self.b_F, self.b_I, self.p)
+        from metalstm.fast.fused import fused_step      # the fast paths, loaded on first use
+        theta, h, c, f, i, a_f, a_i = fused_step(loss, grad, theta, h=state.h, c=state.c, f_prev=state.f,
+                                                 i_prev=state.i, weights=self.weights(), p=self.p,
+                                                 native=self.path == "native")
         fed_back = (f, i) if self.prev_gate == "value" else (a_f, a_i)
         return theta, MetaLearnerState(h, c, *fed_back), Gates(f, i)
 
     def reference_step(self, loss: Tensor, grad: Tensor, theta: Tensor,
                        state: MetaLearnerState) -> tuple[Tensor, MetaLearnerState, Gates]:
-        """`step` as plain tensor operations, differentiated by autograd (paper notes 3, 4)."""
+        """`step` as plain tensor operations, differentiated by autograd (paper notes 3, 4).
+
+        loss L_t [], grad grad_t [n], theta theta_{t-1} [n]; state.h, state.c [H, n], state.f,
+        state.i (f_prev, i_prev) [n]. Returns theta_t [n], the next state, and the gates f, i."""
         n, H = theta.shape[0], self.hidden
+        W1, b1, W_F, W_I, b_F, b_I = self.weights()
+        f_prev, i_prev = state.f, state.i
         # layer 1: a standard LSTM over all n coordinates at once. Each coordinate is one COLUMN,
-        # so that every gate below is a contiguous [hidden, n] block (fast elementwise ops).
+        # so that every gate below is a contiguous [H, n] block (fast elementwise ops).
         x = torch.cat([preprocess(loss, self.p).reshape(2, 1).expand(2, n),   # the loss, the same for all
                        preprocess(grad, self.p).T])                            # [4, n]
-        z = torch.addmm(self.lstm_bias[:, None], self.lstm_weight, torch.cat([x, state.h]))  # [4H, n]
+        z = torch.addmm(b1[:, None], W1, torch.cat([x, state.h]))             # [4H, n]
         z_i, z_f, z_g, z_o = z.chunk(4)
         c = torch.sigmoid(z_f) * state.c + torch.sigmoid(z_i) * torch.tanh(z_g)
         h = torch.sigmoid(z_o) * torch.tanh(c)
         # layer 2: the meta-LSTM cell, whose cell state is theta itself;
-        # W_F . [h_t, theta_{t-1}, f_{t-1}] written out term by term (no [22, n] copy)
-        z_f2 = self.W_F[:H] @ h + self.W_F[H] * theta + self.W_F[H + 1] * state.f + self.b_F
-        z_i2 = self.W_I[:H] @ h + self.W_I[H] * theta + self.W_I[H + 1] * state.i + self.b_I
-        f, i = torch.sigmoid(z_f2), torch.sigmoid(z_i2)
+        # W_F . [h, theta, f_prev] written out term by term (no [H + 2, n] copy)
+        a_f = W_F[:H] @ h + W_F[H] * theta + W_F[H + 1] * f_prev + b_F
+        a_i = W_I[:H] @ h + W_I[H] * theta + W_I[H + 1] * i_prev + b_I
+        f, i = torch.sigmoid(a_f), torch.sigmoid(a_i)
         theta = f * theta + i * (-grad)
-        fed_back = (f, i) if self.prev_gate == "value" else (z_f2, z_i2)
+        fed_back = (f, i) if self.prev_gate == "value" else (a_f, a_i)
         return theta, MetaLearnerState(h, c, *fed_back), Gates(f, i)
+
+
+def set_path(path: str, *parts) -> None:
+    """Run a learner and a rule built already on `path` ("reference", "fused" or "native"): what
+    `Config.path` gives a model built from it. Rules without a meta-LSTM step (SGDCell and the
+    ladder's other rungs) have no path of their own and are left as they are."""
+    check_path(path)
+    for part in parts:
+        if isinstance(part, (Learner, MetaLearner)):
+            part.path = path
 
 
 class NonFiniteStepError(ValueError):

@@ -212,13 +212,13 @@ def build_model(cfg: Config, device: str | torch.device = "cpu") -> tuple[Learne
     """The learner f(x; theta) and the update rule cfg.rule (the paper's MetaLearner for "lstm"),
     with c_0 = a theta drawn from cfg.seed: the same c_0 for every rung of the ladder."""
     learner = Learner(n_way=cfg.n_way, in_channels=cfg.in_channels, image_size=cfg.image_size,
-                      bn_eps=cfg.bn_eps, bn_momentum=cfg.bn_momentum, fast=cfg.fast)
+                      bn_eps=cfg.bn_eps, bn_momentum=cfg.bn_momentum, path=cfg.path)
     g = torch.Generator().manual_seed(cfg.seed)
     theta0 = learner.init_params(generator=g)
     if cfg.rule != "lstm":
         return learner, make_rule(cfg.rule, learner, theta0, cfg.rule_lr, cfg.steps).to(device)
     meta = MetaLearner(learner.n_params, hidden=cfg.hidden, p=cfg.p, forget_bias=cfg.forget_bias,
-                       input_bias=cfg.input_bias, theta0=theta0, generator=g, fused=cfg.fast)
+                       input_bias=cfg.input_bias, theta0=theta0, generator=g, path=cfg.path)
     return learner, meta.to(device)
 
 
@@ -236,8 +236,8 @@ def load_trained(path, device: str = "cpu",
             f"{cfg.image_size}x{cfg.image_size}, hidden {cfg.hidden}), which does not fit configuration "
             f"{expect.name!r} ({expect.rule}, {expect.n_way}-way, {expect.in_channels}x{expect.image_size}"
             f"x{expect.image_size}, hidden {expect.hidden})")
-    if expect is not None:                     # the readable/fast switch is the caller's choice
-        cfg = cfg.replace(fast=expect.fast)
+    if expect is not None:                     # the path (reference, fused, native) is the caller's choice
+        cfg = cfg.replace(path=expect.path)
     try:                                       # built here, then moved: a device's error is its own
         learner, rule = build_model(cfg)
     except (TypeError, ValueError, RuntimeError) as exc:   # values no learner or rule is built from

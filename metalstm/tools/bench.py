@@ -21,13 +21,13 @@ For each episode shape (5-way 5-shot T=8 B=25 and 5-way 1-shot T=12 B=5, at
     (c) one meta-test episode: run_episode(mode="test");
     (b_naive), (c_naive) the same meta-training and meta-test episode written
         the straightforward way (`naive_episode`, the way the paper is usually
-        ported to PyTorch): two nn.Module copies of the learner with theta's
-        weights copied in, nn.LSTMCell over all coordinates, autograd everywhere;
-        the same numbers (tested), so (b_naive)/(b) is metalstm's speed-up;
-    (b_C), (c_C) the same (b) and (c) with each meta-learner step, its matrix
-        products included, as the C loops of metalstm/native.c (`--native`,
-        metalstm.fused.set_native: an opt-in that needs a C compiler; measured
-        whenever one is found on a CPU);
+        ported to PyTorch, `metalstm.tools.naive`): two nn.Module copies of the learner
+        with theta's weights copied in, nn.LSTMCell over all coordinates, autograd
+        everywhere; the same numbers (tested), so (b_naive)/(b) is metalstm's speed-up;
+    (b_C), (c_C) the same (b) and (c) on `path="native"` (`--path native`): each
+        meta-learner step, its matrix products included, as the C loops of
+        metalstm/fast/native.c (they need a C compiler; timed whenever one is found on
+        a CPU);
     (g_C), (g_fwd_C) the products of (g) and (g_fwd) as native.c's own loops
         (native.products, measured with (b_C)): where they run faster than
         PyTorch's, (b0) + (g_C) and (a) + (g_fwd_C) are the tighter bounds;
@@ -51,50 +51,42 @@ shape. On a shared machine the CPU time is the steadier figure.
 --steps times ONE meta-learner step instead (CPU time and wall clock: with --threads
 above 1 the wall clock is the one to read), for the learner size of each --shapes
 (n coordinates, hidden 20), on random inputs from a non-zero state: the meta-test
-step and the meta-training step (forward and backward) of the default path and of
---native, the step's three matrix products alone (g / T), the same as the C loops'
-(g_C / T), and a plain copy of the [4H, n] array z (the memory traffic of one read
-and one write of it: a yardstick for the elementwise work, which on the default
-path must at least read z and write the gates; --native keeps z and dz in
+step and the meta-training step (forward and backward) of the fused path and of
+the native one, the step's three matrix products alone (g / T), the same as the C
+loops' (g_C / T), and a plain copy of the [4H, n] array z (the memory traffic of one
+read and one write of it: a yardstick for the elementwise work, which on the fused
+path must at least read z and write the gates; the native path keeps z and dz in
 registers, so its step "beyond the matrix products" is its whole time less the C
 loops' products alone).
 
     python -m metalstm.tools.bench --steps --repeats 20 --threads 1 --shapes 28
 
---compile runs the meta-test steps of (c) through torch.compile
-(metalstm.fused.set_compile; meta-training keeps the hand-written step, which
-measured as fast or faster): for long runs, never the default (tens of seconds
-of compiling first, printed).
-
 On Linux, glibc hands large freed buffers back to the system, and the next
-episode pays page faults for them again: 84x84 episodes run 1.2-1.8x faster with
+episode pays page faults for them again; 84x84 episodes run faster with
     MALLOC_MMAP_THRESHOLD_=4000000000 MALLOC_TRIM_THRESHOLD_=4000000000
-in the environment (or with jemalloc / tcmalloc preloaded).
+in the environment (or with jemalloc / tcmalloc preloaded): docs/speed.md.
 """
 from __future__ import annotations
 
 import argparse
-import copy
 import os
 import platform
 import resource
 import statistics
 import sys
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from metalstm.cli import check_compiler, check_device, non_negative_int, positive_int, set_threads
-from metalstm import fused, native
+from metalstm.cli import check_device, non_negative_int, positive_int, set_threads
+from metalstm.fast import native
 from metalstm.data.base import ImageSet
 from metalstm.episodes import Episode, EpisodeSampler
 from metalstm.learner import Learner
 from metalstm.metalearner import MetaLearner, SGDCell, run_episode, support_batches
-from metalstm.preprocess import preprocess
+from metalstm.tools.naive import NaiveMetaLearner, naive_episode, naive_models
 
 
 @dataclass
@@ -129,8 +121,7 @@ def random_episode(s: Shape, g: torch.Generator, device) -> Episode:
 def timed(fns: dict, repeats: int, warmup: int, device) -> dict:
     """key -> (wall-clock seconds, CPU seconds of this process, peak memory MB) of each of
     `repeats` calls of every fn, after `warmup` untimed calls (the first one also gives its
-    peak memory); "first" -> key -> the wall-clock seconds of the very first call (with
-    --compile: the compiling). The functions take turns, so that all run under the same conditions: the
+    peak memory); "first" -> key -> the wall-clock seconds of the very first call. The functions take turns, so that all run under the same conditions: the
     same load from other processes, the same state of the memory allocator. On a shared
     machine the CPU time is the steadier: it does not count waiting for a core."""
     cuda = torch.device(device).type == "cuda"
@@ -197,9 +188,10 @@ def train_fn(learner: Learner, meta, ep: Episode, s: Shape):
 
 
 def gemm_operands(n: int, hidden: int, device):
-    """W [4H, H+3] and W_h^T [H, 4H] column-major, x = [x; h; 1] [H+3, n] coordinate-major and
-    dz [4H, n]: the layouts in which these products run fastest on a CPU (and in which
-    metalstm.fused runs them), so that (g) is the least any implementation pays for them."""
+    """W1_folded [4H, H+3] and W1[h]^T [H, 4H] column-major, x = [pre(grad); h; 1] [H+3, n]
+    coordinate-major and dz [4H, n]: the layouts in which these products run fastest on a CPU
+    (and in which metalstm.fast.fused runs them), so that (g) is the least any implementation
+    pays for them."""
     g = torch.Generator().manual_seed(1)
     W = torch.randn(hidden + 3, 4 * hidden, generator=g).to(device).T
     W_hT = torch.randn(4 * hidden, hidden, generator=g).to(device).T
@@ -248,136 +240,15 @@ def test_fn(learner: Learner, meta: MetaLearner, ep: Episode, s: Shape):
     return lambda: run_episode(learner, meta, ep, s.steps, s.batch_size, mode="test")
 
 
-def with_native(fn):
-    """fn run with the C loops of metalstm.native switched on: (b_C) and (c_C)."""
+def on_path(fn, meta: MetaLearner, path: str):
+    """fn run with `meta` on `path` (and back on its own after): (b_C) and (c_C) on "native"."""
     def run():
-        fused.set_native(True)
+        before, meta.path = meta.path, path
         try:
             fn()
         finally:
-            fused.set_native(False)
+            meta.path = before
     return run
-
-
-# -- the straightforward implementation ------------------------------------------------
-# The way the paper is usually written in PyTorch (as in the widely used port): the learner
-# is an ordinary nn.Module, and two copies of it take turns - one gets theta's values copied
-# into its parameters to compute each support step's loss and gradient, the other has its
-# parameters replaced by slices of theta_T so that the query loss reaches the meta-learner;
-# layer 1 is nn.LSTMCell with the n coordinates as its batch ([n, 4] inputs), layer 2 the
-# meta-LSTM cell as tensor operations; autograd differentiates everything. It computes the
-# same numbers as metalstm (tests/cli/test_bench.py), which the port does not quite: it divides
-# the gradient by the batch size and feeds back the gates' logits.
-
-class NaiveLearner(nn.Module):
-    """The learner as nn layers, parameters in `Learner.layout` order."""
-
-    def __init__(self, learner: Learner) -> None:
-        super().__init__()
-        layers, c_in = [], learner.in_channels
-        for _ in range(learner.n_blocks):
-            layers += [nn.Conv2d(c_in, learner.n_filters, 3, padding=1),
-                       nn.BatchNorm2d(learner.n_filters, eps=learner.bn_eps, momentum=learner.bn_momentum),
-                       nn.ReLU(), nn.MaxPool2d(2)]
-            c_in = learner.n_filters
-        self.features = nn.Sequential(*layers)
-        self.fc = nn.Linear(learner.n_features, learner.n_way)
-
-    def forward(self, x):
-        return self.fc(self.features(x).flatten(1))
-
-    def copy_flat_params(self, theta):
-        """theta's values into the parameters (no graph: only the gradient is wanted)."""
-        start = 0
-        for param in self.parameters():
-            param.data.copy_(theta[start:start + param.numel()].view_as(param))
-            start += param.numel()
-
-    def transfer_params(self, other: "NaiveLearner", theta):
-        """The other copy's batch-norm statistics, then theta's slices AS the parameters (in
-        the graph: the query loss backpropagates through them to theta)."""
-        self.load_state_dict(other.state_dict())
-        start = 0
-        for module in self.modules():
-            if isinstance(module, (nn.Conv2d, nn.BatchNorm2d, nn.Linear)):
-                for name in ("weight", "bias"):
-                    old = module._parameters[name]
-                    module._parameters[name] = theta[start:start + old.numel()].view_as(old).clone()
-                    start += old.numel()
-
-    def reset_batch_stats(self):
-        for module in self.modules():
-            if isinstance(module, nn.BatchNorm2d):
-                module.reset_running_stats()
-
-
-class NaiveMetaLearner(nn.Module):
-    """Layer 1 as nn.LSTMCell over [n, 4] inputs, layer 2 as the meta-LSTM cell; theta a column."""
-
-    def __init__(self, meta: MetaLearner) -> None:
-        super().__init__()
-        H, self.p, self.prev_gate = meta.hidden, meta.p, meta.prev_gate
-        self.lstm = nn.LSTMCell(4, H)
-        self.WF = nn.Parameter(torch.empty(H + 2, 1))
-        self.WI = nn.Parameter(torch.empty(H + 2, 1))
-        self.bF, self.bI = nn.Parameter(torch.empty(1)), nn.Parameter(torch.empty(1))
-        self.cI = nn.Parameter(torch.empty(meta.n_params, 1))
-        self.lstm.bias_hh.requires_grad_(False)         # metalstm's layer 1 has one bias
-        self.to(meta.c0)
-        with torch.no_grad():                           # metalstm's weights, in this layout
-            self.lstm.weight_ih.copy_(meta.lstm_weight[:, :4])
-            self.lstm.weight_hh.copy_(meta.lstm_weight[:, 4:])
-            self.lstm.bias_ih.copy_(meta.lstm_bias)
-            self.lstm.bias_hh.zero_()
-            self.WF.copy_(meta.W_F[:, None])
-            self.WI.copy_(meta.W_I[:, None])
-            self.bF.copy_(meta.b_F.reshape(1))
-            self.bI.copy_(meta.b_I.reshape(1))
-            self.cI.copy_(meta.c0[:, None])
-
-    def forward(self, loss, grad, hs):
-        """One update: (theta_t [n, 1], hs = [(h, c) of layer 1, [f, i, theta_t]])."""
-        n = grad.shape[0]
-        x = torch.cat([preprocess(loss, self.p).reshape(1, 2).expand(n, 2), preprocess(grad, self.p)], 1)
-        h, c = self.lstm(x, hs[0])
-        f_prev, i_prev, theta = hs[1]
-        a_f = torch.cat([h, theta, f_prev], 1) @ self.WF + self.bF
-        a_i = torch.cat([h, theta, i_prev], 1) @ self.WI + self.bI
-        f, i = torch.sigmoid(a_f), torch.sigmoid(a_i)
-        theta = f * theta - i * grad[:, None]
-        fed_back = [f, i] if self.prev_gate == "value" else [a_f, a_i]
-        return theta, [(h, c), fed_back + [theta]]
-
-
-def naive_episode(nets: tuple[NaiveLearner, NaiveLearner], meta: NaiveMetaLearner, ep: Episode,
-                  steps: int, batch_size: int, mode: str = "train"):
-    """run_episode(..., mode) the straightforward way: (query loss, query logits)."""
-    w_grad, wo_grad = nets
-    theta = meta.cI
-    zeros = theta.new_zeros(theta.shape)
-    hs = [None, [zeros, zeros, theta]]
-    w_grad.train()
-    if mode == "test":
-        w_grad.reset_batch_stats()                      # a fresh episode's running averages
-    for idx in support_batches(len(ep.support_y), batch_size, steps):
-        idx = idx.to(ep.support_x.device)
-        w_grad.copy_flat_params(theta.detach().squeeze(1))
-        loss = F.cross_entropy(w_grad(ep.support_x[idx]), ep.support_y[idx])
-        w_grad.zero_grad()
-        loss.backward()
-        grad = torch.cat([param.grad.view(-1) for param in w_grad.parameters()])
-        with torch.no_grad() if mode == "test" else nullcontext():
-            theta, hs = meta(loss.detach(), grad, hs)
-    wo_grad.transfer_params(w_grad, theta.squeeze(1))
-    wo_grad.train(mode == "train")
-    with torch.no_grad() if mode == "test" else nullcontext():
-        logits = wo_grad(ep.query_x)
-        return F.cross_entropy(logits, ep.query_y), logits
-
-
-def naive_models(learner: Learner, meta: MetaLearner) -> tuple[tuple[NaiveLearner, NaiveLearner], NaiveMetaLearner]:
-    w_grad = NaiveLearner(learner).to(meta.c0)
-    return (w_grad, copy.deepcopy(w_grad)), NaiveMetaLearner(meta)
 
 
 def naive_train_fn(nets, meta: NaiveMetaLearner, ep: Episode, s: Shape):
@@ -437,13 +308,13 @@ def step_fns(n: int, hidden: int, device) -> dict:
     fns = {"test": test, "train": train, "gemm": gemm_fn(n, hidden, 1, device),
            "gemm_fwd": gemm_forward_fn(n, hidden, 1, device), "copy": lambda: z_copy.copy_(z)}
     if native_rows(device):
-        fns["test_C"], fns["train_C"] = with_native(test), with_native(train)
+        fns["test_C"], fns["train_C"] = on_path(test, meta, "native"), on_path(train, meta, "native")
         fns["gemm_C"], fns["gemm_fwd_C"] = gemm_native_fn(n, hidden, 1), gemm_native_fn(n, hidden, 1, True)
     return fns
 
 
-STEP_NAMES = {"test": "meta-test step", "test_C": "meta-test step, --native",
-              "train": "meta-training step (fwd + bwd)", "train_C": "meta-training step, --native",
+STEP_NAMES = {"test": "meta-test step", "test_C": "meta-test step, native",
+              "train": "meta-training step (fwd + bwd)", "train_C": "meta-training step, native",
               "gemm": "its three matrix products (g/T)", "gemm_fwd": "the forward product (g_fwd/T)",
               "gemm_C": "the three products as C loops (g_C/T)", "gemm_fwd_C": "the forward one (g_fwd_C/T)",
               "copy": "copy of z [4H, n] (memory)"}
@@ -461,7 +332,7 @@ def report_steps(size: int, n: int, rows: dict) -> None:
             print(f"  {name:<36} {1e3 * cpu[k]:14.2f} {1e3 * min(times):8.2f} {1e3 * max(times):8.2f}   "
                   f"{1e3 * statistics.median(rows[k][0]):15.2f}")
     print("  beyond the matrix products (what the elementwise work, the preprocessing and the "
-          "bookkeeping cost; --native runs its own products, so its rows are its whole time less "
+          "bookkeeping cost; the native path runs its own products, so its rows are its whole time less "
           "the C loops' products alone):")
     for k in ("test", "test_C", "train", "train_C"):
         if k in cpu:
@@ -495,8 +366,8 @@ def bench_shape(s: Shape, repeats: int, warmup: int, device) -> dict:
            "c_naive": naive_test_fn(nets, naive_meta, ep, s),
            "d": lambda: sampler[next(counter)].to(device)}
     if native_rows(device):
-        fns["b_C"] = with_native(train_fn(learner, meta, ep, s))
-        fns["c_C"] = with_native(test_fn(learner, meta, ep, s))
+        fns["b_C"] = on_path(train_fn(learner, meta, ep, s), meta, "native")
+        fns["c_C"] = on_path(test_fn(learner, meta, ep, s), meta, "native")
         fns["g_C"] = gemm_native_fn(learner.n_params, meta.hidden, s.steps)
         fns["g_fwd_C"] = gemm_native_fn(learner.n_params, meta.hidden, s.steps, forward_only=True)
     load_before = os.getloadavg()
@@ -510,7 +381,7 @@ NAMES = {"a": "(a) floor: nn.Module SGD", "b": "(b) meta-train episode",
          "b0": "(b0) same, SGD as the rule", "g": "(g) LSTM matmuls alone",
          "g_fwd": "(g_fwd) forward matmul alone", "c": "(c) meta-test episode",
          "b_naive": "(b_naive) straightforward (b)", "c_naive": "(c_naive) straightforward (c)",
-         "b_C": "(b_C) (b) with --native", "c_C": "(c_C) (c) with --native",
+         "b_C": "(b_C) (b) on --path native", "c_C": "(c_C) (c) on --path native",
          "g_C": "(g_C) (g) as native.c's loops", "g_fwd_C": "(g_fwd_C) (g_fwd) as C loops",
          "d": "(d) episode sampling"}
 KEYS = ["a", "b", "b0", "g", "g_fwd", "c", "b_naive", "c_naive", "b_C", "c_C", "g_C", "g_fwd_C", "d"]
@@ -545,9 +416,6 @@ def report(s: Shape, rows: dict) -> None:
     cpu = {k: statistics.median(rows[k][1]) for k in KEYS if k in rows}
     before, after = rows["load"]
     print(f"\n{s}   (load average {before[0]:.2f} before, {after[0]:.2f} after)")
-    if fused.compiling():
-        print(f"  (c)'s meta-learner steps through torch.compile; its first call (compiling): "
-              f"{rows['first']['c']:.1f} s")
     print(f"  {'':<31} {'wall ms: median':>15} {'min':>8} {'max':>8}   {'CPU ms: median':>14}   peak memory")
     for k in (k for k in KEYS if k in rows):
         wall, cpu_times, mem = rows[k]
@@ -573,7 +441,7 @@ def report(s: Shape, rows: dict) -> None:
 
 def cpu_model() -> str:
     """The CPU's name as Linux gives it (/proc/cpuinfo), else platform's: the products' speed,
-    and so the bound, differs from one CPU to another (README, Speed)."""
+    and so the bound, differs from one CPU to another (docs/speed.md)."""
     try:
         with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
             for line in f:
@@ -596,14 +464,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     parser.add_argument("--steps", action="store_true",
                         help="time one meta-learner step of each kind instead of whole episodes")
-    parser.add_argument("--compile", action="store_true",
-                        help="run (c)'s meta-test steps through torch.compile (metalstm.fused."
-                             "set_compile): for long runs; tens of seconds of compiling per shape first")
     args = parser.parse_args(argv)
     try:
         check_device(args.device)
-        if args.compile:
-            check_compiler("--compile")
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -614,12 +477,11 @@ def main(argv: list[str] | None = None) -> int:
           f"{load[0]:.2f} {load[1]:.2f} {load[2]:.2f} (1, 5, 15 min) on {os.cpu_count()} cores, "
           f"CPU: {cpu_model()}")
     if native_rows(args.device):
-        print(f"(b_C), (c_C), (g_C), (g_fwd_C): the C loops of metalstm/native.c, compiled as "
+        print(f"(b_C), (c_C), (g_C), (g_fwd_C): the C loops of metalstm/fast/native.c, compiled as "
               f"`{native.describe()}`")
     elif torch.device(args.device).type == "cpu":
-        print("(b_C), (c_C), (g_C), (g_fwd_C) not measured: metalstm/native.c does not compile here "
+        print("(b_C), (c_C), (g_C), (g_fwd_C) not measured: metalstm/fast/native.c does not compile here "
               "(no C compiler?)")
-    fused.set_compile(args.compile)
     if args.steps:
         for size in args.shapes:
             n = Learner(5, 1 if size == 28 else 3, size).n_params
@@ -627,14 +489,10 @@ def main(argv: list[str] | None = None) -> int:
             rows = timed(step_fns(n, 20, args.device), args.repeats, args.warmup, args.device)
             rows["load"] = (load_before, os.getloadavg())
             report_steps(size, n, rows)
-        fused.set_compile(False)
         return 0
-    try:
-        for s in shapes(args.shapes, args.shots):
-            report(s, bench_shape(s, args.repeats, args.warmup, args.device))
-            sys.stdout.flush()
-    finally:
-        fused.set_compile(False)
+    for s in shapes(args.shapes, args.shots):
+        report(s, bench_shape(s, args.repeats, args.warmup, args.device))
+        sys.stdout.flush()
     return 0
 
 

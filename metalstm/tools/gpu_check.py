@@ -4,8 +4,6 @@
 
 runs, in this order, and writes everything under --out:
   1. the episode benchmark (`metalstm.tools.bench`) on the device: bench.txt;
-     with --try-compile a second time with --compile (bench-compile.txt), to see
-     whether compiling the meta-test step pays on that device;
   2. a time-boxed meta-training of glyphs at the paper's 5-shot budget: the
      glyphs-5shot configuration with 50,000 episodes (--episodes), stopped after
      --minutes the way Ctrl-C stops a run (the last finished meta-update is saved
@@ -43,9 +41,8 @@ from pathlib import Path
 
 import torch
 
-from metalstm import fused
 from metalstm.checkpoint import atomic_write
-from metalstm.cli import check_compiler, check_device, check_folder, non_negative_int, positive_float, positive_int, set_threads
+from metalstm.cli import check_device, check_folder, non_negative_int, positive_float, positive_int, set_threads
 from metalstm.config import get_config
 from metalstm.tools import bench
 
@@ -59,14 +56,12 @@ def device_name(device: str) -> str:
     return f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
 
 
-def run_bench(args, out: Path, compile_: bool) -> str:
+def run_bench(args, out: Path) -> str:
     """The benchmark's output, also written to out (and printed as it comes)."""
     argv = ["--device", args.device, "--repeats", str(args.bench_repeats), "--warmup", str(args.bench_warmup),
             "--shapes", *map(str, args.bench_shapes), "--shots", *map(str, args.bench_shots)]
     if args.threads is not None:
         argv += ["--threads", str(args.threads)]
-    if compile_:
-        argv.append("--compile")
     buffer = io.StringIO()
 
     class Tee(io.TextIOBase):
@@ -147,10 +142,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bench-shapes", type=int, nargs="+", default=[28, 84], choices=[28, 84])
     parser.add_argument("--bench-shots", type=int, nargs="+", default=[5, 1], choices=[5, 1])
     parser.add_argument("--no-bench", action="store_true", help="skip the benchmark")
-    parser.add_argument("--try-compile", action="store_true",
-                        help="also run the benchmark with --compile")
-    parser.add_argument("--compile", action="store_true",
-                        help="meta-validate (and meta-test) through torch.compile during the training")
     parser.add_argument("--threads", type=positive_int, help="torch.set_num_threads")
     parser.add_argument("--out", default="runs/gpu-check", help="where the outputs go (default runs/gpu-check)")
     args = parser.parse_args(argv)
@@ -160,8 +151,6 @@ def main(argv: list[str] | None = None) -> int:
                                        ("val_episodes", args.val_episodes)) if v is not None}
         cfg = get_config(args.config, **overrides)
         check_folder(args.out, "--out", writable=True)       # before the work, not after it
-        if args.compile or args.try_compile:
-            check_compiler("--compile" if args.compile else "--try-compile")
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -177,15 +166,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{summary['device_name']}, torch {summary['torch']}")
     if not args.no_bench:
         started = time.perf_counter()
-        run_bench(args, out / "bench.txt", compile_=False)
+        run_bench(args, out / "bench.txt")
         summary["bench_seconds"] = round(time.perf_counter() - started, 1)
-        if args.try_compile:
-            run_bench(args, out / "bench-compile.txt", compile_=True)
-    fused.set_compile(args.compile)
-    try:
-        summary["training"] = timed_training(cfg, out / "train", args.device, 60 * args.minutes)
-    finally:
-        fused.set_compile(False)
+    summary["training"] = timed_training(cfg, out / "train", args.device, 60 * args.minutes)
     t = summary["training"]
     print(f"\n{cfg.name}: {t['episodes_done']:,} of {t['episodes_budget']:,} episodes in {t['seconds']:.0f} s "
           f"({t['episodes_per_second']:.2f} episodes/s with meta-validation every {t['val_every']} episodes "

@@ -1,11 +1,11 @@
 """Meta-train the ladder over seeds: every rung x shot x seed, a few runs at a time, resumable.
 
-    python -m metalstm.tools.grid --jobs 2 --native --publish data/checkpoints/grid --commit
+    python -m metalstm.tools.grid --jobs 2 --path native --publish data/checkpoints/grid --commit
     python -m metalstm.tools.grid --dry-run          # the plan: which runs are done, partial, new
 
 Each run is one `python -m metalstm.train --config glyphs-{K}shot --rule R --seed S
---episodes E --val-every V --threads 1 --out OUT/glyphs-{K}shot-R-seedS` (plus --native
-where the C loops can run, --resume for a partial run) in a process of its own, its
+--episodes E --val-every V --threads 1 --out OUT/glyphs-{K}shot-R-seedS` (plus --path, native
+only where the C loops can run, and --resume for a partial run) in a process of its own, its
 output in the run folder's train.out; --jobs of them run at a time, seed-major by
 default (every rung and shot of seed 0, then seed 1, ...; the ladder's cheap rungs
 first). The grid computes nothing itself: each run folder holds exactly what that
@@ -48,7 +48,7 @@ from typing import IO
 
 from metalstm.checkpoint import atomic_write, hold_folder
 from metalstm.cli import check_folder, positive_float, positive_int
-from metalstm.config import CONFIGS
+from metalstm.config import CONFIGS, PATHS
 from metalstm import rules
 
 ORDERS = ("seed", "rung")
@@ -239,8 +239,8 @@ def _fmt_long(seconds: float) -> str:
 class Grid:
     """The runs of a plan, their records (summary.json) and the processes now running."""
 
-    def __init__(self, specs: list[Spec], args: argparse.Namespace, native: bool) -> None:
-        self.specs, self.args, self.native = specs, args, native
+    def __init__(self, specs: list[Spec], args: argparse.Namespace, path: str) -> None:
+        self.specs, self.args, self.path = specs, args, path
         self.final = {s: final_episode(s, args.episodes) for s in specs}
         self.summary_path = Path(args.out) / "summary.json"
         try:
@@ -259,7 +259,7 @@ class Grid:
         return [sys.executable, "-m", "metalstm.train", "--config", spec.config, "--rule", spec.rung,
                 "--seed", str(spec.seed), "--episodes", str(a.episodes), "--val-every", str(a.val_every),
                 "--threads", "1", "--out", str(spec.folder)] + \
-            (["--native"] if self.native else []) + (["--resume"] if resume else [])
+            ([] if self.path == "fused" else ["--path", self.path]) + (["--resume"] if resume else [])
 
     def start(self, spec: Spec) -> None:
         s = standing(spec, self.final[spec])
@@ -411,7 +411,7 @@ def tail(path: Path, n: int) -> list[str]:
 
 
 def native_available() -> tuple[bool, str]:
-    from metalstm import native
+    from metalstm.fast import native
     try:
         native.library()
         return True, ""
@@ -435,8 +435,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--episodes", type=positive_int, default=5000, help="episodes per run (default 5000)")
     ap.add_argument("--val-every", type=positive_int, default=250, help="validate every (default 250)")
     ap.add_argument("--jobs", type=positive_int, default=2, help="runs at a time, one thread each (default 2)")
-    ap.add_argument("--native", action="store_true", help="pass --native to every run where the C loops "
-                    "can be built here (else say so once and go on without)")
+    ap.add_argument("--path", choices=PATHS, default="fused", help="pass --path to every run (native only "
+                    "where the C loops can be built here; else the grid says so once and the runs go on fused)")
     ap.add_argument("--order", choices=ORDERS, default="seed",
                     help="seed: every rung and shot of seed 0 first (default); rung: every seed of a rung")
     ap.add_argument("--out", default="runs/grid", help="the grid's folder (default runs/grid)")
@@ -466,17 +466,18 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{spec.name:<{width}}  {describe(s, final)}")
         print(f"{len(specs)} runs: " + ", ".join(f"{n} {st}" for st, n in counts.items()))
         return 0
-    native = False
-    if args.native:
+    path = args.path
+    if path == "native":
         native, why = native_available()
         if not native:
-            print(f"grid: --native: the C loops are not available here ({why}); the runs go on without them")
+            path = "fused"
+            print(f"grid: --path native: the C loops are not available here ({why}); the runs go on fused")
     stop: list[int] = []
     handlers = {sig: signal.signal(sig, lambda signum, frame: stop.append(signum))
                 for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         with hold_folder(args.out):
-            grid = Grid(specs, args, native)
+            grid = Grid(specs, args, path)
             for spec in specs:
                 s = standing(spec, grid.final[spec])
                 if s.status in ("done", "over"):

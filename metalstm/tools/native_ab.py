@@ -1,10 +1,10 @@
-"""Is a change to metalstm/native.c faster? Times copies of it side by side.
+"""Is a change to metalstm/fast/native.c faster? Times copies of it side by side.
 
-    python -m metalstm.tools.native_ab metalstm/native.c /tmp/variant.c --rounds 25 --threads 1
+    python -m metalstm.tools.native_ab metalstm/fast/native.c /tmp/variant.c --rounds 25 --threads 1
 
-Each C file is compiled as native.c is (metalstm.native.load_copy: the same compiler
+Each C file is compiled as native.c is (metalstm.fast.native.load_copy: the same compiler
 and flags) and, in interleaved rounds, runs in place of native.c's library
-(metalstm.native.use) for one meta-test step and one meta-training step (forward and
+(metalstm.fast.native.use) for one meta-test step and one meta-training step (forward and
 backward) of `bench --steps`: n = 28,485 coordinates (the 28x28 learner) unless --n
 says otherwise, hidden 20, random inputs from a non-zero state. A copy must keep
 native.c's functions and their signatures; what it computes is not checked (a copy
@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from metalstm import native
+from metalstm.fast import native
 from metalstm.cli import positive_int, set_threads
 from metalstm.tools.bench import step_fns
 

@@ -1,6 +1,6 @@
 """The paper's claims about the Meta-Learner LSTM, each as a test that a wrong
 implementation fails (Ravi & Larochelle 2017; paper notes 2-7). The tests that take a learner run over
-both paths (conftest.py's `path`: the fused step and channels-last pooling, and the reference)."""
+every path (conftest.py's `path`: reference, fused, native)."""
 import math
 
 import pytest
@@ -22,13 +22,13 @@ def episodes():
 
 @pytest.fixture(scope="module")
 def learner(path):
-    return Learner(n_way=5, in_channels=1, image_size=28, bn_momentum=0.95, fast=path == "fast")
+    return Learner(n_way=5, in_channels=1, image_size=28, bn_momentum=0.95, path=path)
 
 
 def meta_learner(learner, seed=0):
-    """A meta-learner on the learner's path (fused step when the learner pools the fast way)."""
+    """A meta-learner on the learner's path (reference, fused or native)."""
     g = torch.Generator().manual_seed(seed)
-    return MetaLearner(learner.n_params, theta0=learner.init_params(g), generator=g, fused=learner.fast)
+    return MetaLearner(learner.n_params, theta0=learner.init_params(g), generator=g, path=learner.path)
 
 
 def flat(module):
@@ -43,7 +43,7 @@ def test_cell_update_with_forget_one_and_input_lr_is_torch_sgd_step_by_step(epis
     if rule_kind == "SGDCell":
         rule = SGDCell(theta0, lr)
     else:   # pin the learned gates: zero weights, sigmoid(30) == 1.0 in float32, sigmoid(logit(lr)) = lr
-        rule = MetaLearner(learner.n_params, theta0=theta0, fused=learner.fast)
+        rule = MetaLearner(learner.n_params, theta0=theta0, path=learner.path)
         with torch.no_grad():
             for p in rule.rule_parameters():
                 p.zero_()

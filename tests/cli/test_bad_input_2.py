@@ -212,21 +212,6 @@ def test_a_bad_input_gives_one_clear_line_and_changes_no_file(what, target, word
     assert fingerprint(tmp_path) == before
 
 
-@pytest.mark.parametrize("command", [["bench", "--compile", "--device", "cpu"],
-                                     ["gpu_check", "--compile", "--no-bench", "--device", "cpu"]],
-                         ids=["bench --compile", "gpu_check --compile"])
-def test_compile_without_a_cpp_compiler_is_one_line_before_any_work(command, tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv("PATH", str(tmp_path))            # no compiler on it
-    monkeypatch.delenv("CXX", raising=False)
-    module = importlib.import_module(f"metalstm.tools.{command[0]}")
-    out = tmp_path / "out"
-    code = module.main(command[1:] + (["--out", str(out)] if command[0] == "gpu_check" else []))
-    err = capsys.readouterr().err
-    assert code == 2 and "Traceback" not in err
-    check_line(error_line(err), ["--compile", "C++ compiler", "leave --compile off"], tmp_path)
-    assert not out.exists()                                # no empty train/ folder left behind
-
-
 # -- the API's own refusals: rules, checkpoints' configurations, the inner loop, the learner ------
 def _checkpoint_with_config(path: Path, config) -> Path:
     """A smoke lstm checkpoint whose stored configuration is `config` (whatever it is)."""
@@ -354,11 +339,12 @@ def _episode_case(name: str, learner, theta0):
 def _step_case(name: str):
     import contextlib
 
-    from metalstm import fused, native
+    from metalstm.fast import native
     from metalstm.metalearner import MetaLearner
     n = 50
     g = torch.Generator().manual_seed(3)
-    meta = MetaLearner(n, theta0=torch.randn(n, generator=g), generator=g, fused="reference" not in name)
+    path = "reference" if "reference" in name else "native" if "native" in name else "fused"
+    meta = MetaLearner(n, theta0=torch.randn(n, generator=g), generator=g, path=path)
     loss, grad, state = torch.tensor(0.7), 1e-2 * torch.randn(n, generator=g), meta.initial_state()
     if "49 values" in name:
         grad = grad[:49]
@@ -376,13 +362,8 @@ def _step_case(name: str):
     def call():
         if "native" in name and not native.available():
             pytest.skip("native.c does not compile here (no C compiler?)")
-        was = fused.native_on()
-        fused.set_native("native" in name)
-        try:
-            with torch.no_grad() if "no_grad" in name else contextlib.nullcontext():
-                return meta.step(loss, grad, meta.c0, state)
-        finally:
-            fused.set_native(was)
+        with torch.no_grad() if "no_grad" in name else contextlib.nullcontext():
+            return meta.step(loss, grad, meta.c0, state)
     return call
 
 
@@ -631,7 +612,7 @@ def _umask() -> int:
 
 # -- the native library ------------------------------------------------------------------------
 def test_a_damaged_cached_native_library_is_built_again_never_loaded(tmp_path):
-    from metalstm import native
+    from metalstm.fast import native
     if not native.available():
         pytest.skip("native.c does not compile here (no C compiler?)")
     built = Path(native.library()._name)           # the machine's cache: built once, then copied
@@ -641,7 +622,7 @@ def test_a_damaged_cached_native_library_is_built_again_never_loaded(tmp_path):
     good = lib.read_bytes()
     lib.write_bytes(good[:1000])                   # cut short under its own name (as `head -c 1000`)
     assert not native.verified(lib)
-    script = "from metalstm import native; native.library(); print('ok')"
+    script = "from metalstm.fast import native; native.library(); print('ok')"
     again = subprocess.run([sys.executable, "-c", script], env={**os.environ, "METALSTM_CACHE": str(tmp_path)},
                            capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and again.stdout.strip() == "ok", (again.returncode, again.stderr)

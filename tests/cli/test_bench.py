@@ -7,8 +7,8 @@ import statistics
 import pytest
 import torch
 
-from metalstm import fused, native
-from metalstm.tools import bench
+from metalstm.fast import fused, native
+from metalstm.tools import bench, naive
 
 
 def test_bench_rows_and_timings_on_one_small_shape(capsys, monkeypatch):
@@ -34,7 +34,7 @@ def test_bench_rows_and_timings_on_one_small_shape(capsys, monkeypatch):
                 "(c_naive) straightforward (c)", "(d) episode sampling", "load average",
                 "(b)/((b0)+(g)) = ", "(c)/((a)+(g_fwd)) = ", "(b_naive)/(b) = ", "(c_naive)/(c) = ",
                 "(b)/(a) = ", "(b0)/(a) = ", "(c)/(a) = ", "((b0)+(g))/(a) = ",
-                *(("(b_C) (b) with --native", "(c_C) (c) with --native", "(b_C)/((b0)+(g)) = ",
+                *(("(b_C) (b) on --path native", "(c_C) (c) on --path native", "(b_C)/((b0)+(g)) = ",
                    "(c_C)/((a)+(g_fwd)) = ", "(b_naive)/(b_C) = ", "(c_naive)/(c_C) = ", "compiled as `",
                    "(g_C) (g) as native.c's loops", "(g_fwd_C) (g_fwd) as C loops", "(b)/((b0)+(g_C)) = ",
                    "(c)/((a)+(g_fwd_C)) = ", "(b_C)/((b0)+(g_C)) = ", "(c_C)/((a)+(g_fwd_C)) = ")
@@ -49,7 +49,7 @@ def test_bench_rows_and_timings_on_one_small_shape(capsys, monkeypatch):
         assert all(t > 0 for t in wall + cpu), k
     # CPU time (process_time) does not count waiting for a core: steady on a shared machine
     cpu = {k: statistics.median(rows[k][1]) for k in keys}
-    for k in ("a", "b", "b0", "c"):          # repeats agree (measured: max/min <= 1.6)
+    for k in ("a", "b", "b0", "c"):          # repeats agree (max/min <= 1.6 seen on 2 busy cores)
         assert max(rows[k][1]) < 3 * min(rows[k][1]), (k, rows[k][1])
     # measured on 2 busy cores: (b)/(a) = 4.5-5.2 (earlier CPU) and 5.2 (AMD EPYC),
     # ((b0) + (g)) / (b) = 0.45-0.51 and 0.60; margins of 2x
@@ -58,9 +58,8 @@ def test_bench_rows_and_timings_on_one_small_shape(capsys, monkeypatch):
     assert cpu["c"] > cpu["g_fwd"] and cpu["g"] > cpu["g_fwd"], cpu
     # measured: the straightforward implementation 1.5-1.6x slower meta-training, 1.7-1.9x meta-testing
     assert cpu["b_naive"] > cpu["b"] and cpu["c_naive"] > cpu["c"], cpu
-    if native.available():        # measured: (b_C) 0.75-0.9x (b) and 0.59x (AMD EPYC), 2.1-3.0x faster than (b_naive)
+    if native.available():        # (b_C) and (c_C): docs/speed.md
         assert cpu["b_naive"] > cpu["b_C"] and cpu["c_naive"] > cpu["c_C"] > cpu["g_fwd_C"], cpu
-        assert not fused.native_on()                  # switched on for (b_C) and (c_C) only
         # the C loops' products: the forward one alone is the smaller part; at 28x28 1-shot a
         # native episode costs more than (b0) and those products (measured: 1.53x [1.12-2.17])
         assert cpu["g_C"] > cpu["g_fwd_C"] and cpu["b_C"] > cpu["b0"] + cpu["g_C"], cpu
@@ -72,7 +71,7 @@ def test_bench_rows_and_timings_on_one_small_shape(capsys, monkeypatch):
     assert cpu["d"] < cpu["a"], cpu           # drawing an episode is no work next to learning on it
 
 
-def tiny_setup(prev_gate: str, fused: bool):
+def tiny_setup(prev_gate: str, path: str):
     """A small double-precision learner, meta-learner (weights moved off their init, so that no
     gate saturates) and episode: 3-way 2-shot, 8x8 images, 2 blocks of 4 filters."""
     from metalstm.episodes import Episode
@@ -80,9 +79,9 @@ def tiny_setup(prev_gate: str, fused: bool):
     from metalstm.metalearner import MetaLearner
 
     g = torch.Generator().manual_seed(0)
-    learner = Learner(3, 1, 8, n_filters=4, n_blocks=2, bn_momentum=0.9, fast=fused)
+    learner = Learner(3, 1, 8, n_filters=4, n_blocks=2, bn_momentum=0.9, path=path)
     meta = MetaLearner(learner.n_params, theta0=learner.init_params(g).double(), generator=g,
-                       prev_gate=prev_gate, fused=fused).double()
+                       prev_gate=prev_gate, path=path).double()
     with torch.no_grad():
         for param in meta.rule_parameters():
             param.add_(0.3 * torch.randn(param.shape, generator=g, dtype=torch.float64))
@@ -94,27 +93,28 @@ def tiny_setup(prev_gate: str, fused: bool):
     return learner, meta, ep
 
 
-@pytest.mark.parametrize("prev_gate, fused", [("value", False), ("logit", False), ("value", True)])
-def test_the_straightforward_implementation_computes_the_same_numbers(prev_gate, fused):
+@pytest.mark.parametrize("prev_gate, path", [("value", "reference"), ("logit", "reference"), ("value", "fused")])
+def test_the_straightforward_implementation_computes_the_same_numbers(prev_gate, path):
     """(b_naive) and (c_naive) time the same maths as (b) and (c): the query loss, logits and
-    every meta-gradient of a meta-training episode, and a meta-test episode's logits, equal
-    metalstm's (its readable reference path, and the fused default) to rounding."""
+    every meta-gradient of a meta-training episode, and a meta-test episode's logits, of
+    metalstm.tools.naive equal metalstm's (its readable reference path, and the fused default)
+    to rounding."""
     from metalstm.metalearner import run_episode
 
-    learner, meta, ep = tiny_setup(prev_gate, fused)
-    nets, naive = bench.naive_models(learner, meta)
+    learner, meta, ep = tiny_setup(prev_gate, path)
+    nets, naive_meta = naive.naive_models(learner, meta)
     steps, batch = 5, 4                  # batches of 4 of the 6 support images, two passes and more
     ours = run_episode(learner, meta, ep, steps, batch, mode="train")
     ours.query_loss.backward()
-    loss, logits = bench.naive_episode(nets, naive, ep, steps, batch, mode="train")
+    loss, logits = naive.naive_episode(nets, naive_meta, ep, steps, batch, mode="train")
     loss.backward()
     torch.testing.assert_close(logits, ours.query_logits, rtol=1e-10, atol=1e-12)
-    pairs = {"c0": (naive.cI.grad[:, 0], meta.c0.grad),
-             "lstm_weight": (torch.cat([naive.lstm.weight_ih.grad, naive.lstm.weight_hh.grad], 1),
-                             meta.lstm_weight.grad),
-             "lstm_bias": (naive.lstm.bias_ih.grad, meta.lstm_bias.grad),
-             "W_F": (naive.WF.grad[:, 0], meta.W_F.grad), "W_I": (naive.WI.grad[:, 0], meta.W_I.grad),
-             "b_F": (naive.bF.grad[0], meta.b_F.grad), "b_I": (naive.bI.grad[0], meta.b_I.grad)}
+    pairs = {"c0": (naive_meta.cI.grad[:, 0], meta.c0.grad),
+             "W1": (torch.cat([naive_meta.lstm.weight_ih.grad, naive_meta.lstm.weight_hh.grad], 1),
+                    meta.lstm_weight.grad),
+             "b1": (naive_meta.lstm.bias_ih.grad, meta.lstm_bias.grad),
+             "W_F": (naive_meta.WF.grad[:, 0], meta.W_F.grad), "W_I": (naive_meta.WI.grad[:, 0], meta.W_I.grad),
+             "b_F": (naive_meta.bF.grad[0], meta.b_F.grad), "b_I": (naive_meta.bI.grad[0], meta.b_I.grad)}
     for name, (got, want) in pairs.items():
         assert want.abs().sum() > 0, name
         torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-12, msg=name)
@@ -122,77 +122,22 @@ def test_the_straightforward_implementation_computes_the_same_numbers(prev_gate,
     # meta-testing in float32 (metalstm's running averages are float32, like the shipped models)
     meta = meta.float()
     ep = type(ep)(ep.support_x.float(), ep.support_y, ep.query_x.float(), ep.query_y, ep.classes)
-    nets, naive = bench.naive_models(learner, meta)
+    nets, naive_meta = naive.naive_models(learner, meta)
     ours = run_episode(learner, meta, ep, steps, batch, mode="test")
-    loss, logits = bench.naive_episode(nets, naive, ep, steps, batch, mode="test")
+    loss, logits = naive.naive_episode(nets, naive_meta, ep, steps, batch, mode="test")
     torch.testing.assert_close(logits, ours.query_logits, rtol=1e-4, atol=1e-5)
     assert logits.grad_fn is None and loss.item() == pytest.approx(ours.query_loss.item(), rel=1e-4)
     # the running averages start afresh in every meta-test episode: a second one gives the same
-    _, again = bench.naive_episode(nets, naive, ep, steps, batch, mode="test")
+    _, again = naive.naive_episode(nets, naive_meta, ep, steps, batch, mode="test")
     torch.testing.assert_close(again, logits, rtol=0, atol=0)
-
-
-def test_compile_switch_routes_the_meta_test_step_and_plain_step_is_the_reference(monkeypatch):
-    """set_compile(True) sends the meta-test steps (no gradient) to compiled_step, never the
-    meta-training steps; the function it compiles, plain_step (tanh as 2 sigmoid(2x) - 1),
-    gives reference_step's values and meta-gradients to rounding. (Compiling itself takes
-    a minute or more here: not run in the tests.)"""
-    from metalstm import fused
-
-    calls = []
-    monkeypatch.setattr(fused, "compiled_step", lambda *args: calls.append(1) or fused.plain_step(*args))
-    g = torch.Generator().manual_seed(0)
-    _, meta, _ = tiny_setup("value", fused=False)
-    n = meta.n_params
-    grads = [torch.randn(n, generator=g, dtype=torch.float64) * 10.0 ** torch.randint(-6, 0, (n,), generator=g)
-             for _ in range(3)]
-
-    def unroll():
-        theta, state = meta.c0, meta.initial_state()
-        for t, grad in enumerate(grads):
-            theta, state, gates = meta.step(torch.tensor(1.0 / (t + 1), dtype=torch.float64), grad, theta, state)
-        return theta, state, gates
-
-    def meta_gradient(step):
-        meta.zero_grad()
-        theta, state = meta.c0, meta.initial_state()
-        params = (meta.lstm_weight, meta.lstm_bias, meta.W_F, meta.W_I, meta.b_F, meta.b_I)
-        for t, grad in enumerate(grads):
-            theta, h, c, f, i, a_f, a_i = step(torch.tensor(1.0 / (t + 1), dtype=torch.float64), grad, theta,
-                                               state.h, state.c, state.f, state.i, *params, meta.p)
-            state = type(state)(h, c, f, i)
-        ((theta ** 2).sum() + state.h.sum() + i.sum()).backward()
-        return [p.grad.clone() for p in meta.parameters()]
-
-    with torch.no_grad():
-        want = unroll()                                   # reference_step (meta.fused is False)
-        meta.fused = True
-        fused.set_compile(True)
-        try:
-            got = unroll()
-        finally:
-            fused.set_compile(False)
-    assert len(calls) == len(grads)
-    for a, b in ((got[0], want[0]), (got[1].h, want[1].h), (got[2].i, want[2].i)):
-        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-13)
-    fused.set_compile(True)
-    try:
-        unroll()[0].sum().backward()                      # meta-training: the hand-written step
-    finally:
-        fused.set_compile(False)
-    assert len(calls) == len(grads)
-    for a, b in zip(meta_gradient(fused.plain_step), meta_gradient(fused.FusedMetaStep.apply)):
-        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-13)
 
 
 def test_saved_activation_arrays_are_reused_only_once_their_graph_is_gone():
     """The fused step's saved arrays go back to the pool when the step's graph node is freed,
     never earlier: a retained graph's second backward pass, after other steps have run, gives
     the same meta-gradient; once the graph is dropped the next step reuses the arrays."""
-    from metalstm import fused
-
     fused.release_buffers()
-    _, meta, _ = tiny_setup("value", fused=True)
+    _, meta, _ = tiny_setup("value", "fused")
     meta = meta.float()
     n = meta.n_params
     grad = torch.linspace(-1e-2, 1e-2, n)
@@ -268,4 +213,3 @@ def test_bench_steps_times_one_step_of_each_kind(capsys, monkeypatch):
     assert cpu["train"] > cpu["gemm"] > cpu["gemm_fwd"] and cpu["train"] > cpu["test"] > cpu["gemm_fwd"], cpu
     if native.available():      # the C step does at least its own loops' products (PyTorch's may be slower)
         assert cpu["train_C"] > cpu["gemm_C"] > cpu["gemm_fwd_C"] and cpu["test_C"] > cpu["gemm_fwd_C"], cpu
-    assert not fused.native_on()

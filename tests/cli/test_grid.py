@@ -119,7 +119,7 @@ def test_a_failing_run_is_reported_and_the_others_finish(tmp_path, monkeypatch):
     broken.mkdir()
     (broken / "last.pt").write_bytes(b"not a checkpoint")                  # partial, and cannot resume
     monkeypatch.setattr(grid_tool, "native_available", lambda: (False, "no C compiler"))
-    code, text = grid(*SMOKE, "--rungs", "sgd", "--seeds", "0", "1", "--out", tmp_path, "--native")
+    code, text = grid(*SMOKE, "--rungs", "sgd", "--seeds", "0", "1", "--out", tmp_path, "--path", "native")
     assert code == 1, text
     assert text.count("the C loops are not available here (no C compiler)") == 1
     assert "grid: end smoke-sgd-seed0: failed" in text and "exited with code 2" in text
@@ -127,7 +127,7 @@ def test_a_failing_run_is_reported_and_the_others_finish(tmp_path, monkeypatch):
     assert "grid: end smoke-sgd-seed1: done" in text and "1 run(s) failed: smoke-sgd-seed0" in text
     runs = summary(tmp_path)
     assert runs["smoke-sgd-seed0"]["status"] == "failed" and runs["smoke-sgd-seed1"]["status"] == "done"
-    assert "--native" not in (tmp_path / "smoke-sgd-seed1" / "train.out").read_text()
+    assert "--path" not in (tmp_path / "smoke-sgd-seed1" / "train.out").read_text()
 
 
 def test_sigterm_stops_the_grid_and_its_runs_resumably(tmp_path):

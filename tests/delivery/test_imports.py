@@ -186,3 +186,42 @@ def test_only_the_omniglot_loader_needs_torchvision(fresh_imports):
     _, vision, _ = fresh_imports
     assert "metalstm.episodes" not in vision
     assert not vision, f"these modules import torchvision: {sorted(vision)}"
+
+
+def module_level_imports(name: str) -> set[str]:
+    """The package modules that module `name` imports at its top level (not inside a function)."""
+    tree = ast.parse(MODULES[name].read_text())
+    found = set()
+    for node in tree.body:
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("metalstm"):
+            found.add(node.module)
+        elif isinstance(node, ast.Import):
+            found.update(a.name for a in node.names if a.name.startswith("metalstm"))
+    return found
+
+
+@pytest.mark.parametrize("name", ["metalstm.metalearner", "metalstm.learner"])
+def test_the_readable_modules_do_not_load_the_fast_paths(name):
+    """metalstm.fast (the fused step and the C loops) is a choice the model makes when it steps
+    (Config.path); reading or importing the readable modules never brings it in: not at their top
+    level, and not in a fresh interpreter that imports them."""
+    assert not any(m == "metalstm.fast" or m.startswith("metalstm.fast.") for m in module_level_imports(name))
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    run = subprocess.run([sys.executable, "-c", f"import sys, {name}; "
+                          "print(sorted(m for m in sys.modules if m.startswith('metalstm.fast')))"],
+                         capture_output=True, text=True, env=env, cwd=PKG.parent, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "[]", run.stdout
+
+
+def test_a_fused_step_loads_the_fast_paths_when_it_runs():
+    """...and a MetaLearner on the default path (fused) loads them at its first step."""
+    script = ("import sys, torch; from metalstm.metalearner import MetaLearner\n"
+              "m = MetaLearner(5, hidden=3, theta0=torch.zeros(5))\n"
+              "before = 'metalstm.fast.fused' in sys.modules\n"
+              "m.step(torch.tensor(1.0), torch.ones(5), m.c0, m.initial_state())\n"
+              "print(before, 'metalstm.fast.fused' in sys.modules)")
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         env=dict(os.environ, OMP_NUM_THREADS="1"), cwd=PKG.parent, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split() == ["False", "True"]

@@ -1,5 +1,5 @@
 """The learner as a pure function f(x; theta) of one flat parameter vector (paper notes 2, 7); the
-tests against PyTorch's layers and of batch norm run over both paths (conftest.py's `path`)."""
+tests against PyTorch's layers and of batch norm run over every path (conftest.py's `path`: reference, fused, native)."""
 import pytest
 import torch
 import torch.nn.functional as F
@@ -81,7 +81,7 @@ def test_init_params_is_deterministic_and_standard():
 
 
 def test_forward_and_gradient_equal_pytorch_layers_with_the_same_weights(path):
-    learner = Learner(5, 1, 28, fast=path == "fast")
+    learner = Learner(5, 1, 28, path=path)
     theta = learner.init_params(torch.Generator().manual_seed(0))
     net = reference_net(5, 1, 32)
     nn.utils.vector_to_parameters(theta.clone(), net.parameters())
@@ -113,7 +113,7 @@ def test_to_module_copies_the_weights():
 
 
 def test_one_84x84x3_forward_matches_pytorch_layers_and_to_module(path):
-    learner = Learner(5, 3, 84, fast=path == "fast")
+    learner = Learner(5, 3, 84, path=path)
     theta = learner.init_params(torch.Generator().manual_seed(0))
     net = reference_net(5, 3, 800)          # plain NCHW layers: checks the flatten order too
     nn.utils.vector_to_parameters(theta.clone(), net.parameters())
@@ -123,7 +123,7 @@ def test_one_84x84x3_forward_matches_pytorch_layers_and_to_module(path):
 
 
 def test_running_averages_follow_pytorch_momentum_convention(path):
-    learner = Learner(bn_momentum=0.9, fast=path == "fast")
+    learner = Learner(bn_momentum=0.9, path=path)
     theta = learner.init_params(torch.Generator().manual_seed(0))
     net = reference_net(5, 1, 32, momentum=0.9)
     nn.utils.vector_to_parameters(theta.clone(), net.parameters())
@@ -146,7 +146,7 @@ def test_running_averages_follow_pytorch_momentum_convention(path):
 
 
 def test_batch_mode_without_stats_changes_nothing_and_running_mode_changes_nothing(path):
-    learner = Learner(fast=path == "fast")
+    learner = Learner(path=path)
     theta = learner.init_params()
     stats = learner.new_bn_stats()
     learner(images(5), theta, bn="batch")                     # no stats given: nothing to update
@@ -156,7 +156,7 @@ def test_batch_mode_without_stats_changes_nothing_and_running_mode_changes_nothi
 
 
 def test_the_running_stat_updates_do_not_enter_the_graph(path):
-    learner = Learner(fast=path == "fast")
+    learner = Learner(path=path)
     theta = learner.init_params().requires_grad_(True)
     stats = learner.new_bn_stats()
     learner(images(5), theta, bn="batch", stats=stats).sum().backward()

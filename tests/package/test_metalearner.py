@@ -1,5 +1,5 @@
 """The coordinate-wise meta-learner, SGD as a cell, the inner loop and episodes (paper notes 3-7); the
-tests that take a learner run over both paths (conftest.py's `path`)."""
+tests that take a learner run over every path (conftest.py's `path`: reference, fused, native)."""
 import pytest
 import torch
 import torch.nn.functional as F
@@ -14,13 +14,13 @@ from testkit import random_episode
 
 @pytest.fixture
 def learner(path):
-    return Learner(5, 1, 28, fast=path == "fast")
+    return Learner(5, 1, 28, path=path)
 
 
 @pytest.fixture
 def meta(learner):
     g = torch.Generator().manual_seed(0)
-    return MetaLearner(learner.n_params, theta0=learner.init_params(g), generator=g, fused=learner.fast)
+    return MetaLearner(learner.n_params, theta0=learner.init_params(g), generator=g, path=learner.path)
 
 
 def test_parameter_shapes_and_initial_ranges(meta, learner):
@@ -78,7 +78,7 @@ def test_two_steps_follow_the_equations_coordinate_by_coordinate(path):
     n = 6
     g = torch.Generator().manual_seed(0)
     theta0 = torch.randn(n, generator=g)
-    meta = MetaLearner(n, theta0=theta0, generator=g, fused=path == "fast")
+    meta = MetaLearner(n, theta0=theta0, generator=g, path=path)
     with torch.no_grad():                       # larger weights so every term matters
         for p in meta.rule_parameters():
             p.copy_(torch.randn(p.shape, generator=g))
@@ -101,8 +101,8 @@ def test_two_steps_follow_the_equations_coordinate_by_coordinate(path):
 def test_logit_feedback_is_the_authors_variant_and_differs_from_step_two(learner):
     theta0 = learner.init_params(torch.Generator().manual_seed(0))
     kw = dict(theta0=theta0, generator=None)
-    paper = MetaLearner(learner.n_params, fused=learner.fast, **kw)
-    authors = MetaLearner(learner.n_params, prev_gate="logit", fused=learner.fast, **kw)
+    paper = MetaLearner(learner.n_params, path=learner.path, **kw)
+    authors = MetaLearner(learner.n_params, prev_gate="logit", path=learner.path, **kw)
     authors.load_state_dict(paper.state_dict())
     ep = random_episode()
     with torch.no_grad():

@@ -1,7 +1,7 @@
-"""The opt-in C loops (metalstm/native.c through metalstm.native, switched on by
-fused.set_native) compute the same step as the reference: values and meta-gradients to
-float32 rounding, the preprocessing of paper notes 4, the meta-test step; NaNs still
-propagate; without a C compiler, one clear error and the default path untouched."""
+"""The C loops (path="native": metalstm/fast/native.c through metalstm.fast.native) compute the
+same step as the reference: values and meta-gradients to float32 rounding, the preprocessing of
+paper notes 4, the meta-test step; NaNs still propagate; without a C compiler, one clear error
+on the command line and the fused path in a model."""
 import json
 import math
 import shutil
@@ -9,19 +9,12 @@ import shutil
 import pytest
 import torch
 
-from metalstm import fused, native
+from metalstm.fast import native
 from metalstm.metalearner import MetaLearner, NonFiniteStepError
 from metalstm.preprocess import preprocess
 from test_fused import perturbed_meta, unroll
 
 pytestmark = pytest.mark.skipif(not native.available(), reason="no C compiler: metalstm/native.c cannot be built")
-
-
-@pytest.fixture
-def native_on():
-    fused.set_native(True)
-    yield
-    fused.set_native(False)
 
 
 def counting(monkeypatch) -> list:
@@ -37,11 +30,7 @@ def run(meta: MetaLearner, path: str, steps: int = 4, every_output: bool = True)
     steps (every_output) or, as in meta-training, theta_T alone (the last step's backward then
     gets no gradient for h_T, c_T and the gates: the zeros that native.step_backward puts in)."""
     meta.zero_grad()
-    fused.set_native(path == "native")
-    try:
-        theta, state, gates = unroll(meta, steps, fused=path != "reference")
-    finally:
-        fused.set_native(False)
+    theta, state, gates = unroll(meta, steps, path)
     r = torch.randn(meta.n_params, generator=torch.Generator().manual_seed(2))
     loss = (theta * r).sum()
     if every_output:
@@ -94,12 +83,11 @@ def test_native_step_is_not_the_default_path_bit_for_bit_but_the_same_to_roundin
     assert not torch.equal(grads_n["lstm_weight"], grads_f["lstm_weight"])
 
 
-def test_native_meta_test_step_agrees_and_builds_no_graph(native_on):
+def test_native_meta_test_step_agrees_and_builds_no_graph():
     meta = perturbed_meta(200, "value").float()
     with torch.no_grad():
-        theta_n, state_n, _ = unroll(meta, 3, fused=True)
-        fused.set_native(False)
-        theta_r, state_r, _ = unroll(meta, 3, fused=False)
+        theta_n, state_n, _ = unroll(meta, 3, "native")
+        theta_r, state_r, _ = unroll(meta, 3, "reference")
     assert theta_n.grad_fn is None
     torch.testing.assert_close(theta_n, theta_r, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(state_n.h, state_r.h, rtol=1e-5, atol=1e-6)
@@ -125,11 +113,12 @@ def test_native_preprocessing_is_paper_notes_4():
 
 
 @pytest.mark.parametrize("where", ["grad", "c", "h"])
-def test_a_nan_still_reaches_theta(native_on, where):
+def test_a_nan_still_reaches_theta(where):
     """The non-finite guard of train.py sees a diverging run: a NaN in the cell state (through tanh)
     or in h (through z and every gate's exp) gives NaN in theta_t; a NaN in grad_t is refused by
     MetaLearner.step before the C loops run."""
     meta = perturbed_meta(50, "value").float()
+    meta.path = "native"
     grad, state = torch.zeros(50), meta.initial_state()
     {"grad": grad, "c": state.c[3], "h": state.h[5]}[where][7] = float("nan")
     if where == "grad":
@@ -142,11 +131,12 @@ def test_a_nan_still_reaches_theta(native_on, where):
     assert torch.isnan(new.h[:, 7]).any() and torch.isfinite(new.h[:, :7]).all()
 
 
-def test_only_cpu_float32_steps_with_a_usual_p_and_hidden_size_take_the_c_loops(native_on, monkeypatch):
+def test_only_cpu_float32_steps_with_a_usual_p_and_hidden_size_take_the_c_loops(monkeypatch):
     calls = counting(monkeypatch)
     meta32, meta64 = perturbed_meta(30, "value").float(), perturbed_meta(30, "value")
+    meta32.path = "native"
     with torch.no_grad():
-        unroll(meta64, 2, fused=True)
+        unroll(meta64, 2, "native")
         assert calls == []
         loss, state = torch.tensor(1.0), meta32.initial_state()
         theta, _, _ = meta32.step(loss, torch.ones(30, dtype=torch.float64), meta32.c0, state)  # mixed
@@ -155,14 +145,15 @@ def test_only_cpu_float32_steps_with_a_usual_p_and_hidden_size_take_the_c_loops(
         meta32.step(loss, torch.ones(30), meta32.c0, state)
         assert calls == []
         meta32.p = 10.0
-        unroll(perturbed_meta(30, "value", hidden=native.MAX_H + 1).float(), 2, fused=True)
+        unroll(perturbed_meta(30, "value", hidden=native.MAX_H + 1).float(), 2, "native")
         assert calls == []                      # a hidden size beyond the C loops' stack buffers
-        unroll(meta32, 2, fused=True)
+        unroll(meta32, 2, "native")
     assert len(calls) == 2
 
 
-def test_strided_views_are_read_as_their_values(native_on):
+def test_strided_views_are_read_as_their_values():
     meta = perturbed_meta(40, "value").float()
+    meta.path = "native"
     g = torch.Generator().manual_seed(5)
     big_theta, big_grad = torch.randn(80, generator=g), 1e-3 * torch.randn(80, generator=g)
     theta, grad = big_theta[::2], big_grad[::2]
@@ -170,7 +161,7 @@ def test_strided_views_are_read_as_their_values(native_on):
     loss, state = torch.tensor(0.9), meta.initial_state()
     with torch.no_grad():
         got = meta.step(loss, grad, theta, state)[0]
-        fused.set_native(False)
+        meta.path = "fused"
         want = meta.step(loss, grad.contiguous(), theta.contiguous(), state)[0]
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
 
@@ -188,19 +179,24 @@ def test_the_c_loops_refuse_arrays_of_another_kind_or_size():
                  torch.tensor(4.0), torch.tensor(-4.0)]
     with pytest.raises(ValueError, match="acts must be contiguous"):
         native.step(*step_args, acts=z(n, 4 * H).T)
-    with pytest.raises(ValueError, match="W1 must be a float32 CPU array of shape"):
+    with pytest.raises(ValueError, match="W1_folded must be a float32 CPU array of shape"):
         native.step(*step_args[:3], z(4 * H, H + 2), *step_args[4:])
 
 
-def test_without_a_c_compiler_switching_on_is_one_clear_error(monkeypatch, tmp_path):
+def test_without_a_c_compiler_the_native_path_runs_as_fused(monkeypatch, tmp_path):
+    """A model on path="native" (e.g. loaded from a checkpoint trained with --path native) where
+    native.c cannot be built: every step runs the fused step's PyTorch operations, bit for bit."""
     monkeypatch.setattr(native, "_LIB", {"lib": None})
     monkeypatch.setattr(native, "compiler", lambda: None)
     monkeypatch.setenv(native.CACHE_ENV, str(tmp_path))
     with pytest.raises(native.NativeUnavailable, match="needs a C compiler"):
-        fused.set_native(True)
-    assert not fused.native_on() and not native.available()
+        native.library()
+    assert not native.available()
+    calls = counting(monkeypatch)
     meta = perturbed_meta(20, "value").float()
-    unroll(meta, 2, fused=True)          # the default path runs as before
+    theta_n = unroll(meta, 2, "native")[0]
+    theta_f = unroll(meta, 2, "fused")[0]
+    assert calls == [] and torch.equal(theta_n, theta_f)
 
 
 def test_a_compiler_that_fails_is_reported_and_nothing_half_built_is_kept(monkeypatch, tmp_path):
@@ -224,63 +220,54 @@ def test_the_library_is_built_once_into_the_cache(monkeypatch, tmp_path):
     native.library()                              # a new process: loaded from the cache
 
 
-def test_train_and_evaluate_take_native_and_switch_it_off_again(tmp_path, capsys, monkeypatch):
+def test_train_and_evaluate_take_path_native(tmp_path, capsys, monkeypatch):
     from metalstm import evaluate, train
-    from metalstm.viz import shipped_checkpoint
+    from metalstm.checkpoint import load_checkpoint
+    from metalstm.paths import shipped_checkpoint
     calls = counting(monkeypatch)
     out = tmp_path / "run"
     assert train.main(["--config", "smoke", "--episodes", "2", "--val-every", "2", "--val-episodes", "1",
-                       "--out", str(out), "--threads", "1", "--native"]) == 0
-    assert "--native C loops" in capsys.readouterr().out
-    assert calls and not fused.native_on()
+                       "--out", str(out), "--threads", "1", "--path", "native"]) == 0
+    assert ", --path native ->" in capsys.readouterr().out
+    assert calls and load_checkpoint(out / "last.pt")[1]["path"] == "native"
     accuracy = {}
-    for flag in ([], ["--native"]):
+    for flag in ([], ["--path", "native"]):
         before = len(calls)
         json_path = tmp_path / f"eval{len(flag)}.json"
         assert evaluate.main(["--checkpoint", str(shipped_checkpoint("glyphs-1shot")), "--episodes", "4",
                               "--threads", "1", "--json", str(json_path), *flag]) == 0
-        assert (len(calls) > before) == bool(flag) and not fused.native_on()
+        assert (len(calls) > before) == bool(flag)
         row = json.loads(json_path.read_text())["test_sets"]["glyphs"]["results"][0]
         accuracy[bool(flag)] = row["accuracies"]
     # 4 episodes of 75 queries: rounding may move a query or two across a decision boundary
     assert sum(abs(a - b) for a, b in zip(accuracy[True], accuracy[False])) <= 2 / 75 + 1e-9
 
 
-def test_native_with_reference_on_the_command_line_is_one_line(tmp_path, capsys):
+def test_an_unknown_path_on_the_command_line_is_one_line(tmp_path, capsys):
     from metalstm import train
-    assert train.main(["--config", "smoke", "--episodes", "1", "--out", str(tmp_path / "r"),
-                       "--reference", "--native"]) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("error: --native") and "pass one of the two" in err and "\n" not in err
-    assert not (tmp_path / "r").exists() and not fused.native_on()
+    with pytest.raises(SystemExit) as exc:
+        train.main(["--config", "smoke", "--episodes", "1", "--out", str(tmp_path / "r"), "--path", "fast"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "argument --path: invalid choice: 'fast'" in err and "reference" in err and "native" in err
+    assert not (tmp_path / "r").exists()
 
 
 def test_native_refuses_a_gpu_device():
-    from metalstm.cli import switch_native
-    with pytest.raises(ValueError, match="--native runs on the CPU; with --device cuda:0, leave it off"):
-        switch_native(True, "cuda:0")
-    assert not fused.native_on()
+    from metalstm.cli import check_path_runs
+    with pytest.raises(ValueError, match="--path native runs on the CPU; with --device cuda:0, pass --path fused"):
+        check_path_runs("native", "cuda:0")
+    check_path_runs("fused", "cuda:0")                 # the other paths run anywhere
 
 
 def test_a_missing_compiler_on_the_command_line_is_one_line(tmp_path, capsys, monkeypatch):
     from metalstm import train
     monkeypatch.setattr(native, "_LIB", {"lib": None})
     monkeypatch.setattr(native, "compiler", lambda: None)
-    assert train.main(["--config", "smoke", "--episodes", "1", "--out", str(tmp_path / "r"), "--native"]) == 2
+    assert train.main(["--config", "smoke", "--episodes", "1", "--out", str(tmp_path / "r"), "--path", "native"]) == 2
     err = capsys.readouterr().err.strip()
-    assert err == ("error: --native: the native backend needs a C compiler (cc, gcc or clang on the PATH, "
+    assert err == ("error: --path native: the native backend needs a C compiler (cc, gcc or clang on the PATH, "
                    "or $CC); without one, leave it off: the default path computes the same step")
-
-
-def test_a_command_gives_back_the_switch_as_it_found_it(tmp_path, capsys):
-    from metalstm import train
-    fused.set_native(True)
-    try:
-        assert train.main(["--config", "smoke", "--episodes", "1", "--val-every", "1", "--val-episodes", "1",
-                           "--out", str(tmp_path / "r"), "--threads", "1", "--native"]) == 0
-        assert fused.native_on()
-    finally:
-        fused.set_native(False)
 
 
 def test_cc_may_carry_words_and_must_name_a_program(monkeypatch):
@@ -292,9 +279,9 @@ def test_cc_may_carry_words_and_must_name_a_program(monkeypatch):
 
 
 def test_reuse_takes_a_rules_accuracies_only_from_a_run_of_the_same_path(tmp_path, capsys, monkeypatch):
-    """evaluate --reuse: a --native run recomputes the rule (its rounding differs), not the baselines."""
+    """evaluate --reuse: a --path native run recomputes the rule (its rounding differs), not the baselines."""
     from metalstm import evaluate
-    from metalstm.viz import shipped_checkpoint
+    from metalstm.paths import shipped_checkpoint
     first, cache = tmp_path / "first.json", tmp_path / "cache"
     cache.mkdir()
     shutil.copy(shipped_checkpoint("glyphs-1shot").parent / "baselines" / "pretrained-glyphs-28.pt", cache)
@@ -302,12 +289,12 @@ def test_reuse_takes_a_rules_accuracies_only_from_a_run_of_the_same_path(tmp_pat
               "--baselines", "nearest", "--cache", str(cache)]
     assert evaluate.main([*common, "--json", str(first)]) == 0
     calls = counting(monkeypatch)
-    assert evaluate.main([*common, "--native", "--reuse", str(first), "--json", str(tmp_path / "again.json")]) == 0
+    assert evaluate.main([*common, "--path", "native", "--reuse", str(first), "--json", str(tmp_path / "again.json")]) == 0
     assert calls                                              # the rule ran again, with the C loops
     rows = json.loads((tmp_path / "again.json").read_text())["test_sets"]["glyphs"]["results"]
-    assert rows[0]["note"].endswith("(--native)")
+    assert rows[0]["note"].endswith("(--path native)")
     calls.clear()
-    assert evaluate.main([*common, "--native", "--reuse", str(tmp_path / "again.json")]) == 0
+    assert evaluate.main([*common, "--path", "native", "--reuse", str(tmp_path / "again.json")]) == 0
     assert not calls                                          # the same path: its accuracies are reused
 
 
@@ -320,7 +307,7 @@ def padded(t: torch.Tensor) -> torch.Tensor:
 
 
 def step_args(n: int, H: int, g: torch.Generator) -> list:
-    """Random arguments of native.step: grad, p, h, W1, c, theta, prev_f, prev_i, W_F, W_I, b_F, b_I."""
+    """Random arguments of native.step: grad, p, h, W1_folded, c, theta, f_prev, i_prev, W_F, W_I, b_F, b_I."""
     r = lambda *shape: torch.randn(*shape, generator=g)
     return [1e-3 * r(n), 10.0, r(H, n), 0.5 * r(4 * H, H + 3), r(H, n), r(n), r(n).sigmoid(), r(n).sigmoid(),
             r(H + 2), r(H + 2), torch.tensor(0.5), torch.tensor(-0.5)]
@@ -347,15 +334,15 @@ def test_the_c_loops_read_and_write_no_column_past_an_array(n):
         assert torch.equal(x, y) and torch.isfinite(y).all()
 
 
-def test_two_threads_stepping_at_once_compute_what_one_does(native_on):
+def test_two_threads_stepping_at_once_compute_what_one_does():
     """ctypes lets go of the GIL during a C call: two meta-learners stepping in two threads."""
     import threading
     metas = [perturbed_meta(500, "value", seed=s).float() for s in (0, 1)]
-    serial = [unroll(m, 3, fused=True)[0] for m in metas]
+    serial = [unroll(m, 3, "native")[0] for m in metas]
     results = [None, None]
 
     def work(k):
-        results[k] = unroll(metas[k], 3, fused=True)[0]
+        results[k] = unroll(metas[k], 3, "native")[0]
 
     threads = [threading.Thread(target=work, args=(k,)) for k in (0, 1)]
     for t in threads:
@@ -392,11 +379,11 @@ def test_the_benchmarks_c_products_are_layer_1s_three_products(n, hidden):
         assert (got.double() - want).abs().max() <= 1e-5 * want.abs().max()
     (z_alone,) = native.products(W1, x)
     assert torch.equal(z_alone, z)
-    with pytest.raises(ValueError, match="W1 must be"):
+    with pytest.raises(ValueError, match="W1_folded must be"):
         native.products(torch.randn(4 * (native.MAX_H + 1), native.MAX_H + 4), torch.randn(native.MAX_H + 4, 3))
     with pytest.raises(ValueError, match="x must be"):
         native.products(W1, torch.randn(hidden + 2, n))
-    with pytest.raises(ValueError, match="W1 must be"):
+    with pytest.raises(ValueError, match="W1_folded must be"):
         native.products(W1, torch.randn(n))
 
 

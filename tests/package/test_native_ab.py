@@ -4,11 +4,11 @@ copy it cannot use is one line and exit code 2."""
 import pytest
 import torch
 
-from metalstm import native
+from metalstm.fast import native
 from metalstm.tools import native_ab
 from test_native import step_args
 
-pytestmark = pytest.mark.skipif(not native.available(), reason="no C compiler: metalstm/native.c cannot be built")
+pytestmark = pytest.mark.skipif(not native.available(), reason="no C compiler: metalstm/fast/native.c cannot be built")
 
 
 def test_each_copy_runs_its_own_code(tmp_path, capsys):

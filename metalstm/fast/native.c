@@ -1,6 +1,6 @@
 /* One meta-learner step as C loops, layer 1's matrix products included (paper notes 3, 4, 5).
 
-   metalstm/fused.py computes a step with ~25 PyTorch operations forward and ~30 backward,
+   metalstm/fast/fused.py computes a step with ~25 PyTorch operations forward and ~30 backward,
    each a full sweep over [H, n] arrays, around three matrix products (MKL's) whose [4H, n]
    results z and dz go through memory. Here the step is one sweep each way:
      metalstm_step           layer 1's right-hand side x = [pre(grad_t); h_{t-1}; 1]
@@ -12,15 +12,15 @@
    the L1 cache, never in memory (the products run as register-blocked loops on GCC's and
    clang's vector types, which any target lowers to its own vectors). What reaches memory
    is each array the step reads or returns once, and in meta-training the gate activations
-   saved for the backward pass. metalstm/native.py compiles this file with the system's C
+   saved for the backward pass. metalstm/fast/native.py compiles this file with the system's C
    compiler on first use and calls it through ctypes. Arrays are float32 and contiguous, a
-   column per coordinate: element (r, j) of an [R, n] array is at r * n + j; W' is [4H, K]
+   column per coordinate: element (r, j) of an [R, n] array is at r * n + j; W' (native.py's W1_folded) is [4H, K]
    row-major, K = H + 3, its columns [pre(grad) (2) | h (H) | bias].
 
    exp, tanh and log are written out (Cephes' single-precision polynomials, accurate to a few
    units in the last place), branch-free, so that the compiler vectorises every loop without
    libm; a NaN stays a NaN. The results agree with PyTorch's to rounding, not bit for bit
-   (tests/test_native.py). */
+   (tests/package/test_native.py). */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -104,7 +104,7 @@ typedef float vec16 __attribute__((vector_size(64)));
 
 /* Ask now for the COLS columns that the next block will read (rw 0) or write (rw 1) in one
    row: a block walks 8-10 [H, n] arrays row by row, more streams than the hardware
-   prefetcher follows (measured: without these a meta-training step took 1.2x as long). Only
+   prefetcher follows (docs/speed.md). Only
    while a next block exists (`ahead`), so that no address past an array's end is formed. */
 #define PREFETCH_ROW(row, rw)                                                  \
     do {                                                                       \

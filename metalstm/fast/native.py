@@ -1,28 +1,25 @@
-"""One meta-learner step as C loops, layer 1's matrix products included (metalstm/native.c):
-an opt-in backend.
+"""One meta-learner step as C loops, layer 1's matrix products included (metalstm/fast/native.c):
+the third implementation of the step, `path="native"` (`--path native`).
 
-`metalstm.fused` computes a step with ~25 PyTorch operations forward and ~30
-backward, each a sweep over [H, n] arrays, around three matrix products whose
-[4H, n] results go through memory; at 28x28 those sweeps are most of a
-meta-training episode (README, Speed). native.c computes the whole step in ONE
-sweep each way, its products as register-blocked loops, so that z and dz never
-reach memory. This module compiles it with the system's C compiler on first use
-(about a second; the library is kept in $METALSTM_CACHE, else ~/.cache/metalstm)
-and calls it through ctypes.
+`metalstm.fast.fused` computes a step as PyTorch operations, each a sweep over [H, n] arrays,
+around three matrix products whose [4H, n] results go through memory. native.c computes the
+same step in ONE sweep each way, its products as register-blocked loops, so that z and dz
+never reach memory. This module compiles it with the system's C compiler on first use (the
+library is kept in $METALSTM_CACHE, else ~/.cache/metalstm) and calls it through ctypes.
 
-It is switched on with `metalstm.fused.set_native(True)` (or `--native` on the
-command line) and is never on by default: it needs a C compiler, runs on the CPU in
-float32 only (hidden sizes up to MAX_H), and its exp and tanh and its sums round
-differently from PyTorch's, so its results agree with the default path to
-rounding, not bit for bit. The loops run on one thread: with torch.set_num_threads
-above 1 the default path, whose operations run in parallel, is the faster
-(README, Speed).
+Contract: float32 CPU arrays, a column per coordinate (element (r, j) of an [R, n] array at
+r * n + j), hidden size H up to MAX_H, p up to MAX_P; anything else is a ValueError here,
+before C reads a byte. The names are the fused step's (docs/paper.md, the glossary), and
+W1_folded [4H, H + 3] = [W1's grad and h columns | b1 + W1's loss columns . pre(L_t)], the
+loss folded into the bias (fused.py's `_folded_weights`). The C loops' exp, tanh and sums
+round differently from PyTorch's: the same numbers to rounding, not bit for bit. They run on
+one thread (docs/speed.md).
 
 Example:
-    >>> from metalstm import fused, native
+    >>> from metalstm.fast import native
     >>> native.available()          # compiles native.c the first time
     True
-    >>> fused.set_native(True)      # every CPU float32 step of a MetaLearner runs the C loops
+    >>> # MetaLearner(..., path="native") then runs every CPU float32 step on the C loops
 """
 from __future__ import annotations
 
@@ -292,7 +289,7 @@ def _check(code: int, H: int) -> None:
 
 
 def layer1_input(grad: Tensor, p: float, h: Tensor) -> Tensor:
-    """x [H + 3, n] = [pre(grad_t); h_{t-1}; 1], layer 1's right-hand side as `step` and
+    """x [H + 3, n] = [pre(grad_t); h; 1], layer 1's right-hand side as `step` and
     `step_backward` compute it (block by block, never stored), with pre =
     metalstm.preprocess.preprocess (paper notes 4) in C: for tests and for reading."""
     H, n = _hidden(h)
@@ -302,21 +299,21 @@ def layer1_input(grad: Tensor, p: float, h: Tensor) -> Tensor:
     return x
 
 
-def _weights(W1: Tensor, H: int) -> Tensor:
-    return _read(W1, (4 * H, H + 3), "W1")
+def _weights(W1_folded: Tensor, H: int) -> Tensor:
+    return _read(W1_folded, (4 * H, H + 3), "W1_folded")
 
 
-def step(grad: Tensor, p: float, h: Tensor, W1: Tensor, c: Tensor, theta: Tensor, prev_f: Tensor,
-         prev_i: Tensor, W_F: Tensor, W_I: Tensor, b_F: Tensor, b_I: Tensor,
+def step(grad: Tensor, p: float, h: Tensor, W1_folded: Tensor, c: Tensor, theta: Tensor, f_prev: Tensor,
+         i_prev: Tensor, W_F: Tensor, W_I: Tensor, b_F: Tensor, b_I: Tensor,
          acts: Tensor | None = None) -> tuple[Tensor, ...]:
     """One meta-learner step (paper notes 3, 4), layer 1's product included, in one sweep:
-    W1 is fused.py's W' [4H, H + 3] = [W_1's grad and h columns | bias with the loss folded in].
-    (theta_t, h_t, c_t, f_t, i_t, a_f, a_i); acts [4H, n], if given, receives the gate
+    (theta_new, h_new, c_new, f, i, a_f, a_i), as fused.py's forward; h, c [H, n], W1_folded
+    [4H, H + 3], the vectors [n], W_F, W_I [H + 2]. acts [4H, n], if given, receives the gate
     activations [i1; f1; g1; o1] that `step_backward` needs."""
     H, n = _hidden(h)
     pre = _pre(p)
-    ins = [_read(h, (H, n), "h"), _weights(W1, H), _read(c, (H, n), "c")]
-    ins += [_read(t, (n,), name) for t, name in ((theta, "theta"), (prev_f, "prev_f"), (prev_i, "prev_i"))]
+    ins = [_read(h, (H, n), "h"), _weights(W1_folded, H), _read(c, (H, n), "c")]
+    ins += [_read(t, (n,), name) for t, name in ((theta, "theta"), (f_prev, "f_prev"), (i_prev, "i_prev"))]
     ins += [_read(W_F, (H + 2,), "W_F"), _read(W_I, (H + 2,), "W_I")]
     grad = _read(grad, (n,), "grad")
     saved = None if acts is None else _written(acts, (4 * H, n), "acts")
@@ -328,12 +325,12 @@ def step(grad: Tensor, p: float, h: Tensor, W1: Tensor, c: Tensor, theta: Tensor
     return theta_new, h_new, c_new, f, i, a_f, a_i
 
 
-def step_backward(d_theta, d_f, d_i, d_af, d_ai, d_h, d_c, grad, p, h, W1, theta, acts, c, c_new, f, i,
+def step_backward(d_theta, d_f, d_i, d_af, d_ai, d_h, d_c, grad, p, h, W1_folded, theta, acts, c, c_new, f, i,
                   W_F, W_I, want_dh: bool = True) -> tuple[Tensor, ...]:
     """The step's derivatives in one sweep, layer 1's two products included: from the upstream
-    gradients (None counts as zeros) and what `step` used and saved, (d theta_{t-1}, d prev_f,
-    d prev_i, da = [da_f; da_i] [2, n], d c_{t-1}, d h_{t-1} (None unless want_dh),
-    dW' [4H, H + 3] = dz [pre(grad); h_{t-1}; 1]^T)."""
+    gradients (None counts as zeros) and what `step` used and saved, (d theta, d f_prev,
+    d i_prev, da = [da_f; da_i] [2, n], d c, d h (None unless want_dh),
+    d W1_folded [4H, H + 3] = dz [pre(grad); h; 1]^T)."""
     H, n = _hidden(c)
     zeros = {}                               # shape -> one zeros array for every missing gradient
 
@@ -350,38 +347,37 @@ def step_backward(d_theta, d_f, d_i, d_af, d_ai, d_h, d_c, grad, p, h, W1, theta
     ups = [vec(t, name) for t, name in ((d_theta, "d_theta"), (d_f, "d_f"), (d_i, "d_i"), (d_af, "d_af"),
                                         (d_ai, "d_ai"))]
     ups += [mat(d_h, "d_h"), mat(d_c, "d_c"), vec(grad, "grad")]
-    saved = [mat(h, "h"), _weights(W1, H), vec(theta, "theta"), _read(acts, (4 * H, n), "acts"), mat(c, "c"),
+    saved = [mat(h, "h"), _weights(W1_folded, H), vec(theta, "theta"), _read(acts, (4 * H, n), "acts"), mat(c, "c"),
              mat(c_new, "c_new"), vec(f, "f"), vec(i, "i"), _read(W_F, (H + 2,), "W_F"),
              _read(W_I, (H + 2,), "W_I")]
     d_c_prev = theta.new_empty(H, n)
     d_h_prev = theta.new_empty(H, n) if want_dh else None
-    d_theta_prev, d_prev_f, d_prev_i = (theta.new_empty(n) for _ in range(3))
-    da, dW1 = theta.new_empty(2, n), theta.new_empty(4 * H, H + 3)
+    d_theta_prev, d_f_prev, d_i_prev = (theta.new_empty(n) for _ in range(3))
+    da, dW1_folded = theta.new_empty(2, n), theta.new_empty(4 * H, H + 3)
     _check(library().metalstm_step_backward(
         H, n, *(t.data_ptr() for t in ups), *pre, *(t.data_ptr() for t in saved), d_c_prev.data_ptr(),
         None if d_h_prev is None else d_h_prev.data_ptr(),
-        *(t.data_ptr() for t in (d_theta_prev, d_prev_f, d_prev_i, da, dW1))), H)
-    return d_theta_prev, d_prev_f, d_prev_i, da, d_c_prev, d_h_prev, dW1
+        *(t.data_ptr() for t in (d_theta_prev, d_f_prev, d_i_prev, da, dW1_folded))), H)
+    return d_theta_prev, d_f_prev, d_i_prev, da, d_c_prev, d_h_prev, dW1_folded
 
 
-def products(W1: Tensor, x: Tensor, dz: Tensor | None = None) -> tuple[Tensor, ...]:
-    """Layer 1's three matrix products alone, with `step`'s loops: (z,) = (W' x,) [4H, n], or,
-    with dz [4H, n] given, (z, dW' = dz x^T [4H, H + 3], d h = W'[h]^T dz [H, n]) - what a
-    step computes inside its sweeps, as separate products whose operands and results go
-    through memory: the benchmark's (g_C) and (g_fwd_C), the least that (g)'s products
-    cost here when they run faster than PyTorch's (metalstm/tools/bench.py).
+def products(W1_folded: Tensor, x: Tensor, dz: Tensor | None = None) -> tuple[Tensor, ...]:
+    """Layer 1's three matrix products alone, with `step`'s loops: (z,) = (W1_folded x,) [4H, n],
+    or, with dz [4H, n] given, (z, d W1_folded = dz x^T [4H, H + 3], d h = W1_folded[h]^T dz
+    [H, n]) - what a step computes inside its sweeps, as separate products whose operands and
+    results go through memory: the benchmark's (g_C) and (g_fwd_C) (metalstm/tools/bench.py).
 
     Example:
-        >>> W1, x = torch.randn(80, 23), torch.randn(23, 1000)
-        >>> (z,) = products(W1, x)
-        >>> torch.allclose(z, W1 @ x, atol=1e-4)
+        >>> W1_folded, x = torch.randn(80, 23), torch.randn(23, 1000)
+        >>> (z,) = products(W1_folded, x)
+        >>> torch.allclose(z, W1_folded @ x, atol=1e-4)
         True
     """
-    if W1.dim() != 2 or x.dim() != 2 or not 1 <= W1.shape[0] // 4 <= MAX_H:
-        raise ValueError(f"native: W1 must be [4H, H + 3] with H in [1, {MAX_H}] and x [H + 3, n], "
-                         f"got {list(W1.shape)} and {list(x.shape)}")
-    H, n = W1.shape[0] // 4, x.shape[1]
-    W1, x = _weights(W1, H), _read(x, (H + 3, n), "x")
+    if W1_folded.dim() != 2 or x.dim() != 2 or not 1 <= W1_folded.shape[0] // 4 <= MAX_H:
+        raise ValueError(f"native: W1_folded must be [4H, H + 3] with H in [1, {MAX_H}] and x [H + 3, n], "
+                         f"got {list(W1_folded.shape)} and {list(x.shape)}")
+    H, n = W1_folded.shape[0] // 4, x.shape[1]
+    W1, x = _weights(W1_folded, H), _read(x, (H + 3, n), "x")
     z = x.new_empty(4 * H, n)
     if dz is None:
         _check(library().metalstm_products(H, n, 0, W1.data_ptr(), x.data_ptr(), None, z.data_ptr(), None,
