@@ -22,11 +22,11 @@ import torch
 
 from metalstm.baselines.common import cache_target, evaluate, find_cached, report
 from metalstm.baselines.finetune import finetune, tune_finetune
-from metalstm.baselines.matching import MatchingNetwork, load_matching, save_matching, train_matching
+from metalstm.baselines.matching import load_matching, save_matching, train_matching
 from metalstm.baselines.nearest import NearestNeighbour
 from metalstm.baselines.pretrain import load_or_pretrain
 from metalstm.baselines.sgd import learned_init, random_init, tune_lr
-from metalstm.checkpoint import CheckpointError, refuse_other_kinds
+from metalstm.checkpoint import refuse_other_kinds
 from metalstm.cli import check_folder, check_output_file, non_negative_int, positive_float, positive_int, set_threads
 from metalstm.config import Config, get_config
 from metalstm.episodes import load_split, sampler_for
@@ -135,10 +135,23 @@ def build_baselines(cfg: Config, methods=METHODS, c0: torch.Tensor | None = None
     cache = Path(cache) if cache else None
     learner = Learner(cfg.n_way, cfg.in_channels, cfg.image_size, bn_eps=cfg.bn_eps,
                       bn_momentum=cfg.bn_momentum)
+    wanted = matching_settings(cfg, data, matching_episodes, matching_seconds, val_episodes)
+    pre, cached_net = _cached(cfg, methods, data, cache, wanted, pretrain_epochs, progress, train)
     built, notes = {}, {}
+    if "finetune" in methods or "nearest" in methods:
+        pre = pre or pretrained_for(cfg, data["train"], cache, pretrain_epochs, progress, train)
+        _add_pretrained(built, notes, cfg, methods, pre, val, finetune_steps, finetune_lrs, progress)
+    if "matching" in methods:
+        _add_matching(built, notes, cfg, cached_net, learner, data, val, cache, wanted, progress, train)
+    _add_ablations(built, notes, cfg, methods, learner, val, c0, sgd_lrs, adam_lrs, progress)
+    return built, notes
 
-    # first what the cache holds, so that a cache folder that cannot take what must be made is
-    # refused before minutes of training, not after them
+
+def _cached(cfg: Config, methods, data: dict, cache: Path | None, wanted: dict, pretrain_epochs: int,
+            progress: bool, train: bool):
+    """(the pre-trained network, the Matching Network (net, meta)) that the cache holds for
+    `methods`, None where it holds none; a cache folder that cannot take what must be made is
+    refused here, before minutes of training, not after them."""
     pre = cached_net = None
     if "finetune" in methods or "nearest" in methods:
         try:
@@ -146,54 +159,66 @@ def build_baselines(cfg: Config, methods=METHODS, c0: torch.Tensor | None = None
         except FileNotFoundError:
             if not train:
                 raise
-    wanted = matching_settings(cfg, data, matching_episodes, matching_seconds, val_episodes)
     if "matching" in methods:
         cached_net = find_matching(cache, cfg, wanted, train)
     missing = (pre is None and ("finetune" in methods or "nearest" in methods)) or \
               (cached_net is None and "matching" in methods)
     if missing and train and cache is not None:
         check_folder(cache, "--cache", writable=True)
+    return pre, cached_net
 
-    if "finetune" in methods or "nearest" in methods:
-        pre = pre or pretrained_for(cfg, data["train"], cache, pretrain_epochs, progress, train)
-        last = pre.meta["history"][-1] if pre.meta["history"] else {"loss": float("nan"), "acc": 0.0}
-        pre_note = (f"pre-trained {pre.meta['epochs']} epochs on {pre.meta['num_classes']} classes "
-                    f"(train loss {last['loss']:.2f}, acc {100 * last['acc']:.0f}%, "
-                    f"{pre.meta['seconds']:.0f} s)")
-        if "finetune" in methods:
-            start = time.perf_counter()
-            (steps, lr), table = tune_finetune(pre, val, finetune_steps, finetune_lrs, progress=progress,
-                                               bn_momentum=cfg.bn_momentum)
-            built["Fine-tune"] = finetune(pre, cfg.n_way, steps, lr, bn_momentum=cfg.bn_momentum)
-            built["Fine-tune"].name = "Fine-tune"
-            notes["Fine-tune"] = (f"SGD {steps} steps, lr {lr:g} (meta-val {100 * table[(steps, lr)]:.1f}%, "
-                                  f"grid {len(table)} points, {time.perf_counter() - start:.0f} s); {pre_note}")
-        if "nearest" in methods:
-            built["Nearest neighbour"] = NearestNeighbour(pre.learner, pre.theta)
-            notes["Nearest neighbour"] = f"cosine on pre-trained features; {pre_note}"
 
-    if "matching" in methods:
-        path = cache / f"matching-{cfg.name}.pt" if cache else None
-        net, meta = cached_net or (None, None)
-        if net is None:
-            if not train:
-                raise FileNotFoundError(f"no Matching Network for {cfg.name} with {matching_episodes} "
-                                        f"training episodes in {cache}; make it with `python -m "
-                                        f"metalstm.evaluate ... --baselines all --cache {cache}`")
-            train_sampler = sampler_for(cfg, "train", data["train"])
-            out = train_matching(train_sampler, learner, matching_episodes, seed=cfg.seed,
-                                 max_seconds=matching_seconds, val_episodes=val, val_every=250,
-                                 progress=progress)
-            net = out.method
-            meta = {**wanted, "episodes": out.episodes, "seconds": out.seconds, "best_val": out.best_val}
-            if path is not None:
-                save_matching(cache_target(path, wanted), net, meta)
-        net.name = "Matching Networks"
-        built[net.name] = net
-        notes[net.name] = (f"no FCE; {meta['episodes']} training episodes ({meta['seconds']:.0f} s), "
-                           f"scale {torch.tensor(net.log_scale).exp().item():.1f}, "
-                           f"meta-val {100 * (meta['best_val'] or 0):.1f}%")
+def _add_pretrained(built: dict, notes: dict, cfg: Config, methods, pre, val, finetune_steps, finetune_lrs,
+                    progress: bool) -> None:
+    """Fine-tune ((steps, lr) by grid search on the meta-val episodes `val`) and nearest
+    neighbour, both on the pre-trained network `pre`."""
+    last = pre.meta["history"][-1] if pre.meta["history"] else {"loss": float("nan"), "acc": 0.0}
+    pre_note = (f"pre-trained {pre.meta['epochs']} epochs on {pre.meta['num_classes']} classes "
+                f"(train loss {last['loss']:.2f}, acc {100 * last['acc']:.0f}%, "
+                f"{pre.meta['seconds']:.0f} s)")
+    if "finetune" in methods:
+        start = time.perf_counter()
+        (steps, lr), table = tune_finetune(pre, val, finetune_steps, finetune_lrs, progress=progress,
+                                           bn_momentum=cfg.bn_momentum)
+        built["Fine-tune"] = finetune(pre, cfg.n_way, steps, lr, bn_momentum=cfg.bn_momentum)
+        built["Fine-tune"].name = "Fine-tune"
+        notes["Fine-tune"] = (f"SGD {steps} steps, lr {lr:g} (meta-val {100 * table[(steps, lr)]:.1f}%, "
+                              f"grid {len(table)} points, {time.perf_counter() - start:.0f} s); {pre_note}")
+    if "nearest" in methods:
+        built["Nearest neighbour"] = NearestNeighbour(pre.learner, pre.theta)
+        notes["Nearest neighbour"] = f"cosine on pre-trained features; {pre_note}"
 
+
+def _add_matching(built: dict, notes: dict, cfg: Config, cached_net, learner: Learner, data: dict, val,
+                  cache: Path | None, wanted: dict, progress: bool, train: bool) -> None:
+    """Matching Networks: the cached one (net, meta) if any, else trained on meta-train episodes
+    for wanted["max_episodes"] (or wanted["max_seconds"]), the best on `val` kept and cached."""
+    path = cache / f"matching-{cfg.name}.pt" if cache else None
+    net, meta = cached_net or (None, None)
+    if net is None:
+        if not train:
+            raise FileNotFoundError(f"no Matching Network for {cfg.name} with {wanted['max_episodes']} "
+                                    f"training episodes in {cache}; make it with `python -m "
+                                    f"metalstm.evaluate ... --baselines all --cache {cache}`")
+        train_sampler = sampler_for(cfg, "train", data["train"])
+        out = train_matching(train_sampler, learner, wanted["max_episodes"], seed=cfg.seed,
+                             max_seconds=wanted["max_seconds"], val_episodes=val, val_every=250,
+                             progress=progress)
+        net = out.method
+        meta = {**wanted, "episodes": out.episodes, "seconds": out.seconds, "best_val": out.best_val}
+        if path is not None:
+            save_matching(cache_target(path, wanted), net, meta)
+    net.name = "Matching Networks"
+    built[net.name] = net
+    notes[net.name] = (f"no FCE; {meta['episodes']} training episodes ({meta['seconds']:.0f} s), "
+                       f"scale {torch.tensor(net.log_scale).exp().item():.1f}, "
+                       f"meta-val {100 * (meta['best_val'] or 0):.1f}%")
+
+
+def _add_ablations(built: dict, notes: dict, cfg: Config, methods, learner: Learner, val, c0,
+                   sgd_lrs, adam_lrs, progress: bool) -> None:
+    """SGD and Adam from a random init, SGD from the learned c_0: cfg.steps steps of batch
+    cfg.batch_size, the learning rate tuned on `val`."""
     ablations = [("sgd", "SGD from random init", "sgd", sgd_lrs, None),
                  ("adam", "Adam from random init", "adam", adam_lrs, None),
                  ("learned", "SGD from learned c_0", "sgd", sgd_lrs, c0)]
@@ -212,10 +237,22 @@ def build_baselines(cfg: Config, methods=METHODS, c0: torch.Tensor | None = None
         built[name].name = name
         notes[name] = (f"{cfg.steps} steps of batch {cfg.batch_size}, lr {lr:g} "
                        f"(meta-val {100 * table[lr]:.1f}%, {time.perf_counter() - start:.0f} s)")
-    return built, notes
 
 
-def main(argv: list[str] | None = None) -> int:
+def measure_baselines(cfg: Config, methods, n: int, c0: torch.Tensor | None = None, **settings):
+    """Build `methods` (`build_baselines(cfg, methods, c0, **settings)`) and measure each on the
+    first n meta-test episodes: (their `Evaluation`s, how each was chosen, the seconds building
+    took, the meta-test sampler)."""
+    start = time.perf_counter()
+    built, notes = build_baselines(cfg, methods, c0=c0, **settings)
+    setup = time.perf_counter() - start
+    sampler = sampler_for(cfg, "test")
+    episodes = sampler.take(n)
+    return [evaluate(m, episodes) for m in built.values()], notes, setup, sampler
+
+
+def parser() -> argparse.ArgumentParser:
+    """The flags of `python -m metalstm.baselines`."""
     ap = argparse.ArgumentParser(description="Measure the baselines (paper notes 9) on meta-test episodes.")
     ap.add_argument("--shot", type=int, choices=(1, 5), default=None,
                     help="picks glyphs-1shot / glyphs-5shot (default 5; with --config, it must agree)")
@@ -231,34 +268,42 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cache", default="runs/baselines", help="folder for the pre-trained / trained baselines")
     ap.add_argument("--threads", type=positive_int, help="torch.set_num_threads")
     ap.add_argument("--json", help="also write the results as JSON here")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def requested(args: argparse.Namespace) -> tuple[Config, list[str], torch.Tensor | None]:
+    """(configuration, methods, c_0 of --checkpoint or None) that the flags ask for; one
+    ValueError for flags that disagree."""
+    cfg = get_config(args.config or f"glyphs-{args.shot or 5}shot")
+    if args.shot is not None and cfg.k_shot != args.shot:
+        raise ValueError(f"--shot {args.shot} but --config {cfg.name} is {cfg.k_shot}-shot; pass "
+                         f"--config alone, or a {args.shot}-shot configuration")
+    methods = args.methods or [m for m in METHODS if m != "learned" or args.checkpoint]
+    c0 = None
+    if args.checkpoint:
+        c0 = load_trained(args.checkpoint, expect=cfg)[1].c0.detach()
+        if "learned" not in methods:
+            methods.append("learned")
+    return cfg, methods, c0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m metalstm.baselines`: build the baselines (`build_baselines`), measure them on
+    the first --episodes meta-test episodes, print the table (and write --json); 0, or 2 with
+    one line of error."""
+    args = parser().parse_args(argv)
     set_threads(args.threads)
     try:
         check_output_file(args.json, "--json")             # before the work, not after it
         check_folder(args.cache, "--cache")
         if args.checkpoint:
             refuse_other_kinds(args.checkpoint, "a trained meta-learner (a best.pt or data/checkpoints/*.pt)")
-        cfg = get_config(args.config or f"glyphs-{args.shot or 5}shot")
-        if args.shot is not None and cfg.k_shot != args.shot:
-            raise ValueError(f"--shot {args.shot} but --config {cfg.name} is {cfg.k_shot}-shot; pass "
-                             f"--config alone, or a {args.shot}-shot configuration")
-        methods = args.methods or [m for m in METHODS if m != "learned" or args.checkpoint]
-        c0 = None
-        if args.checkpoint:
-            c0 = load_trained(args.checkpoint, expect=cfg)[1].c0.detach()
-            if "learned" not in methods:
-                methods.append("learned")
+        cfg, methods, c0 = requested(args)
         n = args.episodes or cfg.test_episodes
-        start = time.perf_counter()
-        built, notes = build_baselines(cfg, methods, c0=c0, val_episodes=args.val_episodes,
-                                       pretrain_epochs=args.pretrain_epochs,
-                                       matching_episodes=args.matching_episodes,
-                                       matching_seconds=args.matching_minutes and 60 * args.matching_minutes,
-                                       cache=args.cache)
-        setup = time.perf_counter() - start
-        sampler = sampler_for(cfg, "test")
-        episodes = sampler.take(n)
-        results = [evaluate(m, episodes) for m in built.values()]
+        results, notes, setup, sampler = measure_baselines(
+            cfg, methods, n, c0=c0, val_episodes=args.val_episodes, pretrain_epochs=args.pretrain_epochs,
+            matching_episodes=args.matching_episodes,
+            matching_seconds=args.matching_minutes and 60 * args.matching_minutes, cache=args.cache)
     except (ValueError, OSError) as exc:                  # CheckpointError is a ValueError
         print(f"error: {exc}", file=sys.stderr)
         return 2
