@@ -176,6 +176,20 @@ def evaluate_run(spec: grid_tool.Spec, episodes: int, test_sets=TEST_SETS, path:
     return record
 
 
+def write_record(path: Path, record: dict) -> Path:
+    """A run's record as JSON, atomically; each accuracy (k/75 in float32 for 5-way 15-query
+    episodes) to 6 decimals, which keeps every k apart, and each list on one line: about 7 KB
+    for 2 x 600 episodes instead of 30."""
+    record = {**record, "test_sets": {t: {**b, "accuracies": [round(float(a), 6) for a in b["accuracies"]]}
+                                      for t, b in record["test_sets"].items()}}
+    lists = {t: json.dumps(b["accuracies"], separators=(",", ":")) for t, b in record["test_sets"].items()}
+    text = json.dumps({**record, "test_sets": {t: {**b, "accuracies": f"@{t}@"} for t, b in
+                                               record["test_sets"].items()}}, indent=1)
+    for t, line in lists.items():
+        text = text.replace(json.dumps(f"@{t}@"), line)
+    return atomic_write(path, text + "\n")
+
+
 def evaluate_grid(specs, results: Path, episodes: int, test_sets=TEST_SETS, path: str = "fused",
                   progress: bool = True, say=print) -> list[Path]:
     """Evaluate every run of `specs` whose RESULTS/{run}.json is not up to date (`up_to_date`);
@@ -191,7 +205,7 @@ def evaluate_grid(specs, results: Path, episodes: int, test_sets=TEST_SETS, path
             continue
         start = time.perf_counter()
         record = evaluate_run(spec, episodes, test_sets, path, progress)
-        atomic_write(out, json.dumps(record, indent=1))
+        write_record(out, record)
         written.append(out)
         means = ", ".join(f"{t} {100 * b['mean']:.2f}%" for t, b in record["test_sets"].items())
         say(f"ladder_seeds: evaluated {spec.name} ({means}; {time.perf_counter() - start:.0f} s) -> {out}")
