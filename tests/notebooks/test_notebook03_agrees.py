@@ -96,11 +96,11 @@ def test_meta_initialisation_ranges(nb):
     assert all(torch.equal(w[k], again[k]) for k in w)
 
 
-def package_weights_in_notebook_layout(meta: MetaLearner, reference: dict) -> dict:
-    """The package's weights, laid out like the notebook's (the package stores W_1 transposed)."""
+def package_weights(meta: MetaLearner, reference: dict) -> dict:
+    """The package's weights as the notebook's meta_step takes them: the same names, shapes and
+    layout (W1 [4H, 4 + H], each coordinate a column), no transposing."""
     weights = {k: v.detach() for k, v in meta.named_parameters() if k != "c0"}
-    weights["lstm_weight"] = weights["lstm_weight"].T        # stored [4H, 4 + H], as nn.LSTMCell does
-    assert weights["lstm_weight"].shape == reference["lstm_weight"].shape
+    assert {k: v.shape for k, v in weights.items()} == {k: v.shape for k, v in reference.items()}
     return weights
 
 
@@ -115,7 +115,7 @@ def test_meta_steps_match_the_package(nb, hidden):
             if name in ("lstm_weight", "lstm_bias", "W_F", "W_I"):
                 param.mul_(50)
         meta.b_F.fill_(1.0), meta.b_I.fill_(-1.0)
-    weights = package_weights_in_notebook_layout(meta, nb["init_meta_params"](hidden))
+    weights = package_weights(meta, nb["init_meta_params"](hidden))
     ours_theta = theirs_theta = theta
     ours_state, theirs_state = nb["meta_initial_state"](n, hidden), meta.initial_state()
     with torch.no_grad():
@@ -125,6 +125,8 @@ def test_meta_steps_match_the_package(nb, hidden):
             ours_theta, ours_state, (f, i) = nb["meta_step"](weights, loss, grad, ours_theta, ours_state)
             theirs_theta, theirs_state, gates = meta.step(loss, grad, theirs_theta, theirs_state)
             torch.testing.assert_close(theirs_theta, ours_theta, rtol=1e-5, atol=1e-6)
+            for ours, theirs in zip(ours_state, (theirs_state.h, theirs_state.c, theirs_state.f, theirs_state.i)):
+                torch.testing.assert_close(theirs, ours, rtol=1e-5, atol=1e-6)   # the same [H, n] layout
             torch.testing.assert_close(gates.f, f, rtol=1e-5, atol=1e-6)
             torch.testing.assert_close(gates.i, i, rtol=1e-5, atol=1e-6)
     assert f.std() > 1e-3 and i.std() > 1e-3     # the gates really vary across coordinates
