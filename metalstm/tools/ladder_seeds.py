@@ -13,9 +13,11 @@ data/results/grid). The episodes are the standard ones of `metalstm.evaluate` fo
 configuration (`EPISODE_SEED`): the same support and query images and the same mini-batch
 order for every rung and every training seed (a seed-s run would get another stream from
 `python -m metalstm.evaluate`, whose episode seed follows the configuration's seed), so two runs
-compare episode by episode, and seed 0's rows are those of data/results/ladder-*.json. A run
-whose JSON already holds those episodes for a checkpoint with the same SHA-256 is skipped, so
-the command continues where it stopped and re-measures only a best.pt that changed.
+compare episode by episode; they are also the episodes of data/results/ladder-*.json. A run
+whose JSON already holds those episodes (episode seed, the test set's images, their number) for
+a checkpoint with the same SHA-256 is skipped, so the command continues where it stopped and
+re-measures only a best.pt that changed. The JSON names the --path that measured it (the paths
+agree to rounding; a different --path alone does not measure a run again).
 
 The table is computed from the JSON files alone (a fresh clone, without checkpoints, prints it:
 --table-only). Per test set, shot and rung, over the S seeds that have a JSON:
@@ -26,7 +28,7 @@ The table is computed from the JSON files alone (a fresh clone, without checkpoi
                 t_{0.975, 2} = 4.303 for 3 seeds.
     vs LSTM,    within each seed s that both rungs have, the mean per-episode difference on the
     vs below    same episodes, d_s; then the same t interval over the d_s
-                (`metalstm.stats.seed_paired_difference`). "below" is the nearest lower rung
+                (`metalstm.stats.seed_paired_common`). "below" is the nearest lower rung
                 of the ladder that has results.
     verdict     "no measurable difference" unless the difference's interval excludes 0.
 
@@ -156,7 +158,7 @@ def evaluate_run(spec: grid_tool.Spec, episodes: int, test_sets=TEST_SETS, path:
     (`standard_samplers`), as `metalstm.evaluate` runs a rule: the JSON record of the run, with
     every episode's accuracy per test set."""
     from metalstm.evaluate import evaluate_methods, rule_accuracy
-    from metalstm.rules import load_trained
+    from metalstm.model import load_trained
     ckpt = spec.folder / "best.pt"
     sha = file_sha256(ckpt)
     learner, rule, cfg, metrics = load_trained(ckpt, expect=checkpoint_config(ckpt).replace(path=path))
