@@ -290,7 +290,7 @@ class Trained:
 def _load_trained():
     """metalstm's checkpoint reader (`load_trained`), wherever this version keeps it."""
     try:
-        from metalstm.rules import load_trained
+        from metalstm.model import load_trained
     except ImportError:
         try:
             from metalstm.runs import load_trained                # type: ignore[no-redef]

@@ -507,7 +507,7 @@ def _check_05_2(meta_train_step_batch):
     from metalstm.checkpoint import load_checkpoint
     from metalstm.config import get_config
     from metalstm.episodes import episode_generator, sampler_for
-    from metalstm.rules import build_model
+    from metalstm.model import build_model
     from metalstm.train import train
 
     cfg = get_config("smoke").replace(episodes=4, meta_batch=2, val_every=100, val_episodes=1)
@@ -530,7 +530,7 @@ def _check_05_2(meta_train_step_batch):
 @_exercise("05", 3, "train_c0_only", "meta-train c_0 alone; the LSTM keeps its initialisation")
 def _check_05_3(train_c0_only):
     from metalstm.config import get_config
-    from metalstm.rules import build_model
+    from metalstm.model import build_model
 
     cfg = get_config("smoke")
     _, fresh = build_model(cfg)

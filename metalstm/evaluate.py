@@ -40,7 +40,8 @@ from metalstm.data import load_dataset
 from metalstm.episodes import (Episode, EpisodeSampler, check_request, episode_generator, load_split,
                                sampler_for)
 from metalstm.metalearner import run_episode, set_path
-from metalstm.rules import RUNG_NAMES, RUNGS, load_trained
+from metalstm.model import load_trained
+from metalstm.rules import RUNG_NAMES, RUNGS
 from metalstm.stats import paired_difference, significant
 
 

@@ -42,7 +42,8 @@ from metalstm.cli import (add_path_option, check_device, check_path_runs, non_ne
                           seed_int, set_threads)
 from metalstm.config import CONFIGS, Config, get_config
 from metalstm.distributed import World, init_from_env, shutdown
-from metalstm.rules import RUNGS, load_trained
+from metalstm.config import RUNGS
+from metalstm.model import load_trained
 
 if TYPE_CHECKING:
     from metalstm.episodes import EpisodeSampler

@@ -34,7 +34,7 @@ from metalstm.distributed import World, all_reduce_grads_
 from metalstm.episodes import episode_generator, sampler_for
 from metalstm.evaluate import evaluate_rule
 from metalstm.metalearner import NonFiniteStepError, run_episode
-from metalstm.rules import build_model
+from metalstm.model import build_model
 from metalstm.runs import (NonFiniteError, Run, RunState, check_config, held, save_last, save_on_interrupt,
                            save_validation, start_state, uninterrupted, warm_start)
 from metalstm.stats import mean_ci95

@@ -31,7 +31,7 @@ from metalstm.cli import check_folder, check_output_file, non_negative_int, posi
 from metalstm.config import Config, get_config
 from metalstm.episodes import load_split, sampler_for
 from metalstm.learner import Learner
-from metalstm.rules import load_trained
+from metalstm.model import load_trained
 
 METHODS = ("finetune", "nearest", "matching", "sgd", "adam", "learned")
 NAMES = {"finetune": "Fine-tune", "nearest": "Nearest neighbour", "matching": "Matching Networks",

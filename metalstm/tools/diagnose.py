@@ -41,7 +41,8 @@ from metalstm.checkpoint import CheckpointError, load_checkpoint, refuse_other_k
 from metalstm.cli import (check_folder, check_output_file, non_negative_float, non_negative_int, positive_int,
                           set_threads, write_json)
 from metalstm.config import Config
-from metalstm.rules import RUNG_NAMES, build_model, load_trained
+from metalstm.model import build_model, load_trained
+from metalstm.rules import RUNG_NAMES
 from metalstm.evaluate import evaluate_rule
 from metalstm.episodes import load_split
 from metalstm.episodes import sampler_for

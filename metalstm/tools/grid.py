@@ -99,7 +99,7 @@ def make_plan(pattern: str, rungs: list[str], shots: list[int], seeds: list[int]
 def learns(config: str, rung: str) -> bool:
     """Whether the rung has parameters to meta-train; train runs one without (sgd) to episode 0."""
     from metalstm.config import get_config
-    from metalstm.rules import build_model
+    from metalstm.model import build_model
     _, rule = build_model(get_config(config, rule=rung))
     return any(p.requires_grad for p in rule.parameters())
 

@@ -33,7 +33,8 @@ from torch import nn
 from metalstm.cli import positive_int
 from metalstm.episodes import episode_generator, sampler_for
 from metalstm.evaluate import evaluate_methods, meta_test_sampler, rule_accuracy
-from metalstm.rules import RUNG_NAMES, load_trained
+from metalstm.model import load_trained
+from metalstm.rules import RUNG_NAMES
 from metalstm.stats import mean_ci95
 from metalstm.tools.measure_cli import difference, parser, run
 from metalstm.paths import shipped_checkpoint

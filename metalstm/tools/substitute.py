@@ -37,7 +37,8 @@ from metalstm.cli import positive_int
 from metalstm.distill import CANDIDATES, SENTENCES, StopAfter, describe, fit_candidates
 from metalstm.episodes import sampler_for
 from metalstm.evaluate import evaluate_methods, meta_test_sampler, rule_accuracy
-from metalstm.rules import layer_index, load_trained
+from metalstm.model import load_trained
+from metalstm.rules import layer_index
 from metalstm.stats import mean_ci95
 from metalstm.tools.measure_cli import difference, parser, run
 from metalstm.paths import shipped_checkpoint

@@ -25,7 +25,7 @@ from metalstm.checkpoint import atomic_write, refuse_other_kinds
 from metalstm.cli import check_output_file, positive_int
 from metalstm.episodes import sampler_for
 from metalstm.evaluate import evaluate_rule
-from metalstm.rules import build_model, load_trained
+from metalstm.model import build_model, load_trained
 from metalstm.stats import mean_ci95
 from metalstm.runs import LOG_FIELDS
 

@@ -8,7 +8,7 @@ import torch
 
 from metalstm.metalearner import run_episode
 from metalstm.episodes import episode_generator, sampler_for
-from metalstm.rules import build_model
+from metalstm.model import build_model
 
 
 # Exercise 1 -------------------------------------------------------------------

@@ -215,7 +215,7 @@ def test_a_bad_input_gives_one_clear_line_and_changes_no_file(what, target, word
 # -- the API's own refusals: rules, checkpoints' configurations, the inner loop, the learner ------
 def _checkpoint_with_config(path: Path, config) -> Path:
     """A smoke lstm checkpoint whose stored configuration is `config` (whatever it is)."""
-    from metalstm.rules import build_model
+    from metalstm.model import build_model
     _, rule = build_model(get_config("smoke"))
     save_checkpoint(path, {"metalearner": rule.state_dict()}, config)
     return path
@@ -277,7 +277,8 @@ API_RAW = [
 def api_case(name: str, w: Path):
     """The call of case `name`, ready to make (what it reads is written into `w` first)."""
     from metalstm.learner import Learner
-    from metalstm.rules import load_trained, make_rule
+    from metalstm.model import load_trained
+    from metalstm.rules import make_rule
     learner = Learner(n_way=5)
     theta0 = learner.init_params(torch.Generator().manual_seed(0))
     smoke = get_config("smoke").to_dict()
@@ -486,7 +487,7 @@ def test_the_shipped_results_are_reused_in_full_under_their_keys():
     from metalstm.config import Config
     from metalstm.episodes import load_split
     from metalstm.evaluate import meta_test_sampler, reusable, rule_key
-    from metalstm.rules import load_trained
+    from metalstm.model import load_trained
     for k in (1, 5):
         path = RESULTS / f"ladder-{k}shot.json"
         report = json.loads(path.read_text())

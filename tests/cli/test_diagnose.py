@@ -44,7 +44,7 @@ def test_c0_from_pretrained_keeps_the_conv_stack_and_zeroes_the_head(pre):
 
 
 def test_query_batch_norm_protocol_is_checked(checkpoint):
-    from metalstm.rules import load_trained
+    from metalstm.model import load_trained
     learner, meta, cfg, _ = load_trained(checkpoint)
     with pytest.raises(ValueError, match="query_bn"):
         evaluate_rule(learner, meta, sampler_for(cfg, "val"), 1, cfg, query_bn="train")

@@ -8,7 +8,7 @@ import torch
 
 from metalstm.checkpoint import load_checkpoint
 from metalstm.config import get_config
-from metalstm.rules import build_model
+from metalstm.model import build_model
 
 ROOT = Path(__file__).resolve().parents[2]
 TORCHRUN = Path(sys.executable).with_name("torchrun")

@@ -12,7 +12,7 @@ import torch
 
 from metalstm.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from metalstm.config import Config, get_config
-from metalstm.rules import build_model, load_trained
+from metalstm.model import build_model, load_trained
 
 ROOT = Path(__file__).resolve().parents[2]
 CHECKPOINTS = ROOT / "data" / "checkpoints"

@@ -101,7 +101,7 @@ def _wrong_meta_batch(learner, meta, opt, episodes, generators, cfg):   # sums i
 
 
 def _wrong_c0_only(cfg, episodes):                                     # trains the rule too
-    from metalstm.rules import build_model
+    from metalstm.model import build_model
     from metalstm.episodes import episode_generator, sampler_for
     from metalstm.metalearner import run_episode
     learner, meta = build_model(cfg)

@@ -15,7 +15,7 @@ import torch
 from metalstm.checkpoint import load_checkpoint
 from metalstm.config import get_config
 from metalstm.metalearner import run_episode
-from metalstm.rules import build_model
+from metalstm.model import build_model
 from metalstm.episodes import episode_generator, sampler_for
 from metalstm.evaluate import evaluate_rule
 from metalstm.stats import mean_ci95

@@ -20,7 +20,7 @@ from metalstm.config import get_config
 from metalstm.episodes import episode_generator, sampler_for
 from metalstm.evaluate import evaluate_rule
 from metalstm.metalearner import SGDCell, run_episode
-from metalstm.rules import build_model, load_trained
+from metalstm.model import build_model, load_trained
 from metalstm.paths import shipped_checkpoint
 from metalstm.viz import (LAYERS, forgetting_share, gate_summary, implied_weight_decay, record_gates,
                           retained_fraction, step_sizes, trace_episode, variance_shares,

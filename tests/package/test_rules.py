@@ -6,7 +6,7 @@ from metalstm.config import get_config
 from metalstm.learner import Learner
 from metalstm.metalearner import SGDCell, inner_loop, run_episode
 from metalstm.rules import RUNGS, MetaSGDCell, ScheduleCell, layer_index, make_rule
-from metalstm.rules import build_model, load_trained
+from metalstm.model import build_model, load_trained
 from metalstm.evaluate import evaluate_rule
 from metalstm.episodes import sampler_for
 from metalstm.train import train

@@ -15,7 +15,7 @@ from metalstm import evaluate, runs, train as train_mod
 from metalstm.checkpoint import CheckpointError, load_checkpoint
 from metalstm.config import get_config
 from metalstm.train import NonFiniteError, train
-from metalstm.rules import load_trained
+from metalstm.model import load_trained
 
 SMOKE = get_config("smoke")
 

@@ -14,7 +14,7 @@ import metalstm.viz.explorer as explorer_module  # noqa: E402
 from metalstm.config import get_config  # noqa: E402
 from metalstm.metalearner import SGDCell, inner_loop, loss_and_grad, run_episode, support_batches  # noqa: E402
 from metalstm.paths import shipped_checkpoint  # noqa: E402
-from metalstm.rules import build_model# noqa: E402
+from metalstm.model import build_model  # noqa: E402
 from metalstm.episodes import episode_generator, sampler_for  # noqa: E402
 from metalstm.viz import (LAYERS, GateRecord, InnerLoopExplorer, forgetting_share, format_summary,  # noqa: E402
                           gate_summary, implied_weight_decay, pick_coordinates, plot_gate_bands, plot_gates,
