@@ -16,8 +16,8 @@ coordinate of theta (the coordinates are the batch dimension, paper notes 4):
         c1_t = sigmoid(z_f) * c1_{t-1} + sigmoid(z_i) * tanh(z_g)
         h_t  = sigmoid(z_o) * tanh(c1_t)
     layer 2, the meta-LSTM cell, per coordinate:
-        f_t = sigmoid(W_F . [h_t, theta_{t-1}, f_{t-1}] + b_F)     # W_F: 22 x 1
-        i_t = sigmoid(W_I . [h_t, theta_{t-1}, i_{t-1}] + b_I)     # W_I: 22 x 1
+        f_t = sigmoid(a_f),  a_f = W_F . [h_t, theta_{t-1}, f_{t-1}] + b_F     # W_F: 22 x 1
+        i_t = sigmoid(a_i),  a_i = W_I . [h_t, theta_{t-1}, i_{t-1}] + b_I     # W_I: 22 x 1
         theta_t = f_t * theta_{t-1} + i_t * (-grad_t)              # the RAW gradient
     theta_0 = c_0, a meta-parameter (the learned initialisation).
 
@@ -49,13 +49,11 @@ from __future__ import annotations
 import math
 import numbers
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-
-from typing import NamedTuple
 
 from metalstm.config import check_path
 from metalstm.learner import BNStats, Learner, all_finite
