@@ -233,7 +233,90 @@ def paired_table(rows: list[dict], reference: str = RUNG_NAMES["lstm"]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
+def load_rule(checkpoint, device: str, path: str, expect: Config | None):
+    """(learner, rule, config) of --checkpoint on `path` (reference, fused, native); with --config
+    (`expect`), one of another data set or shot is refused."""
+    learner, meta, cfg, _ = load_trained(checkpoint, device, expect=expect)
+    if expect is not None and (cfg.dataset, cfg.k_shot) != (expect.dataset, expect.k_shot):
+        raise CheckpointError(f"{checkpoint} holds a {cfg.k_shot}-shot {cfg.dataset} rule "
+                              f"({cfg.name!r}); --config {expect.name} is {expect.k_shot}-shot "
+                              f"{expect.dataset}: pass --config {cfg.name}, or no --config")
+    cfg = cfg.replace(path=path)           # --path, as build_model would have made it
+    set_path(path, learner, meta)
+    return learner, meta, cfg
+
+
+def check_distinct(paths) -> None:
+    """Each checkpoint a trained rule, and none given twice (the same contents under two names)."""
+    seen = {}
+    for path in paths:
+        refuse_other_kinds(path, "a trained update rule (a best.pt or data/checkpoints/*.pt)")
+        sha = stored_checksum(path)
+        if sha in seen:
+            raise ValueError(f"--rungs {path} holds the same rule as {seen[sha]} (the same checkpoint "
+                             f"contents); give each checkpoint once, --checkpoint not again in --rungs")
+        seen[sha] = path
+
+
+def add_rungs(rules: dict, rungs, cfg: Config, checkpoint, device: str, path: str) -> None:
+    """Load the --rungs checkpoints into rules {name: (learner, rule, config, checkpoint)}: each of
+    the setting (shot, steps, batch) of --checkpoint, named by its rung (and its episodes when two
+    checkpoints of one rung differ in them)."""
+    for rung_path in rungs:
+        r_learner, rule, r_cfg, _ = load_trained(rung_path, device, expect=cfg)
+        if (r_cfg.k_shot, r_cfg.steps, r_cfg.batch_size) != (cfg.k_shot, cfg.steps, cfg.batch_size):
+            raise ValueError(f"{rung_path} is a {r_cfg.k_shot}-shot rule of {r_cfg.steps} steps of batch "
+                             f"{r_cfg.batch_size}; {checkpoint} is {cfg.k_shot}-shot, "
+                             f"{cfg.steps} x {cfg.batch_size}: compare rules of one setting")
+        set_path(path, r_learner, rule)
+        name = RUNG_NAMES[r_cfg.rule]
+        if name in rules:                      # e.g. the same rule trained for fewer episodes
+            name = f"{name} ({r_cfg.episodes:,} episodes)"
+        if name in rules:
+            raise ValueError(f"two checkpoints of the rung {r_cfg.rule!r} with {r_cfg.episodes} "
+                             f"episodes: {rules[name][3]} and {rung_path}")
+        rules[name] = (r_learner, rule, r_cfg, rung_path)
+
+
+def wanted_baselines(asked: list[str], cfg: Config, meta, checkpoint) -> tuple[list[str], torch.Tensor | None]:
+    """(the --baselines to measure, in METHODS order for 'all', c_0 for 'learned' or None): 'learned'
+    needs an lstm rule's c_0, and 'all' leaves it out for another rule."""
+    wanted = list(dict.fromkeys(METHODS if asked == ["all"] else asked))
+    c0 = meta.c0.detach().cpu() if cfg.rule == "lstm" else None
+    if c0 is None and "learned" in wanted:
+        if asked != ["all"]:
+            raise ValueError(f"--baselines learned is SGD from the c_0 of a Meta-Learner LSTM, and "
+                             f"{checkpoint} is a {cfg.rule!r} rule: leave 'learned' out, or pass "
+                             f"an lstm checkpoint as --checkpoint")
+        wanted = [m for m in wanted if m != "learned"]   # 'all': every baseline this rule allows
+    return wanted, c0
+
+
+def compare_on(test_set: str, sampler: EpisodeSampler, n: int, cfg: Config, rules: dict, order: list[str],
+               baselines: dict, reused: dict, names: list[str], rung_of: dict, notes: dict, keys: dict,
+               device: str) -> tuple[str, dict]:
+    """Every method on the first n episodes of one test set (a --reuse row where one is taken):
+    (its markdown table with paired differences, its part of the JSON report)."""
+    methods = {name: rule_accuracy(rules[name][0], rules[name][1].eval(), rules[name][2], sampler.seed,
+                                   device) for name in order}
+    methods.update({m.name: logits_accuracy(m.predict) for m in baselines.values()})
+    old = {name: reused[test_set, name] for name in names if (test_set, name) in reused}
+    fresh = {r.name: r for r in evaluate_methods({k: v for k, v in methods.items() if k not in old},
+                                                  sampler, n)}
+    results = [fresh[name] if name in fresh else
+               Evaluation(name, old[name]["accuracies"], old[name].get("seconds", 0.0)) for name in names]
+    rows = paired_rows(results, rung_of)
+    title = (f"{cfg.name}: {cfg.n_way}-way {cfg.k_shot}-shot, {n} meta-test episodes of "
+             f"{test_set} (seed {sampler.seed})")
+    part = {"title": title, "seed": sampler.seed, "data_sha256": sampler.dataset.fingerprint(),
+            "results": [{**row, "note": notes.get(row["name"], ""), "key": keys.get(row["name"]),
+                         "accuracies": r.accuracies}
+                        for row, r in zip(rows, results)]}
+    return f"**{title}**\n\n{paired_table(rows)}", part
+
+
+def parser() -> argparse.ArgumentParser:
+    """The flags of `python -m metalstm.evaluate`."""
     ap = argparse.ArgumentParser(description="Evaluate a trained meta-learner, the other rungs of the ladder "
                                              "and the baselines on the same meta-test episodes, with paired "
                                              "differences.")
@@ -258,7 +341,14 @@ def main(argv: list[str] | None = None) -> int:
                     "deterministic, so they are the numbers a new run would give); a row is taken only "
                     "under its key: a rule's checkpoint checksum, a baseline's settings and data, the "
                     "test set's images and seed; anything else is measured again")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m metalstm.evaluate`: the trained rule, the other --rungs and the --baselines on the
+    same meta-test episodes of each test set; prints a table per test set as it is measured, then
+    the notes (and writes --json); 0, or 2 with one line of error."""
+    args = parser().parse_args(argv)
     try:
         check_device(args.device)
         check_path_runs(args.path, args.device)
@@ -266,38 +356,12 @@ def main(argv: list[str] | None = None) -> int:
         check_folder(args.cache, "--cache")
         set_threads(args.threads)
         expect = get_config(args.config) if args.config else None
-        seen = {}
-        for path in [args.checkpoint, *args.rungs]:
-            refuse_other_kinds(path, "a trained update rule (a best.pt or data/checkpoints/*.pt)")
-            sha = stored_checksum(path)
-            if sha in seen:
-                raise ValueError(f"--rungs {path} holds the same rule as {seen[sha]} (the same checkpoint "
-                                 f"contents); give each checkpoint once, --checkpoint not again in --rungs")
-            seen[sha] = path
-        learner, meta, cfg, _ = load_trained(args.checkpoint, args.device, expect=expect)
-        if expect is not None and (cfg.dataset, cfg.k_shot) != (expect.dataset, expect.k_shot):
-            raise CheckpointError(f"{args.checkpoint} holds a {cfg.k_shot}-shot {cfg.dataset} rule "
-                                  f"({cfg.name!r}); --config {expect.name} is {expect.k_shot}-shot "
-                                  f"{expect.dataset}: pass --config {cfg.name}, or no --config")
-        cfg = cfg.replace(path=args.path)           # --path, as build_model would have made it
-        set_path(args.path, learner, meta)
+        check_distinct([args.checkpoint, *args.rungs])
+        learner, meta, cfg = load_rule(args.checkpoint, args.device, args.path, expect)
         n = args.episodes or cfg.test_episodes
         samplers = {name: meta_test_sampler(cfg, name) for name in (args.test_sets or [cfg.dataset])}
         rules = {RUNG_NAMES[cfg.rule]: (learner, meta, cfg, args.checkpoint)}
-        for path in args.rungs:
-            r_learner, rule, r_cfg, _ = load_trained(path, args.device, expect=cfg)
-            if (r_cfg.k_shot, r_cfg.steps, r_cfg.batch_size) != (cfg.k_shot, cfg.steps, cfg.batch_size):
-                raise ValueError(f"{path} is a {r_cfg.k_shot}-shot rule of {r_cfg.steps} steps of batch "
-                                 f"{r_cfg.batch_size}; {args.checkpoint} is {cfg.k_shot}-shot, "
-                                 f"{cfg.steps} x {cfg.batch_size}: compare rules of one setting")
-            set_path(args.path, r_learner, rule)
-            name = RUNG_NAMES[r_cfg.rule]
-            if name in rules:                      # e.g. the same rule trained for fewer episodes
-                name = f"{name} ({r_cfg.episodes:,} episodes)"
-            if name in rules:
-                raise ValueError(f"two checkpoints of the rung {r_cfg.rule!r} with {r_cfg.episodes} "
-                                 f"episodes: {rules[name][3]} and {path}")
-            rules[name] = (r_learner, rule, r_cfg, path)
+        add_rungs(rules, args.rungs, cfg, args.checkpoint, args.device, args.path)
         order = sorted(rules, key=lambda name: (RUNGS.index(rules[name][2].rule), rules[name][2].episodes))
         rung_of = {name: rules[name][2].rule for name in order}
         # a rule's note names its checkpoint (and --path native, whose rounding differs); --reuse takes
@@ -306,14 +370,7 @@ def main(argv: list[str] | None = None) -> int:
                  for name in order}
         keys = {name: rule_key(rules[name][3], args.path == "native", args.path == "reference") for name in order}
         baselines = {}
-        wanted = list(dict.fromkeys(METHODS if args.baselines == ["all"] else args.baselines))
-        c0 = meta.c0.detach().cpu() if cfg.rule == "lstm" else None
-        if c0 is None and "learned" in wanted:
-            if args.baselines != ["all"]:
-                raise ValueError(f"--baselines learned is SGD from the c_0 of a Meta-Learner LSTM, and "
-                                 f"{args.checkpoint} is a {cfg.rule!r} rule: leave 'learned' out, or pass "
-                                 f"an lstm checkpoint as --checkpoint")
-            wanted = [m for m in wanted if m != "learned"]   # 'all': every baseline this rule allows
+        wanted, c0 = wanted_baselines(args.baselines, cfg, meta, args.checkpoint)
         data = None
         if wanted:                           # a baseline's key is its settings and its data's contents
             data = {split: load_split(cfg, split) for split in ("train", "val")}
@@ -327,27 +384,13 @@ def main(argv: list[str] | None = None) -> int:
         for t, name in reused:
             if name in names and name not in notes:
                 notes[name] = reused[t, name].get("note", "")
-        tables, report_json = [], {"config": cfg.to_dict(), "episodes": n, "checkpoint": str(args.checkpoint),
-                                   "rungs": [str(p) for p in args.rungs], "test_sets": {}}
+        report_json = {"config": cfg.to_dict(), "episodes": n, "checkpoint": str(args.checkpoint),
+                       "rungs": [str(p) for p in args.rungs], "test_sets": {}}
         for test_set, sampler in samplers.items():
-            methods = {name: rule_accuracy(rules[name][0], rules[name][1].eval(), rules[name][2], sampler.seed,
-                                           args.device) for name in order}
-            methods.update({m.name: logits_accuracy(m.predict) for m in baselines.values()})
-            old = {name: reused[test_set, name] for name in names if (test_set, name) in reused}
-            fresh = {r.name: r for r in evaluate_methods({k: v for k, v in methods.items() if k not in old},
-                                                          sampler, n)}
-            results = [fresh[name] if name in fresh else
-                       Evaluation(name, old[name]["accuracies"], old[name].get("seconds", 0.0)) for name in names]
-            rows = paired_rows(results, rung_of)
-            title = (f"{cfg.name}: {cfg.n_way}-way {cfg.k_shot}-shot, {n} meta-test episodes of "
-                     f"{test_set} (seed {sampler.seed})")
-            tables.append(f"**{title}**\n\n{paired_table(rows)}")
-            report_json["test_sets"][test_set] = {
-                "title": title, "seed": sampler.seed, "data_sha256": sampler.dataset.fingerprint(),
-                "results": [{**row, "note": notes.get(row["name"], ""), "key": keys.get(row["name"]),
-                             "accuracies": r.accuracies}
-                            for row, r in zip(rows, results)]}
-            print(tables[-1] + "\n", flush=True)            # each table as soon as it is measured
+            table, report_json["test_sets"][test_set] = compare_on(
+                test_set, sampler, n, cfg, rules, order, baselines, reused, names, rung_of, notes, keys,
+                args.device)
+            print(table + "\n", flush=True)            # each table as soon as it is measured
     except (ValueError, OSError) as exc:               # CheckpointError is a ValueError
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -42,6 +42,9 @@ from metalstm.stats import mean_ci95
 
 @dataclass
 class TrainResult:
+    """What `train` returns: the run folder, the episodes done, the best meta-validation accuracy
+    and its episode, and log.csv's rows (runs.LOG_FIELDS)."""
+
     out_dir: Path
     episodes_done: int
     best_val_acc: float
