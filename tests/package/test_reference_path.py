@@ -127,3 +127,16 @@ def test_every_path_gives_the_reference_meta_gradient(path, reference_meta_gradi
         # float32 rounding (the pooling is exact): within 5e-5 of the norm (b_F, a sum over all 28,485
         # coordinates, differs by 1.8e-5 of its norm on the fused path, as it did before --path existed)
         assert (got[k] - ref[k]).norm() <= 5e-5 * ref[k].norm(), k
+
+
+def test_the_resume_command_names_the_path_and_resuming_may_change_it():
+    """The path is how the numbers are computed, not which model (Config.path is not compared):
+    the resume command repeats a --path other than the default, and configurations that differ
+    in path alone are the same run."""
+    from pathlib import Path
+
+    from metalstm.runs import resume_command
+
+    assert "--path reference" in resume_command(SMOKE.replace(path="reference"), Path("r"))
+    assert "--path" not in resume_command(SMOKE, Path("r"))
+    assert SMOKE.replace(path="native") == SMOKE
