@@ -38,14 +38,17 @@ class Episode:
 
     @property
     def n_way(self) -> int:
+        """N: the number of classes (ways)."""
         return self.classes.numel()
 
     @property
     def k_shot(self) -> int:
+        """K: support images per class."""
         return self.support_y.numel() // self.n_way
 
     @property
     def n_query(self) -> int:
+        """Q: query images per class."""
         return self.query_y.numel() // self.n_way
 
     def to(self, device: torch.device | str) -> "Episode":

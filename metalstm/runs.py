@@ -130,6 +130,7 @@ class Run:
 
     @property
     def last(self) -> Path:
+        """The run's last.pt."""
         return self.out / "last.pt"
 
     @property
@@ -166,6 +167,7 @@ class RunState:
     KEYS = ("episode", "best_val_acc", "best_episode", "history", "window_loss", "window_acc")
 
     def to_metrics(self) -> dict:
+        """The state as last.pt's metrics (a deep copy: later updates do not change it)."""
         return copy.deepcopy(dataclasses.asdict(self))
 
     @classmethod
@@ -344,10 +346,12 @@ def resume_state(run: Run) -> RunState:
 
 
 def _state(meta, opt) -> dict:
+    """The tensors last.pt holds: the rule's state_dict and Adam's ({} for a rule with nothing to learn)."""
     return {"metalearner": meta.state_dict(), "optimizer": opt.state_dict() if opt is not None else {}}
 
 
 def _write_log(path: Path, history: list[dict]) -> None:
+    """log.csv: a header of LOG_FIELDS and one row per validation, written atomically."""
     text = io.StringIO()
     w = csv.DictWriter(text, fieldnames=LOG_FIELDS)
     w.writeheader()
@@ -449,6 +453,7 @@ def main(train: Callable, argv: list[str] | None = None) -> int:
 
 
 def _raise_interrupt() -> None:
+    """SIGTERM handled as Ctrl-C: train saves the run's place as for an interrupt."""
     raise KeyboardInterrupt
 
 

@@ -1,6 +1,6 @@
 """Tools beside the course, not part of what a student reads.
 
-    python -m metalstm.tools.bench          # how fast is one episode (README, "Speed")
+    python -m metalstm.tools.bench          # how fast is one episode (docs/speed.md)
     python -m metalstm.tools.diagnose       # where a trained meta-learner loses to the baselines
     python -m metalstm.tools.course         # run the six notebooks headless (`make course`)
     python -m metalstm.tools.build_glyphs   # draw the glyph data set again from the fonts
