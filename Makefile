@@ -42,7 +42,7 @@ html: env
 slides: env
 	MPLBACKEND=Agg $(PY) -m metalstm.tools.course --slides-only
 
-## the speed benchmark (issue 7): floor vs meta-train vs meta-test episodes, see README
+## the speed benchmark: floor vs meta-train vs meta-test episodes (docs/speed.md)
 bench: env
 	$(PY) -m metalstm.tools.bench --threads 1
 

@@ -1,4 +1,4 @@
-"""Every mistake a person can make gets one clear line and loses nothing (issue 16).
+"""Every mistake a person can make gets one clear line and loses nothing.
 
 ONE parametrised test runs each bad input through the real command line (its
 main(argv) in this process, and a handful as real `python -m` subprocesses) or

@@ -1,4 +1,4 @@
-"""Never a silent wrong result from a cache, never a lost result file (issue 25).
+"""Never a silent wrong result from a cache, never a lost result file.
 
 The second battery of bad inputs, as tests/cli/test_bad_input.py checks the first: ONE parametrised
 test runs each case through the real command line (its main(argv), in this process) or the

@@ -1,10 +1,10 @@
 """The course in a real browser (headless Chromium through playwright):
 
 1. notebook 06 run in JupyterLab, its inner-loop explorer widget rendered and answering one key
-   press (issue 6, item 5);
+   press;
 2. a lecture deck (`make slides`) opened from a local file with the network blocked: reveal.js
    and MathJax come from the files beside it, every main section has more than one slide, the
-   maths is typeset, and a slide taller than the screen scrolls (issue 14).
+   maths is typeset, and a slide taller than the screen scrolls.
 
 Slow (a JupyterLab server, a kernel, about a minute of notebook; executing notebook 01 for the
 deck), so they run only when selected: `make browser-check`, or `pytest -m browser

@@ -76,7 +76,7 @@ def test_a_file_that_is_no_checkpoint_gives_one_short_line(tmp_path):
     assert "weights_only" not in message      # torch's advice to turn the safe loader off is not ours
 
 
-# -- nothing is lost: full disks, NaN, the run folder's lock (issue 16) --------------------
+# -- nothing is lost: full disks, NaN, the run folder's lock --------------------
 def test_a_full_disk_is_one_line_and_keeps_the_old_checkpoint(tmp_path, monkeypatch):
     p = save_checkpoint(tmp_path / "a.pt", state(), {"v": 1})
     before = p.read_bytes()

@@ -140,7 +140,7 @@ def test_train_cli_warm_start_and_learning_rate(tmp_path, capsys):
     assert err.startswith("error:") and len(err.strip().splitlines()) == 1
 
 
-# -- the meta-update groups (issue 15, point 7) -------------------------------------------
+# -- the meta-update groups -------------------------------------------
 def grads_at_each_step(monkeypatch):
     """The gradients Adam is given at every step, in order (clipping off: clip=inf)."""
     seen = []
@@ -196,7 +196,7 @@ def test_a_run_that_ended_inside_a_meta_batch_is_not_extended(tmp_path):
         train(SMOKE.replace(meta_batch=2), tmp_path, resume=True, progress=False)
 
 
-# -- nothing is ever lost (issue 16, points 1-7) ------------------------------------------
+# -- nothing is ever lost ------------------------------------------
 def finite(path):
     payload = torch.load(path, weights_only=True)
     tensors = [t for part in payload["state"].values() if isinstance(part, dict)
