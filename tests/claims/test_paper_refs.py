@@ -31,7 +31,6 @@ _SEP = r"\s*(?:,|-|–|\band\b)\s*(?:#\s*)?"
 REF = re.compile(rf"\bpaper\s+notes\s+§?({_NUM}(?:{_SEP}§?{_NUM})*)", re.IGNORECASE)
 ITEM = re.compile(rf"({_NUM})(?:\s*[-–]\s*({_NUM}))?")
 HEADING = re.compile(rf"^#{{2,6}}\s+({_NUM})\.?\s", re.MULTILINE)
-OLD_REF = re.compile(rf"\b{OLD_NAME}\b")
 ANCHOR = re.compile(r"paper\.md#([A-Za-z0-9_\-]+)")
 
 TEXT_SUFFIXES = {".py", ".ipynb", ".md", ".json", ".csv", ".yml", ".yaml", ".toml", ".txt",
@@ -80,11 +79,6 @@ def unresolved(text: str, known: set[str]) -> list[str]:
 def outside_mentions(text: str) -> list[str]:
     """Mentions of files outside the repository."""
     return [name for name in OUTSIDE if name in text]
-
-
-def old_references(text: str) -> list[str]:
-    """Every use of the old upper-case short name, with a little context."""
-    return [text[max(0, m.start() - 20):m.end() + 12].replace("\n", " ") for m in OLD_REF.finditer(text)]
 
 
 # -- the repository ----------------------------------------------------------------------------------
@@ -173,11 +167,9 @@ def test_a_bad_reference_is_reported():
     assert unresolved("paper notes 1, 1.1, 3.2", sections(NOTES)) == []
 
 
-def test_outside_files_and_old_references_are_reported():
-    text = f"see {OUTSIDE[0]}/{OUTSIDE[1]} and ({OLD_NAME} 5, 7) or {OLD_NAME} §4"
+def test_outside_files_are_reported():
+    text = f"see {OUTSIDE[0]}/{OUTSIDE[1]} and paper notes 5"
     assert outside_mentions(text) == list(OUTSIDE[:2])
-    assert len(old_references(text)) == 3
-    assert old_references("SPECTRUM, spec, inspect, paper notes 5") == []
 
 
 def test_anchors_follow_githubs_rule():
@@ -214,8 +206,3 @@ def test_nothing_points_outside_the_repository(texts):
     bad = [f"{where}: {name}" for where, text in texts for name in outside_mentions(text)]
     assert not bad, "files outside the repository are mentioned:\n" + "\n".join(bad)
 
-
-def test_no_reference_in_the_old_form_is_left(texts):
-    bad = [f"{where}: ...{ctx}..." for where, text in texts for ctx in old_references(text)]
-    assert not bad, (f"{len(bad)} references in the old form; write 'paper notes N' (docs/paper.md):\n"
-                     + "\n".join(bad))
