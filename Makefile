@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 # quiet, headless and reproducible where it matters
 TESTENV := TQDM_DISABLE=1 MPLBACKEND=Agg PYTHONHASHSEED=0
 
-.PHONY: course test lab html slides bench clean env browser-check
+.PHONY: course test lab html slides bench clean env browser-check student
 
 env: $(VENV)/.installed
 
@@ -41,6 +41,11 @@ html: env
 ## PyPI wheels, so a deck opened as a file needs no network (s: speaker notes, f: full screen)
 slides: env
 	MPLBACKEND=Agg $(PY) -m metalstm.tools.course --slides-only
+
+## the student edition in build/student/: the course without its solutions (no notebooks/solutions/, no
+## tests/, no lecturer's notes, the pointers to the solutions rewritten); metalstm/tools/student.py says what and why
+student: env
+	$(PY) -m metalstm.tools.student build/student --force
 
 ## the speed benchmark: floor vs meta-train vs meta-test episodes (docs/speed.md)
 bench: env
