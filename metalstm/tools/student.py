@@ -278,6 +278,9 @@ def build(out: Path, force: bool = False, root: Path = ROOT) -> list[str]:
     out, root = Path(out).resolve(), Path(root).resolve()
     if out == root or root.is_relative_to(out):
         raise StudentEditionError(f"{out} holds the course itself: give a new folder, e.g. build/student")
+    if out.is_relative_to(root) and out.relative_to(root).parts[0] in INCLUDE:
+        raise StudentEditionError(f"{out} is inside the course's own {out.relative_to(root).parts[0]}: the next "
+                                  "edition would copy it; give a folder outside them, e.g. build/student")
     if out.exists() and any(out.iterdir()):
         if not force:
             raise StudentEditionError(f"{out} is not empty: add --force to replace an earlier student edition")

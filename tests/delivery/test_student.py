@@ -199,6 +199,8 @@ def test_the_instructor_edition_is_left_as_it_was(tmp_path):
 def test_the_output_folder_is_checked(tmp_path, capsys):
     with pytest.raises(student.StudentEditionError, match="holds the course"):
         student.build(ROOT)
+    with pytest.raises(student.StudentEditionError, match="inside the course's own notebooks"):
+        student.build(ROOT / "notebooks" / "student")
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("keep me")
     assert student.main([str(tmp_path / "mine")]) == 1
