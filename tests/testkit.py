@@ -34,7 +34,7 @@ def package_cells(notebook: Path) -> list[tuple[int, list[str], str]]:
     return out
 
 
-def _python(source: str) -> str:
+def without_magics(source: str) -> str:
     """A cell's source without IPython's magics and shell lines (%..., !...)."""
     return "\n".join(line for line in source.splitlines() if not line.lstrip().startswith(("%", "!")))
 
@@ -49,14 +49,14 @@ def notebook_code(notebook: Path, *expected: str) -> dict:
     imports = []
     for cell in nb.cells:
         if cell.cell_type == "code":
-            tree = ast.parse(_python(cell.source))
+            tree = ast.parse(without_magics(cell.source))
             imports += [node for node in tree.body if isinstance(node, (ast.Import, ast.ImportFrom))]
     namespace: dict = {}
     threads, rng = torch.get_num_threads(), torch.get_rng_state()
     try:
         exec(compile(ast.Module(body=imports, type_ignores=[]), f"{notebook.name}:imports", "exec"), namespace)
         for i, names, source in package_cells(notebook):
-            exec(compile(_python(source), f"{notebook.name}[cell {i}: {', '.join(names)}]", "exec"), namespace)
+            exec(compile(without_magics(source), f"{notebook.name}[cell {i}: {', '.join(names)}]", "exec"), namespace)
     finally:
         torch.set_num_threads(threads)
         torch.set_rng_state(rng)
