@@ -340,6 +340,7 @@ def _execute(edition: Path, names: list[str], out: Path, timeout: int) -> None:
         assert "not answered yet" in text and "Traceback" not in text
 
 
+@pytest.mark.slow
 def test_notebook01_runs_in_the_student_edition(edition, tmp_path):
     _execute(edition, ["01_episodes.ipynb"], tmp_path / "executed", timeout=900)
 
