@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 # quiet, headless and reproducible where it matters
 TESTENV := TQDM_DISABLE=1 MPLBACKEND=Agg PYTHONHASHSEED=0
 
-.PHONY: course test lab html slides bench clean env browser-check student
+.PHONY: course test test-quick lab html slides bench clean env browser-check student
 
 env: $(VENV)/.installed
 
@@ -26,6 +26,10 @@ course: env
 ## the whole test suite: unit and paper-claim tests, then every notebook under nbval
 test: env
 	$(TESTENV) $(PY) -m pytest --nbval-lax --nbval-current-env -m "not browser" tests notebooks
+
+## the quick lane for everyday work: every module's fast tests, no notebooks, no tests marked slow
+test-quick: env
+	$(TESTENV) $(PY) -m pytest -q -m "not slow and not browser" tests
 
 ## open the course in JupyterLab
 lab: env

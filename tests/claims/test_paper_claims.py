@@ -36,6 +36,7 @@ def flat(module):
 
 
 # -- paper notes 3: gradient descent is an LSTM cell update ----------------------------------------------
+@pytest.mark.slow
 @pytest.mark.parametrize("rule_kind", ["SGDCell", "MetaLearner with f=1, i=lr"])
 def test_cell_update_with_forget_one_and_input_lr_is_torch_sgd_step_by_step(episodes, learner, rule_kind):
     ep, lr, steps = episodes[0], 0.1, 5
@@ -71,6 +72,7 @@ def test_cell_update_with_forget_one_and_input_lr_is_torch_sgd_step_by_step(epis
 
 
 # -- paper notes 6: the meta-learner starts as gradient descent with a small learning rate ----------------
+@pytest.mark.slow
 def test_at_initialisation_forget_gate_is_near_one_and_input_gate_near_0_01(episodes, learner):
     rule = meta_learner(learner)
     for ep in episodes.take(2):
@@ -83,6 +85,7 @@ def test_at_initialisation_forget_gate_is_near_one_and_input_gate_near_0_01(epis
 
 
 # -- paper notes 5: the meta-gradient, first order ----------------------------------------------------------
+@pytest.mark.slow
 def test_meta_gradient_reaches_c0_and_both_lstm_layers(episodes, learner):
     rule = meta_learner(learner)
     result = run_episode(learner, rule, episodes[1], steps=3, batch_size=25, mode="train")
@@ -117,6 +120,7 @@ def second_order_loss_and_grad(learner, x, y, theta, bn="batch", stats=None):
     return loss, grad
 
 
+@pytest.mark.slow
 def test_meta_gradient_ignores_second_derivatives(episodes, learner, monkeypatch):
     """With SGD and a learned c0, theta_T = c0 - lr * sum(grad_t) with the gradients treated as
     constants, so dL_test/dc0 must equal dL_test/dtheta_T exactly. Keeping second-order terms
@@ -166,6 +170,7 @@ def with_query(ep, query_x):
     return Episode(ep.support_x, ep.support_y, query_x, ep.query_y, ep.classes)
 
 
+@pytest.mark.slow
 def test_meta_test_query_prediction_depends_only_on_its_image_and_the_support_set(episodes, learner):
     rule = meta_learner(learner)
     ep, other = episodes[3], episodes[4]
@@ -182,6 +187,7 @@ def test_meta_test_query_prediction_depends_only_on_its_image_and_the_support_se
     assert (logits["train"][0] - logits["train"][1]).abs().max() > 1e-3    # batch statistics
 
 
+@pytest.mark.slow
 def test_batch_norm_statistics_never_carry_from_one_episode_to_the_next(episodes, learner):
     rule = meta_learner(learner)
     a, b = episodes[5], episodes[6]
@@ -194,6 +200,7 @@ def test_batch_norm_statistics_never_carry_from_one_episode_to_the_next(episodes
         assert first.support_losses == again.support_losses
 
 
+@pytest.mark.slow
 def test_meta_test_query_pass_uses_averages_reset_at_the_start_of_the_episode(episodes, learner):
     rule = meta_learner(learner)
     ep = episodes[7]

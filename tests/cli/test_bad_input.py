@@ -251,6 +251,7 @@ def check_line(lines: list[str], words: list[str], w: Path) -> None:
         assert word.replace("{w}", str(w)) in lines[0], (word, lines[0])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("what,target,words", CASES)
 def test_a_bad_input_gives_one_clear_line_and_changes_no_file(what, target, words, template, tmp_path,
                                                               capsys, request, subprocess_results):

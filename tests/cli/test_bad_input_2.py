@@ -191,6 +191,7 @@ def api_call(name: str, w: Path):
     return calls[name]()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("what,target,words", CASES)
 def test_a_bad_input_gives_one_clear_line_and_changes_no_file(what, target, words, template, tmp_path, capsys):
     w = tmp_path / "w"
@@ -368,6 +369,7 @@ def _step_case(name: str):
     return call
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case,words", [pytest.param(c, words, id=c) for c, words in API_RAW])
 def test_a_bad_api_input_is_one_value_error_naming_it(case, words, tmp_path):
     """The API's refusals that need no run folder: one ValueError, one line naming the bad value
@@ -460,6 +462,7 @@ def test_a_cache_folder_that_cannot_be_written_is_refused_before_any_training(tm
                               val_episodes=1, cache=cache, progress=False)
 
 
+@pytest.mark.slow
 def test_the_shipped_cache_is_found_for_the_shipped_data_without_training(monkeypatch):
     from metalstm.baselines import suite
     pretrain = importlib.import_module("metalstm.baselines.pretrain")
@@ -515,6 +518,7 @@ def two_sgd_rungs(tmp_path_factory):
     return root
 
 
+@pytest.mark.slow
 def test_a_replaced_rung_file_is_measured_again(two_sgd_rungs, tmp_path, capsys, monkeypatch):
     from metalstm import evaluate
     root = two_sgd_rungs
@@ -585,6 +589,7 @@ def test_evaluate_json_on_a_full_disk_keeps_the_earlier_results(template, tmp_pa
     assert old.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["old.json"]
 
 
+@pytest.mark.slow
 def test_a_checkpoint_and_a_picture_on_a_full_disk_keep_the_old_files(template, tmp_path, monkeypatch, capsys):
     from metalstm.checkpoint import CheckpointWriteError
     from metalstm.tools import build_glyphs
@@ -612,6 +617,7 @@ def _umask() -> int:
 
 
 # -- the native library ------------------------------------------------------------------------
+@pytest.mark.slow
 def test_a_damaged_cached_native_library_is_built_again_never_loaded(tmp_path):
     from metalstm.fast import native
     if not native.available():
@@ -646,6 +652,7 @@ def _interruptible() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("when", ["during the imports", "during the work"])
 def test_ctrl_c_ends_a_command_with_one_line_and_exit_130(tmp_path, when):
     if not Path("/proc/self/maps").exists():
@@ -668,6 +675,7 @@ def test_ctrl_c_ends_a_command_with_one_line_and_exit_130(tmp_path, when):
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_a_double_ctrl_c_during_training_is_exit_130_without_a_traceback(tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "metalstm.train", "--config", "smoke", "--episodes", "100000",
                              "--val-every", "50", "--threads", "1", "--out", str(tmp_path / "run")], cwd=ROOT,
@@ -684,6 +692,7 @@ def test_a_double_ctrl_c_during_training_is_exit_130_without_a_traceback(tmp_pat
     load_checkpoint(tmp_path / "run" / "last.pt")           # what it kept is whole
 
 
+@pytest.mark.slow
 def test_a_resumed_log_goes_on_counting_seconds(tmp_path):
     cfg = get_config("smoke", episodes=6, val_every=3)
     train(cfg, tmp_path / "run", progress=False, stop_after=3)
@@ -693,6 +702,7 @@ def test_a_resumed_log_goes_on_counting_seconds(tmp_path):
     assert len(seconds) == 3 and seconds == sorted(seconds)
 
 
+@pytest.mark.slow
 def test_diagnose_names_the_rule_the_checkpoint_holds():
     from metalstm.tools.diagnose import diagnose
     rows = diagnose(LADDER / "glyphs-5shot-sgd.pt", episodes=2, cache=SHIPPED / "baselines", progress=False)

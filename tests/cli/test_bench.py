@@ -11,6 +11,7 @@ from metalstm.fast import fused, native
 from metalstm.tools import bench, naive
 
 
+@pytest.mark.slow
 def test_bench_rows_and_timings_on_one_small_shape(capsys, monkeypatch):
     measured = []
     real_report = bench.report
@@ -168,6 +169,7 @@ def test_saved_activation_arrays_are_reused_only_once_their_graph_is_gone():
     assert not fused._SAVED["free"]
 
 
+@pytest.mark.slow
 def test_the_gpu_check_runs_end_to_end_on_a_cpu(tmp_path, capsys):
     """The prepared device script, in its dry mode: benchmark, a training stopped by its time
     limit (resumable: last.pt written), a short meta-test of best.pt, and the summary."""

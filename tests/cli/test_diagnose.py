@@ -43,6 +43,7 @@ def test_c0_from_pretrained_keeps_the_conv_stack_and_zeroes_the_head(pre):
     assert torch.equal(meta.c0.detach(), c0)
 
 
+@pytest.mark.slow
 def test_query_batch_norm_protocol_is_checked(checkpoint):
     from metalstm.model import load_trained
     learner, meta, cfg, _ = load_trained(checkpoint)
@@ -50,6 +51,7 @@ def test_query_batch_norm_protocol_is_checked(checkpoint):
         evaluate_rule(learner, meta, sampler_for(cfg, "val"), 1, cfg, query_bn="train")
 
 
+@pytest.mark.slow
 def test_diagnose_measures_every_row(checkpoint, pre, tmp_path):
     rows = dg.diagnose(checkpoint, episodes=3, pre=pre, train_episodes=2, pretrained_lr_factor=0.5,
                        out=tmp_path, progress=False)
@@ -65,6 +67,7 @@ def test_diagnose_measures_every_row(checkpoint, pre, tmp_path):
     assert text.count("\n") == len(rows) + 1 and "meta-train" in text
 
 
+@pytest.mark.slow
 def test_diagnose_cli_writes_json_and_refuses_bad_input(checkpoint, tmp_path, capsys, monkeypatch, pre):
     monkeypatch.setattr(dg, "pretrained_for", lambda *a, **k: pre)
     out = tmp_path / "d.json"

@@ -1,4 +1,5 @@
 """Data-parallel meta-training (torchrun, gloo on CPU) equals one process with a bigger meta-batch."""
+import pytest
 import os
 import subprocess
 import sys
@@ -25,6 +26,7 @@ def meta_params(run_dir):
     return load_checkpoint(Path(run_dir) / "last.pt")[0]["metalearner"]
 
 
+@pytest.mark.slow
 def test_two_processes_equal_one_process_with_meta_batch_two_and_resume(tmp_path):
     common = ["-m", "metalstm.train", "--config", "smoke", "--threads", "1"]
     run([sys.executable, *common, "--meta-batch", "2", "--out", str(tmp_path / "one")])

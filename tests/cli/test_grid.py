@@ -58,6 +58,7 @@ def finished(tmp_path_factory) -> tuple[Path, int, str]:
     return root, code, text
 
 
+@pytest.mark.slow
 def test_every_run_finishes_into_the_summary_and_is_published(finished):
     root, code, text = finished
     assert code == 0, text
@@ -80,6 +81,7 @@ def test_every_run_finishes_into_the_summary_and_is_published(finished):
     assert "grid: smoke-init-seed0 finished (6 episodes, best val" in log and log.count("grid: ") == 2
 
 
+@pytest.mark.slow
 def test_a_second_call_skips_every_finished_run(finished, monkeypatch):
     root, _, _ = finished
     before = summary(root / "runs")
@@ -97,6 +99,7 @@ def test_a_second_call_skips_every_finished_run(finished, monkeypatch):
     assert summary(root / "runs") == before                             # CPU times kept, not reset
 
 
+@pytest.mark.slow
 def test_a_partial_run_resumes_to_the_numbers_of_an_uninterrupted_one(finished, tmp_path):
     root, _, _ = finished
     cfg = get_config("smoke", rule="init", seed=0, episodes=6, val_every=3)
@@ -114,6 +117,7 @@ def test_a_partial_run_resumes_to_the_numbers_of_an_uninterrupted_one(finished, 
     assert record["status"] == "done" and record["cpu_seconds"] > 100 and record["wall_seconds"] > 200
 
 
+@pytest.mark.slow
 def test_a_failing_run_is_reported_and_the_others_finish(tmp_path, monkeypatch):
     broken = tmp_path / "smoke-sgd-seed0"
     broken.mkdir()
@@ -130,6 +134,7 @@ def test_a_failing_run_is_reported_and_the_others_finish(tmp_path, monkeypatch):
     assert "--path" not in (tmp_path / "smoke-sgd-seed1" / "train.out").read_text()
 
 
+@pytest.mark.slow
 def test_sigterm_stops_the_grid_and_its_runs_resumably(tmp_path):
     run = tmp_path / "smoke-init-seed0"
     cmd = [sys.executable, "-m", "metalstm.tools.grid", "--config", "smoke", "--shots", "1", "--rungs", "init",

@@ -123,6 +123,7 @@ def tiny_grid(tmp_path_factory) -> Path:
     return root
 
 
+@pytest.mark.slow
 def test_every_finished_run_is_evaluated_once_on_the_same_episodes(tiny_grid, monkeypatch):
     grid, res = tiny_grid / "grid", tiny_grid / "results"
     names = ["smoke-init-seed0", "smoke-sgd-seed0", "smoke-sgd-seed1"]

@@ -52,6 +52,7 @@ def test_the_notebook_carries_the_one_setup_cell_and_its_badge(path):
         "the badge and REPO must name the same repository"
 
 
+@pytest.mark.slow
 def test_the_cell_does_nothing_but_print_versions_where_metalstm_is_installed(tmp_path):
     done = subprocess.run([sys.executable, str(SNIPPET)], cwd=tmp_path, capture_output=True, text=True,
                           timeout=120)

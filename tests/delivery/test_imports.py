@@ -176,6 +176,7 @@ def fresh_imports() -> tuple[set[str], set[str], str]:
     return set(lines["FAILED"].split()), set(lines["TORCHVISION"].split()), run.stderr
 
 
+@pytest.mark.slow
 def test_every_module_imports_on_its_own(fresh_imports):
     failed, _, err = fresh_imports
     assert {"metalstm.episodes", "metalstm.metalearner", "metalstm.train", "metalstm.runs",
@@ -183,6 +184,7 @@ def test_every_module_imports_on_its_own(fresh_imports):
     assert not failed, f"these modules fail when imported first: {sorted(failed)}\n{err[-3000:]}"
 
 
+@pytest.mark.slow
 def test_only_the_omniglot_loader_needs_torchvision(fresh_imports):
     _, vision, _ = fresh_imports
     assert "metalstm.episodes" not in vision
@@ -201,6 +203,7 @@ def module_level_imports(name: str) -> set[str]:
     return found
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["metalstm.metalearner", "metalstm.learner"])
 def test_the_readable_modules_do_not_load_the_fast_paths(name):
     """metalstm.fast (the fused step and the C loops) is a choice the model makes when it steps
@@ -215,6 +218,7 @@ def test_the_readable_modules_do_not_load_the_fast_paths(name):
     assert run.stdout.strip() == "[]", run.stdout
 
 
+@pytest.mark.slow
 def test_a_fused_step_loads_the_fast_paths_when_it_runs():
     """...and a MetaLearner on the default path (fused) loads them at its first step."""
     script = ("import sys, torch; from metalstm.metalearner import MetaLearner\n"

@@ -51,6 +51,7 @@ def test_no_data_folder_is_one_clear_error(no_env, tmp_path, monkeypatch):
         glyphs.load_glyphs("train")
 
 
+@pytest.mark.slow
 def test_an_installed_copy_works_with_the_setting(tmp_path):
     """The package copied away from the checkout (as `pip install .` puts it in site-packages)."""
     site = tmp_path / "site"

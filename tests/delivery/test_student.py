@@ -274,6 +274,7 @@ def _function_source(path: Path, name: str) -> str:
     return ast.get_source_segment(src, node)
 
 
+@pytest.mark.slow
 def test_the_exercise_checks_work_in_the_student_edition(edition):
     """metalstm.check from the edition, with no solutions anywhere in it: a stub is "not answered yet", a wrong
     answer gets a hint, the instructor's solution (copied into the script from outside the edition) is right.

@@ -157,6 +157,7 @@ def test_every_exercise_has_a_check():
     assert set(WRONG) == set(check.REGISTRY)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("key", sorted(check.REGISTRY), ids=lambda k: f"{k[0]}.{k[1]}")
 def test_the_check_accepts_the_solution_and_rejects_a_wrong_answer(key, solutions, capsys):
     ex = check.REGISTRY[key]

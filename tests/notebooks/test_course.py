@@ -13,6 +13,7 @@ def test_the_six_notebooks_in_order():
         course.course_notebooks(["99"])
 
 
+@pytest.mark.slow
 def test_execute_and_render(tmp_path, monkeypatch):
     monkeypatch.setattr(course, "BUILD", tmp_path / "build")
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("# A title"),
@@ -28,6 +29,7 @@ def test_execute_and_render(tmp_path, monkeypatch):
         assert "A title" in page.read_text() and "42" in page.read_text()
 
 
+@pytest.mark.slow
 def test_a_failing_notebook_is_kept_and_reported(tmp_path):
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("raise ValueError('broken on purpose')")])
     src = tmp_path / "02_bad.ipynb"

@@ -83,6 +83,7 @@ def memoriser(glyphs_train):
     return means, (lambda x: torch.cdist(x.flatten(1), means).argmin(1))
 
 
+@pytest.mark.slow
 def test_shortcut_1_a_fixed_label_order_can_be_guessed_a_shuffled_one_cannot(glyphs_train, memoriser):
     sample_episode = notebook_function("sample_episode")
     _, recognise = memoriser
@@ -97,6 +98,7 @@ def test_shortcut_1_a_fixed_label_order_can_be_guessed_a_shuffled_one_cannot(gly
     assert abs(torch.stack(hits_shuffled).mean() - 1 / n) < 0.03          # "at chance, 1/N"
 
 
+@pytest.mark.slow
 def test_shortcut_2_the_memoriser_wins_on_seen_classes_and_transfers_well_above_chance(glyphs_train, memoriser):
     sample_episode = notebook_function("sample_episode")
     means, recognise = memoriser

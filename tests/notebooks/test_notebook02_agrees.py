@@ -148,6 +148,7 @@ def test_the_markers_name_package_functions_whose_source_the_notebook_shows():
             "metalstm.metalearner.SGDCell.step"} <= set(names)
 
 
+@pytest.mark.slow
 def test_a_start_made_from_other_episodes_leads_early_and_the_lead_then_shrinks(nb):
     """The claim after the c_0 figure: well ahead after 2 steps, the lead mostly gone by step 8;
     before any step neither start can predict the labels (about chance)."""

@@ -169,6 +169,7 @@ def glyph_steps():
     return learner, episodes, torch.tensor(losses), torch.stack(grads)
 
 
+@pytest.mark.slow
 def test_gradients_span_eleven_orders_and_the_loss_falls_10_to_40_fold(glyph_steps):
     learner, _, losses, grads = glyph_steps
     nonzero = grads.abs()[grads != 0]
@@ -182,6 +183,7 @@ def test_gradients_span_eleven_orders_and_the_loss_falls_10_to_40_fold(glyph_ste
     assert 1e-3 < weight.median() < 1e-2                                     # "median about 1e-3 to 1e-2"
 
 
+@pytest.mark.slow
 def test_at_initialisation_the_gates_barely_vary_and_the_meta_learner_is_small_step_sgd(nb, glyph_steps):
     from metalstm.metalearner import loss_and_grad
 

@@ -124,6 +124,7 @@ def test_forward_agrees_with_learner_in_float32_up_to_rounding(nb, episodes, the
     torch.testing.assert_close(logits, Learner(5, 1, 28)(e.query_x, theta0, bn="batch"), rtol=0, atol=1e-2)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("k, momentum", [(5, 0.95), (1, 0.9), (5, 0.3)])   # 0.3: the initial 0, 1 still count
 def test_running_averages_match_the_package_bn_stats(nb, episodes, theta0, k, momentum):
     e = double(episodes[k][1])
@@ -138,6 +139,7 @@ def test_running_averages_match_the_package_bn_stats(nb, episodes, theta0, k, mo
         torch.testing.assert_close(var, pkg_var, rtol=1e-9, atol=1e-9)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("k", [5, 1])
 def test_paper_protocol_matches_run_episode_test_mode(nb, episodes, theta0, k):
     package = Learner64(5, 1, 28, bn_eps=1e-3, bn_momentum=MOMENTUM[k])
@@ -150,6 +152,7 @@ def test_paper_protocol_matches_run_episode_test_mode(nb, episodes, theta0, k):
     assert (train.query_logits - ours).abs().max() > 1e-2
 
 
+@pytest.mark.slow
 def test_naive_module_episode_is_the_protocol_when_fresh_and_leaks_when_reused(nb, episodes, theta0):
     a, b = double(episodes[5][1]), double(episodes[5][0])
     package = Learner64(5, 1, 28, bn_momentum=0.1)
@@ -167,6 +170,7 @@ def test_naive_module_episode_is_the_protocol_when_fresh_and_leaks_when_reused(n
 
 
 # -- the exercise solutions ------------------------------------------------------------
+@pytest.mark.slow
 def test_exercise1_query_depends_on_support_but_not_on_other_queries(sol, episodes, theta0):
     learner = Learner(5, 1, 28, bn_momentum=0.95)
     e, other = episodes[5][2], episodes[5][3]
@@ -175,6 +179,7 @@ def test_exercise1_query_depends_on_support_but_not_on_other_queries(sol, episod
     assert query_change < 1e-5
 
 
+@pytest.mark.slow
 def test_exercise2_momentum_one_keeps_the_last_step_and_refresh_uses_theta_T(sol, nb, episodes, theta0):
     e = double(episodes[5][4])
     rule = SGDCell(theta0, LR).double()
@@ -197,6 +202,7 @@ def test_exercise2_momentum_one_keeps_the_last_step_and_refresh_uses_theta_T(sol
     assert set(accs) == {"running averages", "refreshed"} and all(0.2 < a <= 1 for a in accs.values())
 
 
+@pytest.mark.slow
 def test_exercise3_transductive_bn_is_batch_statistics_and_depends_on_the_batch(sol, nb, episodes, theta0):
     learner = Learner64(5, 1, 28, bn_momentum=0.95)
     e = double(episodes[5][5])
@@ -262,6 +268,7 @@ def test_one_class_at_a_time_flips_the_most_predictions_and_costs_transductive_a
     assert nb["accuracy"](usual, y) - nb["accuracy"](cases["class"], y) > 0.15      # "drops sharply"
 
 
+@pytest.mark.slow
 def test_a_reused_module_leaks_at_momentum_0_1_hides_it_at_0_95_and_climbs_over_a_sequence(nb, episodes, theta0):
     b, a = episodes[5][0], episodes[5][1]
     for momentum in (0.1, 0.95):
@@ -283,6 +290,7 @@ def test_a_reused_module_leaks_at_momentum_0_1_hides_it_at_0_95_and_climbs_over_
     assert again > first + 0.3                                                          # "climbs"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("k", [5, 1])
 def test_the_momentum_sweep_chance_plateau_and_gap(nb, episodes, theta0, k):
     momenta = [0.01, 0.1, 0.7, 0.9, 0.95, 1.0]

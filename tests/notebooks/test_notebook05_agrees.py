@@ -138,6 +138,7 @@ def test_best_from_log_keeps_the_first_of_tied_validations(solutions, tmp_path):
     assert solutions.best_from_log(tmp_path / "log.csv") == (20, 0.7)
 
 
+@pytest.mark.slow
 def test_best_from_log_names_the_run_s_best_pt(solutions, tmp_path):
     cfg = SMOKE.replace(episodes=8, val_every=2, val_episodes=3)
     train(cfg, tmp_path, progress=False)
@@ -145,6 +146,7 @@ def test_best_from_log_names_the_run_s_best_pt(solutions, tmp_path):
     assert solutions.best_from_log(tmp_path / "log.csv") == (metrics["episode"], metrics["val_acc"])
 
 
+@pytest.mark.slow
 def test_meta_batch_step_gives_the_package_meta_parameters(solutions, tmp_path):
     cfg = SMOKE.replace(episodes=4, val_every=4, val_episodes=2, meta_batch=2)
     state = package_state(cfg, tmp_path)
@@ -158,6 +160,7 @@ def test_meta_batch_step_gives_the_package_meta_parameters(solutions, tmp_path):
     assert_same_state(meta, opt, state)
 
 
+@pytest.mark.slow
 def test_train_c0_only_moves_c0_and_nothing_else(solutions):
     cfg = SMOKE
     _, fresh = build_model(cfg)

@@ -111,6 +111,7 @@ def test_notebook_strategy_functions_are_the_packages(nb, record):
 
 
 # -- the exercise solutions ----------------------------------------------------------------------
+@pytest.mark.slow
 def test_exercise1_no_forgetting(solutions, model, sampler):
     learner, meta = model
     rule = solutions.NoForgetting(meta)
@@ -125,6 +126,7 @@ def test_exercise1_no_forgetting(solutions, model, sampler):
     assert gap == pytest.approx((a[0] - b[0] + a[1] - b[1]) / 2) and half >= 0
 
 
+@pytest.mark.slow
 def test_exercise2_schedule_rule(solutions, model, sampler, record):
     learner, meta = model
     # gates f = 1, i = lr everywhere: the schedule rule is plain SGD
@@ -149,6 +151,7 @@ def test_exercise2_schedule_rule(solutions, model, sampler, record):
                     CFG.batch_size, mode="test")
 
 
+@pytest.mark.slow
 def test_exercise3_beyond_T_starts_with_the_record(solutions, model, sampler, record):
     acc = solutions.accuracy_beyond_T(*model, sampler, CFG, factor=2, episodes=3)
     assert acc.shape == (2 * CFG.steps + 1,)
@@ -190,6 +193,7 @@ def scale():
     return scale
 
 
+@pytest.mark.slow
 def test_forget_gate_claims(shipped, scale):
     """(1): just below 1 (agrees), alike across layers in the update (agrees), no weight decay that
     matters (DIFFERS), forgetting mostly at step 1; weaker than a usual weight decay."""
@@ -209,6 +213,7 @@ def test_forget_gate_claims(shipped, scale):
         assert all(s < u for s, u in zip(shares, usual))                     # weaker than a usual decay
 
 
+@pytest.mark.slow
 def test_input_gate_claims(shipped, scale):
     """(2) and (3), and the step-size reading of section 6.2."""
     records = shipped["records"]
@@ -242,6 +247,7 @@ def test_input_gate_claims(shipped, scale):
     assert spread[:, 1:3].max() > spread[:, -1].max()                        # "the first steps spread most"
 
 
+@pytest.mark.slow
 def test_the_support_loss_at_step_1(shipped):
     """Section 5: confidently wrong logits at c_0 (several times wider than the random start's), a loss
     far above log 5, a larger first gradient, and one step that fits the support set."""
@@ -267,6 +273,7 @@ def test_the_support_loss_at_step_1(shipped):
         assert abs(acc0 - 0.2) < 0.05                                         # t = 0: chance
 
 
+@pytest.mark.slow
 def test_the_rungs_steps(shipped):
     """Section 6.2: the schedule rung learns a rising schedule (first steps near 0), with the smallest
     steps in conv 1-2 and the largest in conv 3-4; meta-sgd stays around or below the SGD step and
@@ -286,6 +293,7 @@ def test_the_rungs_steps(shipped):
         assert 0.4 < (parts[0] < 0).float().mean() < 0.6
 
 
+@pytest.mark.slow
 def test_exercise4_substitution_gap_and_the_proposed_rule(solutions, model, sampler, record):
     from metalstm.check import exercise
     from metalstm.distill import fit_magnitude
@@ -309,6 +317,7 @@ def test_exercise4_substitution_gap_and_the_proposed_rule(solutions, model, samp
     torch.testing.assert_close(ours.theta, ref.theta)
 
 
+@pytest.mark.slow
 def test_the_check_of_exercise4_catches_a_wrong_sign(solutions):
     from metalstm.check import exercise
 
@@ -343,6 +352,7 @@ def test_the_substitution_files_were_measured_on_the_shipped_checkpoints():
                    for a in part["accuracies"].values())
 
 
+@pytest.mark.slow
 def test_the_large_gates_come_on_near_zero_gradients(shipped):
     """6.2: from the first step with 3/4 of the largest median gate on, the support loss is about 0 and a
     step moves a coordinate far less than step 1."""
@@ -355,6 +365,7 @@ def test_the_large_gates_come_on_near_zero_gradients(shipped):
         assert length[0] > 10 * length[big]
 
 
+@pytest.mark.slow
 def test_what_the_input_gate_responds_to(shipped):
     """6.5: strongly anti-correlated with ln|g| at steps 1-3; the schedule explains most variance, ln|g| the
     next, the other inputs little; the intervention: flat below e^-p, falling above; every fitted b_t < 0."""

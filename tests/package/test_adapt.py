@@ -34,6 +34,7 @@ def images(n, seed=0, shape=(1, 16, 16)):
 
 
 # -- the same numbers as run_episode(mode="test") -----------------------------------------------------
+@pytest.mark.slow
 @pytest.mark.parametrize("which", ["5shot", "1shot"])
 def test_query_accuracy_equals_run_episode(which, model5, model1):
     model = model5 if which == "5shot" else model1
@@ -111,6 +112,7 @@ def test_inference_only_under_any_grad_mode(context):
     assert not torch.equal(fitted.theta, rule.c0.detach())       # the steps did move theta
 
 
+@pytest.mark.slow
 def test_adapting_leaves_the_rule_and_earlier_fits_unchanged(model1):
     before = {k: v.clone() for k, v in model1.rule.state_dict().items()}
     ep0, ep1 = sampler_for(model1.config, "test")[0], sampler_for(model1.config, "test")[1]

@@ -65,6 +65,7 @@ def all_methods(pre, matching):
             matching.method]
 
 
+@pytest.mark.slow
 def test_every_method_gives_deterministic_scores_of_shape_nq_by_n(pre, matching, episodes):
     for method in all_methods(pre, matching):
         a, b = method.predict(episodes[0]), method.predict(episodes[0])
@@ -137,6 +138,7 @@ def test_matching_training_can_stop_on_a_time_budget(toy):
     assert out.episodes == 1 and out.history[-1]["episode"] == 1
 
 
+@pytest.mark.slow
 def test_finetune_without_steps_is_uniform_and_steps_learn(pre, toy):
     easy = EpisodeSampler(toy, n_way=5, k_shot=5, n_query=5, seed=4).take(3)
     untouched = finetune(pre, 5, steps=0, lr=0.1)
@@ -254,6 +256,7 @@ def test_accuracy_curve_equals_separate_runs(pre, episodes):
         assert curve[s] == accuracy(finetune(pre, 5, steps=s, lr=0.05), episodes[0]), s
 
 
+@pytest.mark.slow
 def test_build_baselines_gives_every_method(tmp_path, toy):
     from metalstm.baselines.suite import build_baselines
     from metalstm.config import get_config

@@ -114,6 +114,7 @@ with hold_folder(sys.argv[1]):
 """
 
 
+@pytest.mark.slow
 def test_a_folder_is_held_by_one_process_and_freed_when_it_is_killed(tmp_path):
     child = subprocess.Popen([sys.executable, "-c", HOLD, str(tmp_path / "run")], stdout=subprocess.PIPE, text=True)
     try:

@@ -31,6 +31,7 @@ def check_readable(fig):
     return " ".join(text for text, _, _ in texts)
 
 
+@pytest.mark.slow
 def test_the_coordinatewise_metalearner_draws_one_coordinate_and_the_shared_weights():
     fig = diagrams.coordinatewise_metalearner()
     try:
@@ -43,6 +44,7 @@ def test_the_coordinatewise_metalearner_draws_one_coordinate_and_the_shared_weig
         plt.close(fig)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("steps", [2, 3, 5])
 def test_the_unrolled_graph_draws_the_chain_the_detached_inputs_and_the_backward_path(steps):
     fig = diagrams.unrolled_metatraining(steps)

@@ -100,6 +100,7 @@ def test_a_missing_file_says_how_to_restore_it(copy_dir):
         digits.load_digits("test", data_dir=copy_dir)
 
 
+@pytest.mark.slow
 def test_found_where_the_glyphs_are_also_when_installed(copy_dir, tmp_path, monkeypatch):
     """The data folder is metalstm.paths.data_dir(): $METALSTM_DATA moves it, and a copy of the
     package away from the checkout (as `pip install .` puts it) loads the digits with it."""

@@ -21,6 +21,7 @@ def ladder(tmp_path_factory):
     return paths
 
 
+@pytest.mark.slow
 def test_the_table_has_every_rung_with_paired_differences_on_both_domains(ladder, tmp_path, capsys):
     out = tmp_path / "ladder.json"
     code = main(["--checkpoint", str(ladder["lstm"]), "--rungs", str(ladder["sgd"]), str(ladder["init"]),
@@ -46,6 +47,7 @@ def test_digits_episodes_have_the_configurations_shape():
     assert meta_test_sampler(cfg, "digits").seed == meta_test_sampler(cfg).seed
 
 
+@pytest.mark.slow
 def test_a_rung_of_another_setting_is_refused(ladder, tmp_path, capsys):
     other = tmp_path / "other"
     train(get_config("smoke", rule="init", k_shot=2, batch_size=10), other, progress=False)
@@ -54,6 +56,7 @@ def test_a_rung_of_another_setting_is_refused(ladder, tmp_path, capsys):
     assert "compare rules of one setting" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_reuse_gives_the_same_table_without_recomputing(ladder, tmp_path, capsys):
     first, second = tmp_path / "first.json", tmp_path / "second.json"
     common = ["--checkpoint", str(ladder["lstm"]), "--episodes", "4", "--test-sets", "glyphs", "--threads", "1"]

@@ -62,6 +62,7 @@ def test_fused_step_has_the_reference_values_and_meta_gradients(prev_gate):
     assert_fused_agrees(perturbed_meta(40, prev_gate))
 
 
+@pytest.mark.slow
 def test_fused_step_passes_gradcheck():
     meta = perturbed_meta(6, "value", seed=3)
     n, H = 6, meta.hidden

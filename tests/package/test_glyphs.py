@@ -106,6 +106,7 @@ def test_class_selection(sets):
         assert builder.alphabet_of(cp) is not None
 
 
+@pytest.mark.slow
 def test_no_near_duplicates_or_tiny_glyphs(sets, selection):
     cps = [code_point(n) for n in sets["all"].classes]
     assert selection[0] == cps                                   # (so its clean renders are theirs)
@@ -142,6 +143,7 @@ def test_rendering_is_deterministic_and_matches_shipped(shipped):
     assert first.tobytes() == images[picks].tobytes()
 
 
+@pytest.mark.slow
 def test_selection_reproduces_the_class_list_split_and_manifest(shipped, selection):
     """Everywhere (no version check): the builder's selection step gives exactly the shipped
     classes, in order, with their names, alphabets and splits, counts and render settings."""

@@ -295,6 +295,7 @@ def test_load_dataset_folder_takes_the_channels(tmp_path):
         load_dataset("folder", "train", root=tmp_path / "f", channels=4)
 
 
+@pytest.mark.slow
 def test_meta_training_on_a_gray_folder(tmp_path):
     """The configuration's in_channels=1 loads a folder of gray PNGs as gray: a few episodes of
     meta-training on it run end to end (they were refused as 3x28x28 before)."""

@@ -98,6 +98,7 @@ def test_two_steps_follow_the_equations_coordinate_by_coordinate(path):
             torch.testing.assert_close(gates.i, i)
 
 
+@pytest.mark.slow
 def test_logit_feedback_is_the_authors_variant_and_differs_from_step_two(learner):
     theta0 = learner.init_params(torch.Generator().manual_seed(0))
     kw = dict(theta0=theta0, generator=None)
@@ -156,6 +157,7 @@ def test_support_batches_cover_each_example_once_per_pass_and_are_seeded():
         support_batches(25, 26, 8)
 
 
+@pytest.mark.slow
 def test_one_shot_batches_of_five_run_twelve_steps(learner, meta):
     ep = random_episode(k_shot=1)
     result = run_episode(learner, meta, ep, steps=12, batch_size=5, generator=torch.Generator().manual_seed(0))

@@ -208,6 +208,7 @@ def test_a_compiler_that_fails_is_reported_and_nothing_half_built_is_kept(monkey
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_the_library_is_built_once_into_the_cache(monkeypatch, tmp_path):
     monkeypatch.setattr(native, "_LIB", {"lib": None})
     monkeypatch.setenv(native.CACHE_ENV, str(tmp_path))
@@ -220,6 +221,7 @@ def test_the_library_is_built_once_into_the_cache(monkeypatch, tmp_path):
     native.library()                              # a new process: loaded from the cache
 
 
+@pytest.mark.slow
 def test_train_and_evaluate_take_path_native(tmp_path, capsys, monkeypatch):
     from metalstm import evaluate, train
     from metalstm.checkpoint import load_checkpoint
@@ -278,6 +280,7 @@ def test_cc_may_carry_words_and_must_name_a_program(monkeypatch):
         native.compiler()
 
 
+@pytest.mark.slow
 def test_reuse_takes_a_rules_accuracies_only_from_a_run_of_the_same_path(tmp_path, capsys, monkeypatch):
     """evaluate --reuse: a --path native run recomputes the rule (its rounding differs), not the baselines."""
     from metalstm import evaluate

@@ -11,6 +11,7 @@ from test_native import step_args
 pytestmark = pytest.mark.skipif(not native.available(), reason="no C compiler: metalstm/fast/native.c cannot be built")
 
 
+@pytest.mark.slow
 def test_each_copy_runs_its_own_code(tmp_path, capsys):
     """A copy whose product loop is left out (z = 0: wrong numbers, less work) is timed as
     itself: its steps give other numbers than native.c's, and afterwards native.c's are back."""
@@ -33,6 +34,7 @@ def test_each_copy_runs_its_own_code(tmp_path, capsys):
     assert all(len(ts) == 2 and min(ts) > 0 for ts in times.values())
 
 
+@pytest.mark.slow
 def test_the_command_prints_each_file_and_refuses_what_it_cannot_use(tmp_path, capsys):
     assert native_ab.main([str(native.SOURCE), str(native.SOURCE), "--rounds", "2", "--n", "200"]) == 0
     out = capsys.readouterr().out

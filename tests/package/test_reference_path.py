@@ -68,6 +68,7 @@ def test_train_cli_switch_reaches_the_model(tmp_path, capsys, calls, flag):
         assert calls["fused_step"] > 0 and calls["relu_max_pool"] > 0
 
 
+@pytest.mark.slow
 def test_evaluate_cli_reference_gives_the_same_accuracy(tmp_path, capsys, calls):
     results = {}
     for flag in ([], ["--path", "reference"]):
@@ -89,6 +90,7 @@ def meta_learner_row(report: dict) -> dict:
     return next(r for r in tables[0]["results"] if r["name"] == "Meta-Learner LSTM")
 
 
+@pytest.mark.slow
 def test_reference_path_resumes_exactly(tmp_path, calls):
     cfg = SMOKE.replace(path="reference")
     train(cfg, tmp_path / "straight", progress=False)

@@ -131,6 +131,7 @@ def test_unknown_rule_is_one_clear_error(learner):
         make_rule("adam", learner, theta0(learner), LR, steps=3)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("rung", ["init", "meta-sgd", "schedule", "magnitude", "lstm"])
 def test_a_few_episodes_of_meta_training_raise_accuracy(rung, tmp_path):
     """Integration: each rung, meta-trained a few dozen episodes, beats its untrained start on

@@ -23,6 +23,7 @@ def stored_accuracies(results: Path, checkpoint: str, test_set: str = "glyphs") 
     return row["accuracies"], report["config"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("shot", [1, 5])
 def test_shipped_checkpoints_give_the_shipped_per_episode_accuracies(shot, tmp_path, capsys):
     checkpoint = f"data/checkpoints/glyphs-{shot}shot.pt"

@@ -24,6 +24,7 @@ def params(path):
     return load_checkpoint(path)[0]["metalearner"]
 
 
+@pytest.mark.slow
 def test_smoke_run_writes_checkpoints_and_learning_curves(tmp_path):
     res = train(SMOKE, tmp_path, progress=False)
     assert res.episodes_done == SMOKE.episodes
@@ -34,6 +35,7 @@ def test_smoke_run_writes_checkpoints_and_learning_curves(tmp_path):
     assert res.best_val_acc == max(float(r["val_acc"]) for r in rows)
 
 
+@pytest.mark.slow
 def test_training_changes_the_meta_parameters(tmp_path):
     learner, meta0 = train_mod.build_model(SMOKE)
     train(SMOKE, tmp_path, progress=False)
@@ -42,6 +44,7 @@ def test_training_changes_the_meta_parameters(tmp_path):
     assert "c0" in changed and len(changed) >= 3  # c_0 and LSTM weights were all updated
 
 
+@pytest.mark.slow
 def test_interrupt_and_resume_gives_the_same_numbers(tmp_path):
     train(SMOKE, tmp_path / "straight", progress=False)
     train(SMOKE, tmp_path / "resumed", stop_after=4, progress=False)   # stopped between validations
@@ -55,6 +58,7 @@ def test_interrupt_and_resume_gives_the_same_numbers(tmp_path):
     assert strip(ha) == strip(hb)
 
 
+@pytest.mark.slow
 def test_a_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
     train(SMOKE.replace(episodes=3), tmp_path, progress=False)
     good = (tmp_path / "last.pt").read_bytes()
@@ -71,6 +75,7 @@ def test_a_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, mo
     assert (tmp_path / "last.pt").read_bytes() == good
 
 
+@pytest.mark.slow
 def test_existing_run_is_never_overwritten_without_resume(tmp_path):
     train(SMOKE.replace(episodes=3), tmp_path, progress=False)
     before = (tmp_path / "best.pt").read_bytes()
@@ -79,12 +84,14 @@ def test_existing_run_is_never_overwritten_without_resume(tmp_path):
     assert (tmp_path / "best.pt").read_bytes() == before
 
 
+@pytest.mark.slow
 def test_resume_with_another_configuration_is_refused(tmp_path):
     train(SMOKE.replace(episodes=3), tmp_path, progress=False)
     with pytest.raises(CheckpointError, match="smoke"):
         train(SMOKE.replace(steps=5), tmp_path, resume=True, progress=False)
 
 
+@pytest.mark.slow
 def test_a_checkpoint_of_another_configuration_is_refused(tmp_path):
     train(SMOKE.replace(episodes=3), tmp_path, progress=False)
     with pytest.raises(CheckpointError, match="does not fit configuration 'paper-5shot'"):
@@ -106,6 +113,7 @@ def test_impossible_episode_shape_for_the_data_set_is_refused(tmp_path):
         train(SMOKE.replace(k_shot=6, n_query=15), tmp_path, progress=False)
 
 
+@pytest.mark.slow
 def test_evaluate_cli_prints_a_table_with_an_interval(tmp_path, capsys):
     train(SMOKE.replace(episodes=3), tmp_path, progress=False)
     assert evaluate.main(["--checkpoint", str(tmp_path / "best.pt"), "--episodes", "5"]) == 0
@@ -113,6 +121,7 @@ def test_evaluate_cli_prints_a_table_with_an_interval(tmp_path, capsys):
     assert "| Meta-Learner LSTM |" in out and "+-" in out and "5 meta-test episodes" in out
 
 
+@pytest.mark.slow
 def test_a_warm_start_begins_from_the_given_meta_learner(tmp_path):
     train(SMOKE, tmp_path / "first", progress=False)
     start = params(tmp_path / "first" / "last.pt")
@@ -124,6 +133,7 @@ def test_a_warm_start_begins_from_the_given_meta_learner(tmp_path):
     assert not torch.equal(params(tmp_path / "cold" / "last.pt")["c0"], start["c0"])
 
 
+@pytest.mark.slow
 def test_train_cli_warm_start_and_learning_rate(tmp_path, capsys):
     train(SMOKE, tmp_path / "first", progress=False)
     args = ["--config", "smoke", "--episodes", "2", "--val-every", "2", "--lr", "0"]
@@ -154,6 +164,7 @@ def grads_at_each_step(monkeypatch):
     return seen
 
 
+@pytest.mark.slow
 def test_a_partial_meta_batch_is_averaged_over_its_own_episodes(tmp_path, monkeypatch):
     """One episode in a meta-batch of 2 gives the meta-gradient of that episode, not half of it."""
     seen = grads_at_each_step(monkeypatch)
@@ -182,6 +193,7 @@ def same_files(a, b):
     assert rows(a) == rows(b)
 
 
+@pytest.mark.slow
 def test_a_stop_inside_a_meta_batch_resumes_to_the_uninterrupted_run(tmp_path):
     cfg = SMOKE.replace(meta_batch=2)
     train(cfg, tmp_path / "straight", progress=False)
@@ -190,6 +202,7 @@ def test_a_stop_inside_a_meta_batch_resumes_to_the_uninterrupted_run(tmp_path):
     same_files(tmp_path / "straight", tmp_path / "resumed")
 
 
+@pytest.mark.slow
 def test_a_run_that_ended_inside_a_meta_batch_is_not_extended(tmp_path):
     train(SMOKE.replace(meta_batch=2, episodes=3), tmp_path, progress=False)
     with pytest.raises(CheckpointError, match="inside the meta-update of episodes 2-3.*--init-from"):
@@ -223,6 +236,7 @@ def test_a_non_finite_update_writes_no_checkpoint_and_names_an_existing_one(tmp_
     assert Path(named).is_file() and load_checkpoint(named)[2]["episode"] == 0
 
 
+@pytest.mark.slow
 def test_evaluate_refuses_a_checkpoint_with_nan(tmp_path, capsys):
     from metalstm.checkpoint import checksum
 
@@ -252,6 +266,7 @@ def interrupt_on_call(monkeypatch, module, name, when):
     monkeypatch.setattr(module, name, wrapped)
 
 
+@pytest.mark.slow
 def test_ctrl_c_during_validation_then_resume_gives_the_uninterrupted_files(tmp_path, monkeypatch):
     train(SMOKE, tmp_path / "straight", progress=False)
     with monkeypatch.context() as m:
@@ -262,6 +277,7 @@ def test_ctrl_c_during_validation_then_resume_gives_the_uninterrupted_files(tmp_
     same_files(tmp_path / "straight", tmp_path / "resumed")
 
 
+@pytest.mark.slow
 def test_ctrl_c_while_best_pt_is_written_then_resume_gives_the_uninterrupted_files(tmp_path, monkeypatch):
     train(SMOKE, tmp_path / "straight", progress=False)
     with monkeypatch.context() as m:
@@ -273,6 +289,7 @@ def test_ctrl_c_while_best_pt_is_written_then_resume_gives_the_uninterrupted_fil
     same_files(tmp_path / "straight", tmp_path / "resumed")
 
 
+@pytest.mark.slow
 def test_ctrl_c_right_after_an_optimiser_step_then_resume_gives_the_uninterrupted_files(tmp_path, monkeypatch):
     train(SMOKE, tmp_path / "straight", progress=False)
     real, steps = torch.optim.Adam.step, []
@@ -292,6 +309,7 @@ def test_ctrl_c_right_after_an_optimiser_step_then_resume_gives_the_uninterrupte
     same_files(tmp_path / "straight", tmp_path / "resumed")
 
 
+@pytest.mark.slow
 def test_two_runs_cannot_share_a_folder_and_a_killed_run_frees_it(tmp_path):
     out, same = tmp_path / "run", SMOKE.replace(episodes=100000, val_every=2)
     env = {**os.environ, "TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1"}
@@ -324,6 +342,7 @@ def test_an_unwritable_out_is_found_before_any_episode(tmp_path, monkeypatch):
     assert (tmp_path / "file").read_text() == "not a folder"
 
 
+@pytest.mark.slow
 def test_a_full_disk_is_one_line_and_keeps_the_last_checkpoint(tmp_path, monkeypatch, capsys):
     train(SMOKE.replace(episodes=3), tmp_path, progress=False)
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
@@ -335,6 +354,7 @@ def test_a_full_disk_is_one_line_and_keeps_the_last_checkpoint(tmp_path, monkeyp
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
 
 
+@pytest.mark.slow
 def test_stale_temporary_files_of_a_killed_save_are_removed(tmp_path):
     train(SMOKE.replace(episodes=3), tmp_path, progress=False)
     stale = [tmp_path / ".last.pt.k1ll3d.tmp", tmp_path / ".best.pt.x8y2.tmp"]
@@ -346,6 +366,7 @@ def test_stale_temporary_files_of_a_killed_save_are_removed(tmp_path):
     assert (tmp_path / "notes.tmp").read_text() == "not ours"
 
 
+@pytest.mark.slow
 def test_resuming_a_two_process_run_with_one_process_is_refused_with_the_command(tmp_path):
     from metalstm.checkpoint import save_checkpoint
 
@@ -357,6 +378,7 @@ def test_resuming_a_two_process_run_with_one_process_is_refused_with_the_command
         train(SMOKE, tmp_path, resume=True, progress=False)
 
 
+@pytest.mark.slow
 def test_sigterm_saves_the_place_like_ctrl_c_and_resume_gives_the_uninterrupted_files(tmp_path, monkeypatch, capsys):
     train(SMOKE, tmp_path / "straight", progress=False)
     real, calls = train_mod.run_episode, []
@@ -387,6 +409,7 @@ def test_sigterm_saves_the_place_like_ctrl_c_and_resume_gives_the_uninterrupted_
     same_files(tmp_path / "straight", tmp_path / "resumed")
 
 
+@pytest.mark.slow
 def test_a_torchrun_survivor_says_which_rank_failed_and_that_last_pt_is_intact(tmp_path, monkeypatch, capsys):
     from metalstm.checkpoint import save_checkpoint
     from metalstm.distributed import World

@@ -84,6 +84,7 @@ def test_gates_are_run_episodes_gates_and_layers_are_learner_slices(model, sampl
         record.layer("fc.weight", "output")
 
 
+@pytest.mark.slow
 def test_accuracy_after_each_step_is_run_episode_with_that_many_steps(model, sampler, record):
     """query_acc[:, t] (t >= 1) = run_episode(mode="test") stopped after t steps; t = T is the
     reported query accuracy; support losses are run_episode's."""
@@ -222,6 +223,7 @@ def test_band_and_summary_are_the_quantiles_and_means_of_the_layer(record):
     assert len(table.splitlines()) == 2 + 2 * len(LAYERS) and "linear" in table
 
 
+@pytest.mark.slow
 def test_plots_render(record):
     fig = plot_gates(record, record)
     assert len(fig.axes) == 2 * 2 * len(LAYERS)
@@ -246,6 +248,7 @@ def explorer(model, sampler, monkeypatch):
     return ex
 
 
+@pytest.mark.slow
 def test_explorer_static_figure_renders_every_layer_and_step(explorer):
     for layer in LAYERS:
         for step in range(CFG.steps + 1):
@@ -261,6 +264,7 @@ def test_explorer_static_figure_renders_every_layer_and_step(explorer):
         explorer.static_figure(2, "fc.weight", 0)
 
 
+@pytest.mark.slow
 def test_explorer_widget_callbacks_update_state(explorer, record):
     import ipywidgets
 
@@ -283,6 +287,7 @@ def test_explorer_widget_callbacks_update_state(explorer, record):
     assert len(explorer.trace_calls) == 2 and explorer.redraws == 5
 
 
+@pytest.mark.slow
 def test_show_carries_a_static_picture_and_falls_back_without_ipywidgets(explorer, monkeypatch):
     import IPython.display
 
