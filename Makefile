@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 # quiet, headless and reproducible where it matters
 TESTENV := TQDM_DISABLE=1 MPLBACKEND=Agg PYTHONHASHSEED=0
 
-.PHONY: course test test-quick lab html slides bench clean env browser-check student
+.PHONY: course test test-quick lab html slides bench clean env browser-check student student-check
 
 env: $(VENV)/.installed
 
@@ -25,11 +25,11 @@ course: env
 
 ## the whole test suite: unit and paper-claim tests, then every notebook under nbval
 test: env
-	$(TESTENV) $(PY) -m pytest --nbval-lax --nbval-current-env -m "not browser" tests notebooks
+	$(TESTENV) $(PY) -m pytest --nbval-lax --nbval-current-env -m "not browser and not edition" tests notebooks
 
 ## the quick lane for everyday work: every module's fast tests, no notebooks, no tests marked slow
 test-quick: env
-	$(TESTENV) $(PY) -m pytest -q -m "not slow and not browser" tests
+	$(TESTENV) $(PY) -m pytest -q -m "not slow and not browser and not edition" tests
 
 ## open the course in JupyterLab
 lab: env
@@ -50,6 +50,10 @@ slides: env
 ## tests/, no lecturer's notes, the pointers to the solutions rewritten); metalstm/tools/student.py says what and why
 student: env
 	$(PY) -m metalstm.tools.student build/student --force
+
+## all six notebooks executed in a fresh student edition (slow: the course once more)
+student-check: env
+	$(TESTENV) $(PY) -m pytest -m edition -v tests/delivery/test_student.py
 
 ## the speed benchmark: floor vs meta-train vs meta-test episodes (docs/speed.md)
 bench: env

@@ -32,6 +32,15 @@ try:
 except ImportError:        # Windows: no flock; a run folder is then not locked
     fcntl = None
 
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 of a file's bytes (hex), read in 1 MiB blocks: what results and built libraries are keyed by."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 FORMAT = "metalstm-checkpoint-1"
 LOCK_NAME = ".lock"
 # what the other checkpoints of the package are, and which command reads them

@@ -39,6 +39,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from metalstm.checkpoint import file_sha256
+
 SOURCE = Path(__file__).with_name("native.c")
 CACHE_ENV = "METALSTM_CACHE"
 # tried in order: the fastest flags first, then what any C compiler accepts
@@ -90,7 +92,7 @@ def _build(cc: list[str], target: Path, source: Path = SOURCE) -> None:
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
             if proc.returncode == 0:
                 _write_atomically(target.with_suffix(".flags"), " ".join([*cc, *flags]) + "\n")
-                _write_atomically(target.with_suffix(".sha256"), _file_sha256(Path(tmp)) + "\n")
+                _write_atomically(target.with_suffix(".sha256"), file_sha256(Path(tmp)) + "\n")
                 os.replace(tmp, target)
                 return
             errors.append(f"`{' '.join(cmd)}`: {_compiler_error(proc.stderr, proc.returncode)}")
@@ -115,13 +117,6 @@ def _write_atomically(path: Path, text: str) -> None:
     atomic_write(path, text)
 
 
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
 
 def verified(target: Path) -> bool:
     """Whether the cached library `target` is the file that was built: its SHA-256 equals the one
@@ -130,7 +125,7 @@ def verified(target: Path) -> bool:
     and the process would die of SIGBUS with no message."""
     try:
         stored = target.with_suffix(".sha256").read_text().strip()
-        return stored == _file_sha256(target)
+        return stored == file_sha256(target)
     except OSError:
         return False
 

@@ -40,14 +40,13 @@ interval as a bar.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
 import sys
 import time
 from pathlib import Path
 
-from metalstm.checkpoint import atomic_write
+from metalstm.checkpoint import atomic_write, file_sha256
 from metalstm.cli import (add_path_option, check_folder, check_output_file, check_path_runs, check_png,
                           positive_int, save_png, set_threads)
 from metalstm.config import CONFIGS, RUNGS
@@ -100,15 +99,6 @@ def finished_runs(grid: Path) -> list[grid_tool.Spec]:
 
 
 # -- the evaluation of one run ---------------------------------------------------------------------
-def file_sha256(path: Path) -> str:
-    """SHA-256 of a file's bytes: what a run's results are keyed by."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 _SAMPLERS: dict = {}
 
 

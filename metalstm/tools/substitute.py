@@ -25,7 +25,6 @@ no gradient ascent (negative steps set to 0).
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import sys
 import time
@@ -33,6 +32,7 @@ from pathlib import Path
 
 import torch
 
+from metalstm.checkpoint import file_sha256
 from metalstm.cli import positive_int
 from metalstm.distill import CANDIDATES, SENTENCES, StopAfter, describe, fit_candidates
 from metalstm.episodes import sampler_for
@@ -46,10 +46,6 @@ from metalstm.viz.record import record_gates
 
 TEST_SETS = ("glyphs", "digits")
 EARLY_STEPS = 3          # "the steps after step 3, taken on near-zero gradients, add nothing"
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def meta_sgd_steps(rule, learner) -> dict:
@@ -86,7 +82,7 @@ def substitute(k_shot: int, episodes: int, record_episodes: int, test_sets=TEST_
                           progress=progress, inputs=True)
     rules = fit_candidates(record, meta, layer_of, cfg.p)
     del record
-    report = {"config": cfg.to_dict(), "checkpoint": path.name, "checkpoint_sha256": _sha256(path),
+    report = {"config": cfg.to_dict(), "checkpoint": path.name, "checkpoint_sha256": file_sha256(path),
               "record": {"split": "val", "episodes": list(range(record_episodes))},
               "episodes": episodes, "fit_seconds": time.perf_counter() - start,
               "rules": {name: {"sentence": SENTENCES[name], **describe(rule)} for name, rule in rules.items()},

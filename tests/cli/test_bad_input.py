@@ -251,27 +251,33 @@ def check_line(lines: list[str], words: list[str], w: Path) -> None:
         assert word.replace("{w}", str(w)) in lines[0], (word, lines[0])
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("what,target,words", CASES)
-def test_a_bad_input_gives_one_clear_line_and_changes_no_file(what, target, words, template, tmp_path,
-                                                              capsys, request, subprocess_results):
+def run_case(what, target, words, template, tmp_path, capsys, api, mains) -> None:
+    """One bad input on a fresh copy of `template`: `api(target, w)` for what == "api", else
+    mains[what]'s main(argv); one clear line (exit 2 for a command, no traceback), no file changed."""
     w = tmp_path / "w"
     shutil.copytree(template, w)
     before = fingerprint(tmp_path)
     if what == "api":
         with pytest.raises(ValueError) as info:
-            api_call(target, w)
+            api(target, w)
         check_line(str(info.value).strip().splitlines(), words, w)
     else:
         argv = [a.replace("{w}", str(w)) for a in target]
         try:
-            code = importlib.import_module(MAINS[what]).main(argv)
-        except SystemExit as exc:                   # argparse's refusals, and episodes' main
+            code = importlib.import_module(mains[what]).main(argv)
+        except SystemExit as exc:                   # argparse's refusals
             code = exc.code
         err = capsys.readouterr().err
         assert code == 2 and "Traceback" not in err, err
         check_line(error_line(err), words, w)
     assert fingerprint(tmp_path) == before
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("what,target,words", CASES)
+def test_a_bad_input_gives_one_clear_line_and_changes_no_file(what, target, words, template, tmp_path,
+                                                              capsys, request, subprocess_results):
+    run_case(what, target, words, template, tmp_path, capsys, api_call, MAINS)
     name = request.node.callspec.id
     if name in subprocess_results:                  # the same input through a real `python -m`
         err, code, sub_w = subprocess_results[name]

@@ -37,7 +37,7 @@ import torch
 from metalstm.checkpoint import atomic_write, load_checkpoint, save_checkpoint
 from metalstm.config import get_config
 from metalstm.train import train
-from test_bad_input import check_line, error_line, fingerprint
+from test_bad_input import check_line, error_line, fingerprint, run_case
 
 ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT / "data"
@@ -194,23 +194,7 @@ def api_call(name: str, w: Path):
 @pytest.mark.slow
 @pytest.mark.parametrize("what,target,words", CASES)
 def test_a_bad_input_gives_one_clear_line_and_changes_no_file(what, target, words, template, tmp_path, capsys):
-    w = tmp_path / "w"
-    shutil.copytree(template, w)
-    before = fingerprint(tmp_path)
-    if what == "api":
-        with pytest.raises(ValueError) as info:
-            api_call(target, w)
-        check_line(str(info.value).strip().splitlines(), words, w)
-    else:
-        argv = [a.replace("{w}", str(w)) for a in target]
-        try:
-            code = importlib.import_module(MAINS[what]).main(argv)
-        except SystemExit as exc:                   # argparse's refusals
-            code = exc.code
-        err = capsys.readouterr().err
-        assert code == 2 and "Traceback" not in err, err
-        check_line(error_line(err), words, w)
-    assert fingerprint(tmp_path) == before
+    run_case(what, target, words, template, tmp_path, capsys, api_call, MAINS)
 
 
 # -- the API's own refusals: rules, checkpoints' configurations, the inner loop, the learner ------

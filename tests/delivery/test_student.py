@@ -346,6 +346,6 @@ def test_notebook01_runs_in_the_student_edition(edition, tmp_path):
     _execute(edition, ["01_episodes.ipynb"], tmp_path / "executed", timeout=900)
 
 
-@pytest.mark.slow
+@pytest.mark.edition
 def test_all_six_notebooks_run_in_the_student_edition(edition, tmp_path):
     _execute(edition, [p.name for p in NOTEBOOKS], tmp_path / "executed", timeout=3600)

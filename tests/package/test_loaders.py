@@ -203,20 +203,21 @@ GRAY = {"dark": 30, "light": 200}                                       # class 
 COLOUR = {"red": (220, 20, 40), "teal": (10, 150, 140)}                 # class -> RGB
 
 
-def gray_folder(root, n=3, size=(13, 9)):
-    for name, v in GRAY.items():
+def image_folder(root, mode, colours, n=3, size=(13, 9)):
+    """One subfolder per class of `colours` ({name: PIL colour}), n plain PNGs each in PIL `mode`."""
+    for name, colour in colours.items():
         (root / name).mkdir(parents=True)
         for k in range(n):
-            Image.new("L", size, v).save(root / name / f"{k}.png")
+            Image.new(mode, size, colour).save(root / name / f"{k}.png")
     return root
+
+
+def gray_folder(root, n=3, size=(13, 9)):
+    return image_folder(root, "L", GRAY, n, size)
 
 
 def rgb_folder(root, n=3, size=(9, 13)):
-    for name, rgb in COLOUR.items():
-        (root / name).mkdir(parents=True)
-        for k in range(n):
-            Image.new("RGB", size, rgb).save(root / name / f"{k}.png")
-    return root
+    return image_folder(root, "RGB", COLOUR, n, size)
 
 
 def test_gray_folder_as_gray_and_as_rgb(tmp_path):
