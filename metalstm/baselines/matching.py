@@ -16,11 +16,10 @@ FCE changes 1-shot accuracy little.
 Batch norm follows paper notes 7. Training: batch statistics everywhere (one pass
 for the support set, one for the queries). Testing: the support set's batch
 statistics also normalise the queries, so a query's prediction depends only on
-its own image and the support set (`embed_episode`). (Training with the
-test-time normalisation does NOT work: the queries' statistics are then
-constants to autograd, and the embedding got worse as it trained, 85% -> 72%
-training accuracy on 5-shot glyphs in 600 episodes, while this protocol
-reached 97%.)
+its own image and the support set (`embed_episode`). Training with the
+test-time normalisation instead makes the queries' statistics constants to
+autograd, and the embedding gets worse as it trains (docs/history.md has the
+figures).
 """
 from __future__ import annotations
 
