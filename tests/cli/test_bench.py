@@ -60,7 +60,9 @@ def test_bench_rows_and_timings_on_one_small_shape(capsys, monkeypatch):
     # measured: the straightforward implementation 1.5-1.6x slower meta-training, 1.7-1.9x meta-testing
     assert cpu["b_naive"] > cpu["b"] and cpu["c_naive"] > cpu["c"], cpu
     if native.available():        # (b_C) and (c_C): docs/speed.md
-        assert cpu["b_naive"] > cpu["b_C"] and cpu["c_naive"] > cpu["c_C"] > cpu["g_fwd_C"], cpu
+        # whether the C loops beat PyTorch depends on the CPU's vectors (docs/speed.md: 2.3x slower
+        # than the fused path on a CPU without AVX-512): only what holds on any CPU is checked
+        assert cpu["c_C"] > cpu["g_fwd_C"], cpu
         # the C loops' products: the forward one alone is the smaller part; at 28x28 1-shot a
         # native episode costs more than (b0) and those products (measured: 1.53x [1.12-2.17])
         assert cpu["g_C"] > cpu["g_fwd_C"] and cpu["b_C"] > cpu["b0"] + cpu["g_C"], cpu
