@@ -33,6 +33,8 @@ from torch import Tensor, nn
 from metalstm.config import Config
 from metalstm.learner import BNStats, Learner
 from metalstm.metalearner import check_examples, check_steps, inner_loop
+from metalstm.model import load_trained
+from metalstm.paths import checkpoint_path
 
 __all__ = ["Adapted", "Trained", "adapt", "load"]
 
@@ -287,28 +289,6 @@ class Trained:
                 f"T={self.config.steps}, B={self.config.batch_size})")
 
 
-def _load_trained():
-    """metalstm's checkpoint reader (`load_trained`), wherever this version keeps it."""
-    try:
-        from metalstm.model import load_trained
-    except ImportError:
-        try:
-            from metalstm.runs import load_trained                # type: ignore[no-redef]
-        except ImportError:
-            from metalstm.checkpoint import load_trained          # type: ignore[no-redef]
-    return load_trained
-
-
-def checkpoint_path(path: str | os.PathLike) -> Path:
-    """path itself when it exists; a bare name ("glyphs-5shot") is a shipped checkpoint,
-    data/checkpoints/<name>.pt."""
-    p = Path(path).expanduser()
-    if p.exists() or p.suffix or len(p.parts) > 1:
-        return p
-    from metalstm.paths import data_dir
-    return data_dir() / "checkpoints" / f"{p.name}.pt"
-
-
 def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> Trained:
     """Description
     -----------
@@ -331,5 +311,5 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> Trained
     >>> model.config.k_shot, model.config.steps, model.config.batch_size
     (1, 12, 5)
     """
-    learner, rule, cfg, metrics = _load_trained()(checkpoint_path(path), device=str(device))
+    learner, rule, cfg, metrics = load_trained(checkpoint_path(path), device=str(device))
     return Trained(learner, rule, cfg, dict(metrics or {}))

@@ -65,3 +65,13 @@ def shipped_checkpoint(config_name: str, root: str | os.PathLike | None = None,
             f"    python -m metalstm.train --config {config_name}{flags} --out runs/{run}\n"
             f"and copy runs/{run}/best.pt to {path}")
     return path
+
+
+def checkpoint_path(path: str | os.PathLike) -> Path:
+    """A checkpoint named by a path or by a shipped run's name: `path` itself when it exists or
+    looks like a file ("runs/x/best.pt", "my.pt"); a bare name ("glyphs-5shot") is the shipped
+    checkpoint of that name (`shipped_checkpoint`)."""
+    p = Path(path).expanduser()
+    if p.exists() or p.suffix or len(p.parts) > 1:
+        return p
+    return shipped_checkpoint(p.name)

@@ -43,13 +43,15 @@ from metalstm.stats import mean_ci95
 @dataclass
 class TrainResult:
     """What `train` returns: the run folder, the episodes done, the best meta-validation accuracy
-    and its episode, and log.csv's rows (runs.LOG_FIELDS)."""
+    and its episode, log.csv's rows (runs.LOG_FIELDS), and the per-episode accuracies of each
+    validation this call made ({episode: [accuracy on val episode 0, 1, ...]})."""
 
     out_dir: Path
     episodes_done: int
     best_val_acc: float
     best_episode: int
     history: list[dict]
+    val_accuracies: dict[int, list[float]]
 
 
 def update_groups(start: int, end: int, group: int) -> Iterator[range]:
@@ -128,15 +130,16 @@ def meta_step(run: Run, episodes: range) -> None:
                              f"{run.last_good()}")
 
 
-def validate(run: Run, state: RunState) -> RunState:
+def validate(run: Run, state: RunState) -> tuple[RunState, list[float]]:
     """Meta-validation after state.episode episodes (0: the untrained rule): the accuracy of the
     rule on each of the same cfg.val_episodes episodes (shared out over the processes), their mean
-    and 95% interval; then best.pt, last.pt and log.csv (`runs.save_validation`)."""
+    and 95% interval; then best.pt, last.pt and log.csv (`runs.save_validation`). Returns the new
+    state and the per-episode accuracies."""
     cfg, world = run.cfg, run.world
     mine = range(world.rank, cfg.val_episodes, world.size)
     accs = world.all_gather(evaluate_rule(run.learner, run.rule, run.val_episodes, mine, cfg, run.device))
     val_acc, val_ci = mean_ci95(accs)
-    return save_validation(run, state, val_acc, val_ci)
+    return save_validation(run, state, val_acc, val_ci), accs
 
 
 def train(cfg: Config, out_dir: str | Path, device: str = "cpu", resume: bool = False,
@@ -170,6 +173,7 @@ def train(cfg: Config, out_dir: str | Path, device: str = "cpu", resume: bool = 
               device, world)
     with held(run):                                   # one run at a time in the folder
         state = start_state(run, resume)              # resume: last.pt's place; else episode 0
+        val_accs: dict[int, list[float]] = {}
         end = cfg.episodes if stop_after is None else min(cfg.episodes, -(-stop_after // run.group) * run.group)
         if opt is None:
             end = 0                                   # a rule without parameters is its own best
@@ -178,7 +182,8 @@ def train(cfg: Config, out_dir: str | Path, device: str = "cpu", resume: bool = 
         try:
             if validation_due(state.episode, cfg, run.group) and (
                     not state.history or state.history[-1]["episode"] != state.episode):
-                state = validate(run, state)          # the untrained rule, or one an interrupt skipped
+                state, val_accs[state.episode] = validate(run, state)   # the untrained rule, or one an
+                                                                        # interrupt skipped
             for episodes in update_groups(state.episode, end, run.group):
                 loss, acc = meta_gradient(run, episodes)
                 with uninterrupted():                     # the step and its record: both or neither
@@ -186,7 +191,7 @@ def train(cfg: Config, out_dir: str | Path, device: str = "cpu", resume: bool = 
                     state.after_update(len(episodes), loss, acc)
                 bar.update(len(episodes))
                 if validation_due(state.episode, cfg, run.group):
-                    state = validate(run, state)
+                    state, val_accs[state.episode] = validate(run, state)
                     row = state.history[-1]
                     bar.set_postfix(loss=f"{row['train_loss']:.3f}", acc=f"{row['train_acc']:.3f}",
                                     val=f"{row['val_acc']:.3f}")
@@ -197,7 +202,7 @@ def train(cfg: Config, out_dir: str | Path, device: str = "cpu", resume: bool = 
         finally:
             bar.close()
     world.barrier()
-    return TrainResult(out, state.episode, state.best_val_acc, state.best_episode, state.history)
+    return TrainResult(out, state.episode, state.best_val_acc, state.best_episode, state.history, val_accs)
 
 
 def main(argv: list[str] | None = None) -> int:

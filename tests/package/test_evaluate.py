@@ -78,3 +78,16 @@ def test_digits_refuse_more_images_per_class_than_the_smallest_class_holds():
         meta_test_sampler(cfg.replace(n_query=170), "digits")              # 175: some classes could not
     with pytest.raises(ValueError, match="only 10 classes"):
         meta_test_sampler(cfg.replace(n_way=11), "digits")
+
+
+def test_train_returns_each_validations_per_episode_accuracies(tmp_path):
+    """TrainResult.val_accuracies holds the accuracies each validation averaged into log.csv."""
+    from metalstm.config import get_config
+    from metalstm.stats import mean_ci95
+    cfg = get_config("smoke")
+    result = train(cfg, tmp_path / "run", progress=False)
+    assert sorted(result.val_accuracies) == [row["episode"] for row in result.history]
+    for row in result.history:
+        accs = result.val_accuracies[row["episode"]]
+        assert len(accs) == cfg.val_episodes
+        assert abs(mean_ci95(accs)[0] - row["val_acc"]) < 1e-12
