@@ -1,52 +1,97 @@
-"""Where the course's data files are: the one place that knows the folder layout.
+"""Where the course's files are: the one place that knows the folder layout.
 
-The shipped files (the glyph arrays, data/checkpoints/, data/results/) live in
-the repository's data/ folder, next to the package. An installed package
-(`pip install .`, not editable) has no such folder beside it; then the
-environment variable METALSTM_DATA names the folder that holds them:
+The shipped files (the glyph and digit arrays, checkpoints/, results/) live in
+the repository's data/ folder. `data_dir()` looks for them in this order:
 
-    export METALSTM_DATA=/path/to/metalstm/data
+1. $METALSTM_DATA, when set: a folder laid out like data/ (your own copy, or
+   other arrays of the same names);
+2. the checkout's data/, beside the package (an editable install, or a run
+   from the repository);
+3. the installed data package `metalstm_data`: `pip install .` (not editable)
+   installs data/ under that name beside `metalstm`, so an installed package
+   finds its data from any folder.
 
-The shipped checkpoints are data/checkpoints/<config>.pt (the Meta-Learner
-LSTM) and data/checkpoints/ladder/<config>-<rung>.pt (`shipped_checkpoint`).
+The shipped checkpoints are checkpoints/<config>.pt (the Meta-Learner LSTM) and
+checkpoints/ladder/<config>-<rung>.pt (`shipped_checkpoint`); a bare name such
+as "glyphs-5shot" is one of them (`checkpoint_path`).
+
+What the package computes and keeps for later (trained baselines, the compiled
+C loops) goes to `cache_dir()`: $METALSTM_CACHE, else the user's cache folder
+(platformdirs: ~/.cache/metalstm on Linux), never the current folder.
 """
 from __future__ import annotations
 
 import os
+from importlib import resources
 from pathlib import Path
 
 from metalstm.config import RUNGS
 
 ENV = "METALSTM_DATA"
+CACHE_ENV = "METALSTM_CACHE"
+DATA_PACKAGE = "metalstm_data"                          # data/ as installed by pip (pyproject.toml)
 CHECKOUT = Path(__file__).resolve().parent.parent     # the folder that holds metalstm/ in a checkout
+MARKER = "glyphs-v1.npz"                                # a data folder holds this file
+
+
+def installed_data() -> Path | None:
+    """The folder of the installed data package (`metalstm_data`), or None when it is not
+    installed (a checkout) or not a plain folder (a zipped install)."""
+    try:
+        folder = resources.files(DATA_PACKAGE)
+    except ModuleNotFoundError:
+        return None
+    folder = Path(str(folder))
+    return folder if (folder / MARKER).is_file() else None
 
 
 def data_dir() -> Path:
-    """The data folder: $METALSTM_DATA when set, else the checkout's data/ beside the package."""
+    """The data folder: $METALSTM_DATA when set, else the checkout's data/ beside the package,
+    else the installed data package; one FileNotFoundError that names METALSTM_DATA when none."""
     if os.environ.get(ENV):
         folder = Path(os.environ[ENV]).expanduser()
         if not folder.is_dir():
             raise FileNotFoundError(f"${ENV} is {os.environ[ENV]!r}, which is not a folder; point it "
-                                    "to the folder that holds glyphs-v1.npz (the repository's data/)")
+                                    f"to the folder that holds {MARKER} (the repository's data/)")
         return folder
     folder = CHECKOUT / "data"
-    if folder.is_dir():
+    if (folder / MARKER).is_file():
         return folder
+    installed = installed_data()
+    if installed is not None:
+        return installed
     raise FileNotFoundError(
-        f"no data folder: {folder} does not exist (the package is installed, not run from a "
-        f"checkout). Set {ENV} to the folder that holds glyphs-v1.npz, checkpoints/ and results/ "
+        f"no data folder: {folder} does not exist and the data package {DATA_PACKAGE} is not "
+        f"installed. Set {ENV} to the folder that holds {MARKER}, checkpoints/ and results/ "
         f"(the data/ folder of the course repository), e.g. export {ENV}=/path/to/metalstm/data")
+
+
+def cache_dir(*parts: str) -> Path:
+    """The folder for what the package computes once and keeps (trained baselines, built
+    libraries), joined with `parts`: $METALSTM_CACHE when set, else the user's cache folder
+    (platformdirs.user_cache_dir("metalstm"); without platformdirs $XDG_CACHE_HOME/metalstm or
+    ~/.cache/metalstm). Not created here: whoever writes into it creates it."""
+    if os.environ.get(CACHE_ENV):
+        base = Path(os.environ[CACHE_ENV]).expanduser()
+    else:
+        try:
+            from platformdirs import user_cache_dir
+        except ImportError:
+            base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "metalstm"
+        else:
+            base = Path(user_cache_dir("metalstm", appauthor=False))
+    return base.joinpath(*parts)
 
 
 def shipped_checkpoint(config_name: str, root: str | os.PathLike | None = None,
                        rung: str | None = None) -> Path:
-    """Path of a shipped checkpoint: data/checkpoints/<config_name>.pt (the Meta-Learner LSTM),
-    or with `rung` (a rung of the ladder, metalstm.rules.RUNGS) data/checkpoints/ladder/
-    <config_name>-<rung>.pt.
+    """Path of a shipped checkpoint: checkpoints/<config_name>.pt of the data folder (the
+    Meta-Learner LSTM), or with `rung` (a rung of the ladder, metalstm.rules.RUNGS)
+    checkpoints/ladder/<config_name>-<rung>.pt.
 
     root: a folder to look in instead; by default $METALSTM_CHECKPOINTS when set
-    (for testing with your own short-trained checkpoints; rungs in its ladder/), else the
-    repository's data/checkpoints. A missing file raises one FileNotFoundError that says how to train it.
+    (for testing with your own short-trained checkpoints; rungs in its ladder/), else
+    data_dir()/checkpoints. A missing file raises one FileNotFoundError that says how to train it.
     """
     if rung is not None and rung not in RUNGS:
         raise ValueError(f"unknown rung {rung!r}; the ladder is: {', '.join(RUNGS)}")

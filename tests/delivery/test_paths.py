@@ -84,3 +84,23 @@ def test_an_installed_copy_works_with_the_setting(tmp_path):
     assert f"no data folder: {site / 'data'} does not exist" in out and "METALSTM_DATA" in out
     assert "COURSE no notebooks folder" in out and "checkout" in out
     assert "LOADED" in run(**{paths.ENV: str(REPO / "data")})
+
+
+def test_cache_folder_is_the_users_not_the_current_folder(monkeypatch, tmp_path):
+    monkeypatch.delenv(paths.CACHE_ENV, raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    monkeypatch.chdir(tmp_path)
+    assert paths.cache_dir() == tmp_path / "xdg" / "metalstm"          # platformdirs on Linux
+    assert paths.cache_dir("baselines") == tmp_path / "xdg" / "metalstm" / "baselines"
+    assert not paths.cache_dir().exists()                               # made by whoever writes
+    monkeypatch.setenv(paths.CACHE_ENV, "~/elsewhere")
+    assert paths.cache_dir("baselines") == Path.home() / "elsewhere" / "baselines"
+
+
+def test_cache_folder_without_platformdirs(monkeypatch, tmp_path):
+    monkeypatch.delenv(paths.CACHE_ENV, raising=False)
+    monkeypatch.setitem(sys.modules, "platformdirs", None)              # import fails
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert paths.cache_dir() == tmp_path / "metalstm"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    assert paths.cache_dir() == Path.home() / ".cache" / "metalstm"
