@@ -44,6 +44,7 @@ class Config:
     # data (paper notes 1)
     dataset: str = "glyphs"            # glyphs | omniglot | mini-imagenet | folder
     data_root: str | None = None       # where a real data set lives (not used by glyphs)
+    val_alphabets: tuple[str, ...] | None = None   # Omniglot: meta-val alphabets (None: VAL_ALPHABETS)
     image_size: int = 28
     in_channels: int = 1
     n_way: int = 5

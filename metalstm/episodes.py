@@ -171,7 +171,7 @@ def load_split(cfg, split: str):
     from metalstm.data import load_dataset
 
     data = load_dataset(cfg.dataset, split, root=cfg.data_root, image_size=cfg.image_size,
-                        channels=cfg.in_channels)
+                        channels=cfg.in_channels, val_alphabets=getattr(cfg, "val_alphabets", None))
     if data.image_shape != (cfg.in_channels, cfg.image_size, cfg.image_size):
         raise ValueError(f"{cfg.name}: expects {cfg.in_channels}x{cfg.image_size}x{cfg.image_size} "
                          f"images but {data.name} has {'x'.join(map(str, data.image_shape))}")

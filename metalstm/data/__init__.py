@@ -32,10 +32,12 @@ SPLITS = ("train", "val", "test")
 
 
 def load_dataset(name: str, split: str, root: str | os.PathLike | None = None,
-                 image_size: int | None = None, channels: int | None = None) -> ImageSet:
+                 image_size: int | None = None, channels: int | None = None,
+                 val_alphabets: tuple[str, ...] | None = None) -> ImageSet:
     """One meta-split ("train" | "val" | "test") of the data set `name` (see DATASETS).
     channels (1 gray, 3 RGB) converts the images of a "folder" data set, whatever their files
-    hold (default 3); the other data sets have the channels they have."""
+    hold (default 3); the other data sets have the channels they have. val_alphabets: Omniglot's
+    meta-validation alphabets (default metalstm.data.omniglot.VAL_ALPHABETS)."""
     if name not in DATASETS:
         raise ValueError(f"unknown data set {name!r}; known: {', '.join(DATASETS)}")
     if split not in SPLITS:
@@ -53,7 +55,8 @@ def load_dataset(name: str, split: str, root: str | os.PathLike | None = None,
     if root is None:
         raise ValueError(f"data set {name!r} needs root=, the folder that holds it: {DATASETS[name]}")
     if name == "omniglot":
-        return load_omniglot(root, split, image_size or 28)
+        return load_omniglot(root, split, image_size or 28,
+                             **({"val_alphabets": tuple(val_alphabets)} if val_alphabets else {}))
     if name == "mini-imagenet":
         return load_mini_imagenet(root, split, image_size or 84)
     return load_image_folder(os.path.join(root, split), image_size or 84,

@@ -79,7 +79,7 @@ def load_omniglot(root: str | os.PathLike, split: str = "train", image_size: int
     names = data._characters                              # "<alphabet>/<character>", t -> name
     if split != "test" and not any(n.split("/")[0] in val_alphabets for n in names):
         raise ValueError(f"none of the validation alphabets {list(val_alphabets)} is in "
-                         f"{folder / subset}; pass val_alphabets= names that are there")
+                         f"{folder / subset}; pass val_alphabets= (--val-alphabets on the command line) names that are there")
 
     def in_split(name: str) -> bool:
         return split == "test" or (name.split("/")[0] in val_alphabets) == (split == "val")
