@@ -14,6 +14,7 @@ episodes so that a 2-core CPU trains them in about half an hour.
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 
 
@@ -30,6 +31,21 @@ RUNGS = ("sgd", "init", "meta-sgd", "schedule", "magnitude", "lstm")
 #   "fused"      metalstm.fast.fused (a hand-written backward) and channels-last pooling: the default
 #   "native"     "fused" with the meta-learner step as the C loops of metalstm/fast/native.c
 PATHS = ("reference", "fused", "native")
+
+
+# the learner network (Config.learner): the built-in 4-block conv net (metalstm.learner.Learner), or
+# "package.module:function", a factory that returns an nn.Module given the configuration
+# (metalstm.module_learner, docs/own-network.md)
+BUILTIN_LEARNER = "conv4"
+
+
+def check_learner(learner) -> None:
+    """One ValueError unless learner is BUILTIN_LEARNER or of the form "package.module:function"
+    (checked by its form only: the factory is imported when the model is built)."""
+    if learner != BUILTIN_LEARNER and not (isinstance(learner, str) and re.fullmatch(
+            r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*", learner)):
+        raise ValueError(f"learner must be {BUILTIN_LEARNER!r} (the built-in network) or an importable "
+                         f"factory 'package.module:function', got {learner!r}")
 
 
 def check_path(path) -> None:
@@ -74,6 +90,8 @@ class Config:
     # written before the field existed loads as "fused"; one with the older `fast` field as
     # fast=True -> "fused", False -> "reference"
     path: str = field(default="fused", compare=False)
+    # the learner network (BUILTIN_LEARNER above, or "package.module:function": docs/own-network.md)
+    learner: str = BUILTIN_LEARNER
     # learner batch norm (paper notes 7)
     bn_eps: float = 1e-3
     bn_momentum: float = 0.95
@@ -115,13 +133,14 @@ class Config:
 
     def __post_init__(self) -> None:
         check_path(self.path)
+        check_learner(self.learner)
 
     def replace(self, **changes) -> "Config":
         return dataclasses.replace(self, **changes)
 
     def same_model(self, other: "Config") -> bool:
         """True when a checkpoint of `other` fits a model built from this config."""
-        keys = ("image_size", "in_channels", "n_way", "hidden")
+        keys = ("image_size", "in_channels", "n_way", "hidden", "learner")
         return all(getattr(self, k) == getattr(other, k) for k in keys)
 
 
