@@ -17,7 +17,9 @@ prints as "error: ..." and turns into exit code 2.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import logging
 import math
 import os
 import sys
@@ -205,3 +207,269 @@ def check_path_runs(path: str, device: str) -> None:
         native.library()
     except native.NativeUnavailable as exc:
         raise ValueError(f"--path native: {exc}") from None
+
+
+# -- the description of a run, shared by train, evaluate, baselines and diagnose -----------------
+class HelpFormatter(argparse.HelpFormatter):
+    """Every option's help ends with its default: "(default: X)" is added where the help text does
+    not already say it and the default is a value (an option whose default is the configuration's
+    says so in its own help)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if ("default" not in text and action.default not in (None, False, argparse.SUPPRESS)
+                and action.option_strings and action.nargs != 0):
+            text += " (default: %(default)s)"
+        return text
+
+
+def parser(prog: str, description: str) -> argparse.ArgumentParser:
+    """An ArgumentParser whose usage line names the command as it is typed (`prog`, e.g.
+    "python -m metalstm.train"), with every default shown (`HelpFormatter`)."""
+    return argparse.ArgumentParser(prog=prog, description=description, formatter_class=HelpFormatter)
+
+
+def _channels(text: str) -> int:
+    value = _int(text)
+    if value not in (1, 3):
+        raise argparse.ArgumentTypeError(f"must be 1 (gray) or 3 (RGB), got {text!r}")
+    return value
+
+
+def _rule(text: str) -> str:
+    from metalstm.config import RUNGS
+    if text not in RUNGS:
+        raise argparse.ArgumentTypeError(f"unknown update rule {text!r}; the ladder is: {', '.join(RUNGS)}")
+    return text
+
+
+def _dataset(text: str) -> str:
+    if text not in TRAINABLE:
+        raise argparse.ArgumentTypeError(f"unknown data set {text!r}; one of: {', '.join(TRAINABLE)}")
+    return text
+
+
+# data sets a run can be trained on ("digits" is a meta-test set only) and what each reads
+TRAINABLE = ("glyphs", "omniglot", "mini-imagenet", "folder")
+ROOTED = ("omniglot", "mini-imagenet", "folder")               # read from --data-root
+GRAY, RGB = ("glyphs", "digits", "omniglot"), ("mini-imagenet",)  # fixed channels; "folder" converts
+
+# (field of metalstm.config.Config, flag, argparse type, help): the options of every command that
+# describes a run; DATA_OPTIONS for every command, TRAINING_OPTIONS for train only
+DATA_OPTIONS = [
+    ("dataset", "--dataset", _dataset, f"the data set: {', '.join(TRAINABLE)} (folder: DATA_ROOT holds "
+     "train/, val/, test/, one sub-folder per class)"),
+    ("data_root", "--data-root", str, "the folder a real data set lives in (omniglot, mini-imagenet, "
+     "folder); refused for glyphs, which ship with the package"),
+    ("val_alphabets", "--val-alphabets", str, "Omniglot only: the background alphabets held out for "
+     "meta-validation (folder names; metalstm.data.omniglot.VAL_ALPHABETS)"),
+    ("image_size", "--image-size", positive_int, "pixels per side the images are resized to"),
+    ("in_channels", "--channels", _channels, "1 (gray) or 3 (RGB); image folders are converted to it"),
+    ("n_way", "--n-way", positive_int, "classes per episode (N)"),
+    ("k_shot", "--k-shot", positive_int, "support images per class (K)"),
+    ("n_query", "--n-query", positive_int, "query images per class"),
+    ("steps", "--steps", positive_int, "inner-loop updates per episode (T)"),
+    ("batch_size", "--batch-size", positive_int, "support images per inner-loop update (B)"),
+    ("seed", "--seed", seed_int, "the seed of every episode and initialisation"),
+]
+TRAINING_OPTIONS = [
+    ("episodes", "--episodes", positive_int, "meta-training episodes"),
+    ("val_every", "--val-every", positive_int, "validate every this many episodes"),
+    ("val_episodes", "--val-episodes", positive_int, "meta-validation episodes"),
+    ("test_episodes", "--test-episodes", positive_int, "meta-test episodes evaluate uses by default"),
+    ("lr", "--lr", non_negative_float, "Adam's learning rate (paper notes 5: 1e-3; 0 freezes the rule)"),
+    ("clip", "--clip", positive_float, "largest norm of the meta-gradient (inf: no clipping)"),
+    ("meta_batch", "--meta-batch", positive_int, "episodes per meta-update and process"),
+    ("rule", "--rule", _rule, "the update rule: sgd, init, meta-sgd, schedule, magnitude or lstm (the "
+     "paper's; paper notes 11)"),
+    ("rule_lr", "--rule-lr", non_negative_float, "the fixed or initial step size of sgd, init, meta-sgd "
+     "and schedule"),
+    ("hidden", "--hidden", positive_int, "the meta-learner's hidden units per coordinate"),
+    ("bn_momentum", "--bn-momentum", non_negative_float, "the learner's batch-norm momentum"),
+    ("bn_eps", "--bn-eps", positive_float, "the learner's batch-norm epsilon"),
+]
+FLAGS = {name: flag for name, flag, _, _ in DATA_OPTIONS + TRAINING_OPTIONS}
+METAVARS = {"dataset": "NAME", "data_root": "FOLDER", "val_alphabets": "ALPHABET", "image_size": "PIXELS",
+            "in_channels": "{1,3}", "n_way": "N", "k_shot": "K", "n_query": "Q", "steps": "T",
+            "batch_size": "B", "seed": "SEED", "lr": "X", "clip": "X", "rule": "RULE", "rule_lr": "X",
+            "bn_momentum": "X", "bn_eps": "X"}
+
+
+def add_run_options(ap: argparse.ArgumentParser, training: bool = True, config_help: str | None = None,
+                    config_required: bool = False) -> None:
+    """--config (a built-in name or a .toml/.json file, `load_config`) and one option per
+    Configuration field (DATA_OPTIONS; with training=True also TRAINING_OPTIONS): each
+    defaults to the configuration's value; `config_from_args` builds the Config."""
+    from metalstm.config import CONFIGS
+    ap.add_argument("--config", required=config_required, metavar="NAME|FILE",
+                    help=config_help or f"a built-in configuration ({', '.join(CONFIGS)}) or a .toml / "
+                    f".json file of Config fields (optionally base = \"NAME\"; docs/command-line.md)")
+    group = ap.add_argument_group("the run's description (each default: the configuration's value)")
+    for name, flag, kind, text in DATA_OPTIONS + (TRAINING_OPTIONS if training else []):
+        extra = {"nargs": "+"} if name == "val_alphabets" else {}
+        group.add_argument(flag, dest=name, type=kind, default=None, metavar=METAVARS.get(name, "N"),
+                           help=text + " (default: the configuration's)", **extra)
+
+
+def load_config(spec: str):
+    """The Config that --config names: a built-in name (metalstm.config.CONFIGS) or a .toml / .json
+    file whose keys are Config fields, optionally `base = "NAME"` (the built-in configuration it
+    changes; default: Config's own defaults) and `name` (default: the file's stem). A relative
+    data_root in a file is relative to the file's folder. One ValueError for anything else."""
+    from metalstm.config import CONFIGS, Config
+    if spec in CONFIGS:
+        return CONFIGS[spec]
+    path = Path(spec).expanduser()
+    if path.suffix.lower() not in (".toml", ".json"):
+        raise ValueError(f"unknown configuration {spec!r}; known: {', '.join(CONFIGS)}, or a .toml / .json "
+                         f"file of configuration fields")
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ValueError(f"--config {spec}: cannot read it ({exc.strerror or exc})") from None
+    try:
+        if path.suffix.lower() == ".toml":
+            import tomllib
+            fields = tomllib.loads(text)
+        else:
+            fields = json.loads(text)
+    except ValueError as exc:                     # tomllib.TOMLDecodeError and JSONDecodeError
+        raise ValueError(f"--config {spec} is not valid {path.suffix[1:].upper()}: "
+                         f"{str(exc).splitlines()[0][:160]}") from None
+    if not isinstance(fields, dict):
+        raise ValueError(f"--config {spec} holds {type(fields).__name__}, not a table of configuration fields")
+    base_name = fields.pop("base", None)
+    if base_name is not None and base_name not in CONFIGS:
+        raise ValueError(f"--config {spec}: base {base_name!r} is not a built-in configuration; "
+                         f"known: {', '.join(CONFIGS)}")
+    known = {f.name for f in dataclasses.fields(Config)} - {"path"}
+    unknown = sorted(set(fields) - known)
+    if unknown:
+        raise ValueError(f"--config {spec}: unknown field(s) {', '.join(unknown)}; known: "
+                         f"base, {', '.join(sorted(known))}")
+    if isinstance(fields.get("data_root"), str):
+        root = Path(fields["data_root"]).expanduser()
+        fields["data_root"] = str(root if root.is_absolute() else (path.parent / root).resolve())
+    base = CONFIGS[base_name].to_dict() if base_name else {"name": path.stem}
+    if not base_name:
+        base.update({k: v for k, v in Config("x").to_dict().items() if k != "name"})
+    merged = {**base, "name": fields.pop("name", path.stem), **fields}
+    if base_name and "description" not in fields:
+        merged["description"] = f"{path.name} (from {base_name})"
+    try:
+        return Config.from_dict(merged)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"--config {spec}: {exc}") from None
+
+
+def config_from_args(args: argparse.Namespace, base=None, fixed: tuple[str, ...] = ()):
+    """The Config the options describe: --config (or `base`, e.g. a checkpoint's configuration) with
+    every run option given on the command line in place of its field. One ValueError for an option
+    the configuration does not use or contradicts (`check_data_options`); `fixed` fields (a trained
+    model's shape: n_way, image_size, in_channels) may be given only with the value they have."""
+    cfg = load_config(args.config) if getattr(args, "config", None) else base
+    if cfg is None:
+        raise ValueError("give --config (a built-in name or a .toml / .json file)")
+    given = {name: getattr(args, name) for name in FLAGS if getattr(args, name, None) is not None}
+    if "val_alphabets" in given:
+        given["val_alphabets"] = tuple(given["val_alphabets"])
+    for name in fixed:
+        if name in given and given[name] != getattr(cfg, name):
+            raise ValueError(f"{FLAGS[name]} {given[name]}: the checkpoint's model was trained with "
+                             f"{name} {getattr(cfg, name)}; leave {FLAGS[name]} out")
+    if "dataset" in given and given["dataset"] != cfg.dataset and "data_root" not in given:
+        given["data_root"] = None                   # another data set: the old one's folder does not carry over
+    new = cfg.replace(**given) if given else cfg
+    check_data_options(new, given, cfg.name)
+    return new
+
+
+def check_data_options(cfg, given: dict, name: str) -> None:
+    """One ValueError when the data options do not fit the data set: a folder for a data set that
+    ships with the package, no folder for one that does not, Omniglot's alphabets for another data
+    set, colour for a gray data set (or gray for an RGB one; image folders are converted)."""
+    if cfg.dataset not in ROOTED and "data_root" in given:
+        raise ValueError(f"--data-root {given['data_root']}: configuration {name!r} uses the {cfg.dataset} "
+                         f"data set, which ships with the package and reads no folder; for images of "
+                         f"yours add --dataset folder (or omniglot, mini-imagenet)")
+    if cfg.dataset in ROOTED and not cfg.data_root:
+        raise ValueError(f"the {cfg.dataset} data set needs --data-root, the folder that holds it "
+                         f"(docs/command-line.md)")
+    if cfg.val_alphabets is not None and cfg.dataset != "omniglot":
+        raise ValueError(f"--val-alphabets is for Omniglot; configuration {name!r} uses the {cfg.dataset} "
+                         f"data set")
+    if cfg.dataset in GRAY and cfg.in_channels != 1:
+        raise ValueError(f"--channels {cfg.in_channels}: the {cfg.dataset} images are gray (1 channel); "
+                         f"only image folders (--dataset folder) are converted")
+    if cfg.dataset in RGB and cfg.in_channels != 3:
+        raise ValueError(f"--channels {cfg.in_channels}: the {cfg.dataset} images are RGB (3 channels); "
+                         f"only image folders (--dataset folder) are converted")
+
+
+def shipped_cache() -> Path | None:
+    """data/checkpoints/baselines, the baselines that ship with the course (None without a data folder)."""
+    from metalstm import paths
+    try:
+        return paths.data_dir() / "checkpoints" / "baselines"
+    except FileNotFoundError:
+        return None
+
+
+def default_cache() -> Path:
+    """Where trained baselines are kept by default: the user's cache folder
+    (metalstm.paths.cache_dir) when the package has it, else runs/baselines."""
+    from metalstm import paths
+    cache_dir = getattr(paths, "cache_dir", None)
+    return Path(cache_dir()) / "baselines" if cache_dir else Path("runs/baselines")
+
+
+# -- messages: the `metalstm` logger -------------------------------------------------------
+log = logging.getLogger("metalstm")
+
+
+def add_logging_options(ap: argparse.ArgumentParser, every: bool = True) -> None:
+    """--quiet / --verbose (and --log-every): what the `metalstm` logger shows on stderr."""
+    group = ap.add_mutually_exclusive_group()
+    group.add_argument("-q", "--quiet", action="store_true",
+                       help="no progress bars or progress lines: only warnings, errors and the results")
+    group.add_argument("-v", "--verbose", action="store_true", help="also debugging messages")
+    if every:
+        ap.add_argument("--log-every", type=non_negative_int, default=100, metavar="N",
+                        help="where stderr is not a terminal (a log file), a progress line every N "
+                             "episodes (0: none; a terminal shows a progress bar instead)")
+
+
+class _Handler(logging.StreamHandler):
+    """Writes to the stderr of the moment, through tqdm.write (a progress bar on a terminal is
+    redrawn below the line, not broken by it)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            from tqdm.auto import tqdm
+            tqdm.write(self.format(record), file=sys.stderr)
+        except Exception:                          # logging's own convention: never raise from emit
+            self.handleError(record)
+
+
+def setup_logging(args: argparse.Namespace | None = None) -> None:
+    """Send the `metalstm` logger to stderr: INFO (progress and validation lines), WARNING with
+    --quiet, DEBUG with --verbose; lines carry the time. Calling it again replaces its handler."""
+    quiet, verbose = bool(getattr(args, "quiet", False)), bool(getattr(args, "verbose", False))
+    for h in [h for h in log.handlers if isinstance(h, _Handler)]:
+        log.removeHandler(h)
+    handler = _Handler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S"))
+    log.addHandler(handler)
+    log.setLevel(logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO)
+    log.propagate = False

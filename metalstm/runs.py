@@ -19,11 +19,11 @@ command that continues it (`resume_command`).
 """
 from __future__ import annotations
 
-import argparse
 import copy
 import csv
 import dataclasses
 import io
+import logging
 import math
 import signal
 import sys
@@ -38,9 +38,9 @@ import torch
 
 from metalstm.checkpoint import (CheckpointError, atomic_write, hold_folder, load_checkpoint, refuse_other_kinds,
                                  remove_temporaries, save_checkpoint)
-from metalstm.cli import (add_path_option, check_device, check_path_runs, non_negative_float, positive_int,
-                          seed_int, set_threads)
-from metalstm.config import CONFIGS, Config, get_config
+from metalstm.cli import (FLAGS, add_logging_options, add_path_option, add_run_options, check_device,
+                          check_path_runs, config_from_args, parser, positive_int, set_threads, setup_logging)
+from metalstm.config import CONFIGS, Config
 from metalstm.distributed import World, init_from_env, shutdown
 from metalstm.config import RUNGS
 from metalstm.model import load_trained
@@ -48,6 +48,8 @@ from metalstm.model import load_trained
 if TYPE_CHECKING:
     from metalstm.episodes import EpisodeSampler
     from metalstm.learner import Learner
+
+log = logging.getLogger("metalstm.train")
 
 LOG_FIELDS = ["episode", "train_loss", "train_acc", "val_acc", "val_ci95", "seconds"]
 
@@ -82,18 +84,12 @@ def check_config(cfg: Config) -> None:
         raise ValueError(f"unknown update rule {cfg.rule!r}; the ladder is: {', '.join(RUNGS)}")
 
 
-# flags of `python -m metalstm.train` that set a configuration field (resume_command)
-FLAGS = {"episodes": "--episodes", "seed": "--seed", "rule": "--rule", "data_root": "--data-root",
-         "lr": "--lr", "meta_batch": "--meta-batch", "val_every": "--val-every",
-         "val_episodes": "--val-episodes"}
-
-
 def resume_command(cfg: Config, out: Path, processes: int = 1) -> str:
     """The command line that continues the run of `cfg` in `out` on `processes` processes."""
     launch = ("python -m metalstm.train" if processes == 1 else
               f"torchrun --nproc_per_node={processes} -m metalstm.train")
-    words = [launch, "--config", cfg.name]
     base = CONFIGS.get(cfg.name)
+    words = [launch, "--config", cfg.name if base is not None else f"FILE (the configuration file of {cfg.name!r})"]
     for f in dataclasses.fields(Config):
         if base is None or not f.compare:
             continue
@@ -101,7 +97,7 @@ def resume_command(cfg: Config, out: Path, processes: int = 1) -> str:
         if value == getattr(base, f.name):
             continue
         if f.name in FLAGS:
-            words += [FLAGS[f.name], str(value)]
+            words += [FLAGS[f.name], *(map(str, value) if isinstance(value, tuple) else [str(value)])]
         else:
             words.append(f"(and {f.name}={value!r}, which only the Python API sets)")
     if cfg.path != "fused":
@@ -257,11 +253,55 @@ def start_state(run: Run, resume: bool) -> RunState:
         state = resume_state(run)
         if state.history:                  # log.csv's seconds go on from where the run stopped
             run.started -= float(state.history[-1].get("seconds") or 0.0)
+        log_start(run, state)
         return state
     if run.last.exists():
         raise FileExistsError(f"{run.out} already holds a run; pass --resume to continue it, "
                               f"or choose another --out")
-    return RunState(processes=run.world.size)
+    state = RunState(processes=run.world.size)
+    log_start(run, state)
+    return state
+
+
+def log_start(run: Run, state: RunState) -> None:
+    """The run's first line (the main process; after every check, so a refused run logs nothing)."""
+    if not run.world.is_main:
+        return
+    cfg = run.cfg
+    log.info(f"{cfg.name}: {cfg.description or cfg.dataset}; {'resuming at episode ' + str(state.episode) + ' of ' if state.episode else ''}"
+             f"{cfg.episodes} episodes on {run.device}, {run.world.size} process(es) x meta-batch "
+             f"{cfg.meta_batch}, {torch.get_num_threads()} threads each"
+             f"{'' if cfg.path == 'fused' else ', --path ' + cfg.path} -> {run.out}")
+
+
+class Progress:
+    """How a run shows its progress on the main process: a tqdm bar where stderr is a terminal
+    (or a notebook), else a line on the `metalstm` logger every `every` episodes (0: none)."""
+
+    def __init__(self, cfg: Config, start: int, show: bool, every: int = 100) -> None:
+        from tqdm.auto import tqdm
+        self.bar = tqdm(total=cfg.episodes, initial=start, desc=cfg.name, dynamic_ncols=True,
+                        disable=not show or None)
+        self.every = every if show and self.bar.disable else 0
+        self.total, self.seen = cfg.episodes, start
+
+    def update(self, n: int, state: RunState) -> None:
+        """n more episodes are done (state: the run's place after them)."""
+        self.bar.update(n)
+        if self.every and state.episode // self.every > self.seen // self.every:
+            mean = (lambda xs: sum(xs) / len(xs) if xs else math.nan)
+            log.info(f"episode {state.episode}/{self.total}: train loss {mean(state.window_loss):.4f}, "
+                     f"acc {mean(state.window_acc):.4f} (mean since the last validation)")
+        self.seen = state.episode
+
+    def validated(self, row: dict) -> None:
+        """The bar's figures after a validation (its log line is `save_validation`'s)."""
+        if row["train_loss"] is not None:
+            self.bar.set_postfix(loss=f"{row['train_loss']:.3f}", acc=f"{row['train_acc']:.3f}",
+                                 val=f"{row['val_acc']:.3f}")
+
+    def close(self) -> None:
+        self.bar.close()
 
 def save_last(run: Run, state: RunState) -> None:
     """last.pt: the rule, the optimiser and the run's place (the main process writes it)."""
@@ -283,6 +323,12 @@ def save_validation(run: Run, state: RunState, val_acc: float, val_ci: float) ->
     save_last(run, new)
     if world.is_main:
         _write_log(run.out / "log.csv", new.history)
+        row = new.history[-1]
+        train_part = ("untrained" if row["train_loss"] is None else
+                      f"train loss {row['train_loss']:.4f} acc {row['train_acc']:.4f}")
+        log.info(f"validation at episode {state.episode}/{cfg.episodes}: {train_part}, val acc "
+                 f"{val_acc:.4f} +- {val_ci:.4f} on {cfg.val_episodes} episodes"
+                 f"{' (best so far)' if val_acc > state.best_val_acc else ''}; {row['seconds']:.0f} s")
     return new
 
 
@@ -365,38 +411,26 @@ def main(train: Callable, argv: list[str] | None = None) -> int:
     passed in: the algorithm imports this module, not the other way round): parse the flags, meta-train,
     print one line of result or one line of error; returns the exit code (0, 2, 130 Ctrl-C,
     143 SIGTERM)."""
-    ap = argparse.ArgumentParser(
-        description="Meta-train the Meta-Learner LSTM (paper notes 5). Under torchrun, every process "
-                    "trains on its own episodes and the meta-gradients are all-reduced.")
-    ap.add_argument("--config", required=True, help=f"one of: {', '.join(CONFIGS)}")
-    ap.add_argument("--out", help="run folder (default runs/CONFIG)")
-    ap.add_argument("--device", default="cpu", help="cpu or cuda")
+    ap = parser("python -m metalstm.train",
+                "Meta-train the Meta-Learner LSTM (paper notes 5) on a built-in configuration or your own "
+                "(a .toml / .json file, or the options below; docs/command-line.md). Under torchrun, every "
+                "process trains on its own episodes and the meta-gradients are all-reduced.")
+    add_run_options(ap, training=True, config_required=True)
+    ap.add_argument("--out", help="run folder (default runs/NAME, NAME the configuration's)")
+    ap.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     ap.add_argument("--resume", action="store_true", help="continue the run in --out")
-    ap.add_argument("--rule", choices=RUNGS, help="the update rule to meta-train (default lstm, the "
-                    "paper's; the ladder: paper notes 11)")
-    ap.add_argument("--episodes", type=positive_int, help="override the number of training episodes")
-    ap.add_argument("--lr", type=non_negative_float,
-                    help="override Adam's learning rate (paper notes 5: 1e-3; 0 freezes the meta-learner)")
     ap.add_argument("--init-from", metavar="CHECKPOINT",
                     help="start from this trained meta-learner (c_0 and the LSTM) instead of a fresh one")
-    ap.add_argument("--meta-batch", type=positive_int, help="episodes per meta-update and process (default 1)")
-    ap.add_argument("--val-every", type=positive_int, help="override: validate every this many episodes")
-    ap.add_argument("--val-episodes", type=positive_int, help="override: meta-validation episodes")
-    ap.add_argument("--seed", type=seed_int, help="override the seed")
-    ap.add_argument("--data-root", help="where a real data set lives")
-    ap.add_argument("--threads", type=positive_int, help="torch.set_num_threads")
+    ap.add_argument("--threads", type=positive_int, help="torch.set_num_threads (default: torch's choice)")
     add_path_option(ap)
+    add_logging_options(ap)
     args = ap.parse_args(argv)
+    setup_logging(args)
     world, out, cfg = World.single(), None, None
     terminated = []                   # SIGTERM (torchrun stopping the survivors, a scheduler): as Ctrl-C
     previous = _on_sigterm(lambda signum, frame: (terminated.append(signum), _raise_interrupt()))
     try:
-        overrides = {k: v for k, v in (("episodes", args.episodes), ("seed", args.seed), ("rule", args.rule),
-                                       ("data_root", args.data_root), ("lr", args.lr),
-                                       ("meta_batch", args.meta_batch), ("val_every", args.val_every),
-                                       ("val_episodes", args.val_episodes),
-                                       ("path", args.path)) if v is not None}
-        cfg = get_config(args.config, **overrides)
+        cfg = config_from_args(args).replace(path=args.path)
         check_config(cfg)
         check_device(args.device)
         check_path_runs(args.path, args.device)
@@ -413,12 +447,9 @@ def main(train: Callable, argv: list[str] | None = None) -> int:
             init_state = init_rule.state_dict()
         world = init_from_env(args.device)
         out = Path(args.out or f"runs/{cfg.name}")
-        if world.is_main:
-            print(f"{cfg.name}: {cfg.description}; {cfg.episodes} episodes on {args.device}, "
-                  f"{world.size} process(es) x meta-batch {cfg.meta_batch}, "
-                  f"{torch.get_num_threads()} threads each{'' if args.path == 'fused' else ', --path ' + args.path} -> {out}")
         started = time.perf_counter()
-        res = train(cfg, out, device=args.device, resume=args.resume, world=world, init_state=init_state)
+        res = train(cfg, out, device=args.device, resume=args.resume, world=world, init_state=init_state,
+                    progress=not args.quiet, log_every=args.log_every)
         seconds = time.perf_counter() - started
     except (ValueError, OSError, NonFiniteError) as exc:
         print(f"error{f' (rank {world.rank})' if world.size > 1 else ''}: {_one_line(exc)}", file=sys.stderr)

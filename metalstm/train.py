@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Iterator
 
 import torch
-from tqdm.auto import tqdm
 
 from metalstm import runs
 from metalstm.config import Config
@@ -35,7 +34,7 @@ from metalstm.episodes import episode_generator, sampler_for
 from metalstm.evaluate import evaluate_rule
 from metalstm.metalearner import NonFiniteStepError, run_episode
 from metalstm.model import build_model
-from metalstm.runs import (NonFiniteError, Run, RunState, check_config, held, save_last, save_on_interrupt,
+from metalstm.runs import (NonFiniteError, Progress, Run, RunState, check_config, held, save_last, save_on_interrupt,
                            save_validation, start_state, uninterrupted, warm_start)
 from metalstm.stats import mean_ci95
 
@@ -144,7 +143,7 @@ def validate(run: Run, state: RunState) -> tuple[RunState, list[float]]:
 
 def train(cfg: Config, out_dir: str | Path, device: str = "cpu", resume: bool = False,
           stop_after: int | None = None, progress: bool = True,
-          world: World | None = None, init_state: dict | None = None) -> TrainResult:
+          world: World | None = None, init_state: dict | None = None, log_every: int = 100) -> TrainResult:
     """Meta-train `cfg` into out_dir (paper notes 5); `stop_after` ends early as an interruption
     would: after the meta-update that reaches that many episodes.
 
@@ -159,6 +158,9 @@ def train(cfg: Config, out_dir: str | Path, device: str = "cpu", resume: bool = 
     The folder is held for the run (a second run into it is refused); an interrupt
     (Ctrl-C) saves last.pt at the last finished meta-update, and `resume=True`
     then ends with the files of an uninterrupted run.
+
+    progress: a tqdm bar where stderr is a terminal or a notebook, else (a log file) a line on the
+    `metalstm` logger every `log_every` episodes; each validation logs a line either way.
     """
     check_config(cfg)
     out = Path(out_dir)
@@ -177,8 +179,7 @@ def train(cfg: Config, out_dir: str | Path, device: str = "cpu", resume: bool = 
         end = cfg.episodes if stop_after is None else min(cfg.episodes, -(-stop_after // run.group) * run.group)
         if opt is None:
             end = 0                                   # a rule without parameters is its own best
-        bar = tqdm(total=cfg.episodes, initial=state.episode, desc=cfg.name, dynamic_ncols=True,
-                   disable=not (progress and world.is_main) or None)
+        bar = Progress(cfg, state.episode, progress and world.is_main, log_every)
         try:
             if validation_due(state.episode, cfg, run.group) and (
                     not state.history or state.history[-1]["episode"] != state.episode):
@@ -189,12 +190,10 @@ def train(cfg: Config, out_dir: str | Path, device: str = "cpu", resume: bool = 
                 with uninterrupted():                     # the step and its record: both or neither
                     meta_step(run, episodes)
                     state.after_update(len(episodes), loss, acc)
-                bar.update(len(episodes))
+                bar.update(len(episodes), state)
                 if validation_due(state.episode, cfg, run.group):
                     state, val_accs[state.episode] = validate(run, state)
-                    row = state.history[-1]
-                    bar.set_postfix(loss=f"{row['train_loss']:.3f}", acc=f"{row['train_acc']:.3f}",
-                                    val=f"{row['val_acc']:.3f}")
+                    bar.validated(state.history[-1])
             if run.saved_episode != state.episode:
                 save_last(run, state)  # stopped between validations: keep the place, resume continues from it
         except KeyboardInterrupt:
