@@ -53,7 +53,10 @@ RUNG_NAMES = {"sgd": "SGD (random init)", "init": "Learned init (FO-MAML)", "met
 
 def layer_index(learner: Learner) -> tuple[Tensor, list[str]]:
     """(layer of every coordinate of theta [n_params], layer names): conv block k (its conv
-    weight and bias and its batch-norm affine) is layer k-1, the linear classifier the last."""
+    weight and bias and its batch-norm affine) is layer k-1, the linear classifier the last.
+    A learner of another network (metalstm.module_learner.ModuleLearner) gives its own."""
+    if hasattr(learner, "layer_index"):
+        return learner.layer_index()
     names = [f"conv{k}" for k in range(1, learner.n_blocks + 1)] + ["linear"]
     index = torch.empty(learner.n_params, dtype=torch.long)
     for name, sl in learner.slices().items():
