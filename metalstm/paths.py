@@ -22,7 +22,7 @@ C loops) goes to `cache_dir()`: $METALSTM_CACHE, else the user's cache folder
 from __future__ import annotations
 
 import os
-from importlib import resources
+import importlib.util
 from pathlib import Path
 
 from metalstm.config import RUNGS
@@ -35,14 +35,14 @@ MARKER = "glyphs-v1.npz"                                # a data folder holds th
 
 
 def installed_data() -> Path | None:
-    """The folder of the installed data package (`metalstm_data`), or None when it is not
-    installed (a checkout) or not a plain folder (a zipped install)."""
-    try:
-        folder = resources.files(DATA_PACKAGE)
-    except ModuleNotFoundError:
-        return None
-    folder = Path(str(folder))
-    return folder if (folder / MARKER).is_file() else None
+    """The folder of the installed data package `metalstm_data` (data/ has no __init__.py: a
+    namespace package, so each of its folders on sys.path is tried for the data), or None when
+    it is not installed (a checkout) or not a plain folder (a zipped install)."""
+    spec = importlib.util.find_spec(DATA_PACKAGE)
+    for folder in (spec.submodule_search_locations or []) if spec else []:
+        if (Path(folder) / MARKER).is_file():
+            return Path(folder)
+    return None
 
 
 def data_dir() -> Path:
