@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import logging
 import sys
 import time
 from pathlib import Path
@@ -31,11 +32,15 @@ import torch
 from tqdm.auto import tqdm
 
 from metalstm.baselines.common import Evaluation
-from metalstm.baselines.suite import METHODS, NAMES, baseline_keys, build_baselines
+from metalstm.baselines.suite import (METHODS, NAMES, baseline_keys, build_baselines, find_matching,
+                                     matching_settings, pretrained_for)
 from metalstm.checkpoint import CheckpointError, refuse_other_kinds, stored_checksum
-from metalstm.cli import (add_path_option, check_device, check_folder, check_output_file, check_path_runs,
-                          positive_int, set_threads, write_json)
-from metalstm.config import Config, get_config
+from metalstm.cli import (ROOTED, add_logging_options, add_path_option, add_run_options, check_device,
+                          check_folder, check_output_file, check_path_runs, config_from_args, default_cache,
+                          load_config, parser as cli_parser, positive_int, set_threads, setup_logging,
+                          shipped_cache, write_json)
+from metalstm.config import Config
+from metalstm.paths import checkpoint_path
 from metalstm.data import load_dataset
 from metalstm.episodes import (Episode, EpisodeSampler, check_request, episode_generator, load_split,
                                sampler_for)
@@ -44,6 +49,8 @@ from metalstm.model import load_trained
 from metalstm.rules import RUNG_NAMES, RUNGS
 from metalstm.stats import paired_difference, significant
 
+
+log = logging.getLogger("metalstm.evaluate")
 
 # A method maps (episode, index) to the query accuracy in [0, 1].
 EpisodeAccuracy = Callable[[Episode, int], float]
@@ -87,28 +94,40 @@ def logits_accuracy(predict: Callable[[Episode], torch.Tensor]) -> EpisodeAccura
 
 
 def evaluate_methods(methods: dict[str, EpisodeAccuracy], sampler: EpisodeSampler, n_episodes: int,
-                     progress: bool = True) -> list[Evaluation]:
-    """Every method on episodes 0..n_episodes-1 of `sampler` (the same episodes for all)."""
+                     progress: bool = True, log_every: int = 100) -> list[Evaluation]:
+    """Every method on episodes 0..n_episodes-1 of `sampler` (the same episodes for all).
+
+    progress: a tqdm bar per method where stderr is a terminal, else a line on the `metalstm`
+    logger every `log_every` episodes (0: none); each method's result is logged either way."""
     results = []
     for name, acc in methods.items():
         start, accs = time.perf_counter(), []
         with torch.random.fork_rng():  # no method can change the episodes another one sees
             torch.manual_seed(0)
-            for i in tqdm(range(n_episodes), desc=name, leave=False, disable=not progress or None):
+            bar = tqdm(range(n_episodes), desc=name, leave=False, disable=not progress or None)
+            every = log_every if progress and bar.disable else 0
+            for i in bar:
                 accs.append(acc(sampler[i], i))
+                if every and (i + 1) % every == 0 and i + 1 < n_episodes:
+                    log.info(f"{name}: {i + 1}/{n_episodes} episodes, mean accuracy so far "
+                             f"{sum(accs) / len(accs):.4f}")
         results.append(Evaluation(name, accs, time.perf_counter() - start))
+        log.info(f"{name}: {100 * results[-1].mean:.2f}% +- {100 * results[-1].ci95:.2f} on {n_episodes} "
+                 f"episodes of {sampler.dataset.name} ({results[-1].seconds:.0f} s)")
     return results
 
 
-def meta_test_sampler(cfg: Config, test_set: str | None = None) -> EpisodeSampler:
+def meta_test_sampler(cfg: Config, test_set: str | None = None, root=None) -> EpisodeSampler:
     """The meta-test episodes of `cfg` on its own data set, or on another data set's test split
-    (e.g. "digits": the out-of-domain test of a glyph-trained rule), with the same seed."""
+    (e.g. "digits": the out-of-domain test of a glyph-trained rule), with the same seed. A data set
+    that lives in a folder (omniglot, mini-imagenet, folder) is read from `root` (--data-root),
+    its images as the model takes them (an image folder is converted to cfg.in_channels)."""
     if test_set is None or test_set == cfg.dataset:
         return sampler_for(cfg, "test")
-    if test_set in ("omniglot", "mini-imagenet", "folder"):
-        raise ValueError(f"--test-sets {test_set}: an out-of-domain test set must be one that ships "
-                         f"with the course (glyphs, digits); {test_set} lives in a folder of yours, so "
-                         f"test on it with a checkpoint trained on it (its configuration names the folder)")
+    if test_set in ROOTED:
+        if root is None:
+            raise ValueError(f"--test-sets {test_set} needs --data-root, the folder that holds it")
+        return sampler_for(cfg.replace(dataset=test_set, data_root=str(root), val_alphabets=None), "test")
     data = load_dataset(test_set, "test", image_size=cfg.image_size)
     if data.image_shape != (cfg.in_channels, cfg.image_size, cfg.image_size):
         raise ValueError(f"{test_set} has {'x'.join(map(str, data.image_shape))} images; {cfg.name} "
@@ -180,8 +199,9 @@ def reusable(paths, cfg: Config, n: int, samplers: dict, keys: dict[str, str] | 
     A row is reused only under its method's key (`keys`: a rule's `rule_key`, a baseline's
     `baseline_keys`), so a checkpoint or a cache replaced since is measured again."""
     found, keys = {}, keys or {}
-    same = lambda c: {k: v for k, v in c.items() if k not in ("rule", "rule_lr", "episodes", "description",
-                                                               "path", "fast")}
+    defaults = Config("").to_dict()          # a field added since a file was written has its default
+    same = lambda c: {k: v for k, v in {**defaults, **c}.items()
+                      if k not in ("rule", "rule_lr", "episodes", "description", "path", "fast")}
     for path in paths:       # the rule, its budget and path (in its key) do not change the episodes or baselines
         old = _read_results(path, n)
         if same(old.get("config", {})) != same(cfg.to_dict()) or old.get("episodes") != n:
@@ -294,7 +314,7 @@ def wanted_baselines(asked: list[str], cfg: Config, meta, checkpoint) -> tuple[l
 
 def compare_on(test_set: str, sampler: EpisodeSampler, n: int, cfg: Config, rules: dict, order: list[str],
                baselines: dict, reused: dict, names: list[str], rung_of: dict, notes: dict, keys: dict,
-               device: str) -> tuple[str, dict]:
+               device: str, progress: bool = True, log_every: int = 100) -> tuple[str, dict]:
     """Every method on the first n episodes of one test set (a --reuse row where one is taken):
     (its markdown table with paired differences, its part of the JSON report)."""
     methods = {name: rule_accuracy(rules[name][0], rules[name][1].eval(), rules[name][2], sampler.seed,
@@ -302,7 +322,7 @@ def compare_on(test_set: str, sampler: EpisodeSampler, n: int, cfg: Config, rule
     methods.update({m.name: logits_accuracy(m.predict) for m in baselines.values()})
     old = {name: reused[test_set, name] for name in names if (test_set, name) in reused}
     fresh = {r.name: r for r in evaluate_methods({k: v for k, v in methods.items() if k not in old},
-                                                  sampler, n)}
+                                                  sampler, n, progress, log_every)}
     results = [fresh[name] if name in fresh else
                Evaluation(name, old[name]["accuracies"], old[name].get("seconds", 0.0)) for name in names]
     rows = paired_rows(results, rung_of)
@@ -317,31 +337,82 @@ def compare_on(test_set: str, sampler: EpisodeSampler, n: int, cfg: Config, rule
 
 def parser() -> argparse.ArgumentParser:
     """The flags of `python -m metalstm.evaluate`."""
-    ap = argparse.ArgumentParser(description="Evaluate a trained meta-learner, the other rungs of the ladder "
-                                             "and the baselines on the same meta-test episodes, with paired "
-                                             "differences.")
-    ap.add_argument("--checkpoint", required=True, help="a best.pt or a shipped data/checkpoints/*.pt")
+    ap = cli_parser("python -m metalstm.evaluate",
+                    "Evaluate a trained meta-learner, the other rungs of the ladder and the baselines on the "
+                    "same meta-test episodes, with paired differences. The episodes are those of the "
+                    "checkpoint's configuration, with the run options below in place of its fields.")
+    ap.add_argument("--checkpoint", required=True,
+                    help="a best.pt, or a shipped run's name (glyphs-1shot, glyphs-5shot: data/checkpoints/NAME.pt)")
     ap.add_argument("--rungs", nargs="*", default=[], metavar="CHECKPOINT",
                     help="more trained rules of the same setting (e.g. data/checkpoints/ladder/glyphs-5shot-*.pt)")
-    ap.add_argument("--config", help="refuse the checkpoint unless it fits this configuration")
-    ap.add_argument("--episodes", type=positive_int, help="meta-test episodes (default: the config's, 600)")
+    ap.add_argument("--episodes", type=positive_int, help="meta-test episodes (default: the configuration's "
+                    "test_episodes, 600)")
     ap.add_argument("--test-sets", nargs="*", default=None, metavar="DATASET",
-                    help="test on these data sets' test splits (default: the checkpoint's own; "
-                         "'digits' is the out-of-domain test)")
+                    help="test on these data sets' test splits (default: the checkpoint's own; 'digits' is "
+                         "the out-of-domain test; omniglot, mini-imagenet or folder read --data-root)")
     ap.add_argument("--baselines", nargs="*", default=[], metavar="NAME", choices=[*METHODS, "all"],
-                    help=f"baselines to add: {' '.join(METHODS)} (or 'all')")
-    ap.add_argument("--cache", default="runs/baselines",
-                    help="where pre-trained / trained baselines are kept and reused")
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--threads", type=positive_int)
-    ap.add_argument("--json", help="also write the results (with every episode's accuracy) as JSON here")
+                    help=f"baselines to add: {' '.join(METHODS)} (or 'all') (default: none)")
+    ap.add_argument("--cache", help="where pre-trained / trained baselines are kept and reused (default: the "
+                    "shipped data/checkpoints/baselines when it holds them for this configuration, else "
+                    f"{default_cache()})")
+    ap.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    ap.add_argument("--threads", type=positive_int, help="torch.set_num_threads (default: torch's choice)")
+    ap.add_argument("--json", help="also write the results (with every episode's accuracy) as JSON here "
+                    "(default: none)")
     add_path_option(ap)
     ap.add_argument("--reuse", nargs="*", default=[], metavar="JSON", help="take the per-episode accuracies of methods that this "
                     "earlier --json of the same setting and episodes already holds (every method is "
                     "deterministic, so they are the numbers a new run would give); a row is taken only "
                     "under its key: a rule's checkpoint checksum, a baseline's settings and data, the "
-                    "test set's images and seed; anything else is measured again")
+                    "test set's images and seed; anything else is measured again (default: none)")
+    add_run_options(ap, training=False, config_help="refuse the checkpoint unless it fits this configuration "
+                    "(a built-in name or a .toml / .json file; default: no check)")
+    add_logging_options(ap)
     return ap
+
+
+FIXED = ("n_way", "image_size", "in_channels")       # the trained model's shape: not an option to change
+
+
+def evaluation_config(args: argparse.Namespace, cfg: Config) -> tuple[Config, object]:
+    """(the configuration the episodes are drawn from: the checkpoint's with the run options in
+    place of its fields, --data-root of a --test-sets data set that lives in a folder or None)."""
+    dataset = args.dataset or cfg.dataset
+    foreign = [t for t in dict.fromkeys(args.test_sets or []) if t in ROOTED and t != dataset]
+    if len(foreign) > 1:
+        raise ValueError(f"--test-sets {' '.join(foreign)}: one --data-root reads one of them; evaluate "
+                         f"them one at a time")
+    root = None
+    if foreign:
+        if args.data_root is None:
+            raise ValueError(f"--test-sets {foreign[0]} needs --data-root, the folder that holds it")
+        root, args = args.data_root, argparse.Namespace(**{**vars(args), "data_root": None})
+    return config_from_args(argparse.Namespace(**{**vars(args), "config": None}), base=cfg, fixed=FIXED), root
+
+
+def cached_in(cache: Path, cfg: Config, wanted: list[str], data: dict) -> bool:
+    """True when `cache` holds every baseline of `wanted` that is trained once and kept (the
+    pre-trained network, the Matching Network), made for `cfg` from the same images with the
+    settings evaluate asks for (`build_baselines`' defaults)."""
+    if {"finetune", "nearest"} & set(wanted):
+        try:
+            pretrained_for(cfg, data["train"], cache, progress=False, train=False)
+        except FileNotFoundError:
+            return False
+    if "matching" in wanted and find_matching(cache, cfg, matching_settings(cfg, data)) is None:
+        return False
+    return True
+
+
+def pick_cache(args: argparse.Namespace, cfg: Config, wanted: list[str], c0, data: dict) -> Path:
+    """--cache, or by default the shipped baselines (data/checkpoints/baselines) when they hold
+    every wanted one made for this configuration, else the user's cache folder (`default_cache`)."""
+    if args.cache is not None:
+        return Path(args.cache)
+    shipped = shipped_cache()
+    if shipped is not None and shipped.is_dir() and cached_in(shipped, cfg, wanted, data):
+        return shipped
+    return default_cache()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -349,17 +420,21 @@ def main(argv: list[str] | None = None) -> int:
     same meta-test episodes of each test set; prints a table per test set as it is measured, then
     the notes (and writes --json); 0, or 2 with one line of error."""
     args = parser().parse_args(argv)
+    setup_logging(args)
     try:
         check_device(args.device)
         check_path_runs(args.path, args.device)
         check_output_file(args.json, "--json")             # before the work, not after it
         check_folder(args.cache, "--cache")
         set_threads(args.threads)
-        expect = get_config(args.config) if args.config else None
+        expect = load_config(args.config) if args.config else None
+        args.checkpoint = checkpoint_path(args.checkpoint)
+        args.rungs = [checkpoint_path(p) for p in args.rungs]
         check_distinct([args.checkpoint, *args.rungs])
         learner, meta, cfg = load_rule(args.checkpoint, args.device, args.path, expect)
+        cfg, root = evaluation_config(args, cfg)
         n = args.episodes or cfg.test_episodes
-        samplers = {name: meta_test_sampler(cfg, name) for name in (args.test_sets or [cfg.dataset])}
+        samplers = {name: meta_test_sampler(cfg, name, root) for name in (args.test_sets or [cfg.dataset])}
         rules = {RUNG_NAMES[cfg.rule]: (learner, meta, cfg, args.checkpoint)}
         add_rungs(rules, args.rungs, cfg, args.checkpoint, args.device, args.path)
         order = sorted(rules, key=lambda name: (RUNGS.index(rules[name][2].rule), rules[name][2].episodes))
@@ -378,7 +453,10 @@ def main(argv: list[str] | None = None) -> int:
         reused = reusable(args.reuse, cfg, n, samplers, keys)
         to_build = [m for m in wanted if any((t, NAMES[m]) not in reused for t in samplers)]
         if to_build:
-            baselines, more = build_baselines(cfg, to_build, c0=c0, cache=args.cache, data=data)
+            cache = pick_cache(args, cfg, to_build, c0, data)
+            log.info(f"baselines: {', '.join(to_build)} (cache {cache})")
+            baselines, more = build_baselines(cfg, to_build, c0=c0, cache=cache, data=data,
+                                              progress=not args.quiet)
             notes.update(more)
         names = order + [NAMES[m] for m in wanted]
         for t, name in reused:
@@ -389,7 +467,7 @@ def main(argv: list[str] | None = None) -> int:
         for test_set, sampler in samplers.items():
             table, report_json["test_sets"][test_set] = compare_on(
                 test_set, sampler, n, cfg, rules, order, baselines, reused, names, rung_of, notes, keys,
-                args.device)
+                args.device, not args.quiet, args.log_every)
             print(table + "\n", flush=True)            # each table as soon as it is measured
     except (ValueError, OSError) as exc:               # CheckpointError is a ValueError
         print(f"error: {exc}", file=sys.stderr)
