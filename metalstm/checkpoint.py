@@ -1,4 +1,8 @@
-"""Checkpoints: a plain state_dict plus a JSON-able config and metrics; the run folder's lock.
+"""Checkpoints: {meta_json, state, sha256} dicts; the run folder's lock.
+
+A checkpoint is a dict of three entries: `meta_json` (the JSON text of
+{format, config, metrics}), `state` (nested dicts of tensors, e.g. the
+meta-learner's parameters) and `sha256` (the checksum of both, `checksum`).
 
 Written atomically (a temporary file in the same folder, fsync, rename), so an
 interrupted save never leaves a half-written file where a good one was: a
@@ -10,9 +14,10 @@ never loaded (a diverged run has nothing worth keeping).
 
 A run folder is held by one run at a time (`hold_folder`: an flock on
 FOLDER/.lock, which the kernel releases when the process dies, even by kill -9,
-so a killed run never leaves its folder locked); the holder may clean the
-temporary files that a kill in the middle of a save leaves behind
-(`remove_temporaries`).
+so a killed run never leaves its folder locked, and removed when the run ends);
+the holder may clean the temporary files that a kill in the middle of a save
+leaves behind (`remove_temporaries`). Files get the mode a plain open() would
+give (0644 under the usual umask 022: results readable by others).
 """
 from __future__ import annotations
 
@@ -244,28 +249,44 @@ def hold_folder(folder: str | os.PathLike) -> Iterator[Path]:
 
     FolderInUseError (one line, with the holder's pid) when another living process
     holds it. The lock is an flock on folder/.lock: the kernel drops it when the
-    holder exits or is killed, so a dead run never keeps the folder.
+    holder exits or is killed, so a dead run never keeps the folder. The holder
+    removes .lock when the block ends (a run leaves only its own files); one killed
+    leaves it, and the next run takes it over. A lock file removed while another
+    process was about to lock it is not trusted: that process locks the new one.
     """
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise NotADirectoryError(f"{folder} is a file, not a run folder")
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd = os.open(folder / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError as exc:
-        raise type(exc)(f"cannot write to the run folder {folder}: {exc.strerror or exc}") from None
+    lock = folder / LOCK_NAME
+    while True:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise type(exc)(f"cannot write to the run folder {folder}: {exc.strerror or exc}") from None
+        if fcntl is None:
+            break
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise FolderInUseError(f"{folder} is in use by another run (pid {holder}); wait for "
+                                   f"it to end, or choose another --out") from None
+        try:
+            if os.stat(lock).st_ino == os.fstat(fd).st_ino:
+                break                                 # the file that .lock names now: held
+        except FileNotFoundError:
+            pass
+        os.close(fd)                                  # its holder removed it meanwhile: again
     try:
         if fcntl is not None:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-                raise FolderInUseError(f"{folder} is in use by another run (pid {holder}); wait for "
-                                       f"it to end, or choose another --out") from None
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         yield folder
     finally:
+        with suppress(OSError):
+            os.unlink(lock)                           # while still held: no one locks a removed file
         os.close(fd)                                  # releases the lock
 
 

@@ -1,4 +1,6 @@
 import json
+import os
+import stat
 import subprocess
 import sys
 
@@ -174,3 +176,52 @@ def test_a_flipped_byte_in_the_mini_imagenet_cache_is_decoded_again(tmp_path):
         again = load_mini_imagenet(root, "test", image_size=16)
     assert torch.equal(again.images, first.images)
     assert torch.equal(load_mini_imagenet(root, "test", image_size=16).images, first.images)   # rewritten
+
+
+def test_a_held_folder_keeps_no_lock_file_afterwards(tmp_path):
+    with hold_folder(tmp_path / "run") as folder:
+        assert (folder / ".lock").read_text().strip() == str(os.getpid())
+        (folder / "best.pt").write_bytes(b"x")
+    assert sorted(p.name for p in folder.iterdir()) == ["best.pt"]
+    (folder / ".lock").write_text("12345\n")          # left by a killed run: taken over, then removed
+    with hold_folder(folder):
+        pass
+    assert sorted(p.name for p in folder.iterdir()) == ["best.pt"]
+    with hold_folder(folder):                         # refused while held; the holder's file stays
+        with pytest.raises(FolderInUseError):
+            with hold_folder(folder):
+                pass
+        assert (folder / ".lock").is_file()
+    assert not (folder / ".lock").exists()
+
+
+def test_a_lock_file_removed_under_a_waiting_process_is_not_trusted(tmp_path, monkeypatch):
+    """The race of removing a lock file: a process that opened .lock just before its holder
+    removed it must not count a lock on the removed file as holding the folder."""
+    folder = tmp_path / "run"
+    folder.mkdir()
+    real_open, calls = os.open, []
+
+    def open_then_lose_it(path, *args):
+        fd = real_open(path, *args)
+        calls.append(path)
+        if len(calls) == 1:                           # the holder removes the file meanwhile
+            os.unlink(path)
+        return fd
+
+    monkeypatch.setattr(os, "open", open_then_lose_it)
+    with hold_folder(folder):
+        assert len(calls) == 2 and (folder / ".lock").is_file()
+    assert not (folder / ".lock").exists()
+
+
+@pytest.mark.parametrize("mask", [0o022, 0o077])
+def test_written_files_have_the_mode_a_plain_open_gives(tmp_path, mask):
+    old = os.umask(mask)
+    try:
+        p = save_checkpoint(tmp_path / "a.pt", state(), {"config": "smoke"})
+        (tmp_path / "plain").write_bytes(b"")
+    finally:
+        os.umask(old)
+    expected = 0o666 & ~mask                          # 0644 under the usual umask 022
+    assert stat.S_IMODE(p.stat().st_mode) == stat.S_IMODE((tmp_path / "plain").stat().st_mode) == expected
