@@ -27,7 +27,9 @@ from metalstm.baselines.nearest import NearestNeighbour
 from metalstm.baselines.pretrain import load_or_pretrain
 from metalstm.baselines.sgd import learned_init, random_init, tune_lr
 from metalstm.checkpoint import refuse_other_kinds
-from metalstm.cli import check_folder, check_output_file, non_negative_int, positive_float, positive_int, set_threads
+from metalstm.cli import (add_logging_options, add_run_options, check_folder, check_output_file, config_from_args,
+                          load_config, non_negative_int, parser as cli_parser, positive_float, positive_int,
+                          set_threads, setup_logging)
 from metalstm.config import Config, get_config
 from metalstm.episodes import load_split, sampler_for
 from metalstm.learner import Learner
@@ -253,28 +255,41 @@ def measure_baselines(cfg: Config, methods, n: int, c0: torch.Tensor | None = No
 
 def parser() -> argparse.ArgumentParser:
     """The flags of `python -m metalstm.baselines`."""
-    ap = argparse.ArgumentParser(description="Measure the baselines (paper notes 9) on meta-test episodes.")
+    ap = cli_parser("python -m metalstm.baselines",
+                    "Measure the baselines (paper notes 9) on meta-test episodes of a configuration "
+                    "(built-in, a .toml / .json file, or changed by the run options below).")
     ap.add_argument("--shot", type=int, choices=(1, 5), default=None,
                     help="picks glyphs-1shot / glyphs-5shot (default 5; with --config, it must agree)")
-    ap.add_argument("--config", help="a named configuration instead (metalstm.config)")
-    ap.add_argument("--episodes", type=positive_int, help="meta-test episodes (default: the config's, 600)")
-    ap.add_argument("--val-episodes", type=positive_int, default=50, help="meta-val episodes for tuning")
-    ap.add_argument("--methods", nargs="*", default=None, choices=METHODS)
-    ap.add_argument("--pretrain-epochs", type=non_negative_int, default=10)
-    ap.add_argument("--matching-episodes", type=non_negative_int, default=4_000)
+    ap.add_argument("--episodes", type=positive_int, help="meta-test episodes (default: the configuration's "
+                    "test_episodes, 600)")
+    ap.add_argument("--val-episodes", dest="tune_episodes", type=positive_int, default=50,
+                    help="meta-val episodes for tuning")
+    ap.add_argument("--methods", nargs="*", default=None, choices=METHODS,
+                    help=f"the baselines to measure (default: all of {', '.join(METHODS)}; learned "
+                         f"with --checkpoint)")
+    ap.add_argument("--pretrain-epochs", type=non_negative_int, default=10,
+                    help="epochs of pre-training on all meta-train classes")
+    ap.add_argument("--matching-episodes", type=non_negative_int, default=4_000,
+                    help="training episodes of Matching Networks")
     ap.add_argument("--matching-minutes", type=positive_float, default=None,
-                    help="optional wall-time budget of Matching Networks (makes the result machine-dependent)")
-    ap.add_argument("--checkpoint", help="a trained meta-learner: adds 'SGD from learned c_0'")
-    ap.add_argument("--cache", default="runs/baselines", help="folder for the pre-trained / trained baselines")
-    ap.add_argument("--threads", type=positive_int, help="torch.set_num_threads")
-    ap.add_argument("--json", help="also write the results as JSON here")
+                    help="optional wall-time budget of Matching Networks (makes the result machine-dependent; "
+                         "default: none)")
+    ap.add_argument("--checkpoint", help="a trained meta-learner (a best.pt, or a shipped run's name): adds "
+                    "'SGD from learned c_0' (default: none)")
+    ap.add_argument("--cache", help="folder for the pre-trained / trained baselines (default: the shipped "
+                    "data/checkpoints/baselines when it holds them for this configuration, else the user cache)")
+    ap.add_argument("--threads", type=positive_int, help="torch.set_num_threads (default: torch's choice)")
+    ap.add_argument("--json", help="also write the results as JSON here (default: none)")
+    add_run_options(ap, training=False)
+    add_logging_options(ap, every=False)
     return ap
 
 
 def requested(args: argparse.Namespace) -> tuple[Config, list[str], torch.Tensor | None]:
     """(configuration, methods, c_0 of --checkpoint or None) that the flags ask for; one
     ValueError for flags that disagree."""
-    cfg = get_config(args.config or f"glyphs-{args.shot or 5}shot")
+    base = load_config(args.config) if args.config else get_config(f"glyphs-{args.shot or 5}shot")
+    cfg = config_from_args(argparse.Namespace(**{**vars(args), "config": None}), base=base)
     if args.shot is not None and cfg.k_shot != args.shot:
         raise ValueError(f"--shot {args.shot} but --config {cfg.name} is {cfg.k_shot}-shot; pass "
                          f"--config alone, or a {args.shot}-shot configuration")
@@ -292,18 +307,30 @@ def main(argv: list[str] | None = None) -> int:
     the first --episodes meta-test episodes, print the table (and write --json); 0, or 2 with
     one line of error."""
     args = parser().parse_args(argv)
+    setup_logging(args)
     set_threads(args.threads)
     try:
         check_output_file(args.json, "--json")             # before the work, not after it
         check_folder(args.cache, "--cache")
         if args.checkpoint:
+            from metalstm.paths import checkpoint_path
+            args.checkpoint = checkpoint_path(args.checkpoint)
             refuse_other_kinds(args.checkpoint, "a trained meta-learner (a best.pt or data/checkpoints/*.pt)")
         cfg, methods, c0 = requested(args)
         n = args.episodes or cfg.test_episodes
+        cache = args.cache
+        if cache is None:                                # the shipped baselines where they fit, else the user's
+            from metalstm.cli import default_cache
+            from metalstm.evaluate import pick_cache
+            shipped_settings = (args.tune_episodes, args.pretrain_epochs, args.matching_episodes,
+                                args.matching_minutes) == (50, 10, 4_000, None)
+            cache = (pick_cache(args, cfg, methods, None, {s: load_split(cfg, s) for s in ("train", "val")})
+                     if shipped_settings else default_cache())
         results, notes, setup, sampler = measure_baselines(
-            cfg, methods, n, c0=c0, val_episodes=args.val_episodes, pretrain_epochs=args.pretrain_epochs,
+            cfg, methods, n, c0=c0, val_episodes=args.tune_episodes, pretrain_epochs=args.pretrain_epochs,
             matching_episodes=args.matching_episodes,
-            matching_seconds=args.matching_minutes and 60 * args.matching_minutes, cache=args.cache)
+            matching_seconds=args.matching_minutes and 60 * args.matching_minutes, cache=cache,
+            progress=not args.quiet)
     except (ValueError, OSError) as exc:                  # CheckpointError is a ValueError
         print(f"error: {exc}", file=sys.stderr)
         return 2

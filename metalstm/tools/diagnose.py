@@ -38,12 +38,14 @@ from metalstm.baselines.nearest import NearestNeighbour
 from metalstm.baselines.pretrain import Pretrained
 from metalstm.baselines.suite import pretrained_for
 from metalstm.checkpoint import CheckpointError, load_checkpoint, refuse_other_kinds
-from metalstm.cli import (check_folder, check_output_file, non_negative_float, non_negative_int, positive_int,
-                          set_threads, write_json)
+from metalstm.cli import (add_logging_options, add_run_options, check_folder, check_output_file,
+                          config_from_args, non_negative_float, non_negative_int, parser, positive_int,
+                          set_threads, setup_logging, write_json)
 from metalstm.config import Config
 from metalstm.model import build_model, load_trained
 from metalstm.rules import RUNG_NAMES
-from metalstm.evaluate import evaluate_rule
+from metalstm.evaluate import FIXED, evaluate_rule, pick_cache
+from metalstm.paths import checkpoint_path
 from metalstm.episodes import load_split
 from metalstm.episodes import sampler_for
 from metalstm.stats import mean_ci95
@@ -102,9 +104,11 @@ def short_run(cfg: Config, init_state: dict, episodes: int, lr: float, out: Path
 def diagnose(checkpoint: str | Path, episodes: int = 100, cache: str | Path | None = None,
              train_episodes: int = 0, lr_factor: float = 0.1, pretrained_lr_factor: float = 1.0,
              out: str | Path | None = None,
-             pre: Pretrained | None = None, progress: bool = True) -> list[Row]:
-    """Every measurement of the module docstring for one checkpoint."""
-    learner, meta, cfg, _ = load_trained(checkpoint)
+             pre: Pretrained | None = None, progress: bool = True, config: Config | None = None) -> list[Row]:
+    """Every measurement of the module docstring for one checkpoint; `config`: the configuration
+    whose episodes are measured (default: the checkpoint's; the model's shape must be its)."""
+    learner, meta, cfg, _ = load_trained(checkpoint, expect=config)
+    cfg = config or cfg
     meta.eval()
     label = RUNG_NAMES[cfg.rule]             # what the checkpoint holds: a rung of the ladder
     if train_episodes > 0 and not any(p.requires_grad for p in meta.parameters()):
@@ -161,20 +165,29 @@ def table(rows: list[Row]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description="Measure where a trained meta-learner loses to the "
-                                             "pre-trained baselines (generalisation, batch norm, features).")
-    ap.add_argument("--checkpoint", required=True)
-    ap.add_argument("--episodes", type=int, default=100, help="episodes per row (default 100)")
-    ap.add_argument("--cache", default="runs/baselines", help="where the pre-trained baseline is kept")
+    """`python -m metalstm.tools.diagnose`: the rows of the module docstring as a table (and --json);
+    0, or 2 with one line of error."""
+    ap = parser("python -m metalstm.tools.diagnose",
+                "Measure where a trained meta-learner loses to the pre-trained baselines (generalisation, "
+                "batch norm, features), on the episodes of the checkpoint's configuration with the run "
+                "options below in place of its fields.")
+    ap.add_argument("--checkpoint", required=True, help="a best.pt, or a shipped run's name (glyphs-5shot)")
+    ap.add_argument("--episodes", type=int, default=100, help="episodes per row, at least 2")
+    ap.add_argument("--cache", help="where the pre-trained baseline is kept (default: the shipped "
+                    "data/checkpoints/baselines when it holds it for this configuration, else the user cache)")
     ap.add_argument("--train-episodes", type=non_negative_int, default=0,
                     help="also run two short meta-trainings of this many episodes (minutes)")
     ap.add_argument("--lr-factor", type=non_negative_float, default=0.1, help="Adam lr factor of the continued run")
     ap.add_argument("--pretrained-lr-factor", type=non_negative_float, default=1.0,
-                    help="Adam lr factor of the run from the pre-trained c_0 (default 1: paper notes 5's lr)")
+                    help="Adam lr factor of the run from the pre-trained c_0 (1: paper notes 5's lr)")
     ap.add_argument("--out", help="folder for the short runs (default: a temporary folder)")
-    ap.add_argument("--threads", type=positive_int)
-    ap.add_argument("--json", help="also write the rows as JSON here")
+    ap.add_argument("--threads", type=positive_int, help="torch.set_num_threads (default: torch's choice)")
+    ap.add_argument("--json", help="also write the rows as JSON here (default: none)")
+    add_run_options(ap, training=False, config_help="refuse the checkpoint unless it fits this configuration "
+                    "(a built-in name or a .toml / .json file; default: no check)")
+    add_logging_options(ap)
     args = ap.parse_args(argv)
+    setup_logging(args)
     if args.episodes < 2:
         print("error: --episodes must be at least 2 (an interval needs two values)", file=sys.stderr)
         return 2
@@ -185,9 +198,15 @@ def main(argv: list[str] | None = None) -> int:
         check_folder(args.cache, "--cache")
         if args.train_episodes:
             check_folder(args.out, "--out", writable=True)
+        args.checkpoint = checkpoint_path(args.checkpoint)
         refuse_other_kinds(args.checkpoint, "a trained meta-learner (a best.pt or data/checkpoints/*.pt)")
-        rows = diagnose(args.checkpoint, args.episodes, args.cache, args.train_episodes, args.lr_factor,
-                        args.pretrained_lr_factor, args.out)
+        from metalstm.cli import load_config
+        expect = load_config(args.config) if args.config else None
+        saved = load_trained(args.checkpoint, expect=expect)[2]
+        cfg = config_from_args(argparse.Namespace(**{**vars(args), "config": None}), base=saved, fixed=FIXED)
+        cache = pick_cache(args, cfg, ["nearest"], None, {"train": load_split(cfg, "train")})
+        rows = diagnose(args.checkpoint, args.episodes, cache, args.train_episodes, args.lr_factor,
+                        args.pretrained_lr_factor, args.out, progress=not args.quiet, config=cfg)
     except (ValueError, OSError) as exc:                  # CheckpointError is a ValueError
         print(f"error: {exc}", file=sys.stderr)
         return 2
