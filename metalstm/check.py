@@ -1,4 +1,4 @@
-"""Checks for the exercises of notebooks 01-04 and 06: right, or wrong with a hint (never the solution).
+"""Checks for the exercises of notebooks 01-06: right, or wrong with a hint (never the solution).
 
     from metalstm import check
     check.exercise("02", 1, weight_decay_gates)     # prints a verdict, returns True / False
@@ -8,6 +8,13 @@ Each check runs your function on small inputs and compares what it returns with 
 package computes, or with a property the answer must have. A stub that still raises
 NotImplementedError counts as "not answered yet"; an error inside your function is reported,
 not raised, so a notebook keeps running. The worked solutions are in notebooks/solutions/.
+
+Where the references come from. No check reads a solution: each one computes what a right answer
+must give from the package itself (`Learner.n_params`, `MetaLearner.step`, `train`, autograd on
+the penalised loss, ...) or from properties (self-describing images: `tagged_set`), so the checks
+work unchanged in the student edition (`python -m metalstm.tools.student`), which has no
+solutions. A hint guides: it names what is wrong and where to look, never the answer's code or
+value (tests/notebooks/test_check.py holds them to that).
 """
 from __future__ import annotations
 
@@ -163,7 +170,7 @@ def _check_01_2(count_tasks):
                 "without labels, a task is a SET of N classes: the order does not matter")
         _expect(count_tasks(c, n, labelled=True) == len(list(itertools.permutations(range(c), n))),
                 "with labels, the same classes in another label order are another task")
-    _expect(isinstance(count_tasks(675, 5, labelled=True), int), "return an exact integer (math.comb, math.perm)")
+    _expect(isinstance(count_tasks(675, 5, labelled=True), int), "return an exact integer: these counts are too large for a float to hold exactly")
 
 
 @_exercise("01", 3, "split_by_alphabet",
@@ -201,20 +208,22 @@ def _check_02_1(gates):
         leaf = theta.clone().requires_grad_(True)
         penalised = F.cross_entropy(learner(ep.support_x, leaf), ep.support_y) + wd / 2 * leaf.pow(2).sum()
         (full,) = torch.autograd.grad(penalised, leaf)
-        _expect(_close(i, lr), "the input gate multiplies the gradient: compare with the plain SGD step")
+        _expect(_close(i, lr), "i is not right: which factor multiplies the gradient in one SGD step?")
         _expect(_close(f * theta + i * (-grad), theta - lr * full),
-                "write one SGD step on the penalised loss, theta - lr * (grad + wd * theta), as f * theta - i * grad")
+                "f is not right: expand one SGD step on the penalised loss and collect the terms that multiply "
+                "theta")
 
 
 @_exercise("02", 2, "count_params", "return the conv learner's number of parameters by a formula")
 def _check_02_2(count_params):
     from metalstm.learner import Learner
 
-    for args, hint in [((5, 1, 28, 32, 4), "start with the 28x28x1 glyph learner: 28,485"),
+    for args, hint in [((5, 1, 28, 32, 4), "start with the 28x28x1 glyph learner: compare your count with "
+                                          "Learner(5, 1, 28).n_params, layer by layer"),
                        ((5, 3, 84, 32, 4), "the first convolution sees in_channels channels"),
                        ((20, 3, 84, 32, 4), "the linear layer has n_way outputs"),
-                       ((7, 2, 40, 16, 3), "use n_filters and n_blocks: the side after the blocks is "
-                                           "image_size // 2 ** n_blocks")]:
+                       ((7, 2, 40, 16, 3), "use n_filters and n_blocks: what does each block's max-pooling "
+                                           "do to the side of the feature map?")]:
         _expect(count_params(*args) == Learner(args[0], args[1], args[2], n_filters=args[3], n_blocks=args[4]).n_params,
                 hint)
 
@@ -242,8 +251,8 @@ def _check_02_3(meta_gradient):
     _expect(not _close(got, query_grad(c0), 1e-4, 1e-4),
             "the query loss is measured AFTER the steps, at theta_T, not at c0")
     _expect(_close(got, query_grad(theta), 1e-4, 1e-6),
-            "take the support gradients with loss_and_grad (detached), and backpropagate the query loss "
-            "at theta_T into c0 (c0 must require grad)")
+            "the support gradients are constants (detached, as above); the meta-gradient is the query loss at "
+            "theta_T differentiated with respect to c0 through the steps")
 
 
 # -- notebook 03 ----------------------------------------------------------------------
@@ -271,8 +280,8 @@ def _check_03_2(count):
     for hidden in (20, 1, 7, 32):
         meta = MetaLearner(10, hidden=hidden, theta0=torch.zeros(10))
         _expect(count(hidden) == sum(v.numel() for v in meta.rule_parameters()),
-                "layer 1 reads [x (4), h (hidden)] into 4 gates of `hidden` units, plus a bias; layer 2 has "
-                "W_F and W_I over [h, theta, previous gate] and two biases" if hidden == 20
+                "count layer 1 and layer 2 separately, weights and biases (paper notes 4; the shapes of "
+                "MetaLearner(...).rule_parameters() show them)" if hidden == 20
                 else "the count must hold for every hidden size, not only 20")
 
 
@@ -291,7 +300,7 @@ def _check_03_3(effective_sgd):
         _expect(_close(lr, torch.sigmoid(torch.tensor(b_I)).item()),
                 "with zero weights every gate is the sigmoid of its bias")
         _expect(_close(stepped, theta - lr * (grad + wd * theta), 1e-5, 1e-7),
-                "match f * theta - i * grad with theta - lr * (grad + wd * theta)")
+                "the weight decay is not right: write both steps out and match their terms in theta")
 
 
 # -- notebook 04 ----------------------------------------------------------------------
@@ -309,8 +318,8 @@ def _check_04_1(query_dependence):
     support_change, query_change = (float(v) for v in out)
     _expect(support_change > 0.1, "(a) another support set gives another theta_T and other running averages: "
             "the logits should change a lot. Run the whole protocol again with other's support set")
-    _expect(query_change < 1e-5, "(b) with running averages (bn='running') every query is normalised on its "
-            "own: evaluate the episode's queries together with other's in ONE batch, then keep the first rows")
+    _expect(query_change < 1e-5, "(b) is not what the meta-test protocol gives: are the queries (the episode's "
+            "and other's, one batch) evaluated in test mode, with the episode's own support steps' statistics?")
 
 
 @_exercise("04", 2, "refreshed_stats",
@@ -323,14 +332,14 @@ def _check_04_2(refreshed_stats):
     g = torch.Generator().manual_seed(1)
     theta = learner.init_params(g) + 0.05 * torch.randn(learner.n_params, generator=g)
     stats = refreshed_stats(learner, theta, e.support_x)
-    _expect(isinstance(stats, BNStats), "return a BNStats (learner.new_bn_stats() makes one)")
+    _expect(isinstance(stats, BNStats), "return a BNStats (metalstm.learner.BNStats), the running statistics a batch-norm pass updates")
     expected = Learner(5, 1, 28, bn_momentum=1.0).new_bn_stats()
     with torch.no_grad():
         Learner(5, 1, 28, bn_momentum=1.0)(e.support_x, theta, bn="batch", stats=expected)
     for k in range(learner.n_blocks):
         _expect(_close(stats.mean[k], expected.mean[k], 1e-4, 1e-5),
-                "the means must be those of the support set at theta alone: with momentum 0.95 a fresh "
-                "BNStats still keeps 5% of its initial 0 (a learner with bn_momentum=1.0 keeps none)")
+                "the means must be those of the support set at theta alone: a fresh BNStats updated at the "
+                "learner's momentum (0.95) still keeps part of its initial values")
         _expect(_close(stats.var[k], expected.var[k], 1e-4, 1e-5),
                 "the variances are the unbiased ones, as F.batch_norm stores them")
 
@@ -346,7 +355,8 @@ def _check_04_3(transductive_logits):
     with torch.no_grad():
         expected = learner(e.query_x, theta, bn="batch")
     _expect(torch.is_tensor(logits) and logits.shape == expected.shape, "return logits [queries, n_way]")
-    _expect(_close(logits, expected, 1e-4, 1e-5), "use the query batch's own statistics: bn='batch', no stats")
+    _expect(_close(logits, expected, 1e-4, 1e-5), "these are not the logits of the query batch normalised "
+            "with its own statistics (no running averages are read or updated here)")
     _expect(not _close(transductive_logits(learner, theta, e.query_x[:15]), expected[:15], 1e-3, 1e-3),
             "the logits must depend on the batch: normalise the given queries together")
 
@@ -386,10 +396,10 @@ def _check_06_1(NoForgetting):
             _, state, g = meta.step(loss, grad, expected, state)
             expected = expected - g.i * grad
     _expect(not _close(theta, with_forgetting, 1e-4, 1e-5),
-            "this is the meta-learner's own update, forget gate included: apply only its input gate")
+            "this is the meta-learner's own update, forget gate included: the forget gate must be 1")
     _expect(_close(theta, expected, 1e-5, 1e-6),
-            "run the meta-learner's step for its input gate and its new state (carry the state from step to "
-            "step), then update theta_{t-1} - i_t * grad_t yourself")
+            "theta is not theta_{t-1} - i_t * grad_t with the meta-learner's own i_t at every step: is its "
+            "state carried from one step to the next?")
     _expect(all(torch.all(gate.f == 1) for gate in gates), "return Gates with f = 1, the forget gate you applied")
 
 
@@ -444,8 +454,8 @@ def _check_06_3(accuracy_beyond_T):
     runs = [trace_episode(learner, meta, sampler[i], 2 * cfg.steps, cfg.batch_size,
                           generator=episode_generator(sampler.seed, i)).query_acc for i in range(2)]
     _expect(_close(acc, torch.stack(runs).mean(dim=0)),
-            "average over the episodes, with each episode's meta-validation mini-batch order "
-            "(episode_generator(sampler.seed, i)), so that the first T+1 values are the record's")
+            "the accuracies are not the record's: average over the first `episodes` episodes, each run "
+            "with meta-validation's mini-batch order (as record_gates runs them)")
 
 
 @_exercise("06", 4, "substitution_gap",
@@ -470,9 +480,10 @@ def _check_06_4(substitution_gap):
     if abs(float(found[0]) + mean) < 1e-9 and abs(mean) > 1e-9:
         raise Wrong("the sign: the difference is rule minus meta-learner (negative: the rule is worse)")
     _expect(abs(float(found[0]) - mean) < 1e-9,
-            "run both on exactly the given episodes with evaluate_rule (the meta-test protocol) and pair them "
-            "episode by episode")
-    _expect(abs(float(found[1]) - half) < 1e-9, "the half-width of a 95% interval: metalstm.stats.paired_difference")
+            "the mean is not right: run both rules on exactly the given episodes under the meta-test protocol "
+            "and pair them episode by episode")
+    _expect(abs(float(found[1]) - half) < 1e-9, "the half-width is not right: the 95% interval of the paired "
+            "per-episode differences")
 
 
 # -- notebook 05 ----------------------------------------------------------------------
@@ -495,8 +506,7 @@ def _check_05_1(best_from_log):
     _expect(found is not None and len(found) == 2, "return a pair (episode, val_acc)")
     episode, acc = found
     _expect(abs(float(acc) - 0.70) < 1e-12, "the best row is the one with the highest val_acc")
-    _expect(int(episode) == 10, "on a tie, train keeps the EARLIER row: it replaces best.pt only when a "
-            "validation is strictly better")
+    _expect(int(episode) == 10, "on a tie, which row does train keep? Read when it replaces best.pt")
 
 
 @_exercise("05", 2, "meta_train_step_batch",
@@ -522,9 +532,9 @@ def _check_05_2(meta_train_step_batch):
                               [episode_generator(episodes.seed, i) for i in (first, first + 1)], cfg)
     for name, value in meta.state_dict().items():
         _expect(_close(value, state[name], rtol=1e-5, atol=1e-7),
-                f"after two updates on episodes (0, 1) and (2, 3), {name} differs from train's: average the "
-                f"episodes' query losses (divide each by M before backward), clip the whole gradient once, "
-                f"then ONE Adam step")
+                f"after two updates on episodes (0, 1) and (2, 3), {name} differs from train's: compare your "
+                f"update with metalstm.train's meta_gradient and meta_step (how are the episodes' losses "
+                f"combined, when is the gradient clipped, how many optimiser steps?)")
 
 
 @_exercise("05", 3, "train_c0_only", "meta-train c_0 alone; the LSTM keeps its initialisation")
@@ -538,7 +548,7 @@ def _check_05_3(train_c0_only):
     _expect(isinstance(found, tuple) and len(found) == 2, "return (learner, meta)")
     _, meta = found
     for p, q in zip(meta.rule_parameters(), fresh.rule_parameters()):
-        _expect(torch.equal(p.detach(), q.detach()), "the LSTM's weights must stay at their initialisation: give "
-                "only c_0 to Adam (or set requires_grad=False on the rule's parameters)")
+        _expect(torch.equal(p.detach(), q.detach()), "the LSTM's weights must stay at their initialisation: "
+                "which parameters does your optimiser update?")
     _expect(not torch.equal(meta.c0.detach(), fresh.c0.detach()), "c_0 did not move: two meta-updates should "
             "change it")

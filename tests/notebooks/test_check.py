@@ -1,7 +1,10 @@
-"""metalstm.check: every exercise check of notebooks 01-04 and 06 accepts the worked solution, rejects a
+"""metalstm.check: every exercise check of notebooks 01-06 accepts the worked solution, rejects a
 wrong answer with a hint, never shows the solution, and survives a stub or a crashing answer."""
+import ast
 import inspect
+import re
 import sys
+import textwrap
 
 import pytest
 import torch
@@ -191,3 +194,80 @@ def test_a_stub_is_not_answered_yet_and_a_crash_is_reported_not_raised(capsys):
         check.exercise("09", 1, count_params)
     check.exercises()
     assert "weight_decay_gates" in capsys.readouterr().out
+
+
+# -- the hints guide, they never answer ------------------------------------------------------------------------
+def _exercise_text(notebook: str, number: int) -> str:
+    """The markdown of exercise `number` in notebook `notebook` ("**Exercise k.**" or "k. **...**")."""
+    import json
+    from pathlib import Path
+
+    path = next((Path(__file__).resolve().parents[2] / "notebooks").glob(f"{notebook}_*.ipynb"))
+    for cell in json.loads(path.read_text())["cells"]:
+        text = "".join(cell["source"])
+        if cell["cell_type"] == "markdown" and re.match(rf"\s*(\*\*Exercise {number}\.\*\*|{number}\. \*\*)", text):
+            return text
+    raise AssertionError(f"no exercise {number} in {path.name}")
+
+
+def _squeeze(text: str) -> str:
+    return re.sub(r"\s+", "", text).replace("'", '"')
+
+
+def hint_texts(check_function) -> list[str]:
+    """Every string a check can print: its string constants, f-strings' literal parts included."""
+    tree = ast.parse(textwrap.dedent(inspect.getsource(check_function)))
+    return [node.value for node in ast.walk(tree) if isinstance(node, ast.Constant) and isinstance(node.value, str)]
+
+
+def answer_tokens(source: str) -> set[str]:
+    """What a solution's code is made of, as a hint would have to spell it: every function it calls
+    (dotted, e.g. `math.perm`, and its last name when that is distinctive), every keyword argument with
+    its value (`bn="batch"`), every expression it returns (`1.0-lr*weight_decay`)."""
+    tree = ast.parse(textwrap.dedent(source))
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call):
+            name = ast.unparse(node.func)
+            if "." in name and "(" not in name and not name.startswith("self."):
+                found.add(name)
+            last = name.rsplit(".", 1)[-1]
+            if "_" in last and len(last) >= 8:
+                found.add(last)
+            found |= {_squeeze(ast.unparse(k)) for k in node.keywords if k.arg and not isinstance(k.value, ast.Name)}
+        elif isinstance(node, ast.Return) and node.value is not None:
+            parts = node.value.elts if isinstance(node.value, ast.Tuple) else [node.value]
+            found |= {_squeeze(ast.unparse(part)) for part in [node.value, *parts] if not isinstance(part, ast.Name)}
+    return {t for t in found if len(t) >= 6}
+
+
+def leaks(key, solution_source: str, hints: list[str] | None = None) -> list[str]:
+    """The answer tokens of a solution that the check's hints (or `hints`) spell out and its exercise
+    does not name."""
+    ex = check.REGISTRY[key]
+    named = _squeeze(_exercise_text(*key) + " " + ex.what)
+    hints = _squeeze(" ".join(hint_texts(ex.check) if hints is None else hints))
+    return sorted(t for t in answer_tokens(solution_source) if t in hints and t not in named)
+
+
+@pytest.mark.parametrize("key", sorted(check.REGISTRY), ids=lambda k: f"{k[0]}.{k[1]}")
+def test_no_hint_spells_out_the_answer(key, solutions):
+    """A hint may point at what the exercise already names (`evaluate_rule`, `paired_difference` in 06.4);
+    the functions, arguments and expressions of the answer that the exercise leaves to the student stay out."""
+    solution = getattr(solutions[key[0]], check.REGISTRY[key].name)
+    sys.modules.setdefault(solution.__module__, solutions[key[0]])
+    assert leaks(key, inspect.getsource(solution)) == []
+
+
+def test_the_hint_search_finds_an_answer_in_a_hint():
+    """The search above can fail: hints that spell out an answer (the kind this module's checks once gave)
+    are found, a hint that only guides is not."""
+    cases = [(("01", 2), "return an exact integer (math.comb, math.perm)",
+              "def count_tasks(c, n, labelled=True):\n    return math.perm(c, n) if labelled else math.comb(c, n)\n"),
+             (("04", 3), "use the query batch's own statistics: bn='batch', no stats",
+              "def f(learner, theta, query_x):\n    return learner(query_x, theta, bn=\"batch\")\n"),
+             (("02", 1), "write it as theta - lr*(grad + wd*theta): f = 1.0 - lr * weight_decay",
+              "def f(lr, weight_decay):\n    return 1.0 - lr * weight_decay, lr\n")]
+    for key, hint, source in cases:
+        assert leaks(key, source, [hint]), (key, hint)
+        assert not leaks(key, source, ["a hint that guides: compare with the step above"])
