@@ -34,6 +34,7 @@ from metalstm.config import Config
 from metalstm.learner import BNStats, Learner
 from metalstm.metalearner import check_examples, check_steps, inner_loop
 from metalstm.model import load_trained
+from metalstm.module_learner import ModuleLearner
 from metalstm.paths import checkpoint_path
 
 __all__ = ["Adapted", "Trained", "adapt", "load"]
@@ -205,8 +206,9 @@ def adapt(learner: Learner, rule: nn.Module, support_x, support_y, steps: int | 
     >>> fitted.predict(torch.rand(2, 1, 16, 16)).shape
     torch.Size([2])
     """
-    if not isinstance(learner, Learner):
-        raise ValueError(f"learner must be a metalstm.learner.Learner, got {type(learner).__name__}")
+    if not isinstance(learner, (Learner, ModuleLearner)):
+        raise ValueError(f"learner must be a metalstm.learner.Learner or a metalstm.module_learner."
+                         f"ModuleLearner, got {type(learner).__name__}")
     if not isinstance(rule, nn.Module) or not hasattr(rule, "step") or not hasattr(rule, "initial_state"):
         raise ValueError(f"rule must be an update rule (MetaLearner, SGDCell, a metalstm.rules rung), "
                          f"got {type(rule).__name__}")
