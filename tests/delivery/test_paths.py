@@ -53,11 +53,13 @@ def test_no_data_folder_is_one_clear_error(no_env, tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_an_installed_copy_works_with_the_setting(tmp_path):
-    """The package copied away from the checkout (as `pip install .` puts it in site-packages)."""
+    """The package copied away from the checkout without its data package (tests/delivery/
+    test_install.py installs both)."""
     site = tmp_path / "site"
     shutil.copytree(REPO / "metalstm", site / "metalstm", ignore=shutil.ignore_patterns("__pycache__"))
     script = textwrap.dedent("""
         import sys
+        sys.modules["metalstm_data"] = None    # nor the data package (an editable install maps it to data/)
         from metalstm.data.glyphs import load_glyphs
         from metalstm.tools import course
         try:
@@ -104,3 +106,21 @@ def test_cache_folder_without_platformdirs(monkeypatch, tmp_path):
     assert paths.cache_dir() == tmp_path / "metalstm"
     monkeypatch.delenv("XDG_CACHE_HOME")
     assert paths.cache_dir() == Path.home() / ".cache" / "metalstm"
+
+
+def test_lookup_order_setting_then_checkout_then_installed_data_package(no_env, tmp_path, monkeypatch):
+    site = tmp_path / "site"
+    (site / paths.DATA_PACKAGE).mkdir(parents=True)
+    monkeypatch.delitem(sys.modules, paths.DATA_PACKAGE, raising=False)
+    monkeypatch.syspath_prepend(str(site))                          # as pip installs data/ beside metalstm
+    assert paths.data_dir() == REPO / "data"                         # a checkout's data/ comes first
+    monkeypatch.setattr(paths, "CHECKOUT", tmp_path / "no-checkout")
+    with pytest.raises(FileNotFoundError, match="metalstm_data is not installed"):
+        paths.data_dir()                                             # a folder without the data is not it
+    (site / paths.DATA_PACKAGE / "glyphs-v1.npz").write_bytes(b"")
+    assert paths.data_dir() == site / paths.DATA_PACKAGE
+    assert paths.checkpoint_path("runs/x/best.pt") == Path("runs/x/best.pt")
+    with pytest.raises(FileNotFoundError, match="no checkpoint .*metalstm_data/checkpoints/glyphs-5shot.pt"):
+        paths.checkpoint_path("glyphs-5shot")
+    monkeypatch.setenv(paths.ENV, str(tmp_path))                     # the setting wins over both
+    assert paths.data_dir() == tmp_path
