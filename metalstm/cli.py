@@ -217,7 +217,7 @@ class HelpFormatter(argparse.HelpFormatter):
 
     def _get_help_string(self, action):
         text = action.help or ""
-        if ("default" not in text and action.default not in (None, False, argparse.SUPPRESS)
+        if ("default" not in text and not any(action.default is v for v in (None, False, argparse.SUPPRESS))
                 and action.option_strings and action.nargs != 0):
             text += " (default: %(default)s)"
         return text

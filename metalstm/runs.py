@@ -420,7 +420,8 @@ def main(train: Callable, argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     ap.add_argument("--resume", action="store_true", help="continue the run in --out")
     ap.add_argument("--init-from", metavar="CHECKPOINT",
-                    help="start from this trained meta-learner (c_0 and the LSTM) instead of a fresh one")
+                    help="start from this trained meta-learner (c_0 and the LSTM) instead of a fresh one "
+                         "(default: a fresh one)")
     ap.add_argument("--threads", type=positive_int, help="torch.set_num_threads (default: torch's choice)")
     add_path_option(ap)
     add_logging_options(ap)

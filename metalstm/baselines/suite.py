@@ -280,7 +280,8 @@ def parser() -> argparse.ArgumentParser:
                     "data/checkpoints/baselines when it holds them for this configuration, else the user cache)")
     ap.add_argument("--threads", type=positive_int, help="torch.set_num_threads (default: torch's choice)")
     ap.add_argument("--json", help="also write the results as JSON here (default: none)")
-    add_run_options(ap, training=False)
+    add_run_options(ap, training=False, config_help="a built-in configuration or a .toml / .json file of "
+                    "Config fields (docs/command-line.md) (default: glyphs-5shot, or glyphs-1shot with --shot 1)")
     add_logging_options(ap, every=False)
     return ap
 

@@ -644,7 +644,7 @@ def test_ctrl_c_ends_a_command_with_one_line_and_exit_130(tmp_path, when):
     out = tmp_path / "r.json"
     proc = subprocess.Popen([sys.executable, "-m", "metalstm.evaluate", "--checkpoint",
                              str(SHIPPED / "glyphs-5shot.pt"), "--episodes", "600", "--threads", "1",
-                             "--json", str(out)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             "--log-every", "0", "--json", str(out)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, env={**os.environ, "TQDM_DISABLE": "1"}, preexec_fn=_interruptible)
     deadline = time.time() + 60
     while not _torch_loading(proc.pid) and proc.poll() is None and time.time() < deadline:

@@ -129,12 +129,12 @@ def test_kill_9_through_the_command_line(tmp_path):
     for _ in range(4):
         resume = ["--resume"] if (out / "last.pt").exists() else []
         proc = subprocess.Popen(common + ["--out", str(out)] + resume, cwd=ROOT, env=env,
-                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-        proc.stdout.readline()                        # its first line: training begins
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        proc.stderr.readline()                        # its first log line: training begins
         time.sleep(rng.uniform(0.0, duration))
         proc.kill()
         proc.wait()
-        proc.stdout.close()
+        proc.stderr.close()
         no_corrupt_checkpoint(out)
     resume = ["--resume"] if (out / "last.pt").exists() else []
     done = subprocess.run(common + ["--out", str(out)] + resume, cwd=ROOT, env=env, capture_output=True, text=True)
