@@ -1,13 +1,15 @@
-"""The installed package works from any folder (issue 26): `pip install` of a clone, not
-editable, into a fresh environment; then, from an empty folder with no METALSTM_DATA, a smoke
-training, an evaluation of a shipped checkpoint by name and the adapt/predict example run.
+"""The installed package works from any folder (issue 26): `pip install` of a clone (the
+committed state), not editable, into a fresh environment; then, from an empty folder with no
+METALSTM_DATA, a smoke training, an evaluation of a shipped checkpoint by name and the
+adapt/predict example run.
 
 The fresh environment reuses this one's torch and other dependencies (a .pth file naming their
-folders: pip finds the dependencies installed and never removes what lies outside the fresh
-environment, such as an editable metalstm there) and installs nothing but metalstm. It needs no network (`--no-index`) unless this
-environment's setuptools is older than pyproject.toml's build requirement; then pip fetches
-setuptools from the package index for an isolated build. The clone's tree must be as clean after the
-install as before it, and a run's files readable by others (0644 under the usual umask 022).
+folders: pip finds the dependencies installed, and never removes what lies outside the fresh
+environment, such as an editable metalstm there) and installs nothing but metalstm. It needs no
+network (`--no-index`) unless this environment's setuptools is older than pyproject.toml's build
+requirement; then pip fetches setuptools from the package index for an isolated build. The
+clone's tree must be as clean after the install as before it, and a run's files readable by
+others (0644 under the usual umask 022).
 """
 import importlib
 import os
