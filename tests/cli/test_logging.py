@@ -26,6 +26,7 @@ TRAIN = ["metalstm.train", "--config", "smoke", "--episodes", "4", "--val-every"
          "--threads", "1"]
 
 
+@pytest.mark.slow
 def test_a_training_written_to_a_file_logs_each_validation_and_its_progress(tmp_path):
     code, out, err = run_to_file(tmp_path, *TRAIN, "--out", "run", "--log-every", "1")
     assert code == 0, err
@@ -41,10 +42,26 @@ def test_a_training_written_to_a_file_logs_each_validation_and_its_progress(tmp_
     assert out.startswith("best meta-validation accuracy")              # the result stays on stdout
 
 
+@pytest.mark.slow
 def test_quiet_keeps_the_result_and_drops_the_progress(tmp_path):
     code, out, err = run_to_file(tmp_path, *TRAIN, "--out", "run", "--quiet")
     assert code == 0 and err.strip() == "", err
     assert out.startswith("best meta-validation accuracy")
+
+
+def test_the_logger_lines_in_process_and_quiet(tmp_path, capsys, monkeypatch):
+    """The same through train.main in this process (stderr captured: not a terminal)."""
+    from metalstm import train
+    monkeypatch.delenv("TQDM_DISABLE", raising=False)
+    args = [w for w in TRAIN[1:]] + ["--log-every", "2"]
+    assert train.main(args + ["--out", str(tmp_path / "a")]) == 0
+    out, err = capsys.readouterr()
+    assert sum("validation at episode" in line for line in err.splitlines()) == 3
+    assert sum("mean since the last validation" in line for line in err.splitlines()) == 2
+    assert out.startswith("best meta-validation accuracy")
+    assert train.main(args + ["--out", str(tmp_path / "b"), "-q"]) == 0
+    out, err = capsys.readouterr()
+    assert err == "" and out.startswith("best meta-validation accuracy")
 
 
 @pytest.mark.slow
