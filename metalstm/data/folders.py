@@ -90,6 +90,6 @@ def load_image_folder(root: str | os.PathLike, image_size: int, channels: int = 
 
     name = name or root.name
     images = torch.empty(len(files), channels, image_size, image_size, dtype=torch.uint8)
-    for i, f in enumerate(tqdm(files, desc=name, unit="img")):
+    for i, f in enumerate(tqdm(files, desc=name, unit="img", disable=None)):
         images[i] = decode_image(f, image_size, channels)
     return ImageSet(images, torch.tensor(targets), [d.name for d in class_dirs], name=name)

@@ -114,7 +114,7 @@ def load_mini_imagenet(root: str | os.PathLike, split: str = "train", image_size
     classes = list(dict.fromkeys(labels))                 # first-appearance order
     class_id = {c: i for i, c in enumerate(classes)}
     images = torch.empty(len(filenames), 3, image_size, image_size, dtype=torch.uint8)
-    for i, name in enumerate(tqdm(filenames, desc=f"mini-imagenet/{split}", unit="img")):
+    for i, name in enumerate(tqdm(filenames, desc=f"mini-imagenet/{split}", unit="img", disable=None)):
         images[i] = decode_image(root / "images" / name, image_size)
     targets = torch.tensor([class_id[c] for c in labels], dtype=torch.long)
 

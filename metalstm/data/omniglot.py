@@ -94,7 +94,7 @@ def load_omniglot(root: str | os.PathLike, split: str = "train", image_size: int
                                 + HOW_TO_GET.format(folder=folder))
 
     images = torch.empty(len(items), 1, image_size, image_size, dtype=torch.uint8)
-    for row, (_, i) in enumerate(tqdm(items, desc=f"omniglot/{split}", unit="img")):
+    for row, (_, i) in enumerate(tqdm(items, desc=f"omniglot/{split}", unit="img", disable=None)):
         try:
             img, _ = data[i]                              # PIL, mode "L", white background
         except (OSError, ValueError, SyntaxError) as e:   # PIL's errors for a damaged or foreign file
