@@ -18,11 +18,29 @@ What it leaves out, and why
 - tests/: the notebook tests run the solutions and hold the answers' numbers, and
   the exercise checks' own tests hold wrong and right answers side by side;
 - metalstm/tools/student.py, this tool: it names the solutions' folder;
+- the lecturer's documents: docs/teaching.md and any Markdown file holding the
+  line `<!-- instructor only -->` (a lecture plan, say); links to a file left out
+  become their plain text;
 - in the notebooks: the cells and regions marked as solutions (below), and the
-  lecturer's notes (cells whose slideshow type is "notes": the speaker view of
+  lecturer's notes: cells whose slideshow type is "notes" (the speaker view of
   `make slides`), which address the lecturer and answer the questions put to the
-  room. The decks of the student edition are built from its notebooks, so they
-  carry no solutions and no speaker notes either;
+  room, reveal.js `<aside class="notes">` blocks in Markdown cells, and metadata
+  keys named like "notes". The decks of the student edition are built from its
+  notebooks, so they carry no solutions and only the timing notes `make slides`
+  generates from the slides themselves;
+- package code that IS an exercise's answer (ANSWERS): metalstm.distill's
+  NoForgetting (exercise 06.1) and StepTable (06.2, the ScheduleRule asked for)
+  keep their class and docstring (the exercise's own statement), but their
+  __init__, initial_state and step raise NotImplementedError naming the exercise.
+  Why stubs and not another exercise: the exercises ask for exactly these rules
+  because notebook 06 tests sentences by substitution, and no notebook runs the
+  package's copies (notebook 06 reads the table `python -m
+  metalstm.tools.substitute` stored), so the edition loses nothing it runs; the
+  substitution tool itself then stops at once with that message until the
+  student pastes the answer in. Package code that an exercise asks the student to
+  rebuild in miniature (train's meta-batch step for 05.2, EpisodeSampler's
+  eligible classes for 01.1, evaluate_rule and paired_difference for 06.4) is
+  the course's subject and stays: the exercises name it as the reference;
 - pointers to the solutions: the exercises' "Solutions: `notebooks/solutions/...`
   (...)." line becomes "Your instructor has the solutions.", and the README's,
   metalstm.check's and the package docstrings' mentions of the solutions or of
@@ -30,15 +48,21 @@ What it leaves out, and why
 - the Makefile targets that need tests/ (`browser-check`) or the solutions
   (`student`); `make test` runs the notebooks only (nbval).
 The tool then scans everything it wrote and refuses (exit status 1, nothing left
-half-written in OUT) if any text still points to the solutions: a new pointer gets
-a rule here or a marker in its notebook, it never ships silently.
+half-written in OUT) if any text still points to the solutions, or a notebook
+still holds speaker notes in an ordinary cell or in metadata: a new pointer gets a
+rule here or a marker in its notebook, it never ships silently.
+tests/delivery/test_student.py searches every file of the edition for every
+solution's body, docstring, comment block and one-line answer.
 
 The marker convention (instructor's notebooks)
 - a cell tagged `solution` (cell metadata "tags") is an answer: the student
   edition drops it, outputs and all. Put a worked answer in a cell of its own,
   under the exercise's stub cell, and tag it;
+- a cell whose metadata says `"nbgrader": {"solution": true}` and has no
+  delimiters is all answer (nbgrader's rule);
 - inside any cell, the lines from `### BEGIN SOLUTION` to `### END SOLUTION`
-  (nbgrader's delimiters, exactly) are an answer: in a code cell they become
+  (nbgrader's delimiters: a comment line holding the words, `# BEGIN SOLUTION`
+  works too) are an answer: in a code cell they become
   `# YOUR CODE HERE` / `raise NotImplementedError()` at the indentation of the
   BEGIN line, in a markdown cell "YOUR ANSWER HERE" (nbgrader's replacements),
   and the cell's outputs are cleared. Use it for an answer inside a cell that must
@@ -48,21 +72,29 @@ Today's notebooks keep only stubs (`raise NotImplementedError`) in their exercis
 cells and their answers in notebooks/solutions/*.py, so no cell needs a marker;
 the pointer line is rewritten by rule (REWRITES), markers or not.
 
-nbgrader
-The markers above are nbgrader's (`### BEGIN SOLUTION` / `### END SOLUTION`, and
-its "YOUR CODE HERE" / "YOUR ANSWER HERE" replacements), so a course that later
-grades with nbgrader keeps its notebooks as they are. nbgrader itself is not used:
-its `generate_assignment` wants its own layout (source/<assignment>/, a gradebook
-database, cell metadata on every graded cell) and brings a Jupyter server extension
-and a database stack with it, to do what the forty lines of `strip_notebook` do
-here; the grading part, the one nbgrader pays for, is what metalstm.check already
-does inside the notebooks (a right/wrong verdict with a hint, no grades kept). And
-it would not cover the rest: copying the package and data, rewriting the README,
-the Makefile and the package's own pointers.
+nbgrader: its conventions, not its package
+The markers above are nbgrader's (`### BEGIN SOLUTION` / `### END SOLUTION`, its
+"YOUR CODE HERE" / `raise NotImplementedError()` / "YOUR ANSWER HERE"
+replacements, its `solution` cell metadata), so a course that later grades with
+nbgrader keeps its notebooks as they are, and a lecturer who knows nbgrader knows
+how to mark an answer here. The package is not used, because here it would not
+pay for itself: its `generate_assignment` wants its own layout
+(source/<assignment>/, a gradebook database, nbgrader metadata with a grade_id on
+every graded cell) and brings a Jupyter server extension and a database stack, to
+do what `strip_notebook` does here in forty lines; its grading half (hidden
+tests, autograde, feedback, a gradebook) is for courses that collect and mark
+submissions, while this course checks each exercise in place with
+metalstm.check (a verdict and a hint, nothing collected), and its hidden-test
+idea does not fit answers that must be checked against the package on the
+student's own machine. And it would not cover what the edition needs beyond the
+notebooks: copying the package and data, leaving the package's own answers out,
+rewriting the README, the Makefile and the pointers. docs/teaching.md says the
+same for lecturers.
 """
 from __future__ import annotations
 
 import argparse
+import ast
 import copy
 import json
 import re
@@ -78,13 +110,29 @@ ROOT = CHECKOUT
 INCLUDE = ("notebooks", "metalstm", "data", "docs", "pyproject.toml", "Makefile", "environment.yml",
            "README.md", "LICENSE", "LICENSE.md", "LICENSE.txt")
 # never copied: the answers, the tests (they run the answers), this tool (it names the answers' folder)
-LEAVE_OUT = ("notebooks/solutions/", "tests/", "metalstm/tools/student.py")
+LEAVE_OUT = ("notebooks/solutions/", "tests/", "metalstm/tools/student.py", "docs/teaching.md")
+INSTRUCTOR_ONLY = "<!-- instructor only -->"    # a Markdown file holding this line is the lecturer's: left out
 STAMP = ".student-edition"       # marks an OUT this tool wrote: --force replaces only such a folder
 SOLUTION_TAG = "solution"
 BEGIN, END = "### BEGIN SOLUTION", "### END SOLUTION"
+# nbgrader's delimiter test: the words in a line that is only a comment (`### BEGIN SOLUTION`, `# END SOLUTION`)
+BEGIN_LINE, END_LINE = re.compile(r"\s*#+\s*BEGIN SOLUTION\s*"), re.compile(r"\s*#+\s*END SOLUTION\s*")
 CODE_STUB = ["# YOUR CODE HERE", "raise NotImplementedError()"]
 MARKDOWN_STUB = "YOUR ANSWER HERE"
 NEUTRAL = "Your instructor has the solutions."
+# Package code that IS an exercise's answer, left to the student: (file, class, exercise). The course never runs
+# these classes (notebook 06 reads the substitution table that `python -m metalstm.tools.substitute` stored);
+# in the student edition their RULE_METHODS raise NotImplementedError with a message naming the exercise, the
+# class itself, its docstring (the exercise's own statement) and everything else in the file stay.
+ANSWERS: tuple[tuple[str, str, str], ...] = (
+    ("metalstm/distill.py", "NoForgetting", "06.1"),
+    ("metalstm/distill.py", "StepTable", "06.2"),
+)
+RULE_METHODS = ("__init__", "initial_state", "step")
+# speaker notes outside "notes" cells: a reveal.js <aside class="notes"> in a Markdown cell, notes in metadata
+ASIDE_NOTES = re.compile(r"(?is)<aside\s+class=[\"']notes[\"']\s*>.*?</aside>\s*")
+NOTES_KEY = re.compile(r"(?i)notes")
+NOTES_TEXT = re.compile(r"(?i)\b(?:lecturer'?s|speaker|teacher'?s|instructor'?s) notes\b")
 TEXT_SUFFIXES = {".py", ".md", ".ipynb", ".toml", ".yml", ".yaml", ".txt", ".cfg", ".c", ".csv", ".json", ""}
 
 # (files, pattern, replacement, why): applied to the copy's text (a notebook: its cells' sources)
@@ -96,6 +144,7 @@ REWRITES: list[tuple[str, str, str, str]] = [
     ("README.md", r";\s*solutions/ holds the exercises' answers", "",
      "the README's layout: there is no solutions/ folder here"),
     ("README.md", r"(?m)^tests/ .*\n", "", "the README's layout: there is no tests/ folder here"),
+    ("README.md", r"(?m)^- \[docs/teaching\.md\].*\n", "", "the README's link to the lecturer's page (left out)"),
     ("metalstm/check.py", r"The worked solutions are in notebooks/solutions/\.",
      "Your instructor has the worked solutions.", "metalstm.check's pointer"),
     ("metalstm/*.py", r"\s*\((?:notebook \d\d, exercise \d+|exercise \d+ of notebook \d\d[^()]*)\)", "",
@@ -118,17 +167,17 @@ def _source(cell) -> str:
 
 def _clear_regions(text: str, code: bool, where: str) -> tuple[str, bool]:
     """`text` with every BEGIN/END SOLUTION region replaced by nbgrader's stub; whether there was one."""
-    if BEGIN not in text and END not in text:
+    if "BEGIN SOLUTION" not in text and "END SOLUTION" not in text:
         return text, False
     out, inside = [], False
     for line in text.splitlines(keepends=True):
-        if line.strip() == BEGIN:
+        if BEGIN_LINE.fullmatch(line.rstrip("\n")):
             if inside:
                 raise StudentEditionError(f"{where}: '{BEGIN}' inside another solution region")
             inside = True
             indent = line[: len(line) - len(line.lstrip())]
             out += [indent + s + "\n" for s in CODE_STUB] if code else [MARKDOWN_STUB + "\n"]
-        elif line.strip() == END:
+        elif END_LINE.fullmatch(line.rstrip("\n")):
             if not inside:
                 raise StudentEditionError(f"{where}: '{END}' without '{BEGIN}'")
             inside = False
@@ -139,16 +188,30 @@ def _clear_regions(text: str, code: bool, where: str) -> tuple[str, bool]:
     return "".join(out).rstrip("\n") if not text.endswith("\n") else "".join(out), True
 
 
+def _without_notes(meta):
+    """Metadata without any key named like "notes", at any depth."""
+    if isinstance(meta, dict):
+        return {key: _without_notes(value) for key, value in meta.items() if not NOTES_KEY.search(key)}
+    return [_without_notes(value) for value in meta] if isinstance(meta, list) else meta
+
+
 def strip_notebook(nb: dict, name: str = "notebook") -> dict:
     """The student's version of a notebook (nbformat 4 as a dict): solution cells and the lecturer's
     notes dropped, solution regions replaced by stubs, pointers to the solutions rewritten."""
     nb = copy.deepcopy(nb)
+    nb["metadata"] = _without_notes(nb.get("metadata", {}))
     cells = []
     for k, cell in enumerate(nb["cells"]):
         meta = cell.get("metadata", {})
         if SOLUTION_TAG in meta.get("tags", []) or meta.get("slideshow", {}).get("slide_type") == "notes":
             continue
-        text, changed = _clear_regions(_source(cell), cell["cell_type"] == "code", f"{name} cell {k}")
+        cell["metadata"] = meta = _without_notes(meta)
+        text = _source(cell)
+        if cell["cell_type"] == "markdown":
+            text = ASIDE_NOTES.sub("", text)
+        if meta.get("nbgrader", {}).get("solution") and "BEGIN SOLUTION" not in text:
+            text = f"{BEGIN}\n{text}\n{END}"          # nbgrader: a solution cell without delimiters is all answer
+        text, changed = _clear_regions(text, cell["cell_type"] == "code", f"{name} cell {k}")
         if changed and cell["cell_type"] == "code":
             cell["outputs"], cell["execution_count"] = [], None
         cell["source"] = rewrite(name, text).splitlines(keepends=True)
@@ -178,6 +241,56 @@ def rewrite(relpath: str, text: str) -> str:
         if Path(relpath).match(files) or files == "*":
             text = re.sub(pattern, replacement, text)
     return text
+
+
+def leave_answers_out(relpath: str, text: str) -> str:
+    """`text` of a package file with the methods of the classes that ANSWERS lists for it replaced by a
+    NotImplementedError naming the exercise (the signature and any docstring stay). Raises
+    StudentEditionError when a listed class or all of its methods are missing (the list is stale)."""
+    wanted = [(cls, ex) for path, cls, ex in ANSWERS if path == relpath]
+    if not wanted:
+        return text
+    tree, lines = ast.parse(text), text.splitlines(keepends=True)
+    classes = {node.name: node for node in tree.body if isinstance(node, ast.ClassDef)}
+    edits = []                                      # (first line, last line, replacement), 1-based, inclusive
+    for cls, ex in wanted:
+        if cls not in classes:
+            raise StudentEditionError(f"{relpath}: no class {cls} to leave to exercise {ex} (ANSWERS is stale)")
+        methods = [m for m in classes[cls].body if isinstance(m, ast.FunctionDef) and m.name in RULE_METHODS]
+        if not methods:
+            raise StudentEditionError(f"{relpath}: {cls} has none of {', '.join(RULE_METHODS)} (ANSWERS is stale)")
+        for method in methods:
+            body = method.body[1:] if ast.get_docstring(method, clean=False) is not None else method.body
+            if not body:
+                continue
+            indent = " " * body[0].col_offset
+            stub = (f'{indent}raise NotImplementedError(\n'
+                    f'{indent}    "{cls}.{method.name} is exercise {ex} of the course, left to you in the student "\n'
+                    f'{indent}    "edition: write it in notebook {ex[:2]} (and here, to run python -m '
+                    f'metalstm.tools.substitute)")\n')
+            edits.append((body[0].lineno, method.end_lineno, stub))
+    for first, last, replacement in sorted(edits, reverse=True):
+        lines[first - 1: last] = [replacement]
+    out = "".join(lines)
+    compile(out, relpath, "exec")                   # the edition's package still imports
+    return out
+
+
+def unlink_left_out(relpath: str, text: str, left_out: set[str]) -> str:
+    """Markdown links of the file at `relpath` to a file the edition leaves out become their plain text."""
+    def plain(match):
+        target = match.group(2).split("#", 1)[0]
+        if not target or "://" in target:
+            return match.group(0)
+        resolved = (Path(relpath).parent / target).as_posix()
+        parts = []
+        for part in resolved.split("/"):
+            if part == "..":
+                parts = parts[:-1]
+            elif part not in ("", "."):
+                parts.append(part)
+        return match.group(1) if "/".join(parts) in left_out else match.group(0)
+    return re.sub(r"\[([^\]]+)\]\(([^()\s]+)\)", plain, text)
 
 
 def student_makefile(text: str) -> str:
@@ -213,9 +326,15 @@ def _left_out(rel: str) -> bool:
             or any("solution" in part.lower() for part in Path(rel).parts))
 
 
-def source_files(root: Path = ROOT) -> list[str]:
+def _instructor_only(path: Path) -> bool:
+    """A Markdown file that declares itself the lecturer's (INSTRUCTOR_ONLY on a line of its own)."""
+    return path.suffix == ".md" and INSTRUCTOR_ONLY in path.read_text(encoding="utf-8").splitlines()
+
+
+def source_files(root: Path = ROOT, left_out: bool = False) -> list[str]:
     """The course files to copy, relative to `root`: what git knows (tracked, or new and not ignored)
-    under INCLUDE and present on disk; without git, every file under INCLUDE but caches."""
+    under INCLUDE and present on disk; without git, every file under INCLUDE but caches. With
+    left_out=True: the files under INCLUDE that the edition leaves out instead."""
     try:
         out = subprocess.run(["git", "-C", str(root), "ls-files", "-z", "--cached", "--others", "--exclude-standard",
                               "--", *INCLUDE], capture_output=True, check=True).stdout.decode()
@@ -228,24 +347,32 @@ def source_files(root: Path = ROOT) -> list[str]:
             names += [p.relative_to(root).as_posix() for p in found
                       if not {"__pycache__", ".ipynb_checkpoints", "cache"} & set(p.relative_to(root).parts)
                       and p.suffix != ".pyc" and ".egg-info" not in p.as_posix()]
-    return [n for n in names if (root / n).is_file() and not (root / n).is_symlink() and not _left_out(n)]
+    names = [n for n in names if (root / n).is_file() and not (root / n).is_symlink()]
+    return [n for n in names if (_left_out(n) or _instructor_only(root / n)) == left_out]
 
 
 def _is_text(path: Path) -> bool:
     return path.suffix in TEXT_SUFFIXES or path.name == "Makefile"
 
 
-def _write_one(src: Path, dst: Path, rel: str) -> None:
+def _write_one(src: Path, dst: Path, rel: str, left_out: set[str] = frozenset()) -> None:
     dst.parent.mkdir(parents=True, exist_ok=True)
     if rel.endswith(".ipynb"):
         nb = strip_notebook(json.loads(src.read_text(encoding="utf-8")), rel)
+        for cell in nb["cells"]:
+            if cell["cell_type"] == "markdown":
+                cell["source"] = unlink_left_out(rel, _source(cell), left_out).splitlines(keepends=True)
         dst.write_text(json.dumps(nb, indent=1, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
     elif rel == "Makefile":
         dst.write_text(student_makefile(src.read_text(encoding="utf-8")), encoding="utf-8")
     elif rel == "README.md":
-        dst.write_text(student_readme(src.read_text(encoding="utf-8")), encoding="utf-8")
-    elif src.suffix in {".py", ".md"}:
-        dst.write_text(rewrite(rel, src.read_text(encoding="utf-8")), encoding="utf-8")
+        dst.write_text(unlink_left_out(rel, student_readme(src.read_text(encoding="utf-8")), left_out),
+                       encoding="utf-8")
+    elif src.suffix == ".md":
+        dst.write_text(unlink_left_out(rel, rewrite(rel, src.read_text(encoding="utf-8")), left_out),
+                       encoding="utf-8")
+    elif src.suffix == ".py":
+        dst.write_text(rewrite(rel, leave_answers_out(rel, src.read_text(encoding="utf-8"))), encoding="utf-8")
     else:
         shutil.copy2(src, dst)                # data, checkpoints: byte for byte
     shutil.copymode(src, dst)
@@ -266,7 +393,11 @@ def leftover_pointers(out: Path) -> list[str]:
         except UnicodeDecodeError:
             continue
         if path.suffix == ".ipynb":
-            text = _notebook_text(json.loads(text))
+            nb = json.loads(text)
+            text = _notebook_text(nb)
+            found += [f"{rel}: speaker notes in a cell's metadata or text ({line.strip()[:60]})"
+                      for line in [*(_source(c) for c in nb["cells"]), json.dumps([c.get("metadata") for c in nb["cells"]])]
+                      if NOTES_TEXT.search(line) or re.search(r'"[^"]*notes[^"]*":', line, re.I)]
         for n, line in enumerate(text.splitlines(), 1):
             if POINTER.search(line):
                 found.append(f"{rel}:{n}: {line.strip()}")
@@ -290,9 +421,9 @@ def build(out: Path, force: bool = False, root: Path = ROOT) -> list[str]:
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     try:
-        files = source_files(root)
+        files, left_out = source_files(root), set(source_files(root, left_out=True))
         for rel in files:
-            _write_one(root / rel, staging / rel, rel)
+            _write_one(root / rel, staging / rel, rel, left_out)
         left = leftover_pointers(staging)
         if left:
             raise StudentEditionError("the student edition would still point to the solutions (add a rewrite "

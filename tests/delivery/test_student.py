@@ -9,6 +9,7 @@ from __future__ import annotations
 import ast
 import filecmp
 import hashlib
+import inspect
 import io
 import json
 import os
@@ -27,13 +28,6 @@ ROOT = Path(__file__).resolve().parents[2]
 SOLUTIONS = ROOT / "notebooks" / "solutions"
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 
-# Answers the package itself implements because a notebook uses them: not something the student edition can
-# leave out without breaking the course. Each is allowed in that one file only (any other copy still fails).
-PACKAGE_HOLDS = {
-    # notebook 06's substitution table runs the "no-forget" rule: metalstm.distill.NoForgetting is exercise 06.1
-    ("06_gate_visualization.py", "NoForgetting.__init__"): "metalstm/distill.py",
-    ("06_gate_visualization.py", "NoForgetting.step"): "metalstm/distill.py",
-}
 
 
 # -- the solutions' fingerprints -----------------------------------------------------------------
@@ -56,7 +50,9 @@ def _functions(tree):
 
 def fingerprints(path: Path) -> list[tuple[str, str]]:
     """(what, normalised text) for a solutions file: every function body of a few lines (as written, with its
-    comments, and as bare statements), every docstring and comment block long enough to be an answer."""
+    comments, and as bare statements), any three of its lines in a row, every line that returns or assigns
+    something (`return 1.0 - lr * weight_decay, lr`: a one-line answer), every docstring and comment block
+    long enough to be an answer."""
     src = path.read_text(encoding="utf-8")
     lines = src.splitlines()
     found = []
@@ -79,6 +75,11 @@ def fingerprints(path: Path) -> list[tuple[str, str]]:
             window = _norm("\n".join(code[k: k + 3]))
             if len(window) >= 60 and window != raw:
                 found.append((f"{name} lines {k + 1}-{k + 3}", window))
+        for statement in ast.walk(node):
+            if isinstance(statement, (ast.Return, ast.Assign, ast.AugAssign)) and statement.value is not None:
+                line = _norm(ast.get_source_segment(src, statement))
+                if len(line) >= 20 and line not in {text for _, text in found}:
+                    found.append((f"{name} line {statement.lineno}", line))
     block, last = [], None
     for tok in tokenize.generate_tokens(io.StringIO(src).readline):
         if tok.type != tokenize.COMMENT:
@@ -118,13 +119,15 @@ def edition(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def prints():
-    """The needles. Three lines of a body that the instructor's course already shows outside the solutions
-    (a solution that reuses the notebook's own sampler, say) are not an answer and are not searched for;
-    whole bodies, docstrings and comments always are."""
+    """The needles. A line, or three lines, of a body that the instructor's course already shows outside the
+    solutions (`learner, meta = build_model(cfg)`, the notebook's own sampler) are not an answer and are not
+    searched for; whole bodies, docstrings and comments always are."""
+    left_out = set(student.source_files(ROOT, left_out=True))        # not shown to a student: no excuse
     course = [text for folder in (ROOT / "notebooks", ROOT / "metalstm", ROOT / "docs")
-              for rel, text in _texts(folder).items() if not rel.startswith("solutions/")]
+              for rel, text in _texts(folder).items()
+              if f"{folder.name}/{rel}" not in left_out and not rel.startswith("solutions/")]
     return [(p.name, what, text) for p in sorted(SOLUTIONS.glob("*.py")) for what, text in fingerprints(p)
-            if " lines " not in what or not any(text in haystack for haystack in course)]
+            if not re.search(r" lines? \d", what) or not any(text in haystack for haystack in course)]
 
 
 def test_the_fingerprints_cover_every_solutions_file(prints):
@@ -133,6 +136,11 @@ def test_the_fingerprints_cover_every_solutions_file(prints):
     with comments inside are the needle for a copy without them)."""
     assert {name for name, _, _ in prints} == {p.name for p in SOLUTIONS.glob("*.py")}
     assert len(prints) >= 30
+    needles = {text for _, _, text in prints}
+    for one_liner in ("return math.perm(num_classes, n_way) if labelled else math.comb(num_classes, n_way)",
+                      "return 1.0 - lr * weight_decay, lr", "return z[..., 1] * torch.exp(p * z[..., 0])",
+                      "return i, (1 - f) / i", 'return learner(query_x, theta, bn="batch")'):
+        assert one_liner in needles, one_liner            # the short answers are searched for too
     own = _texts(SOLUTIONS)
     for name, what, text in prints:
         assert text in own[name] or what.endswith("without comments"), (name, what)
@@ -142,8 +150,7 @@ def test_the_student_edition_holds_none_of_the_solutions_code(edition, prints):
     texts = _texts(edition)
     leaks = []
     for name, what, text in prints:
-        allowed = PACKAGE_HOLDS.get((name, what.split(" ")[0]))
-        leaks += [f"{rel}: {name} {what}" for rel, haystack in texts.items() if text in haystack and rel != allowed]
+        leaks += [f"{rel}: {name} {what}" for rel, haystack in texts.items() if text in haystack]
     assert not leaks, "solution text in the student edition:\n" + "\n".join(leaks)
 
 
@@ -173,7 +180,9 @@ def test_the_student_edition_has_what_the_course_needs(edition):
                  "metalstm/check.py", "notebooks/colab_setup.py", "data/glyphs-v1.npz"):
         assert (edition / name).is_file(), name
     assert [p.name for p in sorted((edition / "notebooks").glob("[0-9][0-9]_*.ipynb"))] == [p.name for p in NOTEBOOKS]
-    assert {p.name for p in (edition / "docs").glob("*.md")} == {p.name for p in (ROOT / "docs").glob("*.md")}
+    left_out = set(student.source_files(ROOT, left_out=True))
+    assert {p.name for p in (edition / "docs").glob("*.md")} == {p.name for p in (ROOT / "docs").glob("*.md")
+                                                                 if f"docs/{p.name}" not in left_out}
     shipped = subprocess.run(["git", "-C", str(ROOT), "ls-files", "data"], capture_output=True, text=True,
                              check=True).stdout.split()
     assert any(n.endswith(".pt") for n in shipped)
@@ -233,6 +242,10 @@ def test_the_markers():
         _cell("markdown", "Why?\n\n### BEGIN SOLUTION\nBecause 3.\n### END SOLUTION"),
         _cell("markdown", "*Lecturer's notes.* The answer is 3.", slideshow={"slide_type": "notes"}),
         _cell("code", "print(1)", tags=["hide-input"]),
+        _cell("code", "def h():\n    # BEGIN SOLUTION\n    return 4\n    # END SOLUTION"),
+        _cell("code", "def k():\n    return 5", nbgrader={"solution": True, "grade": False}),
+        _cell("markdown", "A slide.\n<aside class=\"notes\">Say: the answer is 3.</aside>\nMore.",
+              speaker_notes="The answer is 3.", slideshow={"slide_type": "slide"}),
     ]}
     out = student.strip_notebook(nb, "09_x.ipynb")
     sources = ["".join(c["source"]) for c in out["cells"]]
@@ -241,9 +254,13 @@ def test_the_markers():
         "def f(x):\n    # your answer\n    raise NotImplementedError",
         "def g(x):\n    y = x\n    # YOUR CODE HERE\n    raise NotImplementedError()\n    return y",
         "Why?\n\nYOUR ANSWER HERE",
-        "print(1)"]
+        "print(1)",
+        "def h():\n    # YOUR CODE HERE\n    raise NotImplementedError()",
+        "# YOUR CODE HERE\nraise NotImplementedError()",
+        "A slide.\nMore."]
+    assert out["cells"][-1]["metadata"] == {"slideshow": {"slide_type": "slide"}}     # notes in metadata go
     assert out["cells"][2]["outputs"] == [] and out["cells"][1]["outputs"]      # a cleared answer's output goes
-    assert len(nb["cells"]) == 7                                                # the instructor's is untouched
+    assert len(nb["cells"]) == 10                                               # the instructor's is untouched
     for broken in ("### BEGIN SOLUTION\nx = 1", "x = 1\n### END SOLUTION",
                    "### BEGIN SOLUTION\n### BEGIN SOLUTION\n### END SOLUTION"):
         with pytest.raises(student.StudentEditionError, match="09_x.ipynb cell 0"):
@@ -254,10 +271,71 @@ def test_a_pointer_without_a_rule_stops_the_build(tmp_path, monkeypatch):
     fake = tmp_path / "root"
     (fake / "notebooks").mkdir(parents=True)
     (fake / "README.md").write_text("See notebooks/solutions for the answers.\n")
-    monkeypatch.setattr(student, "source_files", lambda root: ["README.md"])
+    monkeypatch.setattr(student, "source_files", lambda root, left_out=False: [] if left_out else ["README.md"])
     with pytest.raises(student.StudentEditionError, match="README.md:4: See notebooks/solutions"):
         student.build(tmp_path / "out", root=fake)
     assert not (tmp_path / "out").exists() and not (tmp_path / "out.partial").exists()
+
+
+def test_speaker_notes_outside_notes_cells_stop_the_build(tmp_path, monkeypatch):
+    """Notes written as text in an ordinary cell (not a "notes" cell) are not dropped by the rules: the
+    build refuses rather than ship them."""
+    fake = tmp_path / "root"
+    (fake / "notebooks").mkdir(parents=True)
+    nb = {"nbformat": 4, "nbformat_minor": 5, "metadata": {}, "cells": [
+        _cell("markdown", "*Speaker notes.* Ask the room; the answer is 3.", slideshow={"slide_type": "-"})]}
+    (fake / "notebooks" / "09_x.ipynb").write_text(json.dumps(nb))
+    monkeypatch.setattr(student, "source_files", lambda root, left_out=False: [] if left_out else
+                        ["notebooks/09_x.ipynb"])
+    with pytest.raises(student.StudentEditionError, match="speaker notes"):
+        student.build(tmp_path / "out", root=fake)
+
+
+def test_links_to_what_the_edition_leaves_out_become_plain_text():
+    left_out = {"docs/teaching.md", "notebooks/solutions/01_episodes.py"}
+    text = ("See [teaching](teaching.md#edition), [results](results.md), [the web](https://example.org/teaching.md) "
+            "and [the answers](../notebooks/solutions/01_episodes.py).")
+    assert student.unlink_left_out("docs/paper.md", text, left_out) == (
+        "See teaching, [results](results.md), [the web](https://example.org/teaching.md) and the answers.")
+    assert student.unlink_left_out("README.md", "[plan](docs/teaching.md)", left_out) == "plan"
+
+
+def test_the_package_answers_are_stubs_in_the_edition_and_nothing_else_changes(edition):
+    """Each class of ANSWERS exists in the instructor's package; in the edition its rule methods raise
+    NotImplementedError naming the exercise, and the module keeps every other name (it still imports)."""
+    import importlib.util
+
+    for rel, cls, ex in student.ANSWERS:
+        ours, theirs = (ROOT / rel).read_text(), (edition / rel).read_text()
+        assert f"class {cls}(" in ours and f"class {cls}(" in theirs
+        spec = importlib.util.spec_from_file_location(f"edition_{cls}", edition / rel)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        with pytest.raises(NotImplementedError, match=rf"{cls}\.__init__ is exercise {re.escape(ex)}"):
+            getattr(module, cls)(*[None] * (len(inspect.signature(getattr(module, cls)).parameters)))
+        names = {n for n in dir(module) if not n.startswith("__")}
+        spec = importlib.util.spec_from_file_location("instructor_copy", ROOT / rel)
+        original = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(original)
+        assert names == {n for n in dir(original) if not n.startswith("__")}
+    with pytest.raises(student.StudentEditionError, match="no class Gone"):
+        student.ANSWERS, saved = (("metalstm/distill.py", "Gone", "06.9"),), student.ANSWERS
+        try:
+            student.leave_answers_out("metalstm/distill.py", (ROOT / "metalstm/distill.py").read_text())
+        finally:
+            student.ANSWERS = saved
+
+
+@pytest.mark.slow
+def test_the_package_answers_answer_their_exercise():
+    """Why ANSWERS lists them: in the instructor's package each class passes its exercise's check as it is."""
+    import importlib
+
+    from metalstm import check
+
+    for rel, cls, ex in student.ANSWERS:
+        module = importlib.import_module(rel.removesuffix(".py").replace("/", "."))
+        assert check.exercise(*ex.split("."), getattr(module, cls), quiet=True), (rel, cls, ex)
 
 
 # -- it runs ---------------------------------------------------------------------------------------------------
@@ -268,54 +346,52 @@ def _env(edition: Path) -> dict:
     return env
 
 
-def _function_source(path: Path, name: str) -> str:
-    src = path.read_text()
-    node = next(n for n in ast.parse(src).body if getattr(n, "name", None) == name)
-    return ast.get_source_segment(src, node)
-
-
 @pytest.mark.slow
 def test_the_exercise_checks_work_in_the_student_edition(edition):
-    """metalstm.check from the edition, with no solutions anywhere in it: a stub is "not answered yet", a wrong
-    answer gets a hint, the instructor's solution (copied into the script from outside the edition) is right.
-    No file under a solutions folder is opened (an audit hook watches every open)."""
-    right_count = _function_source(SOLUTIONS / "01_episodes.py", "count_tasks")
-    right_unpre = _function_source(SOLUTIONS / "03_preprocessing_and_parameter_sharing.py", "unpreprocess")
+    """metalstm.check from the edition, with no solutions anywhere in it, on every exercise: a stub is "not
+    answered yet", a wrong answer (tests/notebooks/test_check.py's) is refused with a hint, the instructor's
+    solution (loaded from the instructor's repository before the checks run) is right. No file under a
+    solutions folder is opened while the checks run (an audit hook watches every open)."""
     script = textwrap.dedent(f"""
-        import math, sys
+        import sys
         from pathlib import Path
-        opened = []
-        sys.addaudithook(lambda event, args: opened.append(str(args[0])) if event == "open" and args else None)
-        import torch
+        sys.path[:0] = [{str(ROOT / "tests")!r}, {str(ROOT / "tests" / "notebooks")!r}]
         import metalstm
         from metalstm import check
         assert Path(metalstm.__file__).resolve().is_relative_to(Path({str(edition)!r}).resolve()), metalstm.__file__
+        assert not (Path(metalstm.__file__).parents[1] / "notebooks" / "solutions").exists()
+        from test_check import SOLUTIONS, WRONG
+        from testkit import load_solutions
+        solutions = {{nb: load_solutions(stem) for nb, stem in SOLUTIONS.items()}}
+        opened, watching = [], []
+        sys.addaudithook(lambda event, args: opened.append(str(args[0]))
+                         if watching and event == "open" and args else None)
+        watching.append(True)
 
-        def count_tasks(num_classes, n_way, labelled=True):
+        def stub(*args, **kwargs):
             raise NotImplementedError
-        assert check.exercise("01", 2, count_tasks) is False
-        def count_tasks(num_classes, n_way, labelled=True):
-            return math.comb(num_classes, n_way)            # forgets the label order
-        assert check.exercise("01", 2, count_tasks) is False
-        def unpreprocess(z, p=10.0):
-            return z[..., 1]                                # the sign only
-        assert check.exercise("03", 1, unpreprocess) is False
-        """) + right_count + "\n" + right_unpre + textwrap.dedent("""
-        assert check.exercise("01", 2, count_tasks) is True
-        assert check.exercise("03", 1, unpreprocess) is True
+
+        for key in sorted(check.REGISTRY):
+            ex = check.REGISTRY[key]
+            assert check.exercise(*key, stub) is False, key
+            assert check.exercise(*key, WRONG[key]) is False, key
+            assert check.exercise(*key, getattr(solutions[key[0]], ex.name)) is True, key
+        watching.clear()
         bad = [p for p in opened if "solution" in p.lower()]
         assert not bad, bad
-        print("checks ok")
+        print("checks ok", len(check.REGISTRY))
         """)
     done = subprocess.run([sys.executable, "-c", script], cwd=edition, env=_env(edition), capture_output=True,
-                          text=True, timeout=300)
+                          text=True, timeout=900)
     assert done.returncode == 0, done.stdout + done.stderr
     out = done.stdout
-    assert "checks ok" in out
-    assert "Exercise 01.2 (count_tasks): not answered yet" in out
-    assert "Exercise 01.2 (count_tasks): not yet right. Hint:" in out
-    assert "Exercise 03.1 (unpreprocess): not yet right. Hint:" in out
-    assert "Exercise 01.2 (count_tasks): right." in out and "Exercise 03.1 (unpreprocess): right." in out
+    from metalstm import check
+
+    n = len(check.REGISTRY)
+    assert f"checks ok {n}" in out
+    assert set(re.findall(r"Exercise (\d\d\.\d) \(", out)) == {f"{nb}.{k}" for nb, k in check.REGISTRY}
+    assert out.count(": not answered yet.") == n and out.count(": not yet right. Hint:") == n
+    assert out.count(": right.") == n
 
 
 def _execute(edition: Path, names: list[str], out: Path, timeout: int) -> None:
