@@ -170,7 +170,8 @@ def _check_01_2(count_tasks):
                 "without labels, a task is a SET of N classes: the order does not matter")
         _expect(count_tasks(c, n, labelled=True) == len(list(itertools.permutations(range(c), n))),
                 "with labels, the same classes in another label order are another task")
-    _expect(isinstance(count_tasks(675, 5, labelled=True), int), "return an exact integer: these counts are too large for a float to hold exactly")
+    _expect(isinstance(count_tasks(675, 5, labelled=True), int),
+            "return an exact integer: these counts are too large for a float to hold exactly")
 
 
 @_exercise("01", 3, "split_by_alphabet",
@@ -332,7 +333,8 @@ def _check_04_2(refreshed_stats):
     g = torch.Generator().manual_seed(1)
     theta = learner.init_params(g) + 0.05 * torch.randn(learner.n_params, generator=g)
     stats = refreshed_stats(learner, theta, e.support_x)
-    _expect(isinstance(stats, BNStats), "return a BNStats (metalstm.learner.BNStats), the running statistics a batch-norm pass updates")
+    _expect(isinstance(stats, BNStats),
+            "return a BNStats (metalstm.learner.BNStats), the running statistics a batch-norm pass updates")
     expected = Learner(5, 1, 28, bn_momentum=1.0).new_bn_stats()
     with torch.no_grad():
         Learner(5, 1, 28, bn_momentum=1.0)(e.support_x, theta, bn="batch", stats=expected)

@@ -395,9 +395,10 @@ def leftover_pointers(out: Path) -> list[str]:
         if path.suffix == ".ipynb":
             nb = json.loads(text)
             text = _notebook_text(nb)
-            found += [f"{rel}: speaker notes in a cell's metadata or text ({line.strip()[:60]})"
-                      for line in [*(_source(c) for c in nb["cells"]), json.dumps([c.get("metadata") for c in nb["cells"]])]
-                      if NOTES_TEXT.search(line) or re.search(r'"[^"]*notes[^"]*":', line, re.I)]
+            metadata = json.dumps([nb.get("metadata"), *(c.get("metadata") for c in nb["cells"])])
+            found += [f"{rel}: speaker notes in a cell's metadata or text ({part.strip()[:60]})"
+                      for part in [*(_source(c) for c in nb["cells"]), metadata]
+                      if NOTES_TEXT.search(part) or re.search(r'"[^"]*notes[^"]*":', part, re.I)]
         for n, line in enumerate(text.splitlines(), 1):
             if POINTER.search(line):
                 found.append(f"{rel}:{n}: {line.strip()}")
