@@ -1,6 +1,6 @@
 """Meta-train the ladder over seeds: every rung x shot x seed, a few runs at a time, resumable.
 
-    python -m metalstm.tools.grid --jobs 2 --path native --publish data/checkpoints/grid --commit
+    python -m metalstm.tools.grid --jobs 2 --publish data/checkpoints/grid --park data/grid-parked --commit
     python -m metalstm.tools.grid --dry-run          # the plan: which runs are done, partial, new
 
 Each run is one `python -m metalstm.train --config glyphs-{K}shot --rule R --seed S
@@ -16,7 +16,11 @@ Where a run stands is read from its folder, as train leaves it: done (log.csv's 
 row is the run's last episode, and best.pt is there; a rung with nothing to learn,
 sgd, is validated once at episode 0 and ends there), partial (last.pt: started again
 with --resume), or new. So the same command continues an interrupted grid and skips
-what is done. A run that fails is reported with the end of its train.out and the
+what is done. Run folders are scratch (runs/ is not kept in git), so two more places
+carry a grid from one machine or session to the next: with --publish DIR a run whose
+published copies in DIR are complete is published (skipped, its record read from
+DIR/NAME.run.json), and with --park DIR a run stopped part-way leaves its last.pt,
+best.pt and log.csv in DIR/NAME/, from which a later session restores it and resumes. A run that fails is reported with the end of its train.out and the
 others go on (exit code 1). Ctrl-C or SIGTERM stops the running runs, each saving its
 place in last.pt, and exits with 130.
 
@@ -26,8 +30,8 @@ running run has logged, and at the end the grid's CPU time summed over every ses
 OUT/summary.json, rewritten after every run ends, holds each run's rung, shot, seed,
 status, episodes, best validation accuracy and its episode, CPU and wall seconds (over
 all sessions) and folder. --publish DIR copies a finished run's log.csv, and seed 0's
-best.pt, to DIR (NAME.log.csv, NAME.pt); --commit commits those copies, and only them,
-with git.
+best.pt, to DIR (NAME.log.csv, NAME.pt), with its record (NAME.run.json); --commit
+commits those copies (and the parked files), and only them, with git.
 """
 from __future__ import annotations
 
@@ -65,6 +69,8 @@ class Spec:
     shot: int
     seed: int
     folder: Path
+    publish: Path | None = None        # --publish DIR: where a finished run's copies go
+    park: Path | None = None           # --park DIR: where a stopped run's files wait for the next session
 
     @property
     def name(self) -> str:
@@ -84,12 +90,12 @@ def config_name(pattern: str, shot: int) -> str:
 
 
 def make_plan(pattern: str, rungs: list[str], shots: list[int], seeds: list[int], out: Path,
-              order: str = "seed") -> list[Spec]:
+              order: str = "seed", publish: Path | None = None, park: Path | None = None) -> list[Spec]:
     """The runs in the order they start: seed-major (every shot and rung of one seed, then the
     next seed) or rung-major (every shot and seed of one rung, then the next rung)."""
     def spec(rung: str, shot: int, seed: int) -> Spec:
         config = config_name(pattern, shot)
-        return Spec(config, rung, shot, seed, Path(out) / f"{config}-{rung}-seed{seed}")
+        return Spec(config, rung, shot, seed, Path(out) / f"{config}-{rung}-seed{seed}", publish, park)
     if order == "seed":
         return [spec(r, k, s) for s in seeds for k in shots for r in rungs]
     return [spec(r, k, s) for r in rungs for k in shots for s in seeds]
@@ -109,10 +115,10 @@ def final_episode(spec: Spec, episodes: int) -> int:
     return episodes if learns(spec.config, spec.rung) else 0
 
 
-def read_log(folder: Path) -> list[dict]:
+def read_log(folder: Path, name: str = "log.csv") -> list[dict]:
     """The rows of folder/log.csv (train replaces it whole, so it is never half written); [] if none."""
     try:
-        with open(folder / "log.csv", newline="") as f:
+        with open(folder / name, newline="") as f:
             return [row for row in csv.DictReader(f) if row.get("episode", "").isdigit()]
     except FileNotFoundError:
         return []
@@ -121,7 +127,8 @@ def read_log(folder: Path) -> list[dict]:
 @dataclass
 class Standing:
     """Where a run stands on disk: status done | partial | new | over (more episodes than asked
-    for: not touched), the last logged episode, and the best validation accuracy so far."""
+    for: not touched) | published (no folder, but complete copies in --publish DIR), the last
+    logged episode, and the best validation accuracy so far."""
 
     status: str
     episodes: int = 0
@@ -132,11 +139,19 @@ class Standing:
 def standing(spec: Spec, final: int) -> Standing:
     rows = read_log(spec.folder)
     s = Standing("new")
+    if not rows and spec.publish is not None and not (spec.folder / "last.pt").is_file():
+        rows = read_log(spec.publish, f"{spec.name}.log.csv")
+        if not (rows and int(rows[-1]["episode"]) == final and
+                (spec.seed != 0 or (spec.publish / f"{spec.name}.pt").is_file())):
+            return s
+        s.status = "published"
     if rows:
         s.episodes = int(rows[-1]["episode"])
         best = max(rows, key=lambda r: float(r["val_acc"]))     # the first of equals, as train keeps
         s.best_val_acc, s.best_episode = float(best["val_acc"]), int(best["episode"])
-    if rows and s.episodes == final and (spec.folder / "best.pt").is_file():
+    if s.status == "published":
+        pass
+    elif rows and s.episodes == final and (spec.folder / "best.pt").is_file():
         s.status = "done"
     elif rows and s.episodes > final:
         s.status = "over"
@@ -150,17 +165,15 @@ def describe(s: Standing, final: int) -> str:
     return {"done": f"done ({s.episodes} episodes{best})",
             "partial": f"partial ({s.episodes} of {final} episodes logged{best}): resumes",
             "new": "new",
+            "parked": f"parked at episode {s.episodes} of {final}: restored and resumed",
+            "published": f"published ({s.episodes} episodes{best}): no folder here, nothing to do",
             "over": f"holds {s.episodes} episodes, more than the {final} asked for: left alone"}[s.status]
 
 
 # -- what the grid writes besides the runs: summary.json, published copies, commits ---------
-def publish(spec: Spec, dest: Path) -> list[Path]:
-    """Copy a finished run's log.csv (and, for seed 0, best.pt) into `dest` as NAME.log.csv and
-    NAME.pt; returns the copies that changed (an identical copy is not rewritten). Each copy is
+def copy_changed(pairs: list[tuple[Path, Path]]) -> list[Path]:
+    """Copy each (src, dst) whose dst differs; returns the copies that changed. Each copy is
     written atomically (`metalstm.checkpoint.atomic_write`): whole, or the old file as it was."""
-    pairs = [(spec.folder / "log.csv", dest / f"{spec.name}.log.csv")]
-    if spec.seed == 0:
-        pairs.append((spec.folder / "best.pt", dest / f"{spec.name}.pt"))
     changed = []
     for src, dst in pairs:
         if dst.is_file() and filecmp.cmp(src, dst, shallow=False):
@@ -171,12 +184,77 @@ def publish(spec: Spec, dest: Path) -> list[Path]:
     return changed
 
 
+def write_record(path: Path, entry: dict) -> bool:
+    """Write a run's summary entry (without its machine-local folder) as JSON; True if it changed."""
+    text = json.dumps({k: v for k, v in entry.items() if k != "folder"}, indent=2) + "\n"
+    if path.is_file() and path.read_text() == text:
+        return False
+    atomic_write(path, text)
+    return True
+
+
+def read_record(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, ValueError):
+        return {}
+
+
+def publish(spec: Spec, dest: Path, entry: dict | None = None) -> list[Path]:
+    """Copy a finished run's log.csv (and, for seed 0, best.pt) into `dest` as NAME.log.csv and
+    NAME.pt, and its summary entry as NAME.run.json; returns the files that changed (an
+    identical copy is not rewritten)."""
+    pairs = [(spec.folder / "log.csv", dest / f"{spec.name}.log.csv")]
+    if spec.seed == 0:
+        pairs.append((spec.folder / "best.pt", dest / f"{spec.name}.pt"))
+    changed = copy_changed(pairs)
+    record = dest / f"{spec.name}.run.json"
+    if entry is not None and write_record(record, entry):
+        changed.append(record)
+    return changed
+
+
+PARKED = ("last.pt", "best.pt", "log.csv")
+
+
+def park(spec: Spec, entry: dict) -> list[Path]:
+    """Copy a stopped run's last.pt, best.pt and log.csv (those it has) and its summary entry
+    into spec.park/NAME/; returns the files that changed."""
+    dest = spec.park / spec.name
+    changed = copy_changed([(spec.folder / n, dest / n) for n in PARKED if (spec.folder / n).is_file()])
+    if write_record(dest / "run.json", entry):
+        changed.append(dest / "run.json")
+    return changed
+
+
+def unpark(spec: Spec) -> dict | None:
+    """A new run with parked files: copy them into its folder (it is then partial and resumes)
+    and return the parked summary entry; None when nothing is parked."""
+    src = spec.park / spec.name if spec.park is not None else None
+    if src is None or not (src / "last.pt").is_file():
+        return None
+    spec.folder.mkdir(parents=True, exist_ok=True)
+    copy_changed([(src / n, spec.folder / n) for n in PARKED if (src / n).is_file()])
+    return read_record(src / "run.json")
+
+
+def parked_files(spec: Spec) -> list[Path]:
+    """The files parked for a run (to remove once it is done)."""
+    folder = spec.park / spec.name if spec.park is not None else None
+    return sorted(folder.iterdir()) if folder is not None and folder.is_dir() else []
+
+
 def commit(files: list[Path], message: str, attempts: int = 10, wait: float = 3.0) -> str | None:
     """`git add` and `git commit` exactly `files` (`git commit -- FILES`: whatever else is staged
-    stays out), retrying while another git holds index.lock; None, or what went wrong in one line."""
-    cwd, names = files[0].parent, [f.name for f in files]
+    stays out), a file that is gone committed as removed, retrying while another git holds
+    index.lock; None, or what went wrong in one line."""
+    cwd = files[0].parent if files[0].parent.is_dir() else files[0].parent.parent
+    names = [str(f.resolve()) for f in files if f.exists() or subprocess.run(
+        ["git", "ls-files", "--error-unmatch", "--", str(f.resolve())], cwd=cwd, capture_output=True).returncode == 0]
+    if not names:
+        return None
     for attempt in range(attempts):
-        for cmd in (["git", "add", "--", *names], ["git", "commit", "-q", "-m", message, "--", *names]):
+        for cmd in (["git", "add", "-A", "--", *names], ["git", "commit", "-q", "-m", message, "--", *names]):
             done = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
             if done.returncode:
                 break
@@ -250,9 +328,17 @@ class Grid:
         self.running: dict[Spec, Child] = {}
         self.failed: list[str] = []
         self.session_cpu = 0.0
-        for spec in specs:                           # a run started afresh owes nothing to old records
-            if standing(spec, self.final[spec]).status == "new":
-                self.records.pop(spec.name, None)
+        for spec in specs:
+            status = standing(spec, self.final[spec]).status
+            if status == "new":                      # parked in an earlier session: restored, resumes
+                parked = unpark(spec)
+                if parked:
+                    self.records[spec.name] = {**parked, "folder": str(spec.folder)}
+                else:                                # a run started afresh owes nothing to old records
+                    self.records.pop(spec.name, None)
+            elif status == "published":              # finished in an earlier session: its record
+                self.records[spec.name] = {**read_record(spec.publish / f"{spec.name}.run.json"),
+                                           "status": "published", "folder": str(spec.folder)}
 
     def command(self, spec: Spec, resume: bool) -> list[str]:
         a = self.args
@@ -318,23 +404,47 @@ class Grid:
         self.write_summary()
         if status == "done":
             self.publish(spec, entry)
+        elif status == "interrupted":
+            self.park(spec, entry)
 
     def publish(self, spec: Spec, entry: dict) -> None:
-        if self.args.publish is None:
+        """Copy a finished run to --publish DIR, drop what it had parked, commit both (--commit)."""
+        if spec.publish is None:
             return
         try:
-            changed = publish(spec, Path(self.args.publish))
+            changed = publish(spec, spec.publish, entry)
+            gone = parked_files(spec)
+            for path in gone:
+                path.unlink()
+            if gone:
+                gone[0].parent.rmdir()
         except OSError as exc:
             print(f"grid: could not publish {spec.name}: {exc}", flush=True)
             return
         if changed:
             print(f"grid: published {', '.join(str(p) for p in changed)}", flush=True)
-        if changed and self.args.commit:
-            best = "" if entry["best_val_acc"] is None else \
-                f", best val {entry['best_val_acc']:.4f} at episode {entry['best_episode']}"
-            why = commit(changed, f"grid: {spec.name} finished ({entry['episodes']} episodes{best})")
+        best = "" if entry["best_val_acc"] is None else \
+            f", best val {entry['best_val_acc']:.4f} at episode {entry['best_episode']}"
+        self.commit(changed + gone, f"grid: {spec.name} finished ({entry['episodes']} episodes{best})")
+
+    def park(self, spec: Spec, entry: dict) -> None:
+        """Copy a stopped run's place to --park DIR/NAME/ (and commit it) for a later session."""
+        if spec.park is None or not (spec.folder / "last.pt").is_file():
+            return
+        try:
+            changed = park(spec, entry)
+        except OSError as exc:
+            print(f"grid: could not park {spec.name}: {exc}", flush=True)
+            return
+        if changed:
+            print(f"grid: parked {spec.name} at episode {entry['episodes']} in {spec.park / spec.name}", flush=True)
+        self.commit(changed, f"grid: {spec.name} parked at episode {entry['episodes']} (resumes from here)")
+
+    def commit(self, files: list[Path], message: str) -> None:
+        if files and self.args.commit:
+            why = commit(files, message)
             if why:
-                print(f"grid: could not commit {spec.name}'s files: {why}", flush=True)
+                print(f"grid: could not commit {', '.join(str(f) for f in files)}: {why}", flush=True)
 
     def progress_line(self) -> str:
         now = time.monotonic()
@@ -441,17 +551,21 @@ def main(argv: list[str] | None = None) -> int:
                     help="seed: every rung and shot of seed 0 first (default); rung: every seed of a rung")
     ap.add_argument("--out", default="runs/grid", help="the grid's folder (default runs/grid)")
     ap.add_argument("--publish", metavar="DIR", help="copy a finished run's log.csv, and seed 0's best.pt, here")
-    ap.add_argument("--commit", action="store_true", help="git-commit the published copies (with --publish)")
+    ap.add_argument("--park", metavar="DIR", help="where a run stopped part-way leaves last.pt, best.pt and "
+                    "log.csv (DIR/NAME/) for a later session to restore and resume (default: nowhere)")
+    ap.add_argument("--commit", action="store_true", help="git-commit the published and parked copies "
+                    "(with --publish or --park)")
     ap.add_argument("--dry-run", action="store_true", help="print the plan and where each run stands")
     ap.add_argument("--report-every", type=positive_float, default=60.0, metavar="SECONDS",
                     help="how often to print the running runs' episodes (default 60)")
     args = ap.parse_args(argv)
-    if args.commit and not args.publish:
-        ap.error("--commit commits the published copies: it needs --publish DIR")
+    if args.commit and not (args.publish or args.park):
+        ap.error("--commit commits the published or parked copies: it needs --publish DIR or --park DIR")
     try:
         specs = make_plan(args.config, _unique(args.rungs), _unique(args.shots), _unique(args.seeds),
-                          Path(args.out), args.order)
-        for flag, folder in (("--out", args.out), ("--publish", args.publish)):
+                          Path(args.out), args.order, args.publish and Path(args.publish),
+                          args.park and Path(args.park))
+        for flag, folder in (("--out", args.out), ("--publish", args.publish), ("--park", args.park)):
             check_folder(folder, flag, writable=not args.dry_run)   # before any run starts
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -462,6 +576,9 @@ def main(argv: list[str] | None = None) -> int:
         for spec in specs:
             final = final_episode(spec, args.episodes)
             s = standing(spec, final)
+            parked = read_log(spec.park / spec.name) if s.status == "new" and spec.park is not None else []
+            if parked and (spec.park / spec.name / "last.pt").is_file():
+                s = Standing("parked", int(parked[-1]["episode"]))
             counts[s.status] = counts.get(s.status, 0) + 1
             print(f"{spec.name:<{width}}  {describe(s, final)}")
         print(f"{len(specs)} runs: " + ", ".join(f"{n} {st}" for st, n in counts.items()))
@@ -480,9 +597,10 @@ def main(argv: list[str] | None = None) -> int:
             grid = Grid(specs, args, path)
             for spec in specs:
                 s = standing(spec, grid.final[spec])
-                if s.status in ("done", "over"):
+                if s.status in ("done", "over", "published"):
                     print(f"grid: skip {spec.name}: {describe(s, grid.final[spec])}")
-                    entry = grid.record(spec)
+                    if s.status != "published":
+                        entry = grid.record(spec)
                     if s.status == "done":
                         grid.publish(spec, entry)
             grid.run(stop)

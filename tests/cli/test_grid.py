@@ -177,3 +177,53 @@ def test_the_plan_is_seed_major_and_reads_the_ladder_at_run_time(tmp_path, monke
     code, text = grid("--shots", "1", "--seeds", "0", "--out", tmp_path, "--dry-run")
     from metalstm.rules import RUNGS
     assert code == 0 and f"{len(RUNGS)} runs: {len(RUNGS)} new" in text
+
+
+@pytest.mark.slow
+def test_a_run_published_in_an_earlier_session_is_skipped_with_its_record(finished, tmp_path, monkeypatch):
+    """A fresh --out (another machine, a new session): the published copies say the run is done."""
+    root, _, _ = finished
+    pub = root / "pub"
+    assert json.loads((pub / "smoke-init-seed0.run.json").read_text())["cpu_seconds"] > 0
+    monkeypatch.setattr(grid_tool.subprocess, "Popen", lambda *a, **k: pytest.fail(f"a process was started: {a}"))
+    code, plan = grid(*SMOKE, "--rungs", "sgd", "init", "--seeds", "0", "--out", tmp_path, "--publish", pub,
+                      "--dry-run")
+    assert code == 0 and "smoke-init-seed0  published (6 episodes; best val" in plan and "2 runs: 2 published" in plan
+    code, text = grid(*SMOKE, "--rungs", "sgd", "init", "--seeds", "0", "--out", tmp_path, "--publish", pub)
+    assert code == 0, text
+    assert "grid: skip smoke-init-seed0: published" in text and "grid: start" not in text
+    record = summary(tmp_path)["smoke-init-seed0"]
+    assert record["status"] == "published" and record["cpu_seconds"] == summary(root / "runs")["smoke-init-seed0"]["cpu_seconds"]
+
+
+@pytest.mark.slow
+def test_a_parked_run_resumes_in_a_new_session_to_the_numbers_of_an_uninterrupted_one(finished, tmp_path):
+    """A run stopped part-way is parked (last.pt, best.pt, log.csv, its record) and committed; a
+    later session with an empty --out restores it, resumes it, and removes the parked copy."""
+    root, _, _ = finished
+    parked_dir, first, second = tmp_path / "parked", tmp_path / "session1", tmp_path / "session2"
+    parked_dir.mkdir()
+    for cmd in (["init", "-q"], ["config", "user.name", "grid test"], ["config", "user.email", "grid@test"],
+                ["config", "commit.gpgsign", "false"]):
+        subprocess.run(["git", *cmd], cwd=parked_dir, check=True)
+    spec = grid_tool.make_plan("smoke", ["init"], [1], [0], first, park=parked_dir)[0]
+    cfg = get_config("smoke", rule="init", seed=0, episodes=6, val_every=3)
+    train(cfg, spec.folder, stop_after=3, progress=False)                   # stopped at episode 3
+    g = grid_tool.Grid([spec], grid_tool.argparse.Namespace(episodes=6, out=str(first), commit=True), "fused")
+    g.park(spec, g.record(spec, "interrupted", cpu=50.0, wall=60.0))
+    assert sorted(p.name for p in (parked_dir / spec.name).iterdir()) == ["best.pt", "last.pt", "log.csv", "run.json"]
+    log = subprocess.run(["git", "log", "--format=%s"], cwd=parked_dir, capture_output=True, text=True).stdout
+    assert "grid: smoke-init-seed0 parked at episode 3" in log
+
+    code, plan = grid(*SMOKE, "--rungs", "init", "--seeds", "0", "--out", second, "--park", parked_dir, "--dry-run")
+    assert "smoke-init-seed0  parked at episode 3 of 6" in plan
+    code, text = grid(*SMOKE, "--rungs", "init", "--seeds", "0", "--out", second, "--park", parked_dir,
+                      "--publish", parked_dir, "--commit")
+    assert code == 0, text
+    assert "grid: start smoke-init-seed0 (resumed at episode 3" in text
+    assert log_rows(second / "smoke-init-seed0") == log_rows(root / "runs" / "smoke-init-seed0")
+    assert summary(second)["smoke-init-seed0"]["cpu_seconds"] > 50.0          # the parked CPU time carried on
+    assert not (parked_dir / spec.name).exists()                             # the parked copy is gone ...
+    tracked = subprocess.run(["git", "ls-files"], cwd=parked_dir, capture_output=True, text=True).stdout.split()
+    assert not any(t.startswith(spec.name + "/") for t in tracked)           # ... from git too
+    assert "smoke-init-seed0.log.csv" in tracked and "smoke-init-seed0.run.json" in tracked
