@@ -112,11 +112,29 @@ def shipped_checkpoint(config_name: str, root: str | os.PathLike | None = None,
     return path
 
 
+def shipped_names(root: str | os.PathLike | None = None) -> list[str]:
+    """The names `checkpoint_path` takes: the Meta-Learner LSTM runs (checkpoints/NAME.pt, e.g.
+    "glyphs-5shot") and the ladder's rungs (checkpoints/ladder/NAME.pt, e.g. "glyphs-5shot-sgd"),
+    in root (default: $METALSTM_CHECKPOINTS, else data_dir()/checkpoints)."""
+    folder = Path(root or os.environ.get("METALSTM_CHECKPOINTS") or data_dir() / "checkpoints")
+    return [p.stem for p in sorted(folder.glob("*.pt"))] + [p.stem for p in sorted(folder.glob("ladder/*.pt"))]
+
+
 def checkpoint_path(path: str | os.PathLike) -> Path:
     """A checkpoint named by a path or by a shipped run's name: `path` itself when it exists or
-    looks like a file ("runs/x/best.pt", "my.pt"); a bare name ("glyphs-5shot") is the shipped
-    checkpoint of that name (`shipped_checkpoint`)."""
+    looks like a file ("runs/x/best.pt", "my.pt"); a bare name is a shipped checkpoint
+    (`shipped_names`: "glyphs-5shot", or a rung of the ladder such as "glyphs-5shot-sgd").
+    A bare name that is none of them raises one FileNotFoundError: for a configuration's name,
+    how to train it (`shipped_checkpoint`); else the shipped names."""
     p = Path(path).expanduser()
     if p.exists() or p.suffix or len(p.parts) > 1:
         return p
-    return shipped_checkpoint(p.name)
+    folder = Path(os.environ.get("METALSTM_CHECKPOINTS") or data_dir() / "checkpoints")
+    for candidate in (folder / f"{p.name}.pt", folder / "ladder" / f"{p.name}.pt"):
+        if candidate.is_file():
+            return candidate
+    from metalstm.config import CONFIGS
+    if p.name in CONFIGS:
+        return shipped_checkpoint(p.name)                 # raises: how to train it
+    raise FileNotFoundError(f"no checkpoint {str(path)!r}: not a file, nor the name of a shipped "
+                            f"checkpoint ({', '.join(shipped_names(folder)) or 'none in ' + str(folder)})")

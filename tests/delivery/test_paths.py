@@ -124,3 +124,20 @@ def test_lookup_order_setting_then_checkout_then_installed_data_package(no_env, 
         paths.checkpoint_path("glyphs-5shot")
     monkeypatch.setenv(paths.ENV, str(tmp_path))                     # the setting wins over both
     assert paths.data_dir() == tmp_path
+
+
+def test_shipped_checkpoints_and_rungs_by_name(no_env, tmp_path, monkeypatch):
+    shipped = REPO / "data" / "checkpoints"
+    assert paths.checkpoint_path("glyphs-1shot") == shipped / "glyphs-1shot.pt"
+    assert paths.checkpoint_path("glyphs-5shot-meta-sgd") == shipped / "ladder" / "glyphs-5shot-meta-sgd.pt"
+    names = paths.shipped_names()
+    assert {"glyphs-1shot", "glyphs-5shot", "glyphs-1shot-lstm", "glyphs-5shot-sgd"} <= set(names)
+    with pytest.raises(FileNotFoundError, match="'glyph-5shot': not a file, nor the name of a shipped "
+                                                "checkpoint \\(glyphs-1shot, glyphs-5shot, .*glyphs-1shot-init"):
+        paths.checkpoint_path("glyph-5shot")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "glyphs-1shot").write_bytes(b"")                  # a file of that name here wins
+    assert paths.checkpoint_path("glyphs-1shot") == Path("glyphs-1shot")
+    monkeypatch.setenv("METALSTM_CHECKPOINTS", str(tmp_path / "mine"))
+    with pytest.raises(FileNotFoundError, match="(?s)mine/glyphs-5shot.pt .*METALSTM_CHECKPOINTS.*--config glyphs-5shot"):
+        paths.checkpoint_path("glyphs-5shot")                      # a configuration: how to train it
