@@ -12,9 +12,8 @@ not raised, so a notebook keeps running. The worked solutions are in notebooks/s
 Where the references come from. No check reads a solution: each one computes what a right answer
 must give from the package itself (`Learner.n_params`, `MetaLearner.step`, `train`, autograd on
 the penalised loss, ...) or from properties (self-describing images: `tagged_set`), so the checks
-work unchanged in the student edition (`python -m metalstm.tools.student`), which has no
-solutions. A hint guides: it names what is wrong and where to look, never the answer's code or
-value (tests/notebooks/test_check.py holds them to that).
+work unchanged in the student edition of the course, which has no solutions. A hint guides: it
+names what is wrong and where to look, never the answer's code or value.
 """
 from __future__ import annotations
 
