@@ -226,6 +226,9 @@ class HelpFormatter(argparse.HelpFormatter):
 def parser(prog: str, description: str) -> argparse.ArgumentParser:
     """An ArgumentParser whose usage line names the command as it is typed (`prog`, e.g.
     "python -m metalstm.train"), with every default shown (`HelpFormatter`)."""
+    script = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    if script.startswith("metalstm-"):              # a console script (metalstm-train ...): its own name
+        prog = script
     return argparse.ArgumentParser(prog=prog, description=description, formatter_class=HelpFormatter)
 
 
@@ -287,12 +290,14 @@ TRAINING_OPTIONS = [
     ("hidden", "--hidden", positive_int, "the meta-learner's hidden units per coordinate"),
     ("bn_momentum", "--bn-momentum", non_negative_float, "the learner's batch-norm momentum"),
     ("bn_eps", "--bn-eps", positive_float, "the learner's batch-norm epsilon"),
+    ("learner", "--learner", str, "the learner network: conv4 (the paper's) or an importable factory "
+     "package.module:function (docs/own-network.md)"),
 ]
 FLAGS = {name: flag for name, flag, _, _ in DATA_OPTIONS + TRAINING_OPTIONS}
 METAVARS = {"dataset": "NAME", "data_root": "FOLDER", "val_alphabets": "ALPHABET", "image_size": "PIXELS",
             "in_channels": "{1,3}", "n_way": "N", "k_shot": "K", "n_query": "Q", "steps": "T",
             "batch_size": "B", "seed": "SEED", "lr": "X", "clip": "X", "rule": "RULE", "rule_lr": "X",
-            "bn_momentum": "X", "bn_eps": "X"}
+            "bn_momentum": "X", "bn_eps": "X", "learner": "NET"}
 
 
 def add_run_options(ap: argparse.ArgumentParser, training: bool = True, config_help: str | None = None,
@@ -371,6 +376,8 @@ def config_from_args(args: argparse.Namespace, base=None, fixed: tuple[str, ...]
     if cfg is None:
         raise ValueError("give --config (a built-in name or a .toml / .json file)")
     given = {name: getattr(args, name) for name in FLAGS if getattr(args, name, None) is not None}
+    if "data_root" in given:                        # stored in the checkpoint: valid from any folder
+        given["data_root"] = str(Path(given["data_root"]).expanduser().resolve())
     if "val_alphabets" in given:
         given["val_alphabets"] = tuple(given["val_alphabets"])
     for name in fixed:
@@ -416,11 +423,10 @@ def shipped_cache() -> Path | None:
 
 
 def default_cache() -> Path:
-    """Where trained baselines are kept by default: the user's cache folder
-    (metalstm.paths.cache_dir) when the package has it, else runs/baselines."""
+    """Where trained baselines are kept by default: baselines/ in the user's cache folder
+    (metalstm.paths.cache_dir: $METALSTM_CACHE, else platformdirs'), never the current folder."""
     from metalstm import paths
-    cache_dir = getattr(paths, "cache_dir", None)
-    return Path(cache_dir()) / "baselines" if cache_dir else Path("runs/baselines")
+    return paths.cache_dir("baselines")
 
 
 # -- messages: the `metalstm` logger -------------------------------------------------------

@@ -124,7 +124,7 @@ def test_an_image_folder_trains_and_evaluates_through_the_options(folders, tmp_p
     assert train_mod.main(["--config", "smoke", "--dataset", "folder", "--data-root", str(folders[kind]),
                            "--channels", channels, "--out", str(out), *SMALL]) == 0
     _, cfg, _ = load_checkpoint(out / "best.pt")
-    assert (cfg["dataset"], cfg["in_channels"], cfg["data_root"]) == ("folder", int(channels), str(folders[kind]))
+    assert (cfg["dataset"], cfg["in_channels"], cfg["data_root"]) == ("folder", int(channels), str(folders[kind].resolve()))
     report = tmp_path / "r.json"
     assert evaluate.main(["--checkpoint", str(out / "best.pt"), "--episodes", "2", "--threads", "1", "-q",
                           "--json", str(report)]) == 0
