@@ -3,7 +3,8 @@
 The notebook's `sample_episode` (the cell marked `# package: metalstm.episodes.EpisodeSampler.__getitem__`)
 is run here against `metalstm.episodes.EpisodeSampler` on the same generator. The claims its prose
 makes about printed numbers (the Latin blocks of the split, the two shortcuts, the memoriser's
-transfer to new classes) are recomputed here, so a change that breaks one fails this file.
+transfer to new classes, why one support image of episode 1 is a solid black square) are recomputed
+here, so a change that breaks one fails this file.
 """
 import itertools
 import math
@@ -119,6 +120,37 @@ def test_shortcut_2_the_memoriser_wins_on_seen_classes_and_transfers_well_above_
     assert acc["memorise", "train"] > acc["nearest_neighbour", "train"]   # wins on meta-train classes
     assert acc["memorise", "test"] < acc["nearest_neighbour", "test"]     # falls behind on new classes
     assert acc["memorise", "test"] > 2 / 5                                # but stays far above chance (20%)
+
+
+def test_the_solid_black_support_image_is_a_sans_mono_hatched_square_thickened_by_two(glyphs_train):
+    """Episode 1 (seed 1, 5-way 1-shot) deals a solid black square as label 2's support image: the class is
+    the hatched square U+25A8, and its solid images are exactly its Sans Mono renders thickened by +2,
+    whose clean hatch gaps are narrower than the other faces'."""
+    from metalstm.tools.render import DRAWER_STYLES, STYLES, jitter_params, render_clean
+
+    sample = notebook_function("sample_episode")
+    x, y, _, _, classes = sample(glyphs_train, 5, 1, 15, torch.Generator().manual_seed(1))
+    glyph = classes[2].item()
+    name = glyphs_train.classes[glyph]
+    assert name.startswith("U+25A8 ")
+    images = glyphs_train.float_images(glyphs_train.indices_of(glyph))[:, 0]
+    solid = (images[:, 10:18, 10:18] > 0.9).all(dim=(1, 2))
+    shown = [j for j in range(20) if torch.equal(images[j], x[y == 2][0, 0])]
+    assert len(shown) == 1 and solid[shown[0]]                               # the support image is a solid one
+    assert 0 < int(solid.sum()) < 10                                         # the queries are mostly hatched
+    stroke = jitter_params(0x25A8, seed=0)["stroke"]
+    mono = torch.tensor(["Mono" in STYLES[DRAWER_STYLES[j]] for j in range(20)])
+    assert torch.equal(solid, mono & (stroke == 2))                          # solid <=> Sans Mono and +2
+    assert ((~mono) & (stroke == 2)).any()                                   # other faces thickened stay hatched
+    clean = torch.as_tensor(render_clean([0x25A8]))[0] > 127
+
+    def widest_gap(face):
+        row = clean[face, 56]
+        ink = row.nonzero().flatten()
+        text = "".join("x" if v else "." for v in row[ink.min():ink.max() + 1].tolist())
+        return max(len(g) for g in text.split("x"))
+
+    assert widest_gap(8) < widest_gap(0)                                    # Sans Mono: narrower gaps
 
 
 def test_notebook_is_stored_without_outputs():
