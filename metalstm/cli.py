@@ -376,6 +376,7 @@ def config_from_args(args: argparse.Namespace, base=None, fixed: tuple[str, ...]
     if cfg is None:
         raise ValueError("give --config (a built-in name or a .toml / .json file)")
     given = {name: getattr(args, name) for name in FLAGS if getattr(args, name, None) is not None}
+    typed = dict(given)                             # for messages: the values as typed
     if "data_root" in given:                        # stored in the checkpoint: valid from any folder
         given["data_root"] = str(Path(given["data_root"]).expanduser().resolve())
     if "val_alphabets" in given:
@@ -387,7 +388,7 @@ def config_from_args(args: argparse.Namespace, base=None, fixed: tuple[str, ...]
     if "dataset" in given and given["dataset"] != cfg.dataset and "data_root" not in given:
         given["data_root"] = None                   # another data set: the old one's folder does not carry over
     new = cfg.replace(**given) if given else cfg
-    check_data_options(new, given, cfg.name)
+    check_data_options(new, typed, cfg.name)
     return new
 
 

@@ -144,8 +144,10 @@ RAW = [
     ("grid", ["--config", "smoke", "--shots", "1", "--out", "{w}/g", "--publish", "{w}/afile/pub"],
      ["--publish", "afile", "is a file", "nothing can be written"]),
     # -- unclear before ----------------------------------------------------------------------
-    ("evaluate", [*E, "--test-sets", "omniglot"], ["--test-sets omniglot", "glyphs, digits"]),
-    ("evaluate", [*E, "--test-sets", "mini-imagenet"], ["--test-sets mini-imagenet", "glyphs, digits"]),
+    ("evaluate", [*E, "--test-sets", "omniglot"], ["--test-sets omniglot", "needs --data-root"]),
+    ("evaluate", [*E, "--test-sets", "mini-imagenet"], ["--test-sets mini-imagenet", "needs --data-root"]),
+    ("evaluate", [*E, "--test-sets", "omniglot", "folder", "--data-root", "{w}/adir"],
+     ["omniglot folder", "one --data-root"]),
     ("train", T + ["--out", "{w}/new", "--seed", "99999999999999999999999"], ["--seed", "2**63 - 1"]),
     ("train", T + ["--out", "{w}/run", "--resume", "--lr", "0.5"], ["lr 0.001 (this run: 0.5)", "--init-from"]),
     ("course", ["--only", "99"], ["--only 99", "no notebook"]),
