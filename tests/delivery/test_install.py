@@ -120,6 +120,7 @@ def test_the_installed_package_finds_its_data_from_any_folder(installed):
 def test_smoke_training_from_an_empty_folder(installed):
     python, _, away, _ = installed
     script = python.with_name("metalstm-train")
+    assert run(installed, script, "--help").startswith("usage: metalstm-train")   # the command's own name
     run(installed, script, "--config", "smoke", "--out", "smoke-run", "--threads", "1")
     modes = _modes(away / "smoke-run")
     assert {"best.pt", "last.pt", "log.csv"} <= set(modes), modes
