@@ -13,6 +13,7 @@ others (0644 under the usual umask 022).
 """
 import importlib
 import os
+import re
 import stat
 import subprocess
 import sys
@@ -138,10 +139,21 @@ def test_evaluating_a_shipped_checkpoint_by_name(installed):
     assert "glyphs-5shot" in (away / "eval.json").read_text()
 
 
+README_EXAMPLES = """
+import doctest, sys
+flags = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE
+runner = doctest.DocTestRunner(optionflags=flags)
+runner.run(doctest.DocTestParser().get_doctest(open(sys.argv[1]).read(), {}, "README", sys.argv[1], 0))
+assert runner.failures == 0, runner.summarize()
+print("README EXAMPLES", runner.tries)
+"""
+
+
 @pytest.mark.slow
-def test_adapt_and_predict_with_a_shipped_checkpoint(installed):
-    """metalstm.adapt's own examples (doctests: load("glyphs-5shot") by name), and a 1-shot one."""
-    python, _, away, _ = installed
+def test_adapt_and_predict_with_a_shipped_checkpoint(installed, tmp_path):
+    """metalstm.adapt's own examples (doctests: load("glyphs-5shot") by name), a 1-shot one, and
+    the README's Python examples (its ```python blocks with >>> prompts), if it has any."""
+    python, clone, away, _ = installed
     script = """
 import doctest, torch
 import metalstm.adapt
@@ -156,4 +168,9 @@ assert predicted.shape == (7,) and int(predicted.min()) >= 0 and int(predicted.m
 print("ADAPTED", result.attempted)
 """
     assert "ADAPTED" in run(installed, python, "-c", script)
+    blocks = re.findall(r"```(?:python|pycon)\n(.*?)```", (clone / "README.md").read_text(), re.S)
+    examples = "\n".join(b for b in blocks if ">>>" in b)
+    if examples:
+        (tmp_path / "readme-examples.txt").write_text(examples)
+        assert "README EXAMPLES" in run(installed, python, "-c", README_EXAMPLES, tmp_path / "readme-examples.txt")
     assert {p.name for p in away.iterdir()} <= {"eval.json", "smoke-run"}     # no runs/, no cache here
