@@ -271,3 +271,54 @@ def test_the_hint_search_finds_an_answer_in_a_hint():
     for key, hint, source in cases:
         assert leaks(key, source, [hint]), (key, hint)
         assert not leaks(key, source, ["a hint that guides: compare with the step above"])
+
+
+# -- the stored references ---------------------------------------------------------------------------------------
+def reference_tensors() -> dict:
+    """What check.REFERENCES fingerprints, computed from the package on each check's inputs (the answers'
+    own computation: it lives here, in the instructor's tests, not in metalstm.check)."""
+    from metalstm.learner import Learner
+    from metalstm.metalearner import loss_and_grad
+
+    out = {}
+    learner, ep = Learner(5, 1, 28), check._noise_episode(seed=6)
+    theta = learner.init_params(torch.Generator().manual_seed(6))
+    for _ in range(3):
+        theta = theta - 0.1 * loss_and_grad(learner, ep.support_x, ep.support_y, theta)[1]
+    leaf = theta.detach().requires_grad_(True)
+    out["02.3"] = torch.autograd.grad(torch.nn.functional.cross_entropy(learner(ep.query_x, leaf), ep.query_y),
+                                      leaf)[0]
+    (e,) = check._glyph_episodes(5, 1, start=4)
+    g = torch.Generator().manual_seed(1)
+    theta = Learner(5, 1, 28).init_params(g) + 0.05 * torch.randn(learner.n_params, generator=g)
+    one = Learner(5, 1, 28, bn_momentum=1.0)
+    stats = one.new_bn_stats()
+    with torch.no_grad():
+        one(e.support_x, theta, bn="batch", stats=stats)
+    out["04.2 mean"], out["04.2 var"] = list(stats.mean), list(stats.var)
+    (e,) = check._glyph_episodes(5, 1, start=5)
+    learner = Learner(5, 1, 28, bn_momentum=0.95)
+    with torch.no_grad():
+        out["04.3"] = learner(e.query_x, learner.init_params(torch.Generator().manual_seed(2)), bn="batch")
+    return out
+
+
+def test_the_stored_references_are_what_the_package_computes():
+    fresh = reference_tensors()
+    assert set(fresh) == set(check.REFERENCES)
+    stale = {}
+    for key, value in fresh.items():
+        tensors, stored = (value, check.REFERENCES[key]) if isinstance(value, list) else \
+            ([value], [check.REFERENCES[key]])
+        if not all(check._matches(t, s) for t, s in zip(tensors, stored, strict=True)):
+            stale[key] = [check.fingerprint(t) for t in tensors]
+    assert not stale, f"update metalstm.check.REFERENCES with: {stale}"
+
+
+def test_a_fingerprint_tells_a_right_answer_from_a_near_miss():
+    right = reference_tensors()["04.3"]
+    stored = check.REFERENCES["04.3"]
+    assert check._matches(right, stored) and check._matches(right + 1e-6, stored)
+    assert not check._matches(right * 1.001, stored)                      # 0.1% off
+    assert not check._matches(right.flip(0), stored)                      # the right numbers, in the wrong rows
+    assert not check._matches(right[:-1], stored)                         # one query short
