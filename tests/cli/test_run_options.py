@@ -3,6 +3,7 @@ built-in names, .toml / .json configuration files, options in place of fields, a
 options the configuration does not use; gray and RGB image folders through options and files."""
 import argparse
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -192,3 +193,17 @@ def test_every_command_shares_the_run_options_and_shows_each_default(prog):
         if action.option_strings and action.nargs != 0 and not action.required:
             text = formatter._expand_help(action) if action.help else ""
             assert "default" in text, (prog, action.option_strings, text)
+
+
+def test_the_shipped_baselines_are_found_and_other_ones_go_to_the_user_cache(tmp_path, monkeypatch):
+    from metalstm.paths import data_dir
+    monkeypatch.setenv("METALSTM_CACHE", str(tmp_path / "cache"))
+    no_cache = argparse.Namespace(cache=None)
+    cfg = get_config("glyphs-5shot")
+    data = {s: load_split(cfg, s) for s in ("train", "val")}
+    shipped = data_dir() / "checkpoints" / "baselines"
+    assert evaluate.pick_cache(no_cache, cfg, ["nearest", "matching", "sgd"], None, data) == shipped
+    smoke = get_config("smoke")            # its Matching Network does not ship
+    assert evaluate.pick_cache(no_cache, smoke, ["matching"], None, data) == tmp_path / "cache" / "baselines"
+    assert evaluate.pick_cache(argparse.Namespace(cache="mine"), cfg, ["nearest"], None, data) == \
+        Path("mine")
