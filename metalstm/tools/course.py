@@ -15,10 +15,13 @@ Offline: the pages and decks load nothing from the network. reveal.js and
 MathJax come from two pinned wheels on PyPI (`pip download`, once, cached in
 build/vendor/) and are copied next to the pages, so build/slides/ and
 build/html/ can be copied to a lecture-room laptop and opened as files. The
-decks follow the cells' slideshow metadata (slide, sub-slide, fragment, skip,
-notes: press `s` for the speaker view with the notes); long slides scroll.
-Widgets (notebook 06's explorer) need a running kernel: a page shows a note
-in their place; run the notebook in JupyterLab (`make lab`) to use them.
+decks follow the cells' slideshow metadata (slide, sub-slide, fragment, skip, notes: press `s` for the
+speaker view with the notes), reshaped for a 1280x720 projector by metalstm.tools.slides (code that
+draws shows only its output, printed tables become HTML tables, an agenda and a recap slide, timed notes
+on every slide); a slide still taller than the screen is split in the browser between its blocks.
+Widgets need a running kernel: an HTML page shows a note in their place, a deck shows notebook 06's
+explorer as pre-rendered frames (right arrow: next step); run the notebook in JupyterLab (`make lab`)
+to use the widget itself.
 """
 from __future__ import annotations
 
@@ -93,7 +96,7 @@ ASSETS = {
                 "jupyter_server_mathjax/static/", ("",)),
 }
 MATHJAX_URL = "mathjax/MathJax.js?config=TeX-AMS-MML_HTMLorMML-full,Safe"
-SLIDE_SIZE = (1280, 800)        # reveal.js scales this canvas to the screen or projector
+SLIDE_SIZE = (1280, 720)        # a projector's screen; reveal.js scales this canvas to the screen
 
 # MathJax 2 reads this before it starts; only the STIX-Web fonts are shipped, so select them
 _MATHJAX = """
@@ -124,40 +127,105 @@ TEMPLATES = {
     "metalstm_html.j2": "{%- extends 'lab/index.html.j2' -%}\n" + _NO_CDN + """
 {%- block html_head_js_mermaidjs -%}{%- endblock html_head_js_mermaidjs -%}
 """,
-    # decks: nbconvert's reveal template, reveal.js loaded as plain scripts (no jQuery, no require.js);
-    # a slide taller than the screen scrolls
+    # decks: nbconvert's reveal template, reveal.js loaded as plain scripts (no jQuery, no require.js),
+    # sized for a 1280x720 screen (metalstm.tools.slides); a slide still taller than the screen after
+    # the maths is typeset is split between its blocks into slides that follow it
     "metalstm_reveal.j2": "{%- extends 'reveal/index.html.j2' -%}\n" + _NO_CDN + """
 {%- block html_head_css -%}
+<script>document.documentElement.classList.add("metalstm-measure");</script>
 <style type="text/css">
-.reveal .slides > section > section.metalstm-scroll { overflow-y: auto; }
+.reveal .slides { font-size: {{ resources.deck.body_px }}px;
+          --jp-content-font-size1: {{ resources.deck.body_px }}px; --jp-code-font-size: {{ resources.deck.code_px }}px; }
+.reveal .slides { text-align: left; }
+.reveal .slides > section > section { box-sizing: border-box; width: {{ resources.reveal.width }}px;
+  padding: 10px 24px 0 24px; }
 .reveal .slides section h1, .reveal .slides section h2, .reveal .slides section h3 { text-transform: none; }
-.reveal .slides section .jp-OutputArea-output img { max-height: 640px; width: auto; }
+.reveal .slides h1 { font-size: 46px; } .reveal .slides h2 { font-size: 38px; } .reveal .slides h3 { font-size: 30px; }
+.reveal .slides .jp-RenderedHTMLCommon { font-size: {{ resources.deck.body_px }}px; line-height: 1.35; padding-right: 0; }
+.reveal .slides .jp-RenderedHTMLCommon p { margin: 0 0 0.45em 0; }
+.reveal .slides .jp-RenderedHTMLCommon ul, .reveal .slides .jp-RenderedHTMLCommon ol { margin: 0 0 0.4em 1.2em; }
+.reveal .slides .jp-InputPrompt, .reveal .slides .jp-OutputPrompt, .reveal .slides .jp-Collapser { display: none; }
+.reveal .slides .jp-Cell { padding: 2px 0; }
+.reveal .slides pre, .reveal .slides code, .reveal .slides .jp-OutputArea-output pre, .reveal .slides .highlight pre {
+  font-size: {{ resources.deck.code_px }}px; line-height: 1.28; white-space: pre; word-break: normal; overflow-wrap: normal;
+  font-family: "DejaVu Sans Mono", "Liberation Mono", Menlo, Consolas, monospace; }
+.reveal .slides pre, .reveal .slides div.jp-OutputArea-output > pre { width: max-content; max-width: none; overflow: visible; box-shadow: none; margin: 2px 0; }
+.reveal .slides .jp-RenderedHTMLCommon pre { padding: 4px 8px; }
+.reveal .slides .highlight { margin: 0; }
+.reveal .slides table { font-size: {{ resources.deck.code_px }}px; border-collapse: collapse; margin: 4px 0; }
+.reveal .slides table th, .reveal .slides table td { padding: 2px 12px; font-size: {{ resources.deck.code_px }}px; }
+.reveal .slides .jp-OutputArea table th, .reveal .slides .jp-OutputArea table td { white-space: nowrap; }
+.reveal .slides .jp-OutputArea, .reveal .slides .jp-OutputArea-child, .reveal .slides .jp-OutputArea-output, .reveal .slides .jp-Cell-outputWrapper,
+.reveal .slides .jp-Cell-inputWrapper, .reveal .slides .jp-InputArea, .reveal .slides .jp-InputArea-editor {
+  margin-left: 0; padding-left: 0; border-left: 0; }
+.reveal .slides .jp-OutputArea-output pre { padding: 0; }
+.reveal .slides .jp-OutputArea-child { display: block; } .reveal .slides .jp-OutputArea-output { width: auto; }
+.reveal .slides .jp-RenderedMarkdown td code { white-space: pre-wrap; overflow-wrap: anywhere; }
+.reveal .slides table td.num { text-align: right; font-variant-numeric: tabular-nums; }
+.reveal .slides .jp-OutputArea-output img, .reveal .slides .jp-RenderedMarkdown img, .reveal .slides .metalstm-frames img {
+  max-height: {{ resources.deck.image_px }}px; max-width: 100%; width: auto; height: auto; }
+.reveal .slides .metalstm-frames { display: grid; }
+.reveal .slides .metalstm-frames > img { grid-area: 1 / 1; }
+.reveal .slides .metalstm-caption { font-size: {{ resources.deck.body_px }}px; margin: 0; }
+html.metalstm-measure .reveal .slides section { display: block !important; position: relative !important;
+  visibility: hidden; height: auto !important; min-height: 0 !important; transform: none !important; }
 </style>
 {%- endblock html_head_css -%}
 {% block footer_js %}
 <script src="{{ resources.reveal.url_prefix }}/dist/reveal.js"></script>
 <script src="{{ resources.reveal.url_prefix }}/plugin/notes/notes.js"></script>
 <script>
-Reveal.initialize({
-  controls: true, progress: true, history: true, center: false, hash: true,
-  transition: "{{ resources.reveal.transition }}", slideNumber: "c/t",
-  width: {{ resources.reveal.width }}, height: {{ resources.reveal.height }}, margin: 0.04,
-  plugins: [RevealNotes]
-}).then(function () {
-  // long slides scroll instead of being cut off at the bottom of the screen
-  function scrollIfLong() {
-    var slide = Reveal.getCurrentSlide();
-    if (!slide) { return; }
-    if (slide.scrollHeight > Reveal.getConfig().height) {
-      slide.classList.add("metalstm-scroll");
-      slide.style.height = Reveal.getConfig().height + "px";
-      slide.style.top = "0px";
-    }
-    if (window.MathJax && MathJax.Hub) { MathJax.Hub.Queue(["Rerender", MathJax.Hub, slide]); }
+(function () {
+  var H = {{ resources.reveal.height }} - 12, started = false;   // a margin for rounding and the slide number
+  // a slide taller than the screen: its blocks from the first one that reaches below the screen go to a
+  // new slide right after it (with notes saying it continues); blocks are cells and outputs
+  function fitSlides() {
+    document.querySelectorAll(".reveal .slides > section > section").forEach(function (slide) {
+      var guard = 0;
+      while (slide.scrollHeight > H && guard++ < 40) {
+        var blocks = Array.prototype.filter.call(slide.children, function (b) { return !b.matches("aside.notes"); });
+        var cut = -1;
+        for (var i = 0; i < blocks.length; i++) {
+          if (blocks[i].offsetTop + blocks[i].offsetHeight > H) { cut = i; break; }
+        }
+        if (cut === 0 && blocks.length > 1) { cut = 1; }
+        if (cut <= 0) { break; }
+        var next = document.createElement("section");
+        next.className = "metalstm-continued";
+        blocks.slice(cut).forEach(function (b) { next.appendChild(b); });
+        var notes = slide.querySelector("aside.notes"), minutes = notes && notes.textContent.match(/About ([0-9.]+) min/);
+        var aside = document.createElement("aside");
+        aside.className = "notes";
+        aside.innerHTML = "<p><strong>Continued</strong> (within the " + (minutes ? minutes[1] : "1") +
+                          " min of the slide before).</p>";
+        if (!next.querySelector("aside.notes")) { next.appendChild(aside); }
+        if (!slide.querySelector("aside.notes")) {
+          var back = document.createElement("aside");
+          back.className = "notes";
+          back.innerHTML = "<p><strong>About " + (minutes ? minutes[1] : "1") + " min</strong> for this slide " +
+                           "and the next (the same idea, split to fit the screen).</p>";
+          slide.appendChild(back);
+        }
+        slide.parentNode.insertBefore(next, slide.nextSibling);
+        slide = next;
+      }
+    });
   }
-  Reveal.on("slidechanged", scrollIfLong);
-  scrollIfLong();
-});
+  function start() {
+    if (started) { return; }
+    started = true;
+    fitSlides();
+    document.documentElement.classList.remove("metalstm-measure");
+    Reveal.initialize({
+      controls: false, progress: true, history: true, center: false, hash: true,
+      transition: "{{ resources.reveal.transition }}", slideNumber: "c/t",
+      width: {{ resources.reveal.width }}, height: {{ resources.reveal.height }}, margin: 0,
+      plugins: [RevealNotes]
+    });
+  }
+  if (window.MathJax && MathJax.Hub) { MathJax.Hub.Register.StartupHook("End", start); }
+  window.addEventListener("load", function () { setTimeout(start, window.MathJax && MathJax.Hub ? 20000 : 0); });
+})();
 </script>
 {% endblock footer_js %}
 """,
@@ -249,7 +317,9 @@ def _exporter(fmt, loaders, Config, HTMLExporter, SlidesExporter):
         return HTMLExporter(extra_loaders=loaders, template_file="metalstm_html.j2", mathjax_url=MATHJAX_URL)
     if fmt == "slides":
         # a cell tagged "hide-input" shows only its output on a slide (a figure without its plotting code)
-        hide = Config({"TagRemovePreprocessor": {"enabled": True, "remove_input_tags": ["hide-input"]}})
+        # (metalstm.tools.slides.prepare tags the cells whose code a slide leaves out)
+        hide = Config({"TagRemovePreprocessor": {"enabled": True,
+                                                 "remove_input_tags": ["hide-input", "slide-hide-code"]}})
         return SlidesExporter(config=hide, extra_loaders=loaders, template_file="metalstm_reveal.j2",
                               mathjax_url=MATHJAX_URL,
                               reveal_url_prefix="reveal.js", reveal_theme="white", reveal_transition="none",
@@ -261,7 +331,17 @@ def render(executed: Path, fmt: str) -> Path:
     """Render an executed notebook as a plain HTML page ('html', build/html/NAME.html) or a
     reveal.js deck ('slides', build/slides/NAME.slides.html). The page loads MathJax (and the
     deck reveal.js) from folders next to it: `install_assets` puts them there."""
-    body, _ = exporter(fmt).from_filename(str(executed))
+    if fmt == "slides":
+        import nbformat
+
+        from metalstm.tools import slides
+        nb = nbformat.read(executed, as_version=4)
+        frames = slides.explorer_frames() if slides.has_widget(nb) else None
+        resources = {"metadata": {"name": executed.stem, "path": str(executed.parent)},
+                     "deck": slides.DECK_STYLE}
+        body, _ = exporter(fmt).from_notebook_node(slides.prepare(nb, frames), resources=resources)
+    else:
+        body, _ = exporter(fmt).from_filename(str(executed))
     out = BUILD / fmt / (executed.stem + (".html" if fmt == "html" else ".slides.html"))
     out.parent.mkdir(parents=True, exist_ok=True)
     _write(out, body)

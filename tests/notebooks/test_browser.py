@@ -19,6 +19,7 @@ Screenshots: build/browser/jupyterlab-06-{before,after,page}.png and deck-NN-{fi
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -232,105 +233,105 @@ def test_notebook06_explorer_in_jupyterlab(lab):
             browser.close()
 
 
-# -- a lecture deck, offline ---------------------------------------------------------------------
-DECK = os.environ.get("METALSTM_DECK", "01")
-SECTIONS = """() => [...document.querySelectorAll('.reveal .slides > section')].map(s => {
-    const h = s.querySelector('h1, h2');
-    return {level: h ? h.tagName : null, title: h ? h.textContent.replace('\u00b6', '').trim() : '',
-            slides: s.querySelectorAll(':scope > section').length};
-})"""
-MATHS = """() => ({typeset: document.querySelectorAll('span.MathJax').length,
+# -- the six lecture decks, offline, at 1280x720 -------------------------------------------------
+DECKS = REPO / "build" / "slides"
+SCREEN = {"width": 1280, "height": 720}
+# every slide, measured where it is shown: its size, what sticks out, the text sizes on screen, the notes
+MEASURE = """([W, H, BODY, CODE]) => {
+    const slide = Reveal.getCurrentSlide(), scale = Reveal.getScale();
+    const out = {height: slide.scrollHeight, width: slide.scrollWidth, outside: [], cut: [], small: [],
+                 notes: [...slide.querySelectorAll('aside.notes')].map(a => a.textContent.trim()).join(' '),
+                 figures: slide.querySelectorAll('img').length, tables: slide.querySelectorAll('table').length};
+    const name = e => e.tagName.toLowerCase() + (e.className && e.className.baseVal === undefined ? '.' +
+                      String(e.className).split(' ')[0] : '') + ' "' + (e.textContent || '').trim().slice(0, 40) + '"';
+    for (const e of slide.querySelectorAll('*')) {
+        if (e.closest('aside.notes, .MathJax, .MathJax_Display, .MathJax_Preview, script, style, sub, sup')) continue;
+        const r = e.getBoundingClientRect();
+        if (r.width === 0 || r.height === 0) continue;
+        if (r.right > W + 1 || r.bottom > H + 1 || r.left < -1 || r.top < -1) out.outside.push(name(e));
+        if (['PRE', 'TABLE'].includes(e.tagName) && e.scrollWidth > e.clientWidth + 1) out.cut.push(name(e));
+        const text = [...e.childNodes].some(n => n.nodeType === 3 && n.textContent.trim());
+        if (!text) continue;
+        const px = parseFloat(getComputedStyle(e).fontSize) * scale;
+        const code = !!e.closest('pre, code, table');
+        if (px < (code ? CODE : BODY) - 0.01) out.small.push(`${name(e)} ${px.toFixed(1)} px`);
+    }
+    return out;
+}"""
+MATHS = """() => ({typeset: document.querySelectorAll('span.MathJax, div.MathJax_Display').length,
                sources: document.querySelectorAll('script[type^="math/tex"]').length,
-               errors: document.querySelectorAll('.MathJax_Error, merror').length,
-               raw: ['$$', '\\theta', '\\mathcal'].filter(t => document.body.innerText.includes(t))})"""
+               errors: document.querySelectorAll('.MathJax_Error, merror').length})"""
 
 
-LONGEST = """() => {
-    let best = {h: 0, v: 0, height: 0};
-    Reveal.getHorizontalSlides().forEach((top, h) => top.querySelectorAll(':scope > section').forEach((s, v) => {
-        if (s.scrollHeight > best.height) { best = {h: h, v: v, height: s.scrollHeight}; }
-    }));
-    return best;
-}"""
-SHOWN = """() => {
-    const maths = [...Reveal.getCurrentSlide().querySelectorAll('span.MathJax')];
-    return {formulas: maths.length, visible: maths.filter(m => m.getBoundingClientRect().width > 2).length};
-}"""
+def _decks() -> list[Path]:
+    """The six decks of build/slides/ (or those of $METALSTM_DECKS, e.g. "01 06", while working on them)."""
+    decks = sorted(DECKS.glob("[0-9][0-9]_*.slides.html"))
+    only = os.environ.get("METALSTM_DECKS", "").split()
+    if only:
+        return [d for d in decks if d.name[:2] in only]
+    if len(decks) < 6:
+        pytest.fail(f"{len(decks)} decks in {DECKS}, expected the six: run `make slides` first "
+                    "(`make browser-check` does)")
+    return decks
 
 
-@pytest.fixture
-def deck(selected, tmp_path):
-    """Notebook $METALSTM_DECK executed and rendered as a deck in a temporary folder, with reveal.js
-    and MathJax copied beside it, as `make slides` does; yields the deck's path."""
-    from metalstm.tools import course
-
-    (book,) = course.course_notebooks([DECK])
-    course.BUILD, build = tmp_path / "build", course.BUILD
-    try:
-        _, error = course.execute(book, tmp_path / "build" / "notebooks")
-        assert error is None, f"{book.name} failed: {error}"
-        path = course.render(tmp_path / "build" / "notebooks" / book.name, "slides")
-        course.install_assets(path.parent, cache=REPO / "build" / "vendor")
-    finally:
-        course.BUILD = build
-    yield path
-
-
-def test_a_deck_opens_offline_from_a_file_with_its_slides_and_typeset_maths(deck):
+def test_every_slide_of_the_six_decks_fits_a_1280x720_screen_offline(selected):
     from playwright.sync_api import sync_playwright
 
+    from metalstm.tools.slides import BODY_PX, CODE_PX
+
     SHOTS.mkdir(parents=True, exist_ok=True)
-    shot = SHOTS / f"deck-{DECK}"
-    blocked, failed = [], []
+    for old in SHOTS.glob("deck-*.png"):
+        old.unlink()
+    problems, summary, blocked = [], [], []
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_FLAGS)
-        page = browser.new_page(viewport={"width": 1280, "height": 800})
-        page.set_default_timeout(60_000)
-        # the network is off: anything but a local file is refused (and recorded)
-        page.route("**/*", lambda route: route.continue_() if route.request.url.startswith("file://")
-                   else (blocked.append(route.request.url), route.abort()))
-        page.on("requestfailed", lambda request: failed.append(request.url))
         try:
-            page.goto(deck.as_uri(), wait_until="load")
-            page.wait_for_function("() => window.Reveal && Reveal.isReady()")
-            page.wait_for_function("() => window.MathJax && MathJax.Hub && MathJax.Hub.queue.pending === 0"
-                                   " && document.querySelectorAll('.MathJax, .MathJax_Display').length > 0")
-            page.screenshot(path=f"{shot}-first.png")
-            sections = page.evaluate(SECTIONS)
-            maths = page.evaluate(MATHS)
-            main = [s for s in sections if s["level"] == "H2" and s["title"] != "Summary"]
-            assert len(main) >= 4, f"the deck has only {len(main)} main sections: {sections}"
-            thin = [s["title"] for s in main if s["slides"] < 2]
-            assert not thin, f"main sections with a single slide: {thin}"
-            assert maths["typeset"] >= 10 and maths["typeset"] == maths["sources"], maths
-            assert maths["errors"] == 0 and not maths["raw"], maths
-            # the deck answers the keyboard; the slide with the first display maths is typeset
-            total = page.evaluate("() => Reveal.getTotalSlides()")
-            page.keyboard.press("ArrowRight")
-            page.wait_for_function("() => Reveal.getIndices().h === 1 && MathJax.Hub.queue.pending === 0")
-            shown = page.evaluate(SHOWN)
-            assert shown["formulas"] > 0 and shown["visible"] == shown["formulas"], \
-                f"the formulas of slide 2 are not all visible: {shown}"
-            page.screenshot(path=f"{shot}-maths.png")
-            # a slide taller than the screen scrolls instead of being cut off
-            long = page.evaluate(LONGEST)
-            assert long["height"] > 800, f"no slide of this deck is taller than the screen: {long}"
-            page.evaluate(f"() => Reveal.slide({long['h']}, {long['v']})")
-            page.wait_for_function("() => Reveal.getCurrentSlide().classList.contains('metalstm-scroll')")
-            page.mouse.move(640, 400)
-            page.mouse.wheel(0, 600)
-            page.wait_for_function("() => Reveal.getCurrentSlide().scrollTop > 0")
-            page.screenshot(path=f"{shot}-scrolled.png")
-            page.evaluate("() => Reveal.slide(Reveal.getHorizontalSlides().length - 1)")
-            page.screenshot(path=f"{shot}-last.png")
-            assert not blocked, f"the deck asked the network for {blocked}"
-            missing = [u for u in failed if u.startswith("file://") and not u.endswith(".otf")]
-            assert not missing, f"files the deck needs are missing beside it: {missing}"
-            print(f"deck {deck.name}: {total} slides in {len(sections)} sections "
-                  f"({', '.join(str(s['slides']) for s in sections)} slides each), {maths['typeset']} formulas "
-                  f"typeset, no network request")
-        except BaseException:
-            page.screenshot(path=f"{shot}-failure.png")
-            raise
+            for deck in _decks():
+                tag = deck.name[:2]
+                page = browser.new_page(viewport=SCREEN)
+                page.set_default_timeout(120_000)
+                # the network is off: anything but a local file is refused (and recorded)
+                page.route("**/*", lambda route: route.continue_() if route.request.url.startswith("file://")
+                           else (blocked.append(route.request.url), route.abort()))
+                failed = []
+                page.on("requestfailed", lambda request, failed=failed: failed.append(request.url))
+                page.goto(deck.as_uri(), wait_until="load")
+                page.wait_for_function("() => window.Reveal && Reveal.isReady()")
+                page.wait_for_function("() => MathJax.Hub.queue.pending === 0")
+                maths = page.evaluate(MATHS)
+                if maths["errors"] or maths["typeset"] < maths["sources"]:
+                    problems.append(f"deck {tag}: maths {maths}")
+                missing = [u for u in failed if u.startswith("file://") and not u.endswith(".otf")]
+                if missing:
+                    problems.append(f"deck {tag}: files missing beside it: {missing}")
+                slides = page.evaluate("() => Reveal.getHorizontalSlides().map(s => "
+                                       "Math.max(1, s.querySelectorAll(':scope > section').length))")
+                number, shots = 0, 0
+                for h, count in enumerate(slides):
+                    for v in range(count):
+                        number += 1
+                        page.evaluate(f"() => Reveal.slide({h}, {v}, 999)")     # every fragment shown
+                        page.wait_for_function("() => MathJax.Hub.queue.pending === 0")
+                        m = page.evaluate(MEASURE, [SCREEN["width"], SCREEN["height"], BODY_PX, CODE_PX])
+                        where = f"deck {tag} slide {number} ({h}/{v})"
+                        if m["height"] > SCREEN["height"] + 1 or m["width"] > SCREEN["width"] + 1 or m["outside"]:
+                            problems.append(f"{where}: {m['width']}x{m['height']} px, outside the screen: "
+                                            f"{m['outside'][:3]}")
+                        if m["cut"]:
+                            problems.append(f"{where}: cut off at the right: {m['cut'][:3]}")
+                        if m["small"]:
+                            problems.append(f"{where}: text below {BODY_PX} px (code {CODE_PX} px): {m['small'][:3]}")
+                        if not re.search(r"\d+(\.\d+)? min", m["notes"]):
+                            problems.append(f"{where}: no speaker notes with a time estimate")
+                        if m["figures"] or m["tables"]:
+                            page.screenshot(path=str(SHOTS / f"deck-{tag}-{number:03d}.png"))
+                            shots += 1
+                summary.append(f"deck {tag}: {number} slides, {maths['sources']} formulas, {shots} figure/table "
+                               "slides photographed")
+                page.close()
         finally:
             browser.close()
+    print("\n".join(summary))
+    assert not blocked, f"the decks asked the network for {sorted(set(blocked))[:5]}"
+    assert not problems, f"{len(problems)} problems:\n" + "\n".join(problems)

@@ -9,7 +9,7 @@ import zipfile
 import nbformat
 import pytest
 
-from metalstm.tools import course
+from metalstm.tools import course, slides
 
 LECTURE = ("01", "02", "03", "04", "05", "06")  # the notebooks whose decks are checked
 TYPES = {"slide", "subslide", "fragment", "skip", "notes", "-"}
@@ -18,7 +18,8 @@ TYPES = {"slide", "subslide", "fragment", "skip", "notes", "-"}
 def tiny_notebook(path):
     md, code = nbformat.v4.new_markdown_cell, nbformat.v4.new_code_cell
     cells = [md("[![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)]"
-                "(https://colab.research.google.com/github/OWNER/metalstm/blob/main/notebooks/x.ipynb)\n\n# Title"),
+                "(https://colab.research.google.com/github/OWNER/metalstm/blob/main/notebooks/x.ipynb)\n\n# Title\n\n"
+                "**After this notebook you will be able to**\n\n- say hello;\n- count to\n  three.\n"),
              code("print('set-up')"), md("*Speaker:* say hello"), md("## Section one\n\n$x^2$"),
              md("second idea"), code("print('shown on a slide')"), md("more, later"),
              code("print('plotting code')"), md("## Summary")]
@@ -43,11 +44,12 @@ def loaded_urls(page: str) -> list[str]:
 def test_a_deck_follows_the_slideshow_metadata_and_loads_only_local_files(tmp_path, monkeypatch):
     monkeypatch.setattr(course, "BUILD", tmp_path / "build")
     deck = course.render(tiny_notebook(tmp_path / "01_tiny.ipynb"), "slides").read_text()
-    assert deck.count("<section") == 7                     # 3 horizontal slides holding 4 vertical ones
+    # 3 horizontal slides holding 4 vertical ones, and the agenda and recap slides (a notes cell each)
+    assert deck.count("<section") == 11 and ">Agenda<" in deck and ">Recap<" in deck
     assert '<div class="fragment"' in deck and "more, later" in deck
     assert '<aside class="notes">' in deck and "say hello" in deck
     assert "set-up" not in deck                            # skipped
-    assert re.search(r'celltag_hide-input"[^>]*>\s*<div class="jp-Cell-outputWrapper">', deck)  # output only
+    assert re.search(r'celltag_hide-input[^>]*>\s*<div class="jp-Cell-outputWrapper">', deck)  # output only
     assert "<pre>plotting code" in deck
     assert "colab-badge" not in deck                       # a web image: dropped offline
     urls = loaded_urls(deck)
@@ -66,7 +68,7 @@ def test_an_html_page_is_one_plain_page_with_local_maths_and_a_note_for_widgets(
     nbformat.write(nb, path)
     page = course.render(path, "html").read_text()
     assert "<section" not in page and "set-up" in page
-    assert re.search(r'celltag_hide-input"[^>]*>\s*<div class="jp-Cell-inputWrapper"', page)      # code kept
+    assert re.search(r'celltag_hide-input[^>]*>\s*<div class="jp-Cell-inputWrapper"', page)      # code kept
     urls = loaded_urls(page)
     assert urls == [course.MATHJAX_URL.replace("&", "&amp;")] or urls == [course.MATHJAX_URL], urls
     assert "it needs a running kernel" in page and "make lab" in page
@@ -135,3 +137,98 @@ def test_every_lecture_notebook_is_a_deck(prefix):
         if cell.cell_type == "code" and (cell.source.startswith(("# Set-up for Colab", "check.exercise("))
                                          or "raise NotImplementedError" in cell.source):
             assert cell.metadata["slideshow"]["slide_type"] == "skip", cell.source[:60]
+
+
+# -- the deck built for projection (metalstm.tools.slides) ----------------------------------------
+def code_cell(source, outputs=(), tags=()):
+    cell = nbformat.v4.new_code_cell(source)
+    cell.outputs = list(outputs)
+    if tags:
+        cell.metadata["tags"] = list(tags)
+    return cell
+
+
+def stdout(text):
+    return nbformat.v4.new_output("stream", name="stdout", text=text)
+
+
+def picture():
+    return nbformat.v4.new_output("display_data", data={"image/png": "iVBORw0KGgo=", "text/plain": "<Figure>"})
+
+
+def test_a_slide_shows_code_only_where_it_is_short_and_draws_nothing():
+    short = "x = 1\nprint(x)"
+    assert slides.code_shown(code_cell(short, [stdout("1\n")]))
+    assert not slides.code_shown(code_cell(short, [picture()]))                        # it draws: output only
+    assert not slides.code_shown(code_cell("\n".join(["y = 1"] * (slides.MAX_CODE_LINES + 1))))
+    assert not slides.code_shown(code_cell("z = '" + "a" * slides.MAX_COLS + "'"))       # wider than the slide
+    assert slides.code_shown(code_cell(short, [picture()], tags=[slides.SHOW]))         # the tags decide
+    assert not slides.code_shown(code_cell(short, tags=[slides.HIDE]))
+    assert not slides.code_shown(code_cell(short, tags=["hide-input"]))
+
+
+def test_printed_tables_become_html_tables_split_by_columns_when_too_wide():
+    text = "method      1-shot    5-shot\nSGD         41.2%     60.3%\nLSTM        43.4%     60.6%\n"
+    assert slides.table_rows(text) == [["method", "1-shot", "5-shot"], ["SGD", "41.2%", "60.3%"],
+                                       ["LSTM", "43.4%", "60.6%"]]
+    assert slides.table_rows("a sentence  with  gaps\nand another  one  here\nand more  words  yes") is None
+    assert slides.table_rows("only   two\nlines   1") is None
+    (block,) = slides.text_blocks(text)
+    html = block["data"]["text/html"]
+    assert html.count("<tr>") == 3 and "<th>method</th>" in html and '<td class="num">43.4%</td>' in html
+    wide = [["row"] + [f"column {j}" for j in range(20)], ["a"] + [f"{j}.{j:04d}" for j in range(20)]]
+    parts = slides.split_columns(wide)
+    assert len(parts) > 1 and all(p[0][0] == "row" for p in parts)                    # the first column repeated
+    assert [c for p in parts for c in p[0][1:]] == wide[0][1:]                           # every column once, in order
+    assert all(sum(slides._column_px(p, j) for j in range(len(p[0]))) <= slides.TABLE_PX for p in parts)
+
+
+def test_long_printed_text_and_long_markdown_are_cut_into_blocks_that_fit():
+    lines = [f"line {i}" for i in range(2 * slides.MAX_OUTPUT_LINES + 3)] + ["x" * (slides.MAX_COLS + 30)]
+    blocks = slides.text_blocks("\n".join(lines))
+    assert len(blocks) == 3 and all(b["output_type"] == "stream" for b in blocks)
+    printed = [line for b in blocks for line in b["text"].splitlines()]
+    assert all(len(line) <= slides.MAX_COLS for line in printed) and printed[-1].strip().startswith("x")
+    assert len(printed) == len(lines) + 1                                                 # one line broken in two
+    source = "## Heading\n\n" + "\n\n".join(f"Paragraph {i} line one\nline two\nline three" for i in range(8))
+    source += "\n\n$$\na\n\nb\n$$"
+    pieces = slides.split_markdown(source)
+    assert len(pieces) > 1 and pieces[0].startswith("## Heading\n\nParagraph 0")
+    assert all(len(p.splitlines()) <= slides.MAX_MARKDOWN_LINES for p in pieces[:-1])
+    assert pieces[-1].endswith("$$\na\n\nb\n$$")                                        # maths is not cut
+    assert "\n\n".join(pieces) == source
+
+
+def test_every_slide_gets_timed_notes_and_the_deck_an_agenda_and_a_recap(tmp_path):
+    nb = nbformat.read(tiny_notebook(tmp_path / "01_tiny.ipynb"), as_version=4)
+    nb.cells.insert(-1, nbformat.v4.new_markdown_cell("## Exercises", metadata={"slideshow": {"slide_type": "slide"}}))
+    before = nbformat.writes(nb)
+    deck = slides.prepare(nb)
+    assert nbformat.writes(nb) == before                                                  # the notebook is unchanged
+    groups = slides._groups(deck.cells)
+    for group in groups:
+        notes = [c for c in group if slides._kind(c) == "notes"]
+        assert notes and re.match(r"\*\*About \d+(\.5)? min\.\*\*", notes[0].source), [c.source for c in group]
+    titles = [g[0].source.splitlines()[0] for g in groups if g[0].cell_type == "markdown"]
+    assert titles.index("## Agenda") == 1 and titles.index("## Recap") == titles.index("## Exercises") - 1
+    agenda = next(c.source for c in deck.cells if c.source.startswith("## Agenda"))
+    assert re.search(r"1\. Section one \(\d+(\.5)? min\)", agenda) and "Summary" in agenda
+    recap = next(c.source for c in deck.cells if c.source.startswith("## Recap"))
+    assert "- say hello" in recap and "- count to three" in recap                         # the objectives, as done
+    assert "set-up" not in nbformat.writes(deck)                                          # skipped cells are gone
+    assert len({c.id for c in deck.cells}) == len(deck.cells)
+
+
+def test_a_widget_becomes_frames_that_step_as_fragments():
+    html = slides.frames_html([b"a", b"b", b"c"], caption="step")
+    imgs = re.findall(r"<img ([^>]*)>", html)
+    assert len(imgs) == 3
+    assert 'class="metalstm-frame fragment fade-out" data-fragment-index="1"' in imgs[0]
+    assert 'fragment current-visible" data-fragment-index="1"' in imgs[1]
+    assert 'class="metalstm-frame fragment" data-fragment-index="2"' in imgs[2]
+    widget = nbformat.v4.new_output("display_data", data={slides.WIDGET_VIEW: {"model_id": "m"}, "text/plain": "VBox"})
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("# T"), code_cell("explorer.show()", [widget])])
+    assert slides.has_widget(nb)
+    deck = slides.prepare(nb, frames=html)
+    shown = [o for c in deck.cells if c.cell_type == "code" for o in c.outputs]
+    assert [o["data"]["text/html"] for o in shown] == [html]

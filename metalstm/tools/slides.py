@@ -1,0 +1,448 @@
+"""Lecture decks built for projection: an executed notebook reshaped into slides for a 1280x720 screen.
+
+    from metalstm.tools.slides import prepare
+    deck_nb = prepare(executed_nb)          # a new notebook; then nbconvert's reveal.js exporter
+
+The notebook keeps its code; only the deck changes. `prepare` applies these rules, in order:
+
+- a code cell shows its code on a slide only when the code is short (at most MAX_CODE_LINES lines of at
+  most MAX_COLS characters) and it draws nothing (no picture, no HTML table); a cell that computes and
+  draws shows only its output. Cell tags override the rule: "slide-show-code" shows the code,
+  "slide-hide-code" (or the older "hide-input") hides it, "slide-skip" drops the cell from the deck;
+- each output becomes a block of its own, so a slide too tall for the screen can be split between them
+  (the deck's script splits it in the browser, where heights are measured); long printed text is cut into
+  blocks of at most MAX_OUTPUT_LINES lines, and a printed table (aligned columns) becomes an HTML table;
+  text never wraps (the CSS sets `white-space: pre`), lines longer than MAX_COLS are broken with a mark;
+  warnings (stderr) are left out of the deck;
+- a markdown cell longer than MAX_MARKDOWN_LINES source lines is cut at blank lines into several cells;
+- an agenda slide (the deck's sections, minutes each) follows the title, a recap slide (the objectives of
+  the first cell, as done) precedes the exercises;
+- every slide gets speaker notes that start with a time estimate (`minutes`), added to the notebook's own
+  notes cells where the slide has some;
+- a widget output (notebook 06's explorer) is replaced by `frames`, if given: pre-rendered pictures shown
+  one after another as reveal.js fragments (the arrow keys step through them, no kernel needed).
+
+Sizes: the slide is SLIDE = (1280, 720) CSS pixels, shown unscaled on a 1280x720 screen; body text
+BODY_PX, code and printed output CODE_PX (the CSS of metalstm.tools.course's deck template).
+"""
+from __future__ import annotations
+
+import base64
+import copy
+import math
+import re
+
+SLIDE = (1280, 720)
+BODY_PX, CODE_PX = 24, 20
+MAX_CODE_LINES = 14          # more lines than fit beside a sentence on one slide: show the output only
+MAX_COLS = 96                # characters of 20 px monospace across the slide (about 12 px each, 1232 px)
+MAX_OUTPUT_LINES = 14        # printed lines per block
+MAX_MARKDOWN_LINES = 12      # source lines of one markdown block
+SHOW, HIDE, SKIP = "slide-show-code", "slide-hide-code", "slide-skip"
+WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
+OBJECTIVES = "After this notebook you will be able to"
+ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+RICH = ("image/png", "image/jpeg", "image/svg+xml", "text/html")
+
+
+def _kind(cell) -> str:
+    return cell.metadata.get("slideshow", {}).get("slide_type", "-") or "-"
+
+
+def _set_kind(cell, kind: str) -> None:
+    cell.metadata.setdefault("slideshow", {})["slide_type"] = kind
+
+
+def _tags(cell) -> set[str]:
+    return set(cell.metadata.get("tags", []))
+
+
+def _markdown(source: str, kind: str = "-"):
+    from nbformat.v4 import new_markdown_cell
+    cell = new_markdown_cell(source)
+    _set_kind(cell, kind)
+    return cell
+
+
+def code_shown(cell) -> bool:
+    """Whether a code cell's code appears on its slide (the rule of the module docstring)."""
+    tags = _tags(cell)
+    if SHOW in tags:
+        return True
+    if tags & {HIDE, "hide-input"}:
+        return False
+    lines = cell.source.rstrip().splitlines()
+    if not lines or len(lines) > MAX_CODE_LINES or max(len(line) for line in lines) > MAX_COLS:
+        return False
+    draws = any(set(o.get("data", {})) & set(RICH) for o in cell.get("outputs", []))
+    return not draws
+
+
+def table_rows(text: str) -> list[list[str]] | None:
+    """A printed table as rows of cells, or None. A table: at least 3 lines, each cut by runs of two or
+    more spaces into the same number (at least 3) of columns, most of the cells after the first being
+    numbers (a header row of words is allowed)."""
+    lines = [line.rstrip() for line in text.strip("\n").splitlines()]
+    if len(lines) < 3 or any(not line.strip() for line in lines):
+        return None
+    rows = [re.split(r"\s{2,}", line.strip()) for line in lines]
+    width = len(rows[-1])
+    if width < 3 or any(len(r) != width for r in rows):
+        return None
+    cells = [c for r in rows[1:] for c in r[1:]]
+    numeric = sum(bool(re.search(r"\d", c)) for c in cells)
+    return rows if numeric >= 0.6 * len(cells) else None
+
+
+def _html_table(rows: list[list[str]]) -> str:
+    from html import escape
+    numeric = re.compile(r"^[-+\u2212]?[\d.,]+\s*%?(\s*(\+-|\u00b1).*)?$")
+    head = not any(numeric.match(c) for c in rows[0][1:])
+    out = ['<table class="metalstm-table">']
+    for i, row in enumerate(rows):
+        tag = "th" if i == 0 and head else "td"
+        num = ' class="num"'
+        cells = "".join(f"<{tag}{num if numeric.match(c) else ''}>{escape(c)}</{tag}>" for c in row)
+        out.append(f"<tr>{cells}</tr>")
+    out.append("</table>")
+    return "\n".join(out)
+
+
+TABLE_PX = 1180              # the width a table may take (the slide less its margins)
+
+
+def _column_px(rows: list[list[str]], j: int) -> float:
+    """Estimated width of column j at CODE_PX: about 0.6 em a character, 24 px of padding."""
+    return max(len(r[j]) for r in rows) * 0.6 * CODE_PX + 24
+
+
+def split_columns(rows: list[list[str]]) -> list[list[list[str]]]:
+    """A table too wide for the slide as several tables, each repeating the first column."""
+    groups, current, width = [], [], _column_px(rows, 0)
+    for j in range(1, len(rows[0])):
+        w = _column_px(rows, j)
+        if current and width + w > TABLE_PX:
+            groups.append(current)
+            current, width = [], _column_px(rows, 0)
+        current.append(j)
+        width += w
+    groups.append(current)
+    return [[[r[0]] + [r[j] for j in group] for r in rows] for group in groups]
+
+
+def _break_long(line: str) -> list[str]:
+    """A printed line longer than MAX_COLS, broken at spaces (a mark where it goes on)."""
+    out, rest = [], line
+    while len(rest) > MAX_COLS:
+        cut = rest.rfind(" ", MAX_COLS // 2, MAX_COLS - 2)
+        cut = cut if cut > 0 else MAX_COLS - 2
+        out.append(rest[:cut] + " \u21a9")
+        rest = "    " + rest[cut:].lstrip()
+    return out + [rest]
+
+
+def text_blocks(text: str) -> list[dict]:
+    """Printed text as a list of output blocks: tables as HTML, the rest in blocks of at most
+    MAX_OUTPUT_LINES lines, long lines broken."""
+    from nbformat.v4 import new_output
+
+    text = ANSI.sub("", text).strip("\n")
+    blocks, pending = [], []
+
+    def flush():
+        lines = [piece for line in pending for piece in _break_long(line)]
+        for i in range(0, len(lines), MAX_OUTPUT_LINES):
+            blocks.append(new_output("stream", name="stdout", text="\n".join(lines[i:i + MAX_OUTPUT_LINES]) + "\n"))
+        pending.clear()
+
+    # tables are runs of lines between blank lines (or the whole text)
+    for para in re.split(r"\n\s*\n", text):
+        rows = table_rows(para)
+        if rows and len(rows) <= MAX_OUTPUT_LINES:
+            flush()
+            for part in split_columns(rows):
+                blocks.append(new_output("display_data", data={"text/html": _html_table(part), "text/plain": para}))
+        else:
+            pending.extend(para.splitlines() + [""])
+    while pending and not pending[-1].strip():
+        pending.pop()
+    flush()
+    return blocks
+
+
+def split_markdown(source: str) -> list[str]:
+    """A markdown cell cut at blank lines (outside code fences and $$ blocks) into pieces of at most
+    about MAX_MARKDOWN_LINES lines; a heading stays with what follows it."""
+    if len(source.splitlines()) <= MAX_MARKDOWN_LINES:
+        return [source]
+    blocks, current, fenced, maths = [], [], False, False
+    for line in source.splitlines():
+        if line.strip().startswith("```"):
+            fenced = not fenced
+        if not fenced and line.count("$$") % 2:
+            maths = not maths
+        if not line.strip() and not fenced and not maths and current:
+            blocks.append(current)
+            current = []
+        elif line.strip() or current:
+            current.append(line)
+    if current:
+        blocks.append(current)
+    pieces, piece = [], []
+    for block in blocks:
+        heading_only = len(piece) == 1 and piece[0].startswith("#")
+        if piece and len(piece) + 1 + len(block) > MAX_MARKDOWN_LINES and not heading_only:
+            pieces.append(piece)
+            piece = []
+        piece = piece + ([""] if piece else []) + block
+    if piece:
+        pieces.append(piece)
+    return ["\n".join(p) for p in pieces]
+
+
+def frames_html(pngs: list[bytes], caption: str = "") -> str:
+    """Pictures shown one after another in one place, stacked: the first at once, each next one at the
+    next reveal.js fragment (right arrow: next picture, left: back; no kernel, no network). Frame 0
+    fades out at fragment 1, frames 1..n-2 are visible only while current, the last one stays."""
+    n, out = len(pngs), ['<div class="metalstm-frames">']
+    for i, png in enumerate(pngs):
+        data = base64.b64encode(png).decode("ascii")
+        if i == 0:
+            attrs = 'class="metalstm-frame fragment fade-out" data-fragment-index="1"' if n > 1 else \
+                'class="metalstm-frame"'
+        elif i < n - 1:
+            attrs = f'class="metalstm-frame fragment current-visible" data-fragment-index="{i}"'
+        else:
+            attrs = f'class="metalstm-frame fragment" data-fragment-index="{i}"'
+        out.append(f'<img {attrs} alt="frame {i + 1} of {n}" src="data:image/png;base64,{data}">')
+    out.append("</div>")
+    if caption:
+        out.append(f'<p class="metalstm-caption">{caption}</p>')
+    return "\n".join(out)
+
+
+def _outputs(cell, frames) -> list:
+    """A code cell's outputs as the blocks of the deck."""
+    from nbformat.v4 import new_output
+    blocks, text = [], []
+
+    def flush():
+        if text:
+            blocks.extend(text_blocks("".join(text)))
+            text.clear()
+
+    for out in cell.get("outputs", []):
+        kind = out.get("output_type")
+        if kind == "stream":
+            if out.get("name") == "stdout":
+                text.append(out.get("text", ""))
+            continue
+        flush()
+        if kind == "error":
+            blocks.append(out)
+        elif kind in ("display_data", "execute_result"):
+            data = out.get("data", {})
+            if WIDGET_VIEW in data and frames:
+                blocks.append(new_output("display_data", data={"text/html": frames}))
+            elif set(data) & set(RICH) or WIDGET_VIEW in data:
+                blocks.append(out)
+            elif "text/plain" in data:
+                text.append(data["text/plain"] + "\n")
+    flush()
+    return blocks
+
+
+def _minutes(cells) -> float:
+    """Time estimate for a slide: reading its prose aloud (about 110 words a minute), a minute for each
+    picture, half a minute for each table, printed block or piece of code; at least one minute; to the
+    half minute."""
+    words, extra = 0, 0.0
+    for cell in cells:
+        if _kind(cell) == "notes":
+            continue
+        if cell.cell_type == "markdown":
+            words += len(re.findall(r"[A-Za-z]+", cell.source))
+        elif cell.cell_type == "code":
+            extra += 0.5 if HIDE not in _tags(cell) else 0.0
+            for out in cell.get("outputs", []):
+                data = out.get("data", {})
+                extra += 1.0 if any(k.startswith("image/") for k in data) or "metalstm-frames" in \
+                    str(data.get("text/html", "")) else 0.5
+    return max(1.0, math.ceil((words / 110 + extra) * 2) / 2)
+
+
+def _title(cells) -> str:
+    for cell in cells:
+        if cell.cell_type == "markdown" and _kind(cell) != "notes":
+            for line in cell.source.splitlines():
+                if line.startswith("#"):
+                    return line.lstrip("#").strip()
+    return ""
+
+
+def _groups(cells) -> list[list]:
+    groups = []
+    for cell in cells:
+        if not groups or _kind(cell) in ("slide", "subslide"):
+            groups.append([])
+        groups[-1].append(cell)
+    return groups
+
+
+def minutes_note(minutes: float) -> str:
+    return f"**About {minutes:g} min.**"
+
+
+def _objectives(source: str) -> list[str]:
+    """The bullets under 'After this notebook you will be able to' in the first cell."""
+    if OBJECTIVES not in source:
+        return []
+    after = source.split(OBJECTIVES, 1)[1]
+    items, current = [], None
+    for line in after.splitlines()[1:]:
+        if line.startswith("- "):
+            current = line[2:].strip()
+            items.append(current)
+        elif current is not None and line.startswith("  ") and line.strip():
+            items[-1] += " " + line.strip()
+        elif items and not line.strip():
+            break
+    return [re.sub(r"[;.]$|; and$|, and$", "", item).rstrip(";, ") for item in items]
+
+
+def prepare(nb, frames: str | None = None):
+    """The notebook reshaped for projection (see the module docstring); `nb` is not modified.
+    `frames`: the HTML that replaces a widget output (frames_html), or None to keep the widget note."""
+    nb = copy.deepcopy(nb)
+    cells = []
+    for cell in nb.cells:
+        kind, tags = _kind(cell), _tags(cell)
+        if kind == "skip" or SKIP in tags:
+            continue
+        if cell.cell_type == "markdown":
+            for j, piece in enumerate(split_markdown(cell.source)):
+                new = copy.deepcopy(cell)
+                new.source = piece
+                if j:
+                    _set_kind(new, "-" if kind != "notes" else "notes")
+                cells.append(new)
+        elif cell.cell_type == "code":
+            shown, blocks = code_shown(cell), _outputs(cell, frames)
+            pieces = []
+            if shown:
+                head = copy.deepcopy(cell)
+                head.outputs = []
+                pieces.append(head)
+            for out in blocks:
+                new = copy.deepcopy(cell)
+                new.outputs = [out]
+                new.metadata["tags"] = sorted(_tags(new) | {HIDE})
+                _set_kind(new, "-")
+                pieces.append(new)
+            if not pieces:
+                continue
+            _set_kind(pieces[0], kind)
+            cells.append(pieces[0])
+            cells.extend(pieces[1:])
+        else:
+            cells.append(cell)
+    # a dropped cell that started a slide passes the start on
+    for i, cell in enumerate(cells):
+        if i == 0 and _kind(cell) not in ("slide",):
+            _set_kind(cell, "slide")
+    cells = _with_agenda_and_recap(_with_notes(cells))
+    seen = set()
+    for i, cell in enumerate(cells):               # copies and new cells get ids of their own
+        if cell.get("id") in seen or "id" not in cell:
+            cell["id"] = f"deck-{i}"
+        seen.add(cell["id"])
+    nb.cells = cells
+    return nb
+
+
+def _with_notes(cells) -> list:
+    out = []
+    for group in _groups(cells):
+        minutes = _minutes(group)
+        notes = [c for c in group if _kind(c) == "notes"]
+        if notes:
+            notes[0].source = minutes_note(minutes) + " " + notes[0].source
+        else:
+            title = _title(group)
+            hint = f" {title}: say what it shows, then move on." if title else " Say what it shows, then move on."
+            group.append(_markdown(minutes_note(minutes) + hint, "notes"))
+        group[0].metadata["metalstm_minutes"] = minutes
+        out.extend(group)
+    return out
+
+
+def sections(cells) -> list[tuple[str, float]]:
+    """(section heading, minutes) of a prepared deck: a section starts at a `## ` heading that starts a
+    slide; the title slide and what precedes the first section count as 'Introduction'."""
+    out = []
+    for group in _groups(cells):
+        first = next((c for c in group if c.cell_type == "markdown" and _kind(c) != "notes"), None)
+        heading = first.source.splitlines()[0] if first is not None and first.source else ""
+        if _kind(group[0]) == "slide" and heading.startswith("## "):
+            out.append((heading[3:].strip(), 0.0))
+        elif not out:
+            out.append(("Introduction", 0.0))
+        out[-1] = (out[-1][0], out[-1][1] + group[0].metadata.get("metalstm_minutes", 0.0))
+    return out
+
+
+def _with_agenda_and_recap(cells) -> list:
+    groups = _groups(cells)
+    parts = [(title, minutes) for title, minutes in sections(cells)
+             if title not in ("Introduction", "Exercises")]
+    total = sum(m for _, m in sections(cells))
+    agenda = "## Agenda\n\n" + "\n".join(f"1. {title} ({minutes:g} min)" for title, minutes in parts)
+    agenda_cells = [_markdown(agenda, "slide"),
+                    _markdown(minutes_note(1) + f" The plan of this lecture: about {total:g} minutes of slides "
+                              "in all (each slide's notes give its own estimate).", "notes")]
+    goals = _objectives(cells[0].source if cells else "")
+    recap = "## Recap\n\nYou can now:\n\n" + "\n".join(f"- {g}" for g in goals) if goals else \
+        "## Recap\n\n" + "\n".join(f"- {title}" for title, _ in parts)
+    recap_cells = [_markdown(split_markdown(recap)[0], "slide")]
+    recap_cells += [_markdown(piece, "subslide") for piece in split_markdown(recap)[1:]]
+    recap_cells.append(_markdown(minutes_note(2) + " Ask the room which of these they could not do yet; "
+                                 "point to the exercises.", "notes"))
+    out = list(groups[0]) + agenda_cells
+    placed = False
+    for group in groups[1:]:
+        if not placed and group[0].cell_type == "markdown" and group[0].source.startswith("## Exercises"):
+            out.extend(recap_cells)
+            placed = True
+        out.extend(group)
+    if not placed:
+        out.extend(recap_cells)
+    return out
+
+
+DECK_STYLE = {"body_px": BODY_PX, "code_px": CODE_PX, "image_px": 600}
+
+
+def has_widget(nb) -> bool:
+    return any(WIDGET_VIEW in out.get("data", {}) for cell in nb.cells if cell.cell_type == "code"
+               for out in cell.get("outputs", []))
+
+
+def explorer_frames(config: str = "glyphs-5shot", layer: str | None = None, dpi: int = 90) -> str:
+    """Notebook 06's inner-loop explorer as pre-rendered frames (frames_html): meta-validation episode 0
+    of the shipped `config` meta-learner, steps t = 0..T, one picture each, drawn by
+    InnerLoopExplorer.static_figure (the picture the widget shows)."""
+    import torch
+
+    from metalstm.episodes import sampler_for
+    from metalstm.model import load_trained
+    from metalstm.paths import shipped_checkpoint
+    from metalstm.viz import InnerLoopExplorer
+    from metalstm.viz.explorer import figure_png
+
+    torch.set_num_threads(1)
+    learner, meta, cfg, _ = load_trained(shipped_checkpoint(config))
+    explorer = InnerLoopExplorer(learner, meta, sampler_for(cfg, "val"), cfg, episodes=1)
+    layer = layer or explorer.layers[0]
+    pngs = [figure_png(explorer.static_figure(episode=0, layer=layer, step=t), dpi=dpi) for t in range(cfg.steps + 1)]
+    return frames_html(pngs, caption=f"Right arrow: the next step t (0 = c<sub>0</sub> ... {cfg.steps}); "
+                                     "the live explorer with sliders: <code>make lab</code>, notebook 06.")
