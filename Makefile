@@ -62,10 +62,12 @@ bench: env
 clean:
 	rm -rf build .pytest_cache
 
-## slow: notebook 06 in JupyterLab under headless Chromium, its widget clicked; and a lecture deck
-## (METALSTM_DECK=01 by default) opened from a file with the network blocked; screenshots in build/browser/
+## slow: notebook 06 in JupyterLab under headless Chromium, its widget clicked; and every slide of the six
+## decks (`make slides` first) opened from files at 1280x720 with the network blocked: nothing off the
+## screen, maths typeset, timed notes, font sizes; screenshots in build/browser/
 ## (installs Debian's chromium with apt-get and playwright into .venv; never `playwright install`)
 browser-check: env
 	command -v chromium >/dev/null || (apt-get update && apt-get install -y chromium)
 	$(PY) -m pip install --disable-pip-version-check -q playwright
+	MPLBACKEND=Agg $(PY) -m metalstm.tools.course --slides-only
 	$(TESTENV) $(PY) -m pytest -m browser -v -s tests/notebooks/test_browser.py
