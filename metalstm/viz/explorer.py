@@ -4,7 +4,7 @@
     explorer.show()                     # episode / layer / step controls in a live notebook
     explorer.static_figure(3, "conv2.weight", step=5)   # the same picture as a figure
 
-For one episode the explorer shows the support set, the histograms of f_t and
+For one episode the explorer shows the support set, the histograms of 1 - f_t (log scale) and
 i_t over the chosen layer's coordinates at step t, one coordinate's gates up
 to step t, and the learner's query predictions and accuracy at theta_t.
 The T steps of an episode are computed once (`trace_episode`) and cached;
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import io
+import math
 
 import torch
 from matplotlib.figure import Figure
@@ -22,6 +23,7 @@ from matplotlib.ticker import MaxNLocator
 from metalstm.viz.record import LAYER_TITLES, LAYERS, EpisodeTrace, pick_coordinates, trace_episode
 
 PAD = 0.15   # grey between the tiles of an image mosaic
+FLOOR = 1e-8   # where a forget gate that rounds to 1 in float32 (1 - f_t = 0) is drawn on the log scale
 
 
 def mosaic(images: torch.Tensor, n_cols: int) -> torch.Tensor:
@@ -147,24 +149,39 @@ class InnerLoopExplorer:
         ax.axis("off")
 
         # the gates of the layer at step t (histogram over its coordinates) and one coordinate's trace
+        # The forget gate is drawn as 1 - f_t on a log scale: f_t lies within about 1e-3 of 1, so a
+        # histogram of f_t itself is one bar at 1.0000; a gate that rounds to 1 is drawn at FLOOR.
         for col, (gate, values) in enumerate((("forget", trace.forget), ("input", trace.input)), start=1):
             values = values[:, part]                                             # [T, n_layer]
-            low, high = (values.min().item(), values.max().item()) if T else (0.0, 1.0)
-            pad = 0.05 * (high - low) or 1e-3
+            log = gate == "forget"
+            if log:
+                values = (1 - values.double()).clamp_min(FLOOR)
+            low, high = (values.min().item(), values.max().item()) if T else ((FLOOR, 1.0) if log else (0.0, 1.0))
+            if log:
+                low, high = low / 1.5, max(high * 1.5, low * 10)
+                bins = torch.logspace(math.log10(low), math.log10(high), 41)
+            else:
+                pad = 0.05 * (high - low) or 1e-3
+                low, high = low - pad, high + pad
+                bins = torch.linspace(low, high, 41)
             ax = fig.add_subplot(grid[0, col])
+            if log:
+                ax.set_xscale("log")
             if step == 0:
                 ax.text(0.5, 0.5, "no update yet\n(t = 0: theta_0 = c_0)", ha="center", va="center",
                         transform=ax.transAxes, color="0.4")
-                ax.set_xlim(low - pad, high + pad)
+                ax.set_xlim(low, high)
             else:
-                ax.hist(values[step - 1].numpy(), bins=torch.linspace(low - pad, high + pad, 41).numpy(),
+                ax.hist(values[step - 1].numpy(), bins=bins.numpy(),
                         histtype="stepfilled", color="C0" if gate == "forget" else "C1")
                 ax.axvline(values[step - 1, coord].item(), color="k", lw=1, ls="--",
                            label=f"coordinate #{coord}")
                 ax.legend(fontsize=7, loc="upper left")
-            ax.xaxis.set_major_locator(MaxNLocator(4))
-            ax.set_title(f"{title}: {gate} gates at t = {step} ({values.shape[1]:,} coordinates)",
-                         fontsize=9)
+            if not log:
+                ax.xaxis.set_major_locator(MaxNLocator(4))
+            shown = "gates 1 - f_t" if log else "gates"
+            ax.set_title(f"{title}: {gate} {shown} at t = {step}\n({values.shape[1]:,} coordinates"
+                         + (", log scale)" if log else ")"), fontsize=9)
             ax.set_yticks([])
 
             ax = fig.add_subplot(grid[1, col])
@@ -180,10 +197,12 @@ class InnerLoopExplorer:
                 if gate == "forget":
                     ax.legend(fontsize=7, loc="lower right")
             ax.set_xlim(0.5, T + 0.5)
-            ax.set_ylim(low - pad, high + pad)
+            if log:
+                ax.set_yscale("log")
+            ax.set_ylim(low, high)
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.set_xlabel("step t")
-            ax.set_title(f"{gate} gate up to t = {step}", fontsize=9)
+            ax.set_title(f"{gate} gate up to t = {step}" + (" (1 - f_t, log scale)" if log else ""), fontsize=9)
 
         # progress of the learner: accuracy and losses up to step t
         ax = fig.add_subplot(grid[0, 3])
@@ -195,8 +214,10 @@ class InnerLoopExplorer:
         ax = fig.add_subplot(grid[1, 3])
         ax.plot(range(1, step + 1), trace.support_loss[:step].numpy(), marker=".", label="support loss $L_t$")
         ax.plot(range(step + 1), trace.query_loss[: step + 1].numpy(), ls="--", label="query loss")
-        top = max(trace.support_loss.max().item() if T else 0.0, trace.query_loss.max().item())
-        ax.set(xlim=(-0.5, T + 0.5), ylim=(0, 1.05 * top), xlabel="step t", title="losses")
+        losses = torch.cat([trace.support_loss, trace.query_loss]) if T else trace.query_loss
+        ax.set_yscale("log")                                   # step 1's support loss is 10-100x the others
+        ax.set(xlim=(-0.5, T + 0.5), ylim=(max(losses.min().item(), 1e-6) / 2, 2 * max(losses.max().item(), 1e-6)),
+               xlabel="step t", title="losses (log scale)")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.title.set_fontsize(9)
         ax.legend(fontsize=7, loc="upper right")

@@ -18,6 +18,8 @@ import matplotlib.pyplot as plt
 import torch
 from matplotlib.ticker import MaxNLocator
 
+from metalstm.stats import t975
+
 from metalstm.viz.record import GATES, LAYER_TITLES, LAYERS, GateRecord, pick_coordinates
 
 GATE_LABELS = {"forget": "forget gate $f_t$", "input": "input gate $i_t$"}
@@ -196,7 +198,7 @@ def accuracy_by_step(record: GateRecord) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean query accuracy after each step (t = 0..T) and the half-width of its 95% interval."""
     acc = record.query_acc.double()
     n = acc.shape[0]
-    half = 1.96 * acc.std(dim=0) / math.sqrt(n) if n > 1 else torch.zeros(acc.shape[1], dtype=acc.dtype)
+    half = t975(n - 1) * acc.std(dim=0) / math.sqrt(n) if n > 1 else torch.zeros(acc.shape[1], dtype=acc.dtype)
     return acc.mean(dim=0), half
 
 
@@ -224,7 +226,7 @@ def _plot_query_accuracy_by_step(records):
         ax_acc.axhline(1 / records[0].n_way, color="0.5", lw=0.8, ls=":", label="chance")
     ax_acc.set(xlabel="step t (0 = the learned initialisation $c_0$)", ylabel="query accuracy",
                title="query accuracy of $\\theta_t$ (mean, 95% interval)")
-    ax_loss.set(xlabel="step t", ylabel="cross-entropy", title="losses per step")
+    ax_loss.set(xlabel="step t", ylabel="cross-entropy (log scale)", title="losses per step", yscale="log")
     ax_acc.legend()
     ax_loss.legend()
     for ax in (ax_acc, ax_loss):
