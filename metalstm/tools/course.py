@@ -162,8 +162,10 @@ TEMPLATES = {
 .reveal .slides .jp-OutputArea-child { display: block; } .reveal .slides .jp-OutputArea-output { width: auto; }
 .reveal .slides .jp-RenderedMarkdown td code { white-space: pre-wrap; overflow-wrap: anywhere; }
 .reveal .slides table td.num { text-align: right; font-variant-numeric: tabular-nums; }
-.reveal .slides .jp-OutputArea-output img, .reveal .slides .jp-RenderedMarkdown img, .reveal .slides .metalstm-frames img {
-  max-height: {{ resources.deck.image_px }}px; max-width: 100%; width: auto; height: auto; }
+.reveal .slides .jp-RenderedMarkdown img { max-height: {{ resources.deck.image_px }}px; max-width: 100%; width: auto; height: auto; }
+/* a figure takes the slide's width (scaled up if need be: larger labels), at most image_px high */
+.reveal .slides .jp-OutputArea-output img, .reveal .slides .metalstm-frames img {
+  width: 100%; height: auto; max-height: {{ resources.deck.image_px }}px; object-fit: contain; object-position: left top; }
 .reveal .slides .metalstm-frames { display: grid; }
 .reveal .slides .metalstm-frames > img { grid-area: 1 / 1; }
 .reveal .slides .metalstm-caption { font-size: {{ resources.deck.body_px }}px; margin: 0; }

@@ -407,6 +407,7 @@ def _with_agenda_and_recap(cells) -> list:
     recap_cells += [_markdown(piece, "subslide") for piece in split_markdown(recap)[1:]]
     recap_cells.append(_markdown(minutes_note(2) + " Ask the room which of these they could not do yet; "
                                  "point to the exercises.", "notes"))
+    agenda_cells[0].metadata["metalstm_minutes"], recap_cells[0].metadata["metalstm_minutes"] = 1.0, 2.0
     out = list(groups[0]) + agenda_cells
     placed = False
     for group in groups[1:]:

@@ -2,19 +2,20 @@
 
 1. notebook 06 run in JupyterLab, its inner-loop explorer widget rendered and answering one key
    press;
-2. a lecture deck (`make slides`) opened from a local file with the network blocked: reveal.js
-   and MathJax come from the files beside it, every main section has more than one slide, the
-   maths is typeset, and a slide taller than the screen scrolls.
+2. every slide of the six lecture decks (`make slides`, build/slides/) opened from local files in a
+   1280x720 window (a projector) with the network blocked: no slide taller or wider than the screen,
+   no code or table cut off, no maths error, every formula typeset, no request beyond the files,
+   speaker notes with a time estimate on every slide, text at least BODY_PX and code at least CODE_PX
+   (metalstm.tools.slides) as measured on screen.
 
-Slow (a JupyterLab server, a kernel, about a minute of notebook; executing notebook 01 for the
-deck), so they run only when selected: `make browser-check`, or `pytest -m browser
+Slow (a JupyterLab server, a kernel, about a minute of notebook; a few seconds a deck), so they run
+only when selected: `make browser-check` (it builds the decks first), or `pytest -m browser
 tests/notebooks/test_browser.py` once playwright and Chromium (/usr/bin/chromium, or $CHROMIUM) are
 installed. Test 1 needs the checkpoints data/checkpoints/glyphs-{1,5}shot.pt, or a folder of
-them in $METALSTM_CHECKPOINTS. Test 2 builds the deck of notebook $METALSTM_DECK (default 01) in
-a temporary folder; the first run downloads the two pinned wheels with reveal.js and MathJax
-into build/vendor/ (that is the only network use, before the browser starts).
-Screenshots: build/browser/jupyterlab-06-{before,after,page}.png and deck-NN-{first,maths,scrolled,last}.png
-(-failure.png when one fails). Nothing in the repository is modified.
+them in $METALSTM_CHECKPOINTS. Test 2 reads the decks of build/slides/ ($METALSTM_DECKS="01 06" checks
+only those). Screenshots: build/browser/jupyterlab-06-{before,after,page}.png
+(-failure.png when it fails) and deck-NN-SSS.png, one for every slide that shows a figure or a table
+(all its fragments shown). Nothing in the repository is modified.
 """
 from __future__ import annotations
 
