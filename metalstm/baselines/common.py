@@ -3,7 +3,7 @@
 A few-shot method is any object with a `name` and `predict(episode)` returning
 scores [N*Q, N] for the episode's queries (logits, log-probabilities or
 similarities: only the argmax matters). Every method is run on the SAME
-episodes (paper notes 5: 600 meta-test episodes, mean accuracy +- 1.96 std / sqrt(n)).
+episodes (paper notes 5: 600 meta-test episodes, mean accuracy +- t_{0.975, n-1} std / sqrt(n), 1.96 for n = 600).
 """
 from __future__ import annotations
 

@@ -10,12 +10,15 @@ from metalstm.stats import (T975, mean_ci95, paired_difference, seed_mean_ci95, 
                             seed_paired_difference, significant, t975)
 
 
-def test_mean_ci95_is_1_96_std_over_sqrt_n():
+def test_mean_ci95_is_a_t_interval_over_the_episodes():
+    """t_{0.975, n-1} * std / sqrt(n): 3.182 for 4 episodes; within 0.3% of the paper's 1.96 at 600."""
     values = [0.5, 0.7, 0.9, 0.6]
     mean, half = mean_ci95(values)
     t = torch.tensor(values, dtype=torch.float64)
     assert mean == pytest.approx(0.675)
-    assert half == pytest.approx(1.96 * t.std().item() / 2)
+    assert half == pytest.approx(3.182446305 * t.std().item() / 2)
+    many = [0.5 + 0.1 * (i % 5) for i in range(600)]
+    assert mean_ci95(many)[1] == pytest.approx(1.96 * torch.tensor(many).double().std().item() / math.sqrt(600), rel=3e-3)
     assert math.isnan(mean_ci95([0.3])[1])
     with pytest.raises(ValueError, match="no values"):
         mean_ci95([])
@@ -118,7 +121,8 @@ def test_three_seeds_0_80_0_82_0_84_by_hand():
     assert means == pytest.approx([0.80, 0.82, 0.84]) and mean == pytest.approx(0.82)
     assert half == pytest.approx(4.303 * 0.02 / 1.732, rel=2e-4)         # t975(2) * sd / sqrt(3)
     assert half == pytest.approx(0.049683, abs=1e-6)
-    assert mean_ci95(means)[1] < half                                     # 1.96 would claim too much
+    assert mean_ci95(means)[1] == pytest.approx(half)                     # the same t interval
+    assert 1.96 * 0.02 / 3 ** 0.5 < half                                  # 1.96 would claim too much
 
 
 def test_a_difference_paired_within_seeds_outlives_the_seed_spread_that_hides_it():
