@@ -7,7 +7,7 @@
         --cache data/checkpoints/baselines --test-sets glyphs digits --json out.json
 
 Accuracy is the mean over `episodes` meta-test episodes (600 in the paper) with
-a 95% interval of 1.96 * std / sqrt(n). Episode i is a function of the
+a 95% interval of t_{0.975, n-1} * std / sqrt(n) (1.96 for the paper's 600). Episode i is a function of the
 configuration's seed and i alone, so every method sees exactly the same
 support and query images, and the same command gives the same table. Because
 the episodes are shared, two methods are compared by their per-episode
@@ -32,13 +32,12 @@ import torch
 from tqdm.auto import tqdm
 
 from metalstm.baselines.common import Evaluation
-from metalstm.baselines.suite import (METHODS, NAMES, baseline_keys, build_baselines, find_matching,
-                                     matching_settings, pretrained_for)
+from metalstm.baselines.suite import METHODS, NAMES, baseline_keys, build_baselines, pick_cache
 from metalstm.checkpoint import CheckpointError, refuse_other_kinds, stored_checksum
 from metalstm.cli import (ROOTED, add_logging_options, add_path_option, add_run_options, check_device,
                           check_folder, check_output_file, check_path_runs, config_from_args, default_cache,
                           load_config, parser as cli_parser, positive_int, set_threads, setup_logging,
-                          shipped_cache, write_json)
+                          write_json)
 from metalstm.config import Config
 from metalstm.paths import checkpoint_path
 from metalstm.data import load_dataset
@@ -388,31 +387,6 @@ def evaluation_config(args: argparse.Namespace, cfg: Config) -> tuple[Config, ob
             raise ValueError(f"--test-sets {foreign[0]} needs --data-root, the folder that holds it")
         root, args = args.data_root, argparse.Namespace(**{**vars(args), "data_root": None})
     return config_from_args(argparse.Namespace(**{**vars(args), "config": None}), base=cfg, fixed=FIXED), root
-
-
-def cached_in(cache: Path, cfg: Config, wanted: list[str], data: dict) -> bool:
-    """True when `cache` holds every baseline of `wanted` that is trained once and kept (the
-    pre-trained network, the Matching Network), made for `cfg` from the same images with the
-    settings evaluate asks for (`build_baselines`' defaults)."""
-    if {"finetune", "nearest"} & set(wanted):
-        try:
-            pretrained_for(cfg, data["train"], cache, progress=False, train=False)
-        except FileNotFoundError:
-            return False
-    if "matching" in wanted and find_matching(cache, cfg, matching_settings(cfg, data)) is None:
-        return False
-    return True
-
-
-def pick_cache(args: argparse.Namespace, cfg: Config, wanted: list[str], c0, data: dict) -> Path:
-    """--cache, or by default the shipped baselines (data/checkpoints/baselines) when they hold
-    every wanted one made for this configuration, else the user's cache folder (`default_cache`)."""
-    if args.cache is not None:
-        return Path(args.cache)
-    shipped = shipped_cache()
-    if shipped is not None and shipped.is_dir() and cached_in(shipped, cfg, wanted, data):
-        return shipped
-    return default_cache()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -28,8 +28,8 @@ from metalstm.baselines.pretrain import load_or_pretrain
 from metalstm.baselines.sgd import learned_init, random_init, tune_lr
 from metalstm.checkpoint import refuse_other_kinds
 from metalstm.cli import (add_logging_options, add_run_options, check_folder, check_output_file, config_from_args,
-                          load_config, non_negative_int, parser as cli_parser, positive_float, positive_int,
-                          set_threads, setup_logging)
+                          default_cache, load_config, non_negative_int, parser as cli_parser, positive_float,
+                          positive_int, set_threads, setup_logging, shipped_cache)
 from metalstm.config import Config, get_config
 from metalstm.episodes import load_split, sampler_for
 from metalstm.learner import Learner
@@ -253,6 +253,31 @@ def measure_baselines(cfg: Config, methods, n: int, c0: torch.Tensor | None = No
     return [evaluate(m, episodes) for m in built.values()], notes, setup, sampler
 
 
+def cached_in(cache: Path, cfg: Config, wanted: list[str], data: dict) -> bool:
+    """True when `cache` holds every baseline of `wanted` that is trained once and kept (the
+    pre-trained network, the Matching Network), made for `cfg` from the same images with the
+    settings evaluate asks for (`build_baselines`' defaults)."""
+    if {"finetune", "nearest"} & set(wanted):
+        try:
+            pretrained_for(cfg, data["train"], cache, progress=False, train=False)
+        except FileNotFoundError:
+            return False
+    if "matching" in wanted and find_matching(cache, cfg, matching_settings(cfg, data)) is None:
+        return False
+    return True
+
+
+def pick_cache(args: argparse.Namespace, cfg: Config, wanted: list[str], c0, data: dict) -> Path:
+    """--cache, or by default the shipped baselines (data/checkpoints/baselines) when they hold
+    every wanted one made for this configuration, else the user's cache folder (`default_cache`)."""
+    if args.cache is not None:
+        return Path(args.cache)
+    shipped = shipped_cache()
+    if shipped is not None and shipped.is_dir() and cached_in(shipped, cfg, wanted, data):
+        return shipped
+    return default_cache()
+
+
 def parser() -> argparse.ArgumentParser:
     """The flags of `python -m metalstm.baselines`."""
     ap = cli_parser("python -m metalstm.baselines",
@@ -321,8 +346,6 @@ def main(argv: list[str] | None = None) -> int:
         n = args.episodes or cfg.test_episodes
         cache = args.cache
         if cache is None:                                # the shipped baselines where they fit, else the user's
-            from metalstm.cli import default_cache
-            from metalstm.evaluate import pick_cache
             shipped_settings = (args.tune_episodes, args.pretrain_epochs, args.matching_episodes,
                                 args.matching_minutes) == (50, 10, 4_000, None)
             cache = (pick_cache(args, cfg, methods, None, {s: load_split(cfg, s) for s in ("train", "val")})

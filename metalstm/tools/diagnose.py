@@ -36,7 +36,7 @@ from metalstm.baselines.common import accuracy
 from metalstm.baselines.finetune import with_new_head
 from metalstm.baselines.nearest import NearestNeighbour
 from metalstm.baselines.pretrain import Pretrained
-from metalstm.baselines.suite import pretrained_for
+from metalstm.baselines.suite import pick_cache, pretrained_for
 from metalstm.checkpoint import CheckpointError, load_checkpoint, refuse_other_kinds
 from metalstm.cli import (add_logging_options, add_run_options, check_folder, check_output_file,
                           config_from_args, non_negative_float, non_negative_int, parser, positive_int,
@@ -44,7 +44,7 @@ from metalstm.cli import (add_logging_options, add_run_options, check_folder, ch
 from metalstm.config import Config
 from metalstm.model import build_model, load_trained
 from metalstm.rules import RUNG_NAMES
-from metalstm.evaluate import FIXED, evaluate_rule, pick_cache
+from metalstm.evaluate import FIXED, evaluate_rule
 from metalstm.paths import checkpoint_path
 from metalstm.episodes import load_split
 from metalstm.episodes import sampler_for

@@ -202,8 +202,8 @@ def test_the_shipped_baselines_are_found_and_other_ones_go_to_the_user_cache(tmp
     cfg = get_config("glyphs-5shot")
     data = {s: load_split(cfg, s) for s in ("train", "val")}
     shipped = data_dir() / "checkpoints" / "baselines"
-    assert evaluate.pick_cache(no_cache, cfg, ["nearest", "matching", "sgd"], None, data) == shipped
+    assert suite.pick_cache(no_cache, cfg, ["nearest", "matching", "sgd"], None, data) == shipped
     smoke = get_config("smoke")            # its Matching Network does not ship
-    assert evaluate.pick_cache(no_cache, smoke, ["matching"], None, data) == tmp_path / "cache" / "baselines"
-    assert evaluate.pick_cache(argparse.Namespace(cache="mine"), cfg, ["nearest"], None, data) == \
+    assert suite.pick_cache(no_cache, smoke, ["matching"], None, data) == tmp_path / "cache" / "baselines"
+    assert suite.pick_cache(argparse.Namespace(cache="mine"), cfg, ["nearest"], None, data) == \
         Path("mine")
