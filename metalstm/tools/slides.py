@@ -17,8 +17,10 @@ The notebook keeps its code; only the deck changes. `prepare` applies these rule
 - a markdown cell longer than MAX_MARKDOWN_LINES source lines is cut at blank lines into several cells;
 - an agenda slide (the deck's sections, minutes each) follows the title, a recap slide (the objectives of
   the first cell, as done) precedes the exercises;
-- every slide gets speaker notes that start with a time estimate (`minutes`), added to the notebook's own
-  notes cells where the slide has some;
+- every slide gets speaker notes that start with a time estimate (`_minutes`), added to the notebook's own
+  notes cells where the slide has some; where those notes put a question to the room ("ask the room",
+  "before showing", "predict"), the slide's first output and what follows it come in as a fragment, so
+  the answer is not on screen while the question is asked;
 - a widget output (notebook 06's explorer) is replaced by `frames`, if given: pre-rendered pictures shown
   one after another as reveal.js fragments (the arrow keys step through them, no kernel needed).
 
@@ -238,8 +240,8 @@ def _outputs(cell, frames) -> list:
                 text.append(out.get("text", ""))
             continue
         flush()
-        if kind == "error":
-            blocks.append(out)
+        if kind == "error":                       # the traceback does not fit a slide: its last line does
+            text.append(f"{out.get('ename', 'Error')}: {ANSI.sub('', str(out.get('evalue', '')))}\n")
         elif kind in ("display_data", "execute_result"):
             data = out.get("data", {})
             if WIDGET_VIEW in data and frames:
@@ -360,11 +362,19 @@ def prepare(nb, frames: str | None = None):
     return nb
 
 
+ASK = re.compile(r"ask the room|before showing|predict", re.IGNORECASE)
+
+
 def _with_notes(cells) -> list:
     out = []
     for group in _groups(cells):
         minutes = _minutes(group)
         notes = [c for c in group if _kind(c) == "notes"]
+        if any(ASK.search(n.source) for n in notes):
+            # the notes put a question to the room: the slide's results come in on the next key press
+            shown = next((c for c in group[1:] if c.cell_type == "code" and c.get("outputs") and _kind(c) == "-"), None)
+            if shown is not None:
+                _set_kind(shown, "fragment")
         if notes:
             notes[0].source = minutes_note(minutes) + " " + notes[0].source
         else:

@@ -232,3 +232,18 @@ def test_a_widget_becomes_frames_that_step_as_fragments():
     deck = slides.prepare(nb, frames=html)
     shown = [o for c in deck.cells if c.cell_type == "code" for o in c.outputs]
     assert [o["data"]["text/html"] for o in shown] == [html]
+
+
+def test_a_question_to_the_room_holds_back_the_slides_result(tmp_path):
+    md, code = nbformat.v4.new_markdown_cell, nbformat.v4.new_code_cell
+    cells = [md("# T"), md("## Which wins?"), code_cell("table()", [stdout("a  1  2\nb  3  4\nc  5  6\n")]),
+             md("*Lecturer's notes.* Ask the room before showing the table.")]
+    for cell, kind in zip(cells, ["slide", "slide", "-", "notes"]):
+        cell.metadata["slideshow"] = {"slide_type": kind}
+    deck = slides.prepare(nbformat.v4.new_notebook(cells=cells))
+    code, result = [c for c in deck.cells if c.cell_type == "code"]          # the code shows, its result waits
+    assert not code.outputs and slides._kind(code) == "-"
+    assert slides._kind(result) == "fragment" and "metalstm-table" in result.outputs[0]["data"]["text/html"]
+    cells[3].source = "*Lecturer's notes.* Explain the table."
+    deck = slides.prepare(nbformat.v4.new_notebook(cells=cells))
+    assert [slides._kind(c) for c in deck.cells if c.cell_type == "code"] == ["-", "-"]
