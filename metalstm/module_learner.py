@@ -105,6 +105,13 @@ class ModuleLearner:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         self.n_way, self.in_channels, self.image_size = n_way, in_channels, image_size
         self.module = copy.deepcopy(module).cpu()
+        if any(isinstance(p, nn.parameter.UninitializedParameter) for p in self.module.parameters()):
+            with torch.no_grad():            # lazy layers (nn.LazyLinear ...) take their shapes from a pass
+                try:
+                    self.module(torch.zeros(2, in_channels, image_size, image_size))
+                except (RuntimeError, ValueError, TypeError) as exc:
+                    raise ValueError(f"the learner module fails on images [2, {in_channels}, {image_size}, "
+                                     f"{image_size}]: {str(exc).strip().splitlines()[0]}") from None
         self.layout: list[tuple[str, tuple[int, ...]]] = [
             (name, tuple(p.shape)) for name, p in self.module.named_parameters()]
         if not self.layout:

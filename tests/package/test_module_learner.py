@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 import metalstm.module_learner
+import metalstm.networks
 from metalstm.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from metalstm.config import Config, get_config
 from metalstm.episodes import sampler_for
@@ -189,6 +190,17 @@ def test_building_a_factorys_network_is_seeded_and_leaves_the_callers_random_sta
     assert torch.equal(torch.get_rng_state(), state)
     b = build_learner(get_config("smoke", learner=GROUPNORM))
     assert torch.equal(a.flatten(), b.flatten())
+
+
+def test_lazy_layers_take_their_shapes_and_shared_weights_count_once():
+    lazy = ModuleLearner(nn.Sequential(nn.Conv2d(1, 4, 3), nn.Flatten(), nn.LazyLinear(5)), 5, 1, 28)
+    assert lazy.layout[-2] == ("2.weight", (5, 4 * 26 * 26))
+    shared = nn.Linear(8, 8)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(64, 8), shared, nn.ReLU(), shared, nn.Linear(8, 3))
+    tied = ModuleLearner(net, 3, 1, 8)
+    assert tied.n_params == 64 * 8 + 8 + 72 + 27
+    theta = tied.init_params(torch.Generator().manual_seed(0))
+    torch.testing.assert_close(tied(images(4, size=8), theta), tied.to_module(theta).train()(images(4, size=8)))
 
 
 def test_doctest():
