@@ -151,6 +151,8 @@ TEMPLATES = {
   font-family: "DejaVu Sans Mono", "Liberation Mono", Menlo, Consolas, monospace; }
 .reveal .slides pre, .reveal .slides div.jp-OutputArea-output > pre { width: max-content; max-width: none; overflow: visible; box-shadow: none; margin: 2px 0; }
 .reveal .slides .jp-RenderedHTMLCommon pre { padding: 4px 8px; }
+/* a command line in the prose may go on on the next line (a result never does: outputs keep white-space: pre) */
+.reveal .slides .jp-RenderedMarkdown pre { width: auto; white-space: pre-wrap; overflow-wrap: anywhere; }
 .reveal .slides .highlight { margin: 0; }
 .reveal .slides table { font-size: {{ resources.deck.code_px }}px; border-collapse: collapse; margin: 4px 0; }
 .reveal .slides table th, .reveal .slides table td { padding: 2px 12px; font-size: {{ resources.deck.code_px }}px; }
@@ -190,11 +192,24 @@ html.metalstm-measure .reveal .slides section { display: block !important; posit
         for (var i = 0; i < blocks.length; i++) {
           if (blocks[i].offsetTop + blocks[i].offsetHeight > H) { cut = i; break; }
         }
-        if (cut === 0 && blocks.length > 1) { cut = 1; }
+        var moved = blocks.slice(cut);
+        var fragment = cut >= 0 ? blocks[cut] : null;
+        if (fragment && fragment.matches("div.fragment") && fragment.children.length > 1) {
+          // a fragment of several cells: its cells from the one that reaches below the screen go on
+          var inner = Array.prototype.slice.call(fragment.children), k = 0;
+          while (k < inner.length && inner[k].offsetTop + inner[k].offsetHeight <= H) { k++; }   // offsets: from the slide
+          if (k > 0) {
+            var rest = fragment.cloneNode(false);
+            inner.slice(k).forEach(function (b) { rest.appendChild(b); });
+            moved = [rest].concat(blocks.slice(cut + 1));
+            cut = cut + 1;
+          }
+        }
+        if (cut === 0 && blocks.length > 1) { cut = 1; moved = blocks.slice(1); }
         if (cut <= 0) { break; }
         var next = document.createElement("section");
         next.className = "metalstm-continued";
-        blocks.slice(cut).forEach(function (b) { next.appendChild(b); });
+        moved.forEach(function (b) { next.appendChild(b); });
         var notes = slide.querySelector("aside.notes"), minutes = notes && notes.textContent.match(/About ([0-9.]+) min/);
         var aside = document.createElement("aside");
         aside.className = "notes";
