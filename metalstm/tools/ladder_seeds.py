@@ -43,6 +43,7 @@ import argparse
 import json
 import math
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -70,6 +71,24 @@ def parse_run_name(name: str, folder: Path) -> grid_tool.Spec | None:
             if name.startswith(head) and name[len(head):].isdigit():
                 return grid_tool.Spec(config, rung, CONFIGS[config].k_shot, int(name[len(head):]), folder)
     return None
+
+
+def published_runs(published: Path, view: Path) -> list[grid_tool.Spec]:
+    """The runs published by `grid --publish DIR` with a checkpoint (seed 0's NAME.pt beside a
+    complete NAME.log.csv), laid out in `view` as grid run folders (NAME/best.pt, NAME/log.csv,
+    links to the published files) and returned as `finished_runs(view)` finds them: a later
+    session can evaluate them without the grid's own folders."""
+    view.mkdir(parents=True, exist_ok=True)
+    for ckpt in sorted(Path(published).glob("*.pt")):
+        log = ckpt.with_suffix(".log.csv")
+        if parse_run_name(ckpt.stem, ckpt) is None or not log.is_file():
+            continue
+        folder = view / ckpt.stem
+        folder.mkdir(exist_ok=True)
+        for name, target in (("best.pt", ckpt), ("log.csv", log)):
+            if not (folder / name).exists():
+                (folder / name).symlink_to(target.resolve())
+    return finished_runs(view)
 
 
 def finished_runs(grid: Path) -> list[grid_tool.Spec]:
@@ -329,6 +348,8 @@ def seed_table(rows: list[dict]) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m metalstm.tools.ladder_seeds", description=__doc__.split("\n")[0])
     ap.add_argument("--grid", default="runs/grid", help="the grid's folder (default runs/grid)")
+    ap.add_argument("--published", metavar="DIR", help="also evaluate the runs that `grid --publish DIR` "
+                    "shipped with a checkpoint (seed 0's NAME.pt), e.g. data/checkpoints/grid")
     ap.add_argument("--results", default=str(RESULTS), help=f"one JSON per run is kept here (default {RESULTS})")
     ap.add_argument("--episodes", type=positive_int, default=600, help="meta-test episodes per test set (default 600)")
     ap.add_argument("--test-sets", nargs="+", choices=TEST_SETS, default=list(TEST_SETS),
@@ -346,19 +367,24 @@ def main(argv: list[str] | None = None) -> int:
         check_png(args.plot, "--plot")
         check_folder(args.results, "--results", writable=not args.table_only)
         check_folder(args.grid, "--grid")
+        check_folder(args.published, "--published")
         set_threads(args.threads)
         if not args.table_only:
             check_path_runs(args.path, "cpu")
-            specs = finished_runs(Path(args.grid))
-            if args.runs:
-                unknown = sorted(set(args.runs) - {s.name for s in specs})
-                if unknown:
-                    raise ValueError(f"--runs {' '.join(unknown)}: not a finished run of {args.grid} "
-                                     f"(finished: {', '.join(s.name for s in specs) or 'none'})")
-                specs = [s for s in specs if s.name in args.runs]
-            if not Path(args.grid).is_dir():
-                print(f"ladder_seeds: no grid folder {args.grid}: the table from {args.results} alone")
-            evaluate_grid(specs, Path(args.results), args.episodes, args.test_sets, args.path)
+            with tempfile.TemporaryDirectory(prefix="ladder-seeds-") as view:
+                specs = finished_runs(Path(args.grid))
+                if args.published:
+                    known = {s.name for s in specs}
+                    specs += [s for s in published_runs(Path(args.published), Path(view)) if s.name not in known]
+                if args.runs:
+                    unknown = sorted(set(args.runs) - {s.name for s in specs})
+                    if unknown:
+                        raise ValueError(f"--runs {' '.join(unknown)}: not a finished run of {args.grid} "
+                                         f"(finished: {', '.join(s.name for s in specs) or 'none'})")
+                    specs = [s for s in specs if s.name in args.runs]
+                if not specs and not Path(args.grid).is_dir():
+                    print(f"ladder_seeds: no grid folder {args.grid}: the table from {args.results} alone")
+                evaluate_grid(specs, Path(args.results), args.episodes, args.test_sets, args.path)
         rows = seed_rows(read_results(Path(args.results)), args.test_sets)
     except (ValueError, OSError) as exc:              # CheckpointError is a ValueError
         print(f"error: {exc}", file=sys.stderr)

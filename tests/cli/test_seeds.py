@@ -154,3 +154,27 @@ def test_every_finished_run_is_evaluated_once_on_the_same_episodes(tiny_grid, mo
     assert code == 0 and "ladder_seeds: evaluated smoke-sgd-seed0" in third and third.count("skip") == 2
     code, text = run("--grid", grid, "--results", res, "--runs", "smoke-lstm-seed0")
     assert code == 2
+
+
+@pytest.mark.slow
+def test_published_runs_are_evaluated_from_their_shipped_checkpoints(tiny_grid, tmp_path):
+    """A later session has no grid folders, only what `grid --publish` shipped: seed 0's NAME.pt
+    beside NAME.log.csv; --published evaluates those (the same numbers as from the run folder)."""
+    pub = tmp_path / "pub"
+    pub.mkdir()
+    for name in ("smoke-init-seed0", "smoke-sgd-seed1"):
+        grid_tool.publish(grid_tool.make_plan("smoke", [name.split("-")[1]], [1], [int(name[-1])],
+                                              tiny_grid / "grid")[0], pub)
+    assert sorted(p.name for p in pub.iterdir()) == ["smoke-init-seed0.log.csv", "smoke-init-seed0.pt",
+                                                     "smoke-sgd-seed1.log.csv"]
+    res = tmp_path / "results"
+    code, text = run("--grid", tmp_path / "no-grid", "--published", pub, "--results", res, "--episodes", 3)
+    assert code == 0, text
+    assert "ladder_seeds: evaluated smoke-init-seed0 (glyphs " in text and "smoke-sgd-seed1" not in text
+    record = json.loads((res / "smoke-init-seed0.json").read_text())
+    assert record["checkpoint_sha256"] == ladder_seeds.file_sha256(pub / "smoke-init-seed0.pt")
+    code, _ = run("--grid", tiny_grid / "grid", "--runs", "smoke-init-seed0", "--results", tmp_path / "direct",
+                  "--episodes", 3)
+    direct = json.loads((tmp_path / "direct" / "smoke-init-seed0.json").read_text())
+    assert code == 0 and all(record["test_sets"][t]["accuracies"] == direct["test_sets"][t]["accuracies"]
+                             for t in ("glyphs", "digits"))                  # the same numbers either way
