@@ -24,7 +24,9 @@ import math
 import os
 import sys
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import torch
 
@@ -467,6 +469,20 @@ class _Handler(logging.StreamHandler):
             tqdm.write(self.format(record), file=sys.stderr)
         except Exception:                          # logging's own convention: never raise from emit
             self.handleError(record)
+
+
+@contextmanager
+def logging_to_stderr(args: argparse.Namespace | None = None) -> Iterator[None]:
+    """`setup_logging` for the block (a command's work), then the `metalstm` logger as it was: a
+    library call after a command in the same process (a notebook, a test) logs as before."""
+    before = (list(log.handlers), log.level, log.propagate)
+    setup_logging(args)
+    try:
+        yield
+    finally:
+        log.handlers[:] = before[0]
+        log.setLevel(before[1])
+        log.propagate = before[2]
 
 
 def setup_logging(args: argparse.Namespace | None = None) -> None:

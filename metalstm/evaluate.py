@@ -36,7 +36,7 @@ from metalstm.baselines.suite import METHODS, NAMES, baseline_keys, build_baseli
 from metalstm.checkpoint import CheckpointError, refuse_other_kinds, stored_checksum
 from metalstm.cli import (ROOTED, add_logging_options, add_path_option, add_run_options, check_device,
                           check_folder, check_output_file, check_path_runs, config_from_args, default_cache,
-                          load_config, parser as cli_parser, positive_int, set_threads, setup_logging,
+                          load_config, logging_to_stderr, parser as cli_parser, positive_int, set_threads,
                           write_json)
 from metalstm.config import Config
 from metalstm.paths import checkpoint_path
@@ -394,7 +394,12 @@ def main(argv: list[str] | None = None) -> int:
     same meta-test episodes of each test set; prints a table per test set as it is measured, then
     the notes (and writes --json); 0, or 2 with one line of error."""
     args = parser().parse_args(argv)
-    setup_logging(args)
+    with logging_to_stderr(args):
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
+    """main's work once the flags are parsed (the `metalstm` logger sends its lines to stderr)."""
     try:
         check_device(args.device)
         check_path_runs(args.path, args.device)

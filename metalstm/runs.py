@@ -39,7 +39,8 @@ import torch
 from metalstm.checkpoint import (CheckpointError, atomic_write, hold_folder, load_checkpoint, refuse_other_kinds,
                                  remove_temporaries, save_checkpoint)
 from metalstm.cli import (FLAGS, add_logging_options, add_path_option, add_run_options, check_device,
-                          check_path_runs, config_from_args, parser, positive_int, set_threads, setup_logging)
+                          check_path_runs, config_from_args, logging_to_stderr, parser, positive_int,
+                          set_threads)
 from metalstm.config import CONFIGS, Config
 from metalstm.distributed import World, init_from_env, shutdown
 from metalstm.config import RUNGS
@@ -426,7 +427,12 @@ def main(train: Callable, argv: list[str] | None = None) -> int:
     add_path_option(ap)
     add_logging_options(ap)
     args = ap.parse_args(argv)
-    setup_logging(args)
+    with logging_to_stderr(args):
+        return _run(train, args)
+
+
+def _run(train: Callable, args) -> int:
+    """main's work once the flags are parsed (the `metalstm` logger sends its lines to stderr)."""
     world, out, cfg = World.single(), None, None
     terminated = []                   # SIGTERM (torchrun stopping the survivors, a scheduler): as Ctrl-C
     previous = _on_sigterm(lambda signum, frame: (terminated.append(signum), _raise_interrupt()))

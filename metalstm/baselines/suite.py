@@ -29,7 +29,7 @@ from metalstm.baselines.sgd import learned_init, random_init, tune_lr
 from metalstm.checkpoint import refuse_other_kinds
 from metalstm.cli import (add_logging_options, add_run_options, check_folder, check_output_file, config_from_args,
                           default_cache, load_config, non_negative_int, parser as cli_parser, positive_float,
-                          positive_int, set_threads, setup_logging, shipped_cache)
+                          positive_int, set_threads, logging_to_stderr, shipped_cache)
 from metalstm.config import Config, get_config
 from metalstm.episodes import load_split, sampler_for
 from metalstm.learner import Learner
@@ -333,7 +333,12 @@ def main(argv: list[str] | None = None) -> int:
     the first --episodes meta-test episodes, print the table (and write --json); 0, or 2 with
     one line of error."""
     args = parser().parse_args(argv)
-    setup_logging(args)
+    with logging_to_stderr(args):
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
+    """main's work once the flags are parsed (the `metalstm` logger sends its lines to stderr)."""
     set_threads(args.threads)
     try:
         check_output_file(args.json, "--json")             # before the work, not after it

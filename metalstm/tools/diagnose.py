@@ -39,8 +39,8 @@ from metalstm.baselines.pretrain import Pretrained
 from metalstm.baselines.suite import pick_cache, pretrained_for
 from metalstm.checkpoint import CheckpointError, load_checkpoint, refuse_other_kinds
 from metalstm.cli import (add_logging_options, add_run_options, check_folder, check_output_file,
-                          config_from_args, non_negative_float, non_negative_int, parser, positive_int,
-                          set_threads, setup_logging, write_json)
+                          config_from_args, logging_to_stderr, non_negative_float, non_negative_int, parser,
+                          positive_int, set_threads, write_json)
 from metalstm.config import Config
 from metalstm.model import build_model, load_trained
 from metalstm.rules import RUNG_NAMES
@@ -187,7 +187,12 @@ def main(argv: list[str] | None = None) -> int:
                     "(a built-in name or a .toml / .json file; default: no check)")
     add_logging_options(ap)
     args = ap.parse_args(argv)
-    setup_logging(args)
+    with logging_to_stderr(args):
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
+    """main's work once the flags are parsed (the `metalstm` logger sends its lines to stderr)."""
     if args.episodes < 2:
         print("error: --episodes must be at least 2 (an interval needs two values)", file=sys.stderr)
         return 2

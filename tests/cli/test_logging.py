@@ -76,3 +76,14 @@ def test_an_evaluation_written_to_a_file_logs_each_method(tmp_path):
 def test_the_algorithm_module_holds_no_command_line():
     text = (ROOT / "metalstm" / "train.py").read_text()
     assert "argparse" not in text and "import signal" not in text and "print(" not in text
+
+
+def test_a_command_leaves_the_logger_as_it_found_it(tmp_path, capsys):
+    """After train.main in this process, a library call logs nothing unasked (a notebook, a test)."""
+    import logging
+
+    from metalstm import train
+    logger = logging.getLogger("metalstm")
+    before = (list(logger.handlers), logger.level, logger.propagate)
+    assert train.main(["--config", "nowhere.toml"]) == 2
+    assert (list(logger.handlers), logger.level, logger.propagate) == before

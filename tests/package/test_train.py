@@ -348,8 +348,8 @@ def test_a_full_disk_is_one_line_and_keeps_the_last_checkpoint(tmp_path, monkeyp
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
     real = torch.save
     monkeypatch.setattr(torch, "save", lambda obj, f: real(obj, open("/dev/full", "wb")))   # ENOSPC
-    assert train_mod.main(["--config", "smoke", "--threads", "1", "--out", str(tmp_path), "--resume"]) == 2
-    err = capsys.readouterr().err
+    assert train_mod.main(["--config", "smoke", "--threads", "1", "--out", str(tmp_path), "--resume", "-q"]) == 2
+    err = capsys.readouterr().err                   # -q: no progress lines, only the error
     assert len(err.strip().splitlines()) == 1 and "could not write" in err and "unchanged" in err
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
 
@@ -399,7 +399,7 @@ def test_sigterm_saves_the_place_like_ctrl_c_and_resume_gives_the_uninterrupted_
     try:
         with monkeypatch.context() as m:
             m.setattr(train_mod, "run_episode", terminated)
-            code = train_mod.main(["--config", "smoke", "--threads", "1", "--out", str(tmp_path / "resumed")])
+            code = train_mod.main(["--config", "smoke", "--threads", "1", "--out", str(tmp_path / "resumed"), "-q"])
     finally:
         signal.signal(signal.SIGTERM, previous)
     assert code == 143
@@ -425,7 +425,7 @@ def test_a_torchrun_survivor_says_which_rank_failed_and_that_last_pt_is_intact(t
                                "[127.0.0.1]:29500")
 
     monkeypatch.setattr(runs, "init_from_env", lambda device: PeerDied(0, 2))
-    code = train_mod.main(["--config", "smoke", "--threads", "1", "--out", str(tmp_path), "--resume"])
+    code = train_mod.main(["--config", "smoke", "--threads", "1", "--out", str(tmp_path), "--resume", "-q"])
     err = capsys.readouterr().err.strip()
     assert code == 2 and "Traceback" not in err and len(err.splitlines()) == 1
     assert err.startswith("error (rank 0): rank 1 of this 2-process run stopped")
