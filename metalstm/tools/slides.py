@@ -96,9 +96,12 @@ def table_rows(text: str) -> list[list[str]] | None:
     return rows if numeric >= 0.6 * len(cells) else None
 
 
+NUMERIC = re.compile(r"^[-+\u2212]?[\d.,]+(e[-+]?\d+)?\s*%?(\s*(\+-|\u00b1).*)?$")
+
+
 def _html_table(rows: list[list[str]]) -> str:
     from html import escape
-    numeric = re.compile(r"^[-+\u2212]?[\d.,]+\s*%?(\s*(\+-|\u00b1).*)?$")
+    numeric = NUMERIC
     head = not any(numeric.match(c) for c in rows[0][1:])
     out = ['<table class="metalstm-table">']
     for i, row in enumerate(rows):
@@ -160,10 +163,14 @@ def text_blocks(text: str) -> list[dict]:
     # tables are runs of lines between blank lines (or the whole text)
     for para in re.split(r"\n\s*\n", text):
         rows = table_rows(para)
-        if rows and len(rows) <= MAX_OUTPUT_LINES:
+        if rows:
             flush()
-            for part in split_columns(rows):
-                blocks.append(new_output("display_data", data={"text/html": _html_table(part), "text/plain": para}))
+            # a long table: several tables of at most MAX_OUTPUT_LINES rows, each with the header row
+            head = [] if any(NUMERIC.match(c) for c in rows[0][1:]) else rows[:1]
+            body, step = rows[len(head):], MAX_OUTPUT_LINES - len(head)
+            for i in range(0, len(body), step):
+                for part in split_columns(head + body[i:i + step]):
+                    blocks.append(new_output("display_data", data={"text/html": _html_table(part), "text/plain": para}))
         else:
             pending.extend(para.splitlines() + [""])
     while pending and not pending[-1].strip():

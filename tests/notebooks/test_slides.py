@@ -247,3 +247,12 @@ def test_a_question_to_the_room_holds_back_the_slides_result(tmp_path):
     cells[3].source = "*Lecturer's notes.* Explain the table."
     deck = slides.prepare(nbformat.v4.new_notebook(cells=cells))
     assert [slides._kind(c) for c in deck.cells if c.cell_type == "code"] == ["-", "-"]
+
+
+def test_a_long_printed_table_is_cut_into_tables_that_repeat_the_header():
+    lines = ["layer    mean    spread"] + [f"conv{i}    0.{i:03d}    1e-0{i % 9}" for i in range(30)]
+    blocks = slides.text_blocks("\n".join(lines))
+    tables = [b["data"]["text/html"] for b in blocks]
+    assert len(tables) == 3 and all(t.count("<th>layer</th>") == 1 for t in tables)
+    assert all(t.count("<tr>") <= slides.MAX_OUTPUT_LINES for t in tables)
+    assert sum(t.count("<td>conv") for t in tables) == 30
