@@ -144,7 +144,6 @@ REWRITES: list[tuple[str, str, str, str]] = [
     ("README.md", r";\s*solutions/ holds the exercises' answers", "",
      "the README's layout: there is no solutions/ folder here"),
     ("README.md", r"(?m)^tests/ .*\n", "", "the README's layout: there is no tests/ folder here"),
-    ("README.md", r"(?m)^- \[docs/teaching\.md\].*\n", "", "the README's link to the lecturer's page (left out)"),
     ("metalstm/check.py", r"The worked solutions are in notebooks/solutions/\.",
      "Your instructor has the worked solutions.", "metalstm.check's pointer"),
     ("metalstm/*.py", r"\s*\((?:notebook \d\d, exercise \d+|exercise \d+ of notebook \d\d[^()]*)\)", "",
@@ -277,20 +276,24 @@ def leave_answers_out(relpath: str, text: str) -> str:
 
 
 def unlink_left_out(relpath: str, text: str, left_out: set[str]) -> str:
-    """Markdown links of the file at `relpath` to a file the edition leaves out become their plain text."""
-    def plain(match):
-        target = match.group(2).split("#", 1)[0]
+    """The Markdown of the file at `relpath` without links to files the edition leaves out: a list item
+    that starts with such a link (a README's "- [docs/x.md](docs/x.md) - what it is") goes, any other
+    such link becomes its plain text."""
+    def gone(target: str) -> bool:
+        target = target.split("#", 1)[0]
         if not target or "://" in target:
-            return match.group(0)
-        resolved = (Path(relpath).parent / target).as_posix()
+            return False
         parts = []
-        for part in resolved.split("/"):
+        for part in (Path(relpath).parent / target).as_posix().split("/"):
             if part == "..":
                 parts = parts[:-1]
             elif part not in ("", "."):
                 parts.append(part)
-        return match.group(1) if "/".join(parts) in left_out else match.group(0)
-    return re.sub(r"\[([^\]]+)\]\(([^()\s]+)\)", plain, text)
+        return "/".join(parts) in left_out
+
+    text = re.sub(r"(?m)^[ \t]*[-*] \[[^\]]+\]\(([^()\s]+)\).*\n?",
+                  lambda m: "" if gone(m.group(1)) else m.group(0), text)
+    return re.sub(r"\[([^\]]+)\]\(([^()\s]+)\)", lambda m: m.group(1) if gone(m.group(2)) else m.group(0), text)
 
 
 def student_makefile(text: str) -> str:

@@ -172,6 +172,9 @@ def test_no_pointer_to_the_solutions_and_no_lecturer_notes(edition):
         assert not [c for c in cells if student.SOLUTION_TAG in c["metadata"].get("tags", [])]
     readme = (edition / "README.md").read_text()
     assert "Student edition" in readme and "solutions/" not in readme
+    for rel in student.source_files(ROOT, left_out=True):             # no mention of a page left out
+        if rel.startswith("docs/"):
+            assert rel not in readme, rel
     assert "notebooks/solutions" not in (edition / "metalstm" / "check.py").read_text()
 
 
@@ -298,6 +301,9 @@ def test_links_to_what_the_edition_leaves_out_become_plain_text():
     assert student.unlink_left_out("docs/paper.md", text, left_out) == (
         "See teaching, [results](results.md), [the web](https://example.org/teaching.md) and the answers.")
     assert student.unlink_left_out("README.md", "[plan](docs/teaching.md)", left_out) == "plan"
+    listed = "More:\n- [docs/teaching.md](docs/teaching.md) - teaching.\n- [docs/paper.md](docs/paper.md) - notes.\n"
+    assert student.unlink_left_out("README.md", listed, left_out) == (
+        "More:\n- [docs/paper.md](docs/paper.md) - notes.\n")             # a list item about a page left out goes
 
 
 def test_the_package_answers_are_stubs_in_the_edition_and_nothing_else_changes(edition):
