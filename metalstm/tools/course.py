@@ -157,6 +157,9 @@ TEMPLATES = {
 .reveal .slides table { font-size: {{ resources.deck.code_px }}px; border-collapse: collapse; margin: 4px 0; }
 .reveal .slides table th, .reveal .slides table td { padding: 2px 12px; font-size: {{ resources.deck.code_px }}px; }
 .reveal .slides .jp-OutputArea table th, .reveal .slides .jp-OutputArea table td { white-space: nowrap; }
+/* a table written as Markdown by the code may wrap between words, never inside a number */
+.reveal .slides .jp-OutputArea .jp-RenderedMarkdown table th, .reveal .slides .jp-OutputArea .jp-RenderedMarkdown table td {
+  white-space: normal; overflow-wrap: normal; word-break: keep-all; padding: 2px 8px; }
 .reveal .slides .jp-OutputArea, .reveal .slides .jp-OutputArea-child, .reveal .slides .jp-OutputArea-output, .reveal .slides .jp-Cell-outputWrapper,
 .reveal .slides .jp-Cell-inputWrapper, .reveal .slides .jp-InputArea, .reveal .slides .jp-InputArea-editor {
   margin-left: 0; padding-left: 0; border-left: 0; }
@@ -166,6 +169,7 @@ TEMPLATES = {
 .reveal .slides table td.num { text-align: right; font-variant-numeric: tabular-nums; }
 .reveal .slides .jp-RenderedMarkdown img { max-height: {{ resources.deck.image_px }}px; max-width: 100%; width: auto; height: auto; }
 /* a figure takes the slide's width (scaled up if need be: larger labels), at most image_px high */
+.reveal .slides .jp-RenderedImage { display: block; width: 100%; }
 .reveal .slides .jp-OutputArea-output img, .reveal .slides .metalstm-frames img {
   width: 100%; height: auto; max-height: {{ resources.deck.image_px }}px; object-fit: contain; object-position: left top; }
 .reveal .slides .metalstm-frames { display: grid; }

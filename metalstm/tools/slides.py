@@ -44,7 +44,7 @@ SHOW, HIDE, SKIP = "slide-show-code", "slide-hide-code", "slide-skip"
 WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 OBJECTIVES = "After this notebook you will be able to"
 ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
-RICH = ("image/png", "image/jpeg", "image/svg+xml", "text/html")
+RICH = ("image/png", "image/jpeg", "image/svg+xml", "text/html", "text/markdown", "text/latex")
 
 
 def _kind(cell) -> str:
@@ -209,6 +209,27 @@ def split_markdown(source: str) -> list[str]:
     return ["\n".join(p) for p in pieces]
 
 
+MAX_TABLE_ROWS = 9           # body rows of a Markdown table on one block (its rows may wrap to two lines)
+
+
+def markdown_blocks(text: str) -> list[str]:
+    """Markdown written by code (an output) as blocks that a slide can be split between: paragraphs
+    apart, and a table of more than MAX_TABLE_ROWS rows cut into tables that repeat its header."""
+    blocks = []
+    for para in re.split(r"\n\s*\n", text.strip()):
+        lines = para.splitlines()
+        start = next((i for i, line in enumerate(lines) if line.lstrip().startswith("|")), None)
+        if start is None or len(lines) - start - 2 <= MAX_TABLE_ROWS:
+            blocks.append(para)
+            continue
+        if start:
+            blocks.append("\n".join(lines[:start]))
+        head, body = lines[start:start + 2], lines[start + 2:]
+        for i in range(0, len(body), MAX_TABLE_ROWS):
+            blocks.append("\n".join(head + body[i:i + MAX_TABLE_ROWS]))
+    return blocks
+
+
 def frames_html(pngs: list[bytes], caption: str = "") -> str:
     """Pictures shown one after another in one place, stacked: the first at once, each next one at the
     next reveal.js fragment (right arrow: next picture, left: back; no kernel, no network). Frame 0
@@ -253,6 +274,9 @@ def _outputs(cell, frames) -> list:
             data = out.get("data", {})
             if WIDGET_VIEW in data and frames:
                 blocks.append(new_output("display_data", data={"text/html": frames}))
+            elif "text/markdown" in data and not set(data) & {"image/png", "image/jpeg", "image/svg+xml"}:
+                blocks.extend(new_output("display_data", data={"text/markdown": piece})
+                              for piece in markdown_blocks(str(data["text/markdown"])))
             elif set(data) & set(RICH) or WIDGET_VIEW in data:
                 blocks.append(out)
             elif "text/plain" in data:
