@@ -244,7 +244,7 @@ def test_clear_errors(tmp_path, pre, episodes):
 def test_confidence_interval_and_table():
     mean, half = confidence_interval([0.5, 0.7, 0.6, 0.6])
     assert mean == pytest.approx(0.6)
-    assert half == pytest.approx(1.96 * torch.tensor([0.5, 0.7, 0.6, 0.6]).std().item() / 2)
+    assert half == pytest.approx(3.182446305 * torch.tensor([0.5, 0.7, 0.6, 0.6]).std().item() / 2)   # t, df 3
     ev = evaluate(KnownBest(True), EpisodeSampler(toy_images(), 5, 1, 2, seed=0).take(3), progress=False)
     assert ev.mean == 1.0 and "| fake | 100.00 +- 0.00 | 3 |" in markdown_table([ev])
 
