@@ -215,18 +215,22 @@ MAX_TABLE_ROWS = 9           # body rows of a Markdown table on one block (its r
 def markdown_blocks(text: str) -> list[str]:
     """Markdown written by code (an output) as blocks that a slide can be split between: paragraphs
     apart, and a table of more than MAX_TABLE_ROWS rows cut into tables that repeat its header."""
-    blocks = []
+    blocks, caption = [], []
     for para in re.split(r"\n\s*\n", text.strip()):
-        lines = para.splitlines()
+        lines = caption + para.splitlines()       # a short line before a table stays with it (its caption)
+        caption = []
         start = next((i for i, line in enumerate(lines) if line.lstrip().startswith("|")), None)
-        if start is None or len(lines) - start - 2 <= MAX_TABLE_ROWS:
-            blocks.append(para)
+        if start is None and len(lines) <= 2:
+            caption = lines + [""]
             continue
-        if start:
-            blocks.append("\n".join(lines[:start]))
+        if start is None or len(lines) - start - 2 <= MAX_TABLE_ROWS:
+            blocks.append("\n".join(lines))
+            continue
         head, body = lines[start:start + 2], lines[start + 2:]
         for i in range(0, len(body), MAX_TABLE_ROWS):
-            blocks.append("\n".join(head + body[i:i + MAX_TABLE_ROWS]))
+            blocks.append("\n".join((lines[:start] if i == 0 else []) + head + body[i:i + MAX_TABLE_ROWS]))
+    if caption:
+        blocks.append("\n".join(caption[:-1]))
     return blocks
 
 

@@ -262,9 +262,10 @@ def test_markdown_from_code_is_cut_into_paragraphs_and_tables_of_a_few_rows():
     rows = [f"| m{i} | {i}.0 |" for i in range(2 * slides.MAX_TABLE_ROWS + 1)]
     text = "Intro line.\n\n**Caption:**\n| method | acc |\n|---|---|\n" + "\n".join(rows)
     blocks = slides.markdown_blocks(text)
-    assert blocks[0] == "Intro line." and blocks[1] == "**Caption:**" and len(blocks) == 5
-    assert all(b.startswith("| method | acc |\n|---|---|\n") for b in blocks[2:])
-    assert [line for b in blocks[2:] for line in b.splitlines()[2:]] == rows
+    assert len(blocks) == 3 and blocks[0].startswith("Intro line.\n\n**Caption:**\n| method | acc |")
+    assert all(b.startswith("| method | acc |\n|---|---|\n") for b in blocks[1:])      # the header repeated
+    assert [line for b in blocks for line in b.split("|---|---|\n")[1].splitlines()] == rows
+    assert slides.markdown_blocks("Just one line.") == ["Just one line."]
     out = nbformat.v4.new_output("display_data", data={"text/markdown": text, "text/plain": "<Markdown>"})
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("# T"), code_cell("show()", [out])])
     shown = [o["data"] for c in slides.prepare(nb).cells if c.cell_type == "code" for o in c.outputs]
