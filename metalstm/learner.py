@@ -96,7 +96,33 @@ class BNStats:
     updates: int = 0
 
 
-class Learner:
+class FlatParameters:
+    """theta, the learner's parameters as one flat vector: `layout` lists (name, shape) in order,
+    `_sizes` their numbers of elements and `n_params` their sum (set by the learner)."""
+
+    layout: list[tuple[str, tuple[int, ...]]]
+    _sizes: list[int]
+    n_params: int
+
+    def slices(self) -> dict[str, slice]:
+        """name -> slice of theta that holds that tensor."""
+        out, start = {}, 0
+        for (name, _), size in zip(self.layout, self._sizes):
+            out[name] = slice(start, start + size)
+            start += size
+        return out
+
+    def unflatten(self, theta: Tensor) -> dict[str, Tensor]:
+        """name -> view of theta in that tensor's shape (keeps the autograd graph)."""
+        if theta.shape != (self.n_params,):
+            raise ValueError(f"theta must be a flat vector of {self.n_params} parameters, "
+                             f"got shape {tuple(theta.shape)}")
+        # one split (its backward is a single concatenation), then views
+        return {name: part.view(shape)
+                for (name, shape), part in zip(self.layout, theta.split(self._sizes))}
+
+
+class Learner(FlatParameters):
     """4 x [conv3x3(32, pad 1) -> BN -> ReLU -> maxpool 2] -> linear to n_way logits, as f(x; theta) (paper notes 2).
 
     `Learner` holds only the architecture (shapes, BN eps and momentum), never
@@ -140,23 +166,6 @@ class Learner:
         self._sizes = [math.prod(shape) for _, shape in self.layout]
         self.n_params: int = sum(self._sizes)
 
-    # -- the flat parameter vector ----------------------------------------------
-    def slices(self) -> dict[str, slice]:
-        """name -> slice of theta that holds that tensor."""
-        out, start = {}, 0
-        for (name, _), size in zip(self.layout, self._sizes):
-            out[name] = slice(start, start + size)
-            start += size
-        return out
-
-    def unflatten(self, theta: Tensor) -> dict[str, Tensor]:
-        """name -> view of theta in that tensor's shape (keeps the autograd graph)."""
-        if theta.shape != (self.n_params,):
-            raise ValueError(f"theta must be a flat vector of {self.n_params} parameters, "
-                             f"got shape {tuple(theta.shape)}")
-        # one split (its backward is a single concatenation), then views
-        return {name: part.view(shape)
-                for (name, shape), part in zip(self.layout, theta.split(self._sizes))}
 
     def init_params(self, generator: torch.Generator | None = None) -> Tensor:
         """A fresh flat float32 theta: PyTorch's default init for Conv2d/Linear

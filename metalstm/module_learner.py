@@ -57,7 +57,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 from torch.nn.modules.batchnorm import _NormBase
 
-from metalstm.learner import BNStats, all_finite
+from metalstm.learner import BNStats, FlatParameters, all_finite
 
 __all__ = ["ModuleBNStats", "ModuleLearner", "load_factory", "FACTORY_PATTERN"]
 
@@ -80,7 +80,7 @@ class ModuleBNStats(BNStats):
     counts: list[Tensor] = field(default_factory=list)
 
 
-class ModuleLearner:
+class ModuleLearner(FlatParameters):
     """Any nn.Module as f(x; theta), with `Learner`'s interface (see the module docstring).
 
     Arguments
@@ -138,22 +138,7 @@ class ModuleLearner:
             raise ValueError(f"the learner module must map images [b, {in_channels}, {image_size}, "
                              f"{image_size}] to logits [b, {n_way}]; for b = 2 it gives {got}")
 
-    # -- the flat parameter vector ----------------------------------------------
-    def slices(self) -> dict[str, slice]:
-        """parameter name -> slice of theta that holds that tensor."""
-        out, start = {}, 0
-        for (name, _), size in zip(self.layout, self._sizes):
-            out[name] = slice(start, start + size)
-            start += size
-        return out
-
-    def unflatten(self, theta: Tensor) -> dict[str, Tensor]:
-        """parameter name -> view of theta in that parameter's shape (keeps the autograd graph)."""
-        if theta.shape != (self.n_params,):
-            raise ValueError(f"theta must be a flat vector of {self.n_params} parameters, "
-                             f"got shape {tuple(theta.shape)}")
-        return {name: part.view(shape) for (name, shape), part in zip(self.layout, theta.split(self._sizes))}
-
+    # -- the flat parameter vector: slices() and unflatten() from FlatParameters --
     def flatten(self, module: nn.Module | None = None) -> Tensor:
         """theta [n_params] holding a module's parameters (of this architecture; default: the
         module as it was given), detached, float32."""
