@@ -209,7 +209,7 @@ def split_markdown(source: str) -> list[str]:
     return ["\n".join(p) for p in pieces]
 
 
-MAX_TABLE_ROWS = 9           # body rows of a Markdown table on one block (its rows may wrap to two lines)
+MAX_TABLE_ROWS = 6           # body rows of a Markdown table on one block (its rows may wrap to two lines)
 
 
 def markdown_blocks(text: str) -> list[str]:
@@ -217,6 +217,7 @@ def markdown_blocks(text: str) -> list[str]:
     apart, and a table of more than MAX_TABLE_ROWS rows cut into tables that repeat its header."""
     blocks, caption = [], []
     for para in re.split(r"\n\s*\n", text.strip()):
+        para = para.replace(" +- ", "\u00a0\u00b1\u00a0")   # value ± interval: not parted by a line break
         lines = caption + para.splitlines()       # a short line before a table stays with it (its caption)
         caption = []
         start = next((i for i, line in enumerate(lines) if line.lstrip().startswith("|")), None)
