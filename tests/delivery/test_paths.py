@@ -22,6 +22,17 @@ def no_env(monkeypatch):
     monkeypatch.delenv("METALSTM_CHECKPOINTS", raising=False)
 
 
+@pytest.fixture
+def no_editable_data(monkeypatch):
+    """Only sys.path finds metalstm_data: an editable install's finder and path hook (which map it
+    onto the checkout's data/ for every process) are taken out for the test."""
+    monkeypatch.setattr(sys, "meta_path", [f for f in sys.meta_path
+                                           if "__editable__" not in getattr(f, "__module__", "")
+                                           and "__editable__" not in getattr(type(f), "__module__", "")])
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if "__editable__" not in p])   # its path hook
+    monkeypatch.delitem(sys.modules, paths.DATA_PACKAGE, raising=False)
+
+
 def test_checkout_data_folder_by_default(no_env):
     assert paths.data_dir() == REPO / "data"
     assert glyphs.paths()[0] == REPO / "data" / "glyphs-v1.npz"
@@ -43,7 +54,7 @@ def test_the_setting_moves_every_data_file(no_env, tmp_path, monkeypatch):
         paths.data_dir()
 
 
-def test_no_data_folder_is_one_clear_error(no_env, tmp_path, monkeypatch):
+def test_no_data_folder_is_one_clear_error(no_env, no_editable_data, tmp_path, monkeypatch):
     monkeypatch.setattr(paths, "CHECKOUT", tmp_path)               # a package with no data/ beside it
     with pytest.raises(FileNotFoundError, match="Set METALSTM_DATA to the folder that holds glyphs-v1.npz"):
         paths.data_dir()
@@ -108,7 +119,8 @@ def test_cache_folder_without_platformdirs(monkeypatch, tmp_path):
     assert paths.cache_dir() == Path.home() / ".cache" / "metalstm"
 
 
-def test_lookup_order_setting_then_checkout_then_installed_data_package(no_env, tmp_path, monkeypatch):
+def test_lookup_order_setting_then_checkout_then_installed_data_package(no_env, no_editable_data, tmp_path,
+                                                                       monkeypatch):
     site = tmp_path / "site"
     (site / paths.DATA_PACKAGE).mkdir(parents=True)
     monkeypatch.delitem(sys.modules, paths.DATA_PACKAGE, raising=False)
