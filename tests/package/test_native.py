@@ -230,7 +230,7 @@ def test_train_and_evaluate_take_path_native(tmp_path, capsys, monkeypatch):
     out = tmp_path / "run"
     assert train.main(["--config", "smoke", "--episodes", "2", "--val-every", "2", "--val-episodes", "1",
                        "--out", str(out), "--threads", "1", "--path", "native"]) == 0
-    assert ", --path native ->" in capsys.readouterr().out
+    assert ", --path native ->" in capsys.readouterr().err          # the start line, logged to stderr
     assert calls and load_checkpoint(out / "last.pt")[1]["path"] == "native"
     accuracy = {}
     for flag in ([], ["--path", "native"]):
