@@ -96,6 +96,27 @@ class BNStats:
     updates: int = 0
 
 
+def check_call(learner, x: Tensor, theta: Tensor, bn: str, stats: BNStats | None,
+               stats_kind: str = "BNStats") -> None:
+    """The checks of a learner's f(x; theta) call, one ValueError each: bn is "batch" or
+    "running" (which needs stats, a `stats_kind` of the episode), x is [b, in_channels,
+    image_size, image_size] of theta's dtype, and finite."""
+    if bn not in ("batch", "running"):
+        raise ValueError(f"bn must be 'batch' or 'running', got {bn!r}")
+    if bn == "running" and stats is None:
+        raise ValueError("bn='running' normalises with running averages: pass stats= "
+                         f"(the episode's {stats_kind}, filled during the support steps)")
+    expected = (learner.in_channels, learner.image_size, learner.image_size)
+    if x.dim() != 4 or tuple(x.shape[1:]) != expected:
+        raise ValueError(f"the learner expects images [b, {expected[0]}, {expected[1]}, {expected[2]}], "
+                         f"got {tuple(x.shape)}")
+    if x.dtype != theta.dtype:
+        raise ValueError(f"the learner expects images of theta's dtype {theta.dtype}, got {x.dtype} "
+                         f"(convert them, e.g. x.to(theta.dtype); uint8 pixels: x.float() / 255)")
+    if not all_finite(x):                    # one sum per call: ~0.1% of the forward pass it guards
+        raise ValueError("images hold NaN or infinity; they must be finite")
+
+
 class FlatParameters:
     """theta, the learner's parameters as one flat vector: `layout` lists (name, shape) in order,
     `_sizes` their numbers of elements and `n_params` their sum (set by the learner)."""
@@ -190,20 +211,7 @@ class Learner(FlatParameters):
     # -- the function f(x; theta) ----------------------------------------------
     def _forward(self, x: Tensor, theta: Tensor, bn: str, stats: BNStats | None) -> tuple[Tensor, dict]:
         """(flattened features, theta's views) - the conv blocks of f(x; theta)."""
-        if bn not in ("batch", "running"):
-            raise ValueError(f"bn must be 'batch' or 'running', got {bn!r}")
-        if bn == "running" and stats is None:
-            raise ValueError("bn='running' normalises with running averages: pass stats= "
-                             "(the episode's BNStats, filled during the support steps)")
-        expected = (self.in_channels, self.image_size, self.image_size)
-        if x.dim() != 4 or tuple(x.shape[1:]) != expected:
-            raise ValueError(f"the learner expects images [b, {expected[0]}, {expected[1]}, {expected[2]}], "
-                             f"got {tuple(x.shape)}")
-        if x.dtype != theta.dtype:
-            raise ValueError(f"the learner expects images of theta's dtype {theta.dtype}, got {x.dtype} "
-                             f"(convert them, e.g. x.to(theta.dtype); uint8 pixels: x.float() / 255)")
-        if not all_finite(x):                # one sum per call: ~0.1% of the forward pass it guards
-            raise ValueError("images hold NaN or infinity; they must be finite")
+        check_call(self, x, theta, bn, stats)
         p = self.unflatten(theta)
         training = bn == "batch"
         for k in range(1, self.n_blocks + 1):

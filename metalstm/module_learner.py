@@ -57,7 +57,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 from torch.nn.modules.batchnorm import _NormBase
 
-from metalstm.learner import BNStats, FlatParameters, all_finite
+from metalstm.learner import BNStats, FlatParameters, check_call
 
 __all__ = ["ModuleBNStats", "ModuleLearner", "load_factory", "FACTORY_PATTERN"]
 
@@ -191,20 +191,7 @@ class ModuleLearner(FlatParameters):
 
     def __call__(self, x: Tensor, theta: Tensor, bn: str = "batch", stats: BNStats | None = None) -> Tensor:
         """Logits [b, n_way] of f(x; theta) for images x [b, in_channels, image_size, image_size]."""
-        if bn not in ("batch", "running"):
-            raise ValueError(f"bn must be 'batch' or 'running', got {bn!r}")
-        if bn == "running" and stats is None:
-            raise ValueError("bn='running' normalises with running averages: pass stats= "
-                             "(the episode's ModuleBNStats, filled during the support steps)")
-        expected = (self.in_channels, self.image_size, self.image_size)
-        if x.dim() != 4 or tuple(x.shape[1:]) != expected:
-            raise ValueError(f"the learner expects images [b, {expected[0]}, {expected[1]}, {expected[2]}], "
-                             f"got {tuple(x.shape)}")
-        if x.dtype != theta.dtype:
-            raise ValueError(f"the learner expects images of theta's dtype {theta.dtype}, got {x.dtype} "
-                             f"(convert them, e.g. x.to(theta.dtype); uint8 pixels: x.float() / 255)")
-        if not all_finite(x):
-            raise ValueError("images hold NaN or infinity; they must be finite")
+        check_call(self, x, theta, bn, stats, "ModuleBNStats")
         if stats is not None and len(stats.mean) != len(self.norm_layers):
             raise ValueError(f"stats hold {len(stats.mean)} layers' averages and this learner has "
                              f"{len(self.norm_layers)} norm layers: make them with its new_bn_stats()")
