@@ -1,6 +1,7 @@
 """Meta-train the ladder over seeds: every rung x shot x seed, a few runs at a time, resumable.
 
-    python -m metalstm.tools.grid --jobs 2 --publish data/checkpoints/grid --park data/grid-parked --commit
+    python -m metalstm.tools.grid --jobs 2 --publish data/checkpoints/grid --park data/grid-parked \
+        --evaluate data/results/grid --commit
     python -m metalstm.tools.grid --dry-run          # the plan: which runs are done, partial, new
 
 Each run is one `python -m metalstm.train --config glyphs-{K}shot --rule R --seed S
@@ -32,6 +33,15 @@ status, episodes, best validation accuracy and its episode, CPU and wall seconds
 all sessions) and folder. --publish DIR copies a finished run's log.csv, and seed 0's
 best.pt, to DIR (NAME.log.csv, NAME.pt), with its record (NAME.run.json); --commit
 commits those copies (and the parked files), and only them, with git.
+
+With --evaluate DIR a finished run is also evaluated: `python -m metalstm.tools.ladder_seeds
+--runs NAME --results DIR` in a slot of its own (evaluations start before new training runs),
+its output in the run folder's eval.out, DIR/NAME.json committed when it ends. A run of seed 1
+or more ships no checkpoint, so until its evaluation has ended its best.pt and log.csv wait in
+--park DIR/NAME/ (committed): a session that ends first leaves them to the next one, which
+restores and evaluates them. At the start, every finished or published run of the plan whose
+DIR/NAME.json is missing or was measured on another checkpoint (SHA-256) is queued, where a
+checkpoint is at hand (the folder's best.pt, a parked one, or seed 0's published NAME.pt).
 """
 from __future__ import annotations
 
@@ -50,7 +60,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from metalstm.checkpoint import atomic_write, hold_folder
+from metalstm.checkpoint import atomic_write, file_sha256, hold_folder
 from metalstm.cli import check_folder, positive_float, positive_int
 from metalstm.config import CONFIGS, PATHS
 from metalstm import rules
@@ -228,14 +238,31 @@ def park(spec: Spec, entry: dict) -> list[Path]:
 
 
 def unpark(spec: Spec) -> dict | None:
-    """A new run with parked files: copy them into its folder (it is then partial and resumes)
-    and return the parked summary entry; None when nothing is parked."""
+    """A new run with parked files: copy them into its folder (it is then partial and resumes,
+    or, parked with best.pt alone while it waited for its evaluation, done) and return the
+    parked summary entry; None when nothing is parked."""
     src = spec.park / spec.name if spec.park is not None else None
-    if src is None or not (src / "last.pt").is_file():
+    if src is None or not any((src / n).is_file() for n in ("last.pt", "best.pt")):
         return None
     spec.folder.mkdir(parents=True, exist_ok=True)
     copy_changed([(src / n, spec.folder / n) for n in PARKED if (src / n).is_file()])
     return read_record(src / "run.json")
+
+
+AWAITING = ("best.pt", "log.csv")
+
+
+def park_for_evaluation(spec: Spec, entry: dict) -> list[Path]:
+    """Keep a finished run's best.pt and log.csv (and its entry) in spec.park/NAME/ until its
+    evaluation has ended, and nothing else there; returns the files that changed or went."""
+    dest = spec.park / spec.name
+    gone = [p for p in parked_files(spec) if p.name not in AWAITING + ("run.json",)]
+    for p in gone:
+        p.unlink()
+    changed = copy_changed([(spec.folder / n, dest / n) for n in AWAITING])
+    if write_record(dest / "run.json", entry):
+        changed.append(dest / "run.json")
+    return changed + gone
 
 
 def parked_files(spec: Spec) -> list[Path]:
@@ -276,6 +303,7 @@ class Child:
     proc: subprocess.Popen
     out: IO
     started: float
+    kind: str = "train"               # or "evaluate": ladder_seeds on the finished run
 
 
 def reap(child: Child) -> tuple[int, float | None] | None:
@@ -327,10 +355,15 @@ class Grid:
             self.records = {}
         self.running: dict[Spec, Child] = {}
         self.failed: list[str] = []
-        self.session_cpu = 0.0
+        self.session_cpu = self.eval_cpu = 0.0
+        self.evaluations: list[Spec] = []           # finished runs waiting for their evaluation
         for spec in specs:
             status = standing(spec, self.final[spec]).status
-            if status == "new":                      # parked in an earlier session: restored, resumes
+            awaiting = spec.park is not None and (spec.park / spec.name / "best.pt").is_file()
+            if status == "published" and awaiting:   # finished, parked until its evaluation ends
+                parked = unpark(spec)
+                self.records[spec.name] = {**parked, "folder": str(spec.folder)}
+            elif status == "new":                    # parked in an earlier session: restored, resumes
                 parked = unpark(spec)
                 if parked:
                     self.records[spec.name] = {**parked, "folder": str(spec.folder)}
@@ -404,20 +437,101 @@ class Grid:
         self.write_summary()
         if status == "done":
             self.publish(spec, entry)
+            self.queue_evaluation(spec)
         elif status == "interrupted":
             self.park(spec, entry)
 
+    # -- evaluation (--evaluate DIR): ladder_seeds on each finished run, DIR/NAME.json committed --
+    def checkpoint_of(self, spec: Spec) -> Path | None:
+        """The finished run's best.pt: in its folder, else seed 0's published copy; None if neither."""
+        for path in (spec.folder / "best.pt", spec.publish / f"{spec.name}.pt" if spec.publish else None):
+            if path is not None and path.is_file():
+                return path
+        return None
+
+    def pending_evaluation(self, spec: Spec) -> bool:
+        """--evaluate DIR is set and DIR/NAME.json is missing or measured another checkpoint."""
+        if not self.args.evaluate:
+            return False
+        ckpt = self.checkpoint_of(spec)
+        try:
+            measured = json.loads((Path(self.args.evaluate) / f"{spec.name}.json").read_text())["checkpoint_sha256"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return True
+        return ckpt is not None and measured != file_sha256(ckpt)
+
+    def queue_evaluation(self, spec: Spec) -> None:
+        if spec in self.evaluations or not self.pending_evaluation(spec):
+            return
+        if self.checkpoint_of(spec) is None:
+            print(f"grid: cannot evaluate {spec.name}: no checkpoint here (a run of seed {spec.seed} ships "
+                  f"none, and none is parked)", flush=True)
+            return
+        self.evaluations.append(spec)
+
+    def evaluate_command(self, spec: Spec) -> list[str]:
+        a = self.args
+        cmd = [sys.executable, "-m", "metalstm.tools.ladder_seeds", "--grid", str(a.out), "--runs", spec.name,
+               "--results", str(a.evaluate), "--episodes", str(a.eval_episodes), "--threads", "1"]
+        if not (spec.folder / "best.pt").is_file():
+            cmd += ["--published", str(spec.publish)]
+        return cmd + ([] if self.path == "fused" else ["--path", self.path])
+
+    def start_evaluation(self, spec: Spec) -> None:
+        cmd = self.evaluate_command(spec)
+        spec.folder.mkdir(parents=True, exist_ok=True)
+        out = open(spec.folder / "eval.out", "a")
+        out.write(f"--- grid, {time.strftime('%Y-%m-%d %H:%M:%S')}: {' '.join(cmd[1:])}\n")
+        out.flush()
+        env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", TQDM_DISABLE="1")
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                env=env, start_new_session=True)
+        self.running[spec] = Child(spec, proc, out, time.monotonic(), "evaluate")
+        print(f"grid: evaluate {spec.name} ({self.args.eval_episodes} meta-test episodes a test set)", flush=True)
+
+    def evaluated(self, child: Child, code: int, cpu: float | None, stopping: bool) -> None:
+        """An evaluation ended: commit DIR/NAME.json and drop the copies parked for it; a stopped or
+        failed one is left to the next call (its checkpoint is still parked)."""
+        spec, wall = child.spec, time.monotonic() - child.started
+        child.out.close()
+        del self.running[spec]
+        self.eval_cpu += cpu or 0.0
+        result = Path(self.args.evaluate) / f"{spec.name}.json"
+        if code != 0 or self.pending_evaluation(spec):
+            why = "stopped" if stopping else f"failed (exit code {code})"
+            print(f"grid: evaluation of {spec.name} {why}; the same command evaluates it again", flush=True)
+            if not stopping:
+                self.failed.append(f"{spec.name} (evaluation)")
+                print("\n".join("    " + line for line in tail(spec.folder / "eval.out", 6)), flush=True)
+            return
+        means = json.loads(result.read_text())["test_sets"]
+        said = ", ".join(f"{t} {100 * b['mean']:.2f}%" for t, b in means.items())
+        print(f"grid: evaluated {spec.name}: {said}; CPU {_fmt_s(cpu)}, wall {wall:.0f} s", flush=True)
+        gone = parked_files(spec)
+        for path in gone:
+            path.unlink()
+        if gone:
+            gone[0].parent.rmdir()
+        self.commit([result] + gone, f"grid: {spec.name} evaluated ({said})")
+
     def publish(self, spec: Spec, entry: dict) -> None:
-        """Copy a finished run to --publish DIR, drop what it had parked, commit both (--commit)."""
-        if spec.publish is None:
+        """Copy a finished run to --publish DIR and drop what it had parked, or, while its evaluation
+        is pending and no published checkpoint outlives the session, park its best.pt; commit
+        (--commit)."""
+        shipped = spec.publish is not None and spec.seed == 0        # seed 0's best.pt is published
+        hold = spec.park is not None and not shipped and self.pending_evaluation(spec)
+        if spec.publish is None and not hold:
             return
         try:
-            changed = publish(spec, spec.publish, entry)
-            gone = parked_files(spec)
-            for path in gone:
-                path.unlink()
-            if gone:
-                gone[0].parent.rmdir()
+            changed = publish(spec, spec.publish, entry) if spec.publish is not None else []
+            if hold:
+                gone = park_for_evaluation(spec, entry)      # its only checkpoint: kept until evaluated
+            else:
+                gone = parked_files(spec)
+                for path in gone:
+                    path.unlink()
+                if gone:
+                    gone[0].parent.rmdir()
         except OSError as exc:
             print(f"grid: could not publish {spec.name}: {exc}", flush=True)
             return
@@ -458,13 +572,16 @@ class Grid:
         todo = [s for s in self.specs if standing(s, self.final[s]).status in ("new", "partial")]
         last_report = time.monotonic()
         try:
-            while (todo or self.running) and not stop:
-                while todo and len(self.running) < self.args.jobs:
-                    self.start(todo.pop(0))
+            while (todo or self.evaluations or self.running) and not stop:
+                while (todo or self.evaluations) and len(self.running) < self.args.jobs:
+                    if self.evaluations:                 # short, and they secure a finished run's numbers
+                        self.start_evaluation(self.evaluations.pop(0))
+                    else:
+                        self.start(todo.pop(0))
                 for child in list(self.running.values()):
                     ended = reap(child)
                     if ended is not None:
-                        self.finished(child, *ended, stopping=False)
+                        (self.finished if child.kind == "train" else self.evaluated)(child, *ended, stopping=False)
                 if self.running and time.monotonic() - last_report >= self.args.report_every:
                     print(self.progress_line(), flush=True)
                     last_report = time.monotonic()
@@ -485,7 +602,7 @@ class Grid:
                     signal_child(child, signal.SIGKILL)
                 ended = reap(child)
                 if ended is not None:
-                    self.finished(child, *ended, stopping=True)
+                    (self.finished if child.kind == "train" else self.evaluated)(child, *ended, stopping=True)
             time.sleep(0.2)
 
     def totals(self) -> str:
@@ -502,6 +619,8 @@ class Grid:
                  + (f", {_fmt_long(cpu / len(timed))} per run" if timed else "")
                  + (f"; {len(runs) - len(timed)} run(s) without a recorded CPU time" if len(timed) < len(runs)
                     else "")]
+        if self.eval_cpu:
+            lines.append(f"grid: evaluations took CPU {_fmt_long(self.eval_cpu)} in this session")
         if per_rung:
             lines.append("grid: CPU per run by rung: " + ", ".join(
                 f"{rung} {_fmt_long(sum(v) / len(v))}" for rung, v in per_rung.items()))
@@ -555,17 +674,25 @@ def main(argv: list[str] | None = None) -> int:
                     "log.csv (DIR/NAME/) for a later session to restore and resume (default: nowhere)")
     ap.add_argument("--commit", action="store_true", help="git-commit the published and parked copies "
                     "(with --publish or --park)")
+    ap.add_argument("--evaluate", metavar="DIR", help="evaluate each finished run with ladder_seeds into "
+                    "DIR/NAME.json (e.g. data/results/grid; committed with --commit)")
+    ap.add_argument("--eval-episodes", type=positive_int, default=600, metavar="N",
+                    help="meta-test episodes a test set for --evaluate (default 600)")
     ap.add_argument("--dry-run", action="store_true", help="print the plan and where each run stands")
     ap.add_argument("--report-every", type=positive_float, default=60.0, metavar="SECONDS",
                     help="how often to print the running runs' episodes (default 60)")
     args = ap.parse_args(argv)
     if args.commit and not (args.publish or args.park):
         ap.error("--commit commits the published or parked copies: it needs --publish DIR or --park DIR")
+    if args.evaluate and args.park is None and args.publish is None:
+        ap.error("--evaluate needs --publish DIR or --park DIR: a finished run must outlive the session "
+                 "until its evaluation has ended")
     try:
         specs = make_plan(args.config, _unique(args.rungs), _unique(args.shots), _unique(args.seeds),
                           Path(args.out), args.order, args.publish and Path(args.publish),
                           args.park and Path(args.park))
-        for flag, folder in (("--out", args.out), ("--publish", args.publish), ("--park", args.park)):
+        for flag, folder in (("--out", args.out), ("--publish", args.publish), ("--park", args.park),
+                             ("--evaluate", args.evaluate)):
             check_folder(folder, flag, writable=not args.dry_run)   # before any run starts
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -603,6 +730,8 @@ def main(argv: list[str] | None = None) -> int:
                         entry = grid.record(spec)
                     if s.status == "done":
                         grid.publish(spec, entry)
+                    if s.status in ("done", "published"):
+                        grid.queue_evaluation(spec)
             grid.run(stop)
             for spec in specs:
                 if spec.name not in grid.records:

@@ -227,3 +227,44 @@ def test_a_parked_run_resumes_in_a_new_session_to_the_numbers_of_an_uninterrupte
     tracked = subprocess.run(["git", "ls-files"], cwd=parked_dir, capture_output=True, text=True).stdout.split()
     assert not any(t.startswith(spec.name + "/") for t in tracked)           # ... from git too
     assert "smoke-init-seed0.log.csv" in tracked and "smoke-init-seed0.run.json" in tracked
+
+
+@pytest.mark.slow
+def test_finished_runs_are_evaluated_and_a_seed_1_checkpoint_waits_parked_until_then(tmp_path, monkeypatch):
+    """--evaluate: each finished run is evaluated by ladder_seeds into DIR/NAME.json, committed. Seed
+    1 ships no checkpoint, so its best.pt waits in --park until its evaluation has ended: a session
+    whose evaluation fails (or stops) leaves it there, committed, and the next session, with an empty
+    --out, restores it and evaluates it without training again; then the parked copy goes."""
+    store = tmp_path / "store"
+    for sub in ("pub", "park", "res"):
+        (store / sub).mkdir(parents=True)
+    for cmd in (["init", "-q"], ["config", "user.name", "grid test"], ["config", "user.email", "grid@test"],
+                ["config", "commit.gpgsign", "false"]):
+        subprocess.run(["git", *cmd], cwd=store, check=True)
+    common = [*SMOKE, "--rungs", "init", "--seeds", "0", "1", "--publish", store / "pub", "--park", store / "park",
+              "--evaluate", store / "res", "--eval-episodes", "3", "--commit"]
+
+    def tracked() -> list[str]:
+        return subprocess.run(["git", "ls-files"], cwd=store, capture_output=True, text=True).stdout.split()
+
+    with monkeypatch.context() as m:          # session 1: every evaluation fails
+        m.setattr(grid_tool.Grid, "evaluate_command",
+                  lambda self, spec: [sys.executable, "-c", "raise SystemExit(3)"])
+        code, text = grid(*common, "--out", tmp_path / "s1")
+    assert code == 1 and text.count("grid: evaluate ") == 2 and "failed (exit code 3)" in text, text
+    assert sorted(p.name for p in (store / "park" / "smoke-init-seed1").iterdir()) == ["best.pt", "log.csv", "run.json"]
+    assert not (store / "park" / "smoke-init-seed0").exists()               # seed 0's best.pt is published
+    assert "park/smoke-init-seed1/best.pt" in tracked() and not list((store / "res").iterdir())
+    sha1 = grid_tool.file_sha256(tmp_path / "s1" / "smoke-init-seed1" / "best.pt")
+
+    code, text = grid(*common, "--out", tmp_path / "s2")                     # session 2: a new machine
+    assert code == 0, text
+    assert "grid: start" not in text and text.count("grid: evaluated smoke-init-seed") == 2, text
+    for seed, sha in ((0, grid_tool.file_sha256(store / "pub" / "smoke-init-seed0.pt")), (1, sha1)):
+        record = json.loads((store / "res" / f"smoke-init-seed{seed}.json").read_text())
+        assert record["checkpoint_sha256"] == sha and len(record["test_sets"]["glyphs"]["accuracies"]) == 3
+        assert f"res/smoke-init-seed{seed}.json" in tracked()
+    assert not (store / "park" / "smoke-init-seed1").exists()
+    assert not any(t.startswith("park/") for t in tracked())
+    code, text = grid(*common, "--out", tmp_path / "s2")                     # nothing left to do
+    assert code == 0 and "grid: evaluate" not in text and "grid: start" not in text, text
