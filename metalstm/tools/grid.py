@@ -176,7 +176,7 @@ def describe(s: Standing, final: int) -> str:
             "partial": f"partial ({s.episodes} of {final} episodes logged{best}): resumes",
             "new": "new",
             "parked": f"parked at episode {s.episodes} of {final}: restored and resumed",
-            "published": f"published ({s.episodes} episodes{best}): no folder here, nothing to do",
+            "published": f"published ({s.episodes} episodes{best}): no folder here, nothing to train",
             "over": f"holds {s.episodes} episodes, more than the {final} asked for: left alone"}[s.status]
 
 

@@ -344,6 +344,41 @@ def seed_table(rows: list[dict]) -> str:
     return "\n\n".join(parts + [caption])
 
 
+def compact_table(rows: list[dict]) -> str:
+    """Markdown: one line per rung, one column per test set and shot: the mean over seeds +- its
+    seed-level t interval, and the number of seeds (the README's summary of `seed_table`)."""
+    from metalstm.rules import RUNG_NAMES
+    columns = list(dict.fromkeys((r["test_set"], r["shot"]) for r in rows))
+    cell = {(r["rung"], r["test_set"], r["shot"]): r for r in rows}
+    lines = ["| rung | " + " | ".join(f"{t} {k}-shot" for t, k in columns) + " |", "|---|" + "---|" * len(columns)]
+    for rung in dict.fromkeys(r["rung"] for r in sorted(rows, key=lambda r: RUNGS.index(r["rung"]))):
+        cells = []
+        for t, k in columns:
+            r = cell.get((rung, t, k))
+            n = len(r["seeds"]) if r else 0
+            cells.append("" if r is None else f"{100 * r['mean']:.2f}" + (
+                f" +- {100 * r['half']:.2f} ({n} seeds)" if n > 1 and not math.isnan(r["half"]) else f" ({n} seed)"))
+        lines.append(f"| {RUNG_NAMES[rung]} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def measured_differences(rows: list[dict]) -> list[str]:
+    """One sentence per seed-level difference (to the rung below, to the LSTM) whose 95% interval
+    excludes 0, e.g. "glyphs 5-shot: Meta-SGD is higher than Learned init (FO-MAML) by +1.04
+    +- 0.51 points (3 seeds)"; the only gains the course states in words. [] when none."""
+    from metalstm.rules import RUNG_NAMES
+    said = []
+    for r in rows:
+        for other, d in ((r["below"], r["vs_below"]), ("lstm", r["vs_lstm"])):
+            if d is None or verdict(d) not in ("higher", "lower"):
+                continue
+            mean, half, per_seed = d
+            said.append(f"{r['test_set']} {r['shot']}-shot: {RUNG_NAMES[r['rung']]} is {verdict(d)} than "
+                        f"{RUNG_NAMES[other]} by {100 * mean:+.2f} +- {100 * half:.2f} points "
+                        f"({len(per_seed)} seeds)")
+    return said
+
+
 # -- the command line ------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m metalstm.tools.ladder_seeds", description=__doc__.split("\n")[0])

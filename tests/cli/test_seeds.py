@@ -178,3 +178,16 @@ def test_published_runs_are_evaluated_from_their_shipped_checkpoints(tiny_grid, 
     direct = json.loads((tmp_path / "direct" / "smoke-init-seed0.json").read_text())
     assert code == 0 and all(record["test_sets"][t]["accuracies"] == direct["test_sets"][t]["accuracies"]
                              for t in ("glyphs", "digits"))                  # the same numbers either way
+
+
+def test_the_compact_table_and_the_measured_differences_come_from_the_same_rows(hand_made):
+    rows = ladder_seeds.seed_rows(ladder_seeds.read_results(hand_made))
+    table = ladder_seeds.compact_table(rows).splitlines()
+    assert table[0] == "| rung | glyphs 1-shot | digits 1-shot |"
+    assert table[2] == "| SGD (random init) | 62.00 +- 4.97 (3 seeds) | 62.00 +- 4.97 (3 seeds) |"
+    assert table[3] == "| Learned init (FO-MAML) | 80.00 (1 seed) | 80.00 (1 seed) |"
+    said = ladder_seeds.measured_differences(rows)
+    # SGD is 20 points below the LSTM in every seed (interval 0): stated; Meta-SGD's +0.33 +- 2.87 to
+    # the LSTM (and the LSTM's -0.33 to Meta-SGD, its rung below) and every one-seed difference: not
+    assert said == [f"{t} 1-shot: SGD (random init) is lower than Meta-Learner LSTM by -20.00 +- 0.00 points "
+                    f"(3 seeds)" for t in ("glyphs", "digits")]
