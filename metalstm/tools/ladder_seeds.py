@@ -344,6 +344,24 @@ def seed_table(rows: list[dict]) -> str:
     return "\n\n".join(parts + [caption])
 
 
+RUNS_LINE = "Runs in this table"
+
+
+def runs_line(records: list[dict]) -> str:
+    """The line that ends a written table: which runs' files it was made from (the grid commits
+    new ones as it goes, so a page names its runs and `runs_of` reads them back)."""
+    names = sorted(Path(r["file"]).stem for r in records)
+    return f"{RUNS_LINE} ({len(names)}): " + ", ".join(names) + "."
+
+
+def runs_of(text: str) -> list[str]:
+    """The run names of a page's `runs_line` (ValueError if it has none)."""
+    for line in text.splitlines():
+        if line.startswith(RUNS_LINE):
+            return [n.strip() for n in line.split(": ", 1)[1].rstrip(".").split(",") if n.strip()]
+    raise ValueError(f"no line starting {RUNS_LINE!r}: not a page written by ladder_seeds --write")
+
+
 def compact_table(rows: list[dict]) -> str:
     """Markdown: one line per rung, one column per test set and shot: the mean over seeds +- its
     seed-level t interval, and the number of seeds (the README's summary of `seed_table`)."""
@@ -420,7 +438,8 @@ def main(argv: list[str] | None = None) -> int:
                 if not specs and not Path(args.grid).is_dir():
                     print(f"ladder_seeds: no grid folder {args.grid}: the table from {args.results} alone")
                 evaluate_grid(specs, Path(args.results), args.episodes, args.test_sets, args.path)
-        rows = seed_rows(read_results(Path(args.results)), args.test_sets)
+        records = read_results(Path(args.results))
+        rows = seed_rows(records, args.test_sets)
     except (ValueError, OSError) as exc:              # CheckpointError is a ValueError
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -431,7 +450,7 @@ def main(argv: list[str] | None = None) -> int:
     print(table)
     try:
         if args.write:
-            atomic_write(args.write, table + "\n")
+            atomic_write(args.write, table + "\n\n" + runs_line(records) + "\n")
         if args.plot:
             import matplotlib
             matplotlib.use("Agg")

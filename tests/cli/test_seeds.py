@@ -78,7 +78,10 @@ def test_the_markdown_says_n_a_for_one_seed_and_no_measurable_difference(hand_ma
     out = tmp_path / "table.md"
     code, text = run("--table-only", "--results", hand_made, "--grid", tmp_path / "no-grid", "--write", out)
     assert code == 0, text
-    assert out.read_text() == text.rstrip("\n") + "\n"
+    written = out.read_text()
+    assert written.startswith(text.rstrip("\n") + "\n\n")       # the table, then the runs it read
+    names = ladder_seeds.runs_of(written)
+    assert len(names) == 10 and names[0] == "glyphs-1shot-init-seed0" and "glyphs-1shot-sgd-seed2" in names
     assert "**1-shot, meta-test on glyphs**" in text and "**1-shot, meta-test on digits**" in text
     lines = {line.split(" | ")[0].lstrip("| "): line for line in text.splitlines() if line.startswith("| ")}
     assert "| 3 (0, 1, 2) | 62.00 +- 4.97 | 60.00, 62.00, 64.00 | -20.00 +- 0.00 |" in lines["SGD (random init)"]
