@@ -157,3 +157,23 @@ def seed_paired_common(a: Mapping[int, Sequence[float]],
     if not common:
         return None
     return seed_paired_difference([a[s] for s in common], [b[s] for s in common])
+
+
+def slope_ci95(x: Sequence[float], y: Sequence[float]) -> tuple[float, float]:
+    """The least-squares slope b of y = a + b x and the half-width of its 95% t interval,
+    t_{0.975, n-2} * sqrt(sum r_i^2 / (n - 2) / sum (x_i - mean x)^2) over the residuals r_i;
+    n >= 3 points with at least two distinct x (ValueError otherwise).
+
+    >>> slope_ci95([0, 1, 2], [1.0, 3.0, 5.0])
+    (2.0, 0.0)
+    """
+    if len(x) != len(y) or len(x) < 3:
+        raise ValueError(f"a slope with an interval needs n >= 3 (x, y) pairs, got {len(x)} x and {len(y)} y")
+    n = len(x)
+    mx, my = sum(x) / n, sum(y) / n
+    sxx = sum((xi - mx) ** 2 for xi in x)
+    if sxx == 0:
+        raise ValueError("a slope needs at least two distinct x")
+    b = sum((xi - mx) * (yi - my) for xi, yi in zip(x, y)) / sxx
+    rss = sum((yi - my - b * (xi - mx)) ** 2 for xi, yi in zip(x, y))
+    return b, t975(n - 2) * math.sqrt(rss / (n - 2) / sxx)
