@@ -4,9 +4,10 @@
     explorer.show()                     # episode / layer / step controls in a live notebook
     explorer.static_figure(3, "conv2.weight", step=5)   # the same picture as a figure
 
-For one episode the explorer shows the support set, the histograms of 1 - f_t (log scale) and
-i_t over the chosen layer's coordinates at step t, one coordinate's gates up
-to step t, and the learner's query predictions and accuracy at theta_t.
+For one episode the explorer shows, in six panels sized for a slide (metalstm.viz.style), the
+support set, the learner's query predictions and accuracy at theta_t, the histograms of
+1 - f_t (log scale) and i_t over the chosen layer's coordinates at step t, and one
+coordinate's gates up to step t over the layer's 10%-90% band.
 The T steps of an episode are computed once (`trace_episode`) and cached;
 moving the step slider only indexes into them.
 """
@@ -16,11 +17,13 @@ import base64
 import io
 import math
 
+import matplotlib
 import torch
 from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
+from matplotlib.ticker import LogLocator, MaxNLocator, NullFormatter
 
 from metalstm.viz.record import LAYER_TITLES, LAYERS, EpisodeTrace, pick_coordinates, trace_episode
+from metalstm.viz.style import BODY, HEADLINE, RC, SMALL, TITLE, WIDE
 
 PAD = 0.15   # grey between the tiles of an image mosaic
 FLOOR = 1e-8   # where a forget gate that rounds to 1 in float32 (1 - f_t = 0) is drawn on the log scale
@@ -105,6 +108,10 @@ class InnerLoopExplorer:
             raise ValueError(f"layer must be one of {', '.join(self.layers)}, got {layer!r}")
         if not 0 <= step <= self.cfg.steps:
             raise ValueError(f"step must be in 0..{self.cfg.steps}, got {step}")
+        with matplotlib.rc_context(RC):
+            return self._figure(episode, layer, step)
+
+    def _figure(self, episode: int, layer: str, step: int) -> Figure:
         ep, trace = self.trace(episode)
         T, n_way = trace.steps, ep.n_way
         part = self.learner.slices()[layer]
@@ -112,25 +119,26 @@ class InnerLoopExplorer:
         title = LAYER_TITLES.get(layer, layer)
         names = getattr(getattr(self.sampler, "dataset", None), "classes", None)
 
-        # fixed margins, not constrained layout: the figure is redrawn at every slider move
-        fig = Figure(figsize=(14, 6.6))
-        grid = fig.add_gridspec(2, 4, width_ratios=[1.25, 1, 1, 1], left=0.02, right=0.985, bottom=0.08,
-                                top=0.87, wspace=0.22, hspace=0.42)
-        fig.suptitle(f"{self.cfg.name}: meta-validation episode {episode}, step t = {step} of {T}"
-                     f"  ({'the learned initialisation c_0' if step == 0 else 'after update ' + str(step)})",
-                     fontsize=11)
+        # fixed margins, not constrained layout: the figure is redrawn at every slider move. Six panels
+        # sized for a slide (metalstm.viz.style): every text at least style.SMALL points on a WIDE figure.
+        fig = Figure(figsize=WIDE)
+        grid = fig.add_gridspec(2, 3, width_ratios=[1.1, 1, 1], left=0.015, right=0.985, bottom=0.1,
+                                top=0.84, wspace=0.2, hspace=0.62)
+        fig.suptitle(f"{self.cfg.name}, episode {episode}: step t = {step} of {T}"
+                     + ("  ($\\theta_0 = c_0$)" if step == 0 else ""), fontsize=HEADLINE)
 
         # support set: column j = label j
         ax = fig.add_subplot(grid[0, 0])
         ax.imshow(mosaic(ep.support_x, n_way).numpy(), cmap="gray_r", vmin=0, vmax=1)
         tile = ep.support_x.shape[-1] + 1
         for j in range(n_way):
-            label = f"{j}" + (f": {_char(names[int(ep.classes[j])])}" if names else "")
-            ax.text(j * tile + tile / 2, -1, label, ha="center", va="bottom", fontsize=9)
-        ax.set_title(f"support set ({ep.k_shot}-shot)", fontsize=10, pad=14)
+            char = _char(names[int(ep.classes[j])]) if names else ""
+            label = f"{j}: {char}" if 0 < len(char) <= 2 else f"{j}"
+            ax.text(j * tile + tile / 2, -1, label, ha="center", va="bottom", fontsize=SMALL)
+        ax.set_title(f"support ({ep.k_shot}-shot)", fontsize=TITLE, pad=SMALL + 8)
         ax.axis("off")
 
-        # query predictions at theta_t: a few images per class, predicted label under each
+        # query predictions at theta_t: a few images per class, predicted label in the corner
         ax = fig.add_subplot(grid[1, 0])
         q, per = ep.n_query, min(self.queries_per_class, ep.n_query)
         shown = torch.tensor([j * q + r for j in range(n_way) for r in range(per)])
@@ -139,21 +147,22 @@ class InnerLoopExplorer:
         for k, idx in enumerate(shown.tolist()):
             r, c = k % per, k // per
             ok = bool(predicted[idx] == ep.query_y[idx])
-            ax.text(c * tile + tile - 2, r * tile + tile - 2, f"{int(predicted[idx])}", ha="right",
-                    va="bottom", fontsize=9, fontweight="bold", color="green" if ok else "red")
+            ax.text(c * tile + tile - 1, r * tile + tile - 1, f"{int(predicted[idx])}", ha="right",
+                    va="bottom", fontsize=SMALL, fontweight="bold", color="green" if ok else "red")
         for j in range(n_way):
-            ax.text(j * tile + tile / 2, -1, f"{j}", ha="center", va="bottom", fontsize=9)
-        ax.set_title(f"query at $\\theta_{{{step}}}$: accuracy {trace.query_acc[step]:.0%} "
-                     f"(all {len(ep.query_y)})\ncolumn = true label, corner = prediction",
-                     fontsize=10, pad=14)
+            ax.text(j * tile + tile / 2, -1, f"{j}", ha="center", va="bottom", fontsize=SMALL)
+        ax.set_title(f"query: {trace.query_acc[step]:.0%} right", fontsize=TITLE, pad=SMALL + 8)
         ax.axis("off")
 
-        # the gates of the layer at step t (histogram over its coordinates) and one coordinate's trace
-        # The forget gate is drawn as 1 - f_t on a log scale: f_t lies within about 1e-3 of 1, so a
-        # histogram of f_t itself is one bar at 1.0000; a gate that rounds to 1 is drawn at FLOOR.
+        # per gate: a histogram over the layer's coordinates at step t (top) and one coordinate's
+        # trace up to step t over the layer's band (bottom). The forget gate is drawn as 1 - f_t on a
+        # log scale: f_t lies within about 1e-3 of 1, so a histogram of f_t itself is one bar at 1.0000;
+        # a gate that rounds to 1 is drawn at FLOOR.
         for col, (gate, values) in enumerate((("forget", trace.forget), ("input", trace.input)), start=1):
             values = values[:, part]                                             # [T, n_layer]
             log = gate == "forget"
+            color = "C0" if log else "C1"
+            symbol = "$1 - f_t$" if log else "$i_t$"
             if log:
                 values = (1 - values.double()).clamp_min(FLOOR)
             low, high = (values.min().item(), values.max().item()) if T else ((FLOOR, 1.0) if log else (0.0, 1.0))
@@ -168,20 +177,16 @@ class InnerLoopExplorer:
             if log:
                 ax.set_xscale("log")
             if step == 0:
-                ax.text(0.5, 0.5, "no update yet\n(t = 0: theta_0 = c_0)", ha="center", va="center",
-                        transform=ax.transAxes, color="0.4")
+                ax.text(0.5, 0.5, "no update yet", ha="center", va="center", transform=ax.transAxes,
+                        color="0.4", fontsize=BODY)
                 ax.set_xlim(low, high)
             else:
-                ax.hist(values[step - 1].numpy(), bins=bins.numpy(),
-                        histtype="stepfilled", color="C0" if gate == "forget" else "C1")
-                ax.axvline(values[step - 1, coord].item(), color="k", lw=1, ls="--",
-                           label=f"coordinate #{coord}")
-                ax.legend(fontsize=7, loc="upper left")
-            if not log:
-                ax.xaxis.set_major_locator(MaxNLocator(4))
-            shown = "gates 1 - f_t" if log else "gates"
-            ax.set_title(f"{title}: {gate} {shown} at t = {step}\n({values.shape[1]:,} coordinates"
-                         + (", log scale)" if log else ")"), fontsize=9)
+                ax.hist(values[step - 1].numpy(), bins=bins.numpy(), histtype="stepfilled", color=color)
+                ax.axvline(values[step - 1, coord].item(), color="k", lw=1.5, ls="--")
+            ax.xaxis.set_major_locator(LogLocator(numticks=4) if log else MaxNLocator(3))
+            ax.xaxis.set_minor_formatter(NullFormatter())
+            ax.tick_params(labelsize=SMALL)
+            ax.set_title(f"{title}: {gate}, {symbol}", fontsize=TITLE)
             ax.set_yticks([])
 
             ax = fig.add_subplot(grid[1, col])
@@ -190,37 +195,21 @@ class InnerLoopExplorer:
                 qs = torch.quantile(values[:step].double(), torch.tensor([0.1, 0.5, 0.9], dtype=torch.float64),
                                     dim=1).float()
                 x = steps[:step].numpy()
-                ax.fill_between(x, qs[0].numpy(), qs[2].numpy(), color="0.85", label="10%-90% of the layer")
-                ax.plot(x, qs[1].numpy(), "k--", lw=1, label="median")
-                ax.plot(x, values[:step, coord].numpy(), marker="o", color="C0" if gate == "forget" else "C1",
-                        label=f"coordinate #{coord}")
-                if gate == "forget":
-                    ax.legend(fontsize=7, loc="lower right")
+                ax.fill_between(x, qs[0].numpy(), qs[2].numpy(), color="0.85")
+                ax.plot(x, qs[1].numpy(), "k--", lw=1.5)
+                ax.plot(x, values[:step, coord].numpy(), marker="o", color=color)
             ax.set_xlim(0.5, T + 0.5)
             if log:
                 ax.set_yscale("log")
+                ax.yaxis.set_major_locator(LogLocator(numticks=4))
+                ax.yaxis.set_minor_formatter(NullFormatter())
+            else:
+                ax.yaxis.set_major_locator(MaxNLocator(3))
             ax.set_ylim(low, high)
-            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-            ax.set_xlabel("step t")
-            ax.set_title(f"{gate} gate up to t = {step}" + (" (1 - f_t, log scale)" if log else ""), fontsize=9)
-
-        # progress of the learner: accuracy and losses up to step t
-        ax = fig.add_subplot(grid[0, 3])
-        ax.plot(range(step + 1), trace.query_acc[: step + 1].numpy(), marker="o", color="C2")
-        ax.axhline(1 / n_way, color="0.5", lw=0.8, ls=":")
-        ax.set(xlim=(-0.5, T + 0.5), ylim=(0, 1.02), xlabel="step t", title="query accuracy of $\\theta_t$")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.title.set_fontsize(9)
-        ax = fig.add_subplot(grid[1, 3])
-        ax.plot(range(1, step + 1), trace.support_loss[:step].numpy(), marker=".", label="support loss $L_t$")
-        ax.plot(range(step + 1), trace.query_loss[: step + 1].numpy(), ls="--", label="query loss")
-        losses = torch.cat([trace.support_loss, trace.query_loss]) if T else trace.query_loss
-        ax.set_yscale("log")                                   # step 1's support loss is 10-100x the others
-        ax.set(xlim=(-0.5, T + 0.5), ylim=(max(losses.min().item(), 1e-6) / 2, 2 * max(losses.max().item(), 1e-6)),
-               xlabel="step t", title="losses (log scale)")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.title.set_fontsize(9)
-        ax.legend(fontsize=7, loc="upper right")
+            ax.xaxis.set_major_locator(MaxNLocator(nbins=4, integer=True))
+            ax.tick_params(labelsize=SMALL)
+            ax.set_xlabel("step t", fontsize=SMALL, labelpad=1)
+            ax.set_title(f"#{coord} (dashed: median)", fontsize=TITLE)
         return fig
 
     # -- the widget -----------------------------------------------------------------------

@@ -165,21 +165,24 @@ def plot_gate_response(responses: dict[str, Tensor], magnitudes: Tensor, observe
     with the recorded (magnitude, gate) medians as dots where `observed` gives them."""
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(responses), figsize=(5.2 * len(responses), 3.6), sharey=True, squeeze=False)
-    for ax, (label, r) in zip(axes[0], responses.items()):
-        mean = r.mean(dim=0)                                                 # [T, M, layers]
-        for t in steps_shown:
-            if t <= mean.shape[0]:
-                line, = ax.plot(magnitudes, mean[t - 1, :, layer], label=f"step {t}")
-                if observed and (label, t) in observed:
-                    x, y = observed[label, t]
-                    ax.plot(x, y, "o", ms=4, color=line.get_color())
-        ax.set_xscale("log")
-        ax.axvline(math.exp(-10), color="grey", lw=0.8, ls=":")
-        ax.set_xlabel("gradient magnitude |g| fed to the LSTM")
-        ax.set_title(f"{label}, {layer_name}")
-        ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("input gate i_t (median)")
-    axes[0][-1].legend(fontsize=9)
-    fig.tight_layout()
+    from metalstm.viz.style import RC, WIDE
+
+    with plt.rc_context(RC):
+        fig, axes = plt.subplots(1, len(responses), figsize=(WIDE[0], 4.4), sharey=True, squeeze=False,
+                                 layout="constrained")
+        for ax, (label, r) in zip(axes[0], responses.items()):
+            mean = r.mean(dim=0)                                                 # [T, M, layers]
+            for t in steps_shown:
+                if t <= mean.shape[0]:
+                    line, = ax.plot(magnitudes, mean[t - 1, :, layer], label=f"step {t}")
+                    if observed and (label, t) in observed:
+                        x, y = observed[label, t]
+                        ax.plot(x, y, "o", ms=6, color=line.get_color())
+            ax.set_xscale("log")
+            ax.axvline(math.exp(-10), color="grey", lw=0.8, ls=":")
+            ax.set_xlabel("gradient magnitude |g| fed to the LSTM")
+            ax.set_title(f"{label}, {layer_name}")
+            ax.grid(alpha=0.3)
+        axes[0][0].set_ylabel("input gate $i_t$ (median)")
+        axes[0][-1].legend()
     return fig

@@ -1,8 +1,8 @@
 """Pictures of a `GateRecord`: the paper's Figure 2 and the query accuracy after each step (paper notes 10).
 
-    plot_gates(r1, r5)                  one panel per layer, two rows (1 - f_t, i_t) per record:
-                                        a fixed coordinate per layer, one line per episode, over the
-                                        band (10%-90%) and median of all the layer's coordinates
+    plot_gates(r1, r5, gate="forget")   one gate: a row per record, a column per layer (the first
+                                        and the last): a fixed coordinate per layer, one line per
+                                        episode, over the band (10%-90%) and median of the layer
     plot_gate_bands(r1, r5)             the bands alone, all layers on one axis per gate and record
     plot_step_sizes(r1, r5, ...)        the input gate as a learning rate per step, beside the ladder's
                                         learned steps (schedule, meta-sgd) and SGD's tuned step
@@ -21,6 +21,7 @@ from matplotlib.ticker import MaxNLocator
 from metalstm.stats import t975
 
 from metalstm.viz.record import GATES, LAYER_TITLES, LAYERS, GateRecord, pick_coordinates
+from metalstm.viz.style import RC, WIDE
 
 GATE_LABELS = {"forget": "forget gate $f_t$", "input": "input gate $i_t$"}
 LAYER_COLORS = dict(zip(LAYERS, plt.get_cmap("tab10").colors))
@@ -38,73 +39,67 @@ def _limits(values: list[torch.Tensor], pad: float = 0.05) -> tuple[float, float
     return low - margin, high + margin
 
 
-# text sizes that stay legible when a figure is projected (notebook 06, lecture slides)
-PROJECTOR = {"font.size": 13, "axes.titlesize": 14, "axes.labelsize": 13, "xtick.labelsize": 12,
-             "ytick.labelsize": 12, "legend.fontsize": 12, "figure.titlesize": 15}
+PROJECTOR = RC                 # the course style (metalstm.viz.style): legible when projected
 FORGET_FLOOR = 1e-8          # 1 - f below this (f = 1 in float32: 1 - f < 6e-8) is drawn at the floor
+FIGURE2_LAYERS = (LAYERS[0], LAYERS[-1])     # the first and the last layer: what a slide has room for
 
 
-def plot_gates(*records: GateRecord, layers=LAYERS, seed: int = 0, band: bool = True):
-    """The paper's Figure 2: per layer, gate value vs step for ONE coordinate (chosen with
-    `seed`), one line per episode; grey band = 10%-90% of all the layer's coordinates and
-    episodes, dashed = their median. One column per layer; two rows per record: the forget
-    gate as its distance from 1, 1 - f_t, on a log scale (f_t itself is 0.9990-1.0000 and would
-    read as a flat line), then the input gate i_t. A gate's rows share their y-axis across
-    records, so 1-shot and 5-shot compare directly. Sized and lettered to be projected."""
+def plot_gates(*records: GateRecord, gate: str = "forget", layers=FIGURE2_LAYERS, seed: int = 0,
+               band: bool = True):
+    """The paper's Figure 2 for ONE gate, sized for a slide: one row per record, one column per
+    layer (default: the first and the last, FIGURE2_LAYERS); in each panel the gate vs step for
+    ONE coordinate of the layer (chosen with `seed`, its index in brackets), one line per episode;
+    grey band = 10%-90% of all the layer's coordinates and episodes, dashed = their median.
+    The forget gate is drawn as its distance from 1, 1 - f_t, on a log scale (f_t itself is
+    0.9990-1.0000 and would read as a flat line); the input gate as i_t. All panels share the
+    y-axis, so layers and records compare directly. Call it once per gate (GATES)."""
     _check(records)
+    if gate not in GATES:
+        raise ValueError(f"gate must be one of {', '.join(GATES)}, got {gate!r}")
     coords = pick_coordinates(records[0].slices, layers, seed)
-    rows = [(record, gate) for record in records for gate in GATES]
-    with plt.rc_context(PROJECTOR):
-        fig, axes = plt.subplots(len(rows), len(layers), figsize=(2.7 * len(layers) + 1.0, 2.45 * len(rows) + 1.1),
-                                 squeeze=False, layout="constrained")
-        shown = {gate: [] for gate in GATES}
-        for row, (record, gate) in enumerate(rows):
+    show = (lambda v: (1 - v.double()).clamp_min(FORGET_FLOOR)) if gate == "forget" else (lambda v: v)
+    with plt.rc_context(RC):
+        fig, axes = plt.subplots(len(records), len(layers), figsize=(WIDE[0], min(2.45 * len(records) + 0.9, 5.6)),
+                                 squeeze=False, sharex=True, sharey=True, layout="constrained")
+        shown = []
+        for row, record in enumerate(records):
             steps = torch.arange(1, record.steps + 1).numpy()
             for col, name in enumerate(layers):
                 ax = axes[row, col]
-                show = (lambda v: (1 - v.double()).clamp_min(FORGET_FLOOR)) if gate == "forget" else (lambda v: v)
                 trace = show(record.coordinate(name, gate, coords[name]))                 # [E, T]
-                shown[gate].append(trace)
+                shown.append(trace)
                 if band:
                     low, mid, high = (show(v) for v in record.band(name, gate))
                     if gate == "forget":
                         low, high = high, low                # 1 - f: the 90% quantile of f is the low end
                     ax.fill_between(steps, low.numpy(), high.numpy(), color="0.82", label="10%-90% of the layer")
-                    ax.plot(steps, mid.numpy(), "k--", lw=1.5, label="median of the layer")
-                    shown[gate] += [low, high]
+                    ax.plot(steps, mid.numpy(), "k--", lw=2, label="median of the layer")
+                    shown += [low, high]
                 colors = plt.get_cmap("viridis")(torch.linspace(0, 0.9, len(trace)).numpy())
                 for e, line in enumerate(trace):
-                    ax.plot(steps, line.numpy(), color=colors[e], lw=1.1, alpha=0.75,
-                            label="one episode (this coordinate)" if e == 0 else None)
+                    ax.plot(steps, line.numpy(), color=colors[e], lw=1.2, alpha=0.75,
+                            label="one coordinate, one line per episode" if e == 0 else None)
                 if gate == "forget":
                     ax.set_yscale("log")
-                if row == 0:
-                    ax.set_title(f"{LAYER_TITLES.get(name, name)}  [#{coords[name]}]")
-                if row == len(rows) - 1 or rows[row + 1][0] is not record:
+                ax.set_title(f"{record.label}, {LAYER_TITLES.get(name, name)} [#{coords[name]}]")
+                if row == len(records) - 1:
                     ax.set_xlabel("step t")
                 if col == 0:
-                    ax.set_ylabel(f"{record.label}\n" + ("$1 - f_t$ (log)" if gate == "forget" else "$i_t$"))
-                ax.xaxis.set_major_locator(MaxNLocator(nbins=4, integer=True))
+                    ax.set_ylabel("$1 - f_t$" if gate == "forget" else "$i_t$")
+                ax.xaxis.set_major_locator(MaxNLocator(nbins=5, integer=True))
                 ax.grid(alpha=0.3)
-        for gate in GATES:
-            low = min(v.min().item() for v in shown[gate])
-            high = max(v.max().item() for v in shown[gate])
-            if gate == "forget":
-                limits = (low / 1.5, high * 1.5)
-            else:
-                margin = 0.05 * (high - low) or 1e-3
-                limits = (low - margin, high + margin)
-            for row, (_, g) in enumerate(rows):
-                if g != gate:
-                    continue
-                for col, ax in enumerate(axes[row]):
-                    ax.set_ylim(*limits)
-                    if col:
-                        ax.tick_params(labelleft=False)
+        low = min(v.min().item() for v in shown)
+        high = max(v.max().item() for v in shown)
+        if gate == "forget":
+            axes[0, 0].set_ylim(low / 1.5, high * 1.5)
+        else:
+            margin = 0.05 * (high - low) or 1e-3
+            axes[0, 0].set_ylim(low - margin, high + margin)
         handles, labels = axes[0, 0].get_legend_handles_labels()
-        fig.legend(handles, labels, loc="outside lower center", ncols=len(labels), frameon=False)
-        fig.suptitle(f"Figure 2, our version: one coordinate per layer (its index in brackets), "
-                     f"{len(records[0].episodes)} meta-validation episodes")
+        fig.legend(handles, labels, loc="outside lower center", ncols=len(labels), frameon=False,
+                   handlelength=1.5, columnspacing=1.0)
+        fig.suptitle(("Forget gate, as $1 - f_t$ (log scale)" if gate == "forget" else "Input gate $i_t$")
+                     + f", {len(records[0].episodes)} meta-validation episodes")
     return fig
 
 
@@ -122,8 +117,8 @@ def plot_step_sizes(*records: GateRecord, schedule: dict | None = None, meta_sgd
     from metalstm.viz.record import step_sizes
 
     _check(records)
-    with plt.rc_context(PROJECTOR):
-        fig, axes = plt.subplots(1, len(records), figsize=(6.6 * len(records), 5.0), squeeze=False,
+    with plt.rc_context(RC):
+        fig, axes = plt.subplots(1, len(records), figsize=WIDE, squeeze=False,
                                  sharey=True, layout="constrained")
         for ax, record in zip(axes[0], records):
             steps = torch.arange(1, record.steps + 1).numpy()
@@ -144,17 +139,17 @@ def plot_step_sizes(*records: GateRecord, schedule: dict | None = None, meta_sgd
             if sgd is not None:
                 ax.axhline(sgd, color="k", lw=1.5)
             ax.set(title=f"{record.label} (T = {record.steps})", xlabel="step t")
-            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.xaxis.set_major_locator(MaxNLocator(nbins=5, integer=True))
             ax.grid(alpha=0.3)
-        axes[0, 0].set_ylabel("step size (median over a layer's weights)")
-        styles = [Line2D([], [], color="0.3", marker="o", lw=2, label="Meta-Learner LSTM: $i_t$"),
-                  Line2D([], [], color="0.85", lw=8, label="its 10%-90% over episodes")]
+        axes[0, 0].set_ylabel("step size (layer median)")
+        styles = [Line2D([], [], color="0.3", marker="o", lw=2, label="LSTM: $i_t$"),
+                  Line2D([], [], color="0.85", lw=8, label="its 10%-90%")]
         if schedule is not None:
-            styles.append(Line2D([], [], color="0.3", ls="--", marker="s", label="schedule rung: $\\alpha_{t,layer}$"))
+            styles.append(Line2D([], [], color="0.3", ls="--", marker="s", label="schedule: $\\alpha_{t,layer}$"))
         if meta_sgd is not None:
-            styles.append(Line2D([], [], color="0.3", ls=":", lw=2, label="meta-sgd rung: median $\\alpha_j$"))
+            styles.append(Line2D([], [], color="0.3", ls=":", lw=2, label="meta-sgd: median $\\alpha_j$"))
         if sgd is not None:
-            styles.append(Line2D([], [], color="k", lw=1.5, label=f"SGD, tuned fixed step {sgd:g}"))
+            styles.append(Line2D([], [], color="k", lw=1.5, label=f"SGD: {sgd:g}"))
         layer_keys = [Line2D([], [], color=LAYER_COLORS.get(n), lw=3, label=LAYER_TITLES.get(n, n)) for n in layers]
         fig.legend(handles=styles + layer_keys, loc="outside right upper", frameon=False)
     return fig
@@ -165,13 +160,13 @@ def plot_gate_bands(*records: GateRecord, layers=LAYERS):
     one column per record, one row per gate (the forget gate as 1 - f_t, log scale, as in
     `plot_gates`): do the layers (and 1-shot / 5-shot) differ?"""
     _check(records)
-    with plt.rc_context(PROJECTOR):
+    with plt.rc_context(RC):
         return _plot_gate_bands(records, layers)
 
 
 def _plot_gate_bands(records, layers):
-    fig, axes = plt.subplots(len(GATES), len(records), figsize=(6.2 * len(records), 7.6),
-                             squeeze=False, sharey="row", layout="constrained")
+    fig, axes = plt.subplots(len(GATES), len(records), figsize=(WIDE[0], 5.4),
+                             squeeze=False, sharex=True, sharey="row", layout="constrained")
     for col, record in enumerate(records):
         steps = torch.arange(1, record.steps + 1).numpy()
         for row, gate in enumerate(GATES):
@@ -186,11 +181,14 @@ def _plot_gate_bands(records, layers):
             if gate == "forget":
                 ax.set_yscale("log")
             ax.set_title(f"{record.label}: " + ("$1 - f_t$ (log scale)" if gate == "forget" else GATE_LABELS[gate]))
-            ax.set_xlabel("step t")
+            if row == len(GATES) - 1:
+                ax.set_xlabel("step t")
+            ax.xaxis.set_major_locator(MaxNLocator(nbins=6, integer=True))
             ax.grid(alpha=0.3)
             if col == 0:
-                ax.set_ylabel(("$1 - f_t$" if gate == "forget" else "$i_t$") + " (median, 10%-90%)")
-    axes[0, -1].legend()
+                ax.set_ylabel("$1 - f_t$" if gate == "forget" else "$i_t$")
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside right center", frameon=False, title="median,\n10%-90%")
     return fig
 
 
@@ -206,12 +204,12 @@ def plot_query_accuracy_by_step(*records: GateRecord):
     """Left: query accuracy of theta_t, t = 0..T (mean over episodes, 95% interval);
     right: the support loss L_t fed to the meta-learner and the query loss of theta_t."""
     _check(records)
-    with plt.rc_context(PROJECTOR):
+    with plt.rc_context(RC):
         return _plot_query_accuracy_by_step(records)
 
 
 def _plot_query_accuracy_by_step(records):
-    fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(13, 4.8), layout="constrained")
+    fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=WIDE, layout="constrained")
     for k, record in enumerate(records):
         color = plt.get_cmap("tab10")(k)
         mean, half = (v.numpy() for v in accuracy_by_step(record))
@@ -219,17 +217,18 @@ def _plot_query_accuracy_by_step(records):
         ax_acc.fill_between(steps, mean - half, mean + half, color=color, alpha=0.2)
         ax_acc.plot(steps, mean, marker="o", color=color, label=f"{record.label} (T={record.steps})")
         ax_loss.plot(steps[1:], record.support_loss.mean(dim=0).numpy(), marker=".", color=color,
-                     label=f"{record.label}: support loss $L_t$")
+                     label=f"{record.label}: support $L_t$")
         ax_loss.plot(steps, record.query_loss.mean(dim=0).numpy(), ls="--", color=color,
-                     label=f"{record.label}: query loss of $\\theta_t$")
+                     label=f"{record.label}: query")
     if records[0].n_way:
         ax_acc.axhline(1 / records[0].n_way, color="0.5", lw=0.8, ls=":", label="chance")
-    ax_acc.set(xlabel="step t (0 = the learned initialisation $c_0$)", ylabel="query accuracy",
-               title="query accuracy of $\\theta_t$ (mean, 95% interval)")
-    ax_loss.set(xlabel="step t", ylabel="cross-entropy (log scale)", title="losses per step", yscale="log")
-    ax_acc.legend()
-    ax_loss.legend()
+    ax_acc.set(xlabel="step t (0: $\\theta_0 = c_0$)", ylabel="query accuracy",
+               title="query accuracy of $\\theta_t$ (95% interval)")
+    ax_loss.set(xlabel="step t", ylabel="cross-entropy (log)", title="mean losses per step", yscale="log")
+    ax_acc.legend(loc="lower right")
+    ax_loss.legend(loc="upper right")
     for ax in (ax_acc, ax_loss):
+        ax.xaxis.set_major_locator(MaxNLocator(nbins=6, integer=True))
         ax.grid(alpha=0.3)
     return fig
 
@@ -245,8 +244,8 @@ def plot_seed_spread(rows: list[dict], test_sets=None):
     test_sets = list(test_sets or dict.fromkeys(r["test_set"] for r in rows))
     shots = sorted({r["shot"] for r in rows})
     rungs = [g for g in RUNGS if any(r["rung"] == g for r in rows)]
-    with plt.rc_context(PROJECTOR):
-        fig, axes = plt.subplots(len(shots), len(test_sets), figsize=(6.2 * len(test_sets), 3.9 * len(shots)),
+    with plt.rc_context(RC):
+        fig, axes = plt.subplots(len(shots), len(test_sets), figsize=(WIDE[0], min(2.8 * len(shots) + 0.4, 5.6)),
                                  squeeze=False, layout="constrained")
         for i, shot in enumerate(shots):
             for j, t in enumerate(test_sets):
@@ -265,9 +264,12 @@ def plot_seed_spread(rows: list[dict], test_sets=None):
                                 label=("mean, 95% t interval" if half is not None else "mean (1 seed, no interval)"))
                 ax.set_xticks(range(len(rungs)), rungs, rotation=20)
                 ax.set_title(f"{shot}-shot, meta-test on {t}")
-                ax.set_ylabel("accuracy (%)")
+                if j == 0:
+                    ax.set_ylabel("accuracy (%)")
                 ax.grid(axis="y", alpha=0.3)
                 handles, labels = ax.get_legend_handles_labels()
                 unique = dict(zip(labels, handles))
-                ax.legend(unique.values(), unique.keys(), loc="lower right", fontsize=10)
+                if i == 0 and j == 0:
+                    fig.legend(unique.values(), unique.keys(), loc="outside lower center", ncols=len(unique),
+                               frameon=False)
     return fig

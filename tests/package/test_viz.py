@@ -226,7 +226,8 @@ def test_band_and_summary_are_the_quantiles_and_means_of_the_layer(record):
 @pytest.mark.slow
 def test_plots_render(record):
     fig = plot_gates(record, record)
-    assert len(fig.axes) == 2 * 2 * len(LAYERS)
+    assert len(fig.axes) == 2 * 2                  # one gate: a row per record, the first and last layer
+    assert len(plot_gates(record, gate="input", layers=LAYERS).axes) == len(LAYERS)
     alpha = {CFG.k_shot: torch.linspace(0.1, 0.5, CFG.steps)[:, None].expand(CFG.steps, len(LAYERS))}
     sizes = plot_step_sizes(record, schedule=alpha, meta_sgd={CFG.k_shot: torch.full((len(LAYERS),), 0.1)}, sgd=0.1)
     assert len(sizes.axes) == 1 and len(sizes.axes[0].lines) == 3 * len(LAYERS) + 1
