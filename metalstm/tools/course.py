@@ -155,17 +155,16 @@ TEMPLATES = {
 .reveal .slides .jp-RenderedMarkdown pre { width: auto; white-space: pre-wrap; overflow-wrap: anywhere; }
 .reveal .slides .highlight { margin: 0; }
 .reveal .slides table { font-size: {{ resources.deck.code_px }}px; border-collapse: collapse; margin: 4px 0; }
-.reveal .slides table th, .reveal .slides table td { padding: 2px 12px; font-size: {{ resources.deck.code_px }}px; }
-.reveal .slides .jp-OutputArea table th, .reveal .slides .jp-OutputArea table td { white-space: nowrap; }
-/* a table written as Markdown by the code may wrap between words, never inside a number */
-.reveal .slides .jp-OutputArea .jp-RenderedMarkdown table th, .reveal .slides .jp-OutputArea .jp-RenderedMarkdown table td {
-  white-space: normal; overflow-wrap: normal; word-break: keep-all; padding: 2px 8px; }
+.reveal .slides table th, .reveal .slides table td { font-size: {{ resources.deck.code_px }}px; }
+/* a table cell never wraps (nor hyphenates): metalstm.tools.slides splits a table too wide by its columns */
+.reveal .slides table th, .reveal .slides table td, .reveal .slides table td code, .reveal .slides table th code {
+  white-space: nowrap; overflow-wrap: normal; word-break: normal; hyphens: none; }
+.reveal .slides table th, .reveal .slides table td { padding: 2px 10px; }
 .reveal .slides .jp-OutputArea, .reveal .slides .jp-OutputArea-child, .reveal .slides .jp-OutputArea-output, .reveal .slides .jp-Cell-outputWrapper,
 .reveal .slides .jp-Cell-inputWrapper, .reveal .slides .jp-InputArea, .reveal .slides .jp-InputArea-editor {
   margin-left: 0; padding-left: 0; border-left: 0; }
 .reveal .slides .jp-OutputArea-output pre { padding: 0; }
 .reveal .slides .jp-OutputArea-child { display: block; } .reveal .slides .jp-OutputArea-output { width: auto; }
-.reveal .slides .jp-RenderedMarkdown td code { white-space: pre-wrap; overflow-wrap: anywhere; }
 .reveal .slides table td.num { text-align: right; font-variant-numeric: tabular-nums; }
 .reveal .slides .jp-RenderedMarkdown img { max-height: {{ resources.deck.image_px }}px; max-width: 100%; width: auto; height: auto; }
 /* a figure takes the slide's width (scaled up if need be: larger labels), at most image_px high */
@@ -175,6 +174,7 @@ TEMPLATES = {
 .reveal .slides .metalstm-frames { display: grid; }
 .reveal .slides .metalstm-frames > img { grid-area: 1 / 1; }
 .reveal .slides .metalstm-caption { font-size: {{ resources.deck.body_px }}px; margin: 0; }
+.reveal .slides h3.metalstm-continued-title { margin: 0 0 6px 0; }
 html.metalstm-measure .reveal .slides section { display: block !important; position: relative !important;
   visibility: hidden; height: auto !important; min-height: 0 !important; transform: none !important; }
 </style>
@@ -192,6 +192,7 @@ html.metalstm-measure .reveal .slides section { display: block !important; posit
       var guard = 0;
       while (slide.scrollHeight > H && guard++ < 40) {
         var blocks = Array.prototype.filter.call(slide.children, function (b) { return !b.matches("aside.notes"); });
+        var first = blocks.length && blocks[0].matches(".metalstm-continued-title") ? 1 : 0;   // a repeated heading stays
         var cut = -1;
         for (var i = 0; i < blocks.length; i++) {
           if (blocks[i].offsetTop + blocks[i].offsetHeight > H) { cut = i; break; }
@@ -209,11 +210,25 @@ html.metalstm-measure .reveal .slides section { display: block !important; posit
             cut = cut + 1;
           }
         }
-        if (cut === 0 && blocks.length > 1) { cut = 1; moved = blocks.slice(1); }
-        if (cut <= 0) { break; }
+        if (cut >= 0 && cut <= first && blocks.length > first + 1) { cut = first + 1; moved = blocks.slice(cut); }
+        if (cut <= first) { break; }
         var next = document.createElement("section");
         next.className = "metalstm-continued";
         moved.forEach(function (b) { next.appendChild(b); });
+        // the slide's heading comes along, marked: a continued slide still says what it shows
+        // (or the bold words that open a paragraph of it)
+        var heading = slide.querySelector(".metalstm-continued-title, h1, h2, h3, h4") ||
+          Array.prototype.map.call(slide.querySelectorAll("p"), function (p) {
+            var first = Array.prototype.find.call(p.childNodes, function (n) { return n.nodeType !== 3 || n.textContent.trim(); });
+            return first && first.nodeType === 1 && first.tagName === "STRONG" && !p.closest("aside.notes") ? first : null;
+          }).filter(Boolean)[0];
+        if (heading && !next.querySelector("h1, h2, h3, h4")) {
+          var title = document.createElement("h3");
+          title.className = "metalstm-continued-title";
+          title.textContent = heading.textContent.replace(/\u00b6/g, "").replace(/ \\(continued\\)$/, "").trim()
+                              .replace(/[.:]$/, "") + " (continued)";
+          next.insertBefore(title, next.firstChild);
+        }
         var notes = slide.querySelector("aside.notes"), minutes = notes && notes.textContent.match(/About ([0-9.]+) min/);
         var aside = document.createElement("aside");
         aside.className = "notes";

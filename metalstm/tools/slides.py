@@ -83,17 +83,37 @@ def code_shown(cell) -> bool:
 def table_rows(text: str) -> list[list[str]] | None:
     """A printed table as rows of cells, or None. A table: at least 3 lines, each cut by runs of two or
     more spaces into the same number (at least 3) of columns, most of the cells after the first being
-    numbers (a header row of words is allowed)."""
-    lines = [line.rstrip() for line in text.strip("\n").splitlines()]
+    numbers (a header row of words is allowed; rule lines of dashes are left out). Where that does not cut
+    every line alike, or the header is indented (it has no first cell), the columns are found by position
+    instead: where every line has a space."""
+    lines = [line.rstrip() for line in text.strip("\n").splitlines() if not re.fullmatch(r"\s*[-=]{3,}\s*", line)]
     if len(lines) < 3 or any(not line.strip() for line in lines):
         return None
     rows = [re.split(r"\s{2,}", line.strip()) for line in lines]
     width = len(rows[-1])
+    if lines[0].startswith("  ") or any(len(r) != width for r in rows):
+        # an indented header (over all but the first column), or cells of two words: columns that line up
+        rows = _columns_by_position(lines)
+        width = len(rows[0])
     if width < 3 or any(len(r) != width for r in rows):
         return None
     cells = [c for r in rows[1:] for c in r[1:]]
     numeric = sum(bool(re.search(r"\d", c)) for c in cells)
     return rows if numeric >= 0.6 * len(cells) else None
+
+
+def _columns_by_position(lines: list[str]) -> list[list[str]]:
+    """Lines cut into columns at the character positions where every line has a space (or has ended)."""
+    n = max(len(line) for line in lines)
+    gap = [all(i >= len(line) or line[i] == " " for line in lines) for i in range(n)]
+    spans, start = [], None
+    for i in range(n + 1):
+        if i < n and not gap[i] and start is None:
+            start = i
+        elif (i == n or gap[i]) and start is not None:
+            spans.append((start, i))
+            start = None
+    return [[line[a:b].strip() for a, b in spans] for line in lines]
 
 
 NUMERIC = re.compile(r"^[-+\u2212]?[\d.,]+(e[-+]?\d+)?\s*%?(\s*(\+-|\u00b1).*)?$")
@@ -113,36 +133,215 @@ def _html_table(rows: list[list[str]]) -> str:
     return "\n".join(out)
 
 
-TABLE_PX = 1180              # the width a table may take (the slide less its margins)
+TABLE_PX = 1180              # the width a table may take (the slide less its margins and a reserve)
+CELL_PAD_PX = 20             # a cell's padding, left and right (the deck's CSS)
+CODE_PAD_PX = 10             # a code span's padding
+MARGIN = 1.04                # measured text widths are scaled by this (rounding, kerning in the browser)
+KEY_SHARE = 0.55             # a first column wider than this share of TABLE_PX is shortened (a legend says the rest)
+FONTS = {"sans": "DejaVuSans.ttf", "bold": "DejaVuSans-Bold.ttf", "mono": "DejaVuSansMono.ttf"}   # the deck's
+
+
+def _font(kind: str):
+    """The deck's table font at CODE_PX (the DejaVu files matplotlib ships, the fonts the browser uses)."""
+    if kind not in _FONTS:
+        from pathlib import Path
+
+        import matplotlib
+        from PIL import ImageFont
+        _FONTS[kind] = ImageFont.truetype(str(Path(matplotlib.get_data_path()) / "fonts" / "ttf" / FONTS[kind]), CODE_PX)
+    return _FONTS[kind]
+
+
+_FONTS: dict = {}
+
+
+def cell_px(cell: str, bold: bool = False) -> float:
+    """The width a table cell's text takes on the slide (it never wraps): its Markdown rendered (no ** or
+    marks, a link's text, maths as its symbols, `+-` as the sign), measured in the deck's fonts at CODE_PX,
+    code spans in the monospace font with their padding, times MARGIN, plus the cell's padding."""
+    text = re.sub(r"\[([^\]]*)\]\([^)]*\)", r"\1", cell)                            # [text](url)
+    text = re.sub(r"\$([^$]*)\$", lambda m: re.sub(r"\\[A-Za-z]+|\\.", "x", m.group(1)).translate(
+        {ord(c): None for c in "{}^_ "}), text)                                             # maths: its symbols
+    text = text.replace("+-", "\u00b1").replace("&nbsp;", " ").replace("**", "")
+    text = re.sub(r"(?<!\w)[*_](?=\S)|(?<=\S)[*_](?!\w)", "", text)
+    width = 0.0
+    for k, part in enumerate(text.strip().split("`")):                                     # odd parts: code spans
+        if part:
+            width += _font("mono").getlength(part) + CODE_PAD_PX if k % 2 else \
+                _font("bold" if bold else "sans").getlength(part)
+    return width * MARGIN + CELL_PAD_PX
 
 
 def _column_px(rows: list[list[str]], j: int) -> float:
-    """Estimated width of column j at CODE_PX: about 0.6 em a character, 24 px of padding."""
-    return max(len(r[j]) for r in rows) * 0.6 * CODE_PX + 24
+    """The width of column j on the slide: its widest cell (the first row, a header, in bold)."""
+    return max(cell_px(r[j], bold=i == 0) for i, r in enumerate(rows))
+
+
+def table_px(rows: list[list[str]]) -> float:
+    return sum(_column_px(rows, j) for j in range(len(rows[0])))
 
 
 def split_columns(rows: list[list[str]]) -> list[list[list[str]]]:
-    """A table too wide for the slide as several tables, each repeating the first column."""
-    groups, current, width = [], [], _column_px(rows, 0)
-    for j in range(1, len(rows[0])):
-        w = _column_px(rows, j)
-        if current and width + w > TABLE_PX:
-            groups.append(current)
-            current, width = [], _column_px(rows, 0)
-        current.append(j)
-        width += w
-    groups.append(current)
-    return [[[r[0]] + [r[j] for j in group] for r in rows] for group in groups]
+    """A table too wide for the slide as the fewest tables that fit, each repeating the first column, the
+    columns in order; among those splits, the one whose widest part is narrowest (no lonely last column)."""
+    key, widths = _column_px(rows, 0), [_column_px(rows, j) for j in range(1, len(rows[0]))]
+
+    def splits(start, parts):              # contiguous groups of widths[start:] into `parts` groups that fit
+        if parts == 1:
+            return [[list(range(start, len(widths)))]] if key + sum(widths[start:]) <= TABLE_PX else []
+        out = []
+        for end in range(start + 1, len(widths) - parts + 2):
+            if key + sum(widths[start:end]) > TABLE_PX:
+                break
+            out.extend([list(range(start, end))] + rest for rest in splits(end, parts - 1))
+        return out
+
+    best = None
+    for parts in range(1, len(widths) + 1):
+        found = splits(0, parts)
+        if found:
+            best = min(found, key=lambda groups: max(key + sum(widths[j] for j in g) for g in groups))
+            break
+    best = best or [[j] for j in range(len(widths))]             # a column wider than the slide: alone
+    return [[[r[0]] + [r[j + 1] for j in group] for r in rows] for group in best]
+
+
+KEY = re.compile(r"^((?:\([^)]*\)\s*)?(?:`[^`]+`|[^:(`]+?))\s*(?=[:(])")
+
+
+def short_keys(rows: list[list[str]]) -> tuple[list[list[str]], list[tuple[str, str]]] | None:
+    """A first column too wide to repeat beside the others (more than KEY_SHARE of TABLE_PX): each cell cut
+    at its first ':' or '(' (a leading '(...)' kept), and the legend [(short key, the rest)] of the cells
+    that were cut (the header's first); None when the short keys are still too wide."""
+    shorts, legend = [], []
+    for r in rows:
+        m = KEY.match(r[0])
+        short = m.group(1).strip() if m else r[0]
+        rest = r[0][len(m.group(0)):].strip() if m else ""
+        rest = rest[1:].strip() if rest.startswith(":") else rest
+        if rest.startswith("(") and rest.endswith(")") and rest.count("(") == 1:
+            rest = rest[1:-1]
+        shorts.append(short)
+        if rest:
+            legend.append((short, rest))
+    new = [[s] + r[1:] for s, r in zip(shorts, rows)]
+    return (new, legend) if _column_px(new, 0) <= KEY_SHARE * TABLE_PX else None
+
+
+def fit_table(rows: list[list[str]]) -> tuple[list[list[list[str]]], list[tuple[str, str]]]:
+    """A table (first row: its header) as the tables that show it on a slide without wrapping a cell, and a
+    legend: itself when it fits; else split by columns (the first column repeated), its first column first
+    shortened where that column alone is too wide (short_keys: the legend says the rest, as prose after the
+    tables)."""
+    if table_px(rows) <= TABLE_PX:
+        return [rows], []
+    legend = []
+    if _column_px(rows, 0) > KEY_SHARE * TABLE_PX:
+        cut = short_keys(rows)
+        if cut:
+            rows, legend = cut
+    return split_columns(rows), legend
+
+
+def legend_markdown(legend: list[tuple[str, str]]) -> str:
+    return "\n".join(f"- **{key}**: {rest}" for key, rest in legend)
+
+
+def _pipe_cells(line: str) -> list[str]:
+    """The cells of a Markdown table row (| a | b |), '|' inside code spans, maths or escaped kept."""
+    cells, cell, code, maths, prev = [], "", False, False, ""
+    for ch in line.strip().strip("|") if line.strip().endswith("|") else line.strip().lstrip("|"):
+        if ch == "`" and not maths:
+            code = not code
+        elif ch == "$" and not code:
+            maths = not maths
+        if ch == "|" and not code and not maths and prev != "\\":
+            cells.append(cell.strip())
+            cell = ""
+        else:
+            cell += ch
+        prev = ch
+    return cells + [cell.strip()]
+
+
+def _pipe_line(cells: list[str]) -> str:
+    return "| " + " | ".join(cells) + " |"
+
+
+def fit_markdown_tables(text: str) -> list[str]:
+    """Markdown text whose pipe tables are too wide for the slide as several pieces: the text before a
+    table with its first part, each further part (and a legend, fit_table) a piece of its own, the text
+    after it a piece of its own. Text without a wide table comes back as it is, in one piece."""
+    lines, pieces, current, i = text.split("\n"), [], [], 0
+    while i < len(lines):
+        is_table = (lines[i].lstrip().startswith("|") and i + 1 < len(lines)
+                    and re.match(r"^\s*\|?\s*:?-{3,}", lines[i + 1]))
+        if not is_table:
+            current.append(lines[i])
+            i += 1
+            continue
+        end = i + 2
+        while end < len(lines) and lines[end].lstrip().startswith("|"):
+            end += 1
+        rows = [_pipe_cells(lines[i])] + [_pipe_cells(line) for line in lines[i + 2:end]]
+        width = len(rows[0])
+        rows = [r[:width] + [""] * (width - len(r)) for r in rows]
+        parts, legend = fit_table(rows)
+        if len(parts) == 1 and not legend:
+            current.extend(lines[i:end])
+        else:
+            for k, part in enumerate(parts):
+                table = [_pipe_line(part[0]), _pipe_line(["---"] * len(part[0]))] + [_pipe_line(r) for r in part[1:]]
+                if k:
+                    pieces.append("\n".join(current).strip("\n"))
+                    current = []
+                current.extend(table)
+            pieces.append("\n".join(current).strip("\n"))
+            current = [legend_markdown(legend)] if legend else []
+        i = end
+    if "\n".join(current).strip() or not pieces:
+        pieces.append("\n".join(current).strip("\n") if pieces else "\n".join(current))
+    return [p for p in pieces if p.strip()] or [text]
+
+
+def _bracket_cut(line: str) -> tuple[int, int] | None:
+    """Where a line too long can go on without a mark, as Python itself continues it: after the last ', '
+    within MAX_COLS that is inside brackets, the rest indented under the bracket's first character (a
+    list, a call, a signature); (cut, indent) or None. Quotes are skipped."""
+    stack, quote, best = [], None, None
+    for i, ch in enumerate(line[:MAX_COLS]):
+        if quote:
+            quote = None if ch == quote and line[i - 1] != "\\" else quote
+        elif ch in "'\"":
+            quote = ch
+        elif ch in "([{":
+            stack.append(i)
+        elif ch in ")]}" and stack:
+            stack.pop()
+        elif ch == "," and stack and line[i + 1:i + 2] == " " and 8 < stack[-1] + 1 < MAX_COLS // 2 < i:
+            best = (i + 1, stack[-1] + 1)
+    return best
 
 
 def _break_long(line: str) -> list[str]:
-    """A printed line longer than MAX_COLS, broken at spaces (a mark where it goes on)."""
+    """A printed line longer than MAX_COLS, broken: inside brackets after a comma, the rest under the
+    bracket (_bracket_cut: no mark, the way code is written); a comment goes on as a comment; else at a
+    space, with a mark where it goes on."""
     out, rest = [], line
     while len(rest) > MAX_COLS:
+        bracket = _bracket_cut(rest)
+        comment = re.match(r"^(\s*# )", rest)
         cut = rest.rfind(" ", MAX_COLS // 2, MAX_COLS - 2)
-        cut = cut if cut > 0 else MAX_COLS - 2
-        out.append(rest[:cut] + " \u21a9")
-        rest = "    " + rest[cut:].lstrip()
+        if comment and cut > len(comment.group(1)):
+            out.append(rest[:cut])
+            rest = comment.group(1) + rest[cut:].lstrip()
+        elif bracket:
+            out.append(rest[:bracket[0]])
+            rest = " " * bracket[1] + rest[bracket[0]:].lstrip()
+        else:
+            cut = cut if cut > 0 else MAX_COLS - 2
+            out.append(rest[:cut] + " \u21a9")
+            rest = "    " + rest[cut:].lstrip()
     return out + [rest]
 
 
@@ -169,8 +368,12 @@ def text_blocks(text: str) -> list[dict]:
             head = [] if any(NUMERIC.match(c) for c in rows[0][1:]) else rows[:1]
             body, step = rows[len(head):], MAX_OUTPUT_LINES - len(head)
             for i in range(0, len(body), step):
-                for part in split_columns(head + body[i:i + step]):
+                parts, legend = fit_table(head + body[i:i + step])
+                for part in parts:
                     blocks.append(new_output("display_data", data={"text/html": _html_table(part), "text/plain": para}))
+                if legend:
+                    blocks.append(new_output("display_data", data={"text/markdown": legend_markdown(legend),
+                                                                   "text/plain": para}))
         else:
             pending.extend(para.splitlines() + [""])
     while pending and not pending[-1].strip():
@@ -214,7 +417,8 @@ MAX_TABLE_ROWS = 6           # body rows of a Markdown table on one block (its r
 
 def markdown_blocks(text: str) -> list[str]:
     """Markdown written by code (an output) as blocks that a slide can be split between: paragraphs
-    apart, and a table of more than MAX_TABLE_ROWS rows cut into tables that repeat its header."""
+    apart, a table too wide for the slide cut by columns (fit_table), and each table of more than
+    MAX_TABLE_ROWS rows cut into tables that repeat its header."""
     blocks, caption = [], []
     for para in re.split(r"\n\s*\n", text.strip()):
         para = para.replace(" +- ", "\u00a0\u00b1\u00a0")   # value ± interval: not parted by a line break
@@ -224,12 +428,25 @@ def markdown_blocks(text: str) -> list[str]:
         if start is None and len(lines) <= 2:
             caption = lines + [""]
             continue
-        if start is None or len(lines) - start - 2 <= MAX_TABLE_ROWS:
+        if start is None:
             blocks.append("\n".join(lines))
             continue
-        head, body = lines[start:start + 2], lines[start + 2:]
-        for i in range(0, len(body), MAX_TABLE_ROWS):
-            blocks.append("\n".join((lines[:start] if i == 0 else []) + head + body[i:i + MAX_TABLE_ROWS]))
+        end = start + 2
+        while end < len(lines) and lines[end].lstrip().startswith("|"):
+            end += 1
+        rows = [_pipe_cells(lines[start])] + [_pipe_cells(line) for line in lines[start + 2:end]]
+        rows = [r[:len(rows[0])] + [""] * (len(rows[0]) - len(r)) for r in rows]
+        before, (parts, legend) = lines[:start], fit_table(rows)
+        for part in parts if table_px(rows) > TABLE_PX else [None]:
+            head, body = (lines[start:start + 2], lines[start + 2:end]) if part is None else \
+                ([_pipe_line(part[0]), _pipe_line(["---"] * len(part[0]))], [_pipe_line(r) for r in part[1:]])
+            for i in range(0, max(len(body), 1), MAX_TABLE_ROWS):
+                blocks.append("\n".join(before + head + body[i:i + MAX_TABLE_ROWS]))
+                before = []
+        if legend:
+            blocks.append(legend_markdown(legend))
+        if lines[end:]:
+            blocks.append("\n".join(lines[end:]))
     if caption:
         blocks.append("\n".join(caption[:-1]))
     return blocks
@@ -358,7 +575,8 @@ def prepare(nb, frames: str | None = None):
         if kind == "skip" or SKIP in tags:
             continue
         if cell.cell_type == "markdown":
-            for j, piece in enumerate(split_markdown(cell.source)):
+            pieces = [p for piece in split_markdown(cell.source) for p in fit_markdown_tables(piece)]
+            for j, piece in enumerate(pieces):
                 new = copy.deepcopy(cell)
                 new.source = piece
                 if j:
@@ -388,7 +606,7 @@ def prepare(nb, frames: str | None = None):
     for i, cell in enumerate(cells):
         if i == 0 and _kind(cell) not in ("slide",):
             _set_kind(cell, "slide")
-    cells = _with_agenda_and_recap(_with_notes(cells))
+    cells = _with_agenda_and_recap(_with_notes(_with_titles(cells)))
     seen = set()
     for i, cell in enumerate(cells):               # copies and new cells get ids of their own
         if cell.get("id") in seen or "id" not in cell:
@@ -396,6 +614,44 @@ def prepare(nb, frames: str | None = None):
         seen.add(cell["id"])
     nb.cells = cells
     return nb
+
+
+def _shows_result(cell) -> bool:
+    """Whether a cell puts a figure or a table on its slide."""
+    if cell.cell_type == "markdown":
+        return _kind(cell) != "notes" and bool(re.search(r"^\s*\|?\s*:?-{3,}\s*\|", cell.source, re.MULTILINE))
+    for out in cell.get("outputs", []):
+        data = out.get("data", {})
+        if any(k.startswith("image/") for k in data) or "<table" in str(data.get("text/html", "")) or \
+                re.search(r"^\s*\|?\s*:?-{3,}\s*\|", str(data.get("text/markdown", "")), re.MULTILINE):
+            return True
+    return False
+
+
+def _titled(group) -> bool:
+    """Whether a slide says what it shows: a heading, or a paragraph that opens with bold words."""
+    return any(c.cell_type == "markdown" and _kind(c) != "notes" and
+               (re.search(r"^#{1,4} ", c.source, re.MULTILINE) or c.source.lstrip().startswith("**"))
+               for c in group)
+
+
+def _with_titles(cells) -> list:
+    """A slide that shows a figure or a table but has no heading (nor a paragraph led by bold words) gets
+    the heading of the part of the notebook it belongs to (the last heading before it), marked
+    "(continued)": every figure and table slide says what it shows."""
+    out, last = [], ""
+    for group in _groups(cells):
+        if out and last and any(_shows_result(c) for c in group) and not _titled(group):
+            title = _markdown(f"### {last} (continued)", _kind(group[0]))
+            _set_kind(group[0], "-")
+            group = [title] + group
+        for cell in group:
+            if cell.cell_type == "markdown" and _kind(cell) != "notes":
+                for line in cell.source.splitlines():
+                    if re.match(r"^#{1,4} ", line):
+                        last = re.sub(r" \(continued\)$", "", line.lstrip("#").strip())
+        out.extend(group)
+    return out
 
 
 ASK = re.compile(r"ask the room|before showing|predict", re.IGNORECASE)

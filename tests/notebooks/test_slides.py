@@ -270,3 +270,92 @@ def test_markdown_from_code_is_cut_into_paragraphs_and_tables_of_a_few_rows():
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("# T"), code_cell("show()", [out])])
     shown = [o["data"] for c in slides.prepare(nb).cells if c.cell_type == "code" for o in c.outputs]
     assert [d["text/markdown"] for d in shown] == blocks
+
+
+# -- tables and text that project cleanly (issue 27's lecturer review) ------------------------------
+def markdown_out(text):
+    return nbformat.v4.new_output("display_data", data={"text/markdown": text, "text/plain": "<Markdown>"})
+
+
+def pipe_rows(block):
+    """The rows of the pipe table in a Markdown block (its header first)."""
+    lines = [line for line in block.splitlines() if line.lstrip().startswith("|")]
+    return [slides._pipe_cells(line) for i, line in enumerate(lines) if i != 1]
+
+
+WIDE = ["| method | accuracy (%) | vs Meta-Learner LSTM | vs the rung below | seconds |", "|---|---|---|---|---|"] + [
+    f"| Learned init (FO-MAML) {i} | 94.13 +- 4.77 | +4.80 +- 12.26 (n.s.) | -1.07 +- 10.23 (n.s.) (vs Learned init (FO-MAML)) | {i} |"
+    for i in range(3)]
+
+
+def test_a_table_too_wide_for_the_slide_is_split_by_columns_never_wrapped():
+    assert slides.table_px(pipe_rows("\n".join(WIDE))) > slides.TABLE_PX       # as written it would have to wrap
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("# T"),
+                                         code_cell("show()", [markdown_out("**Caption**\n\n" + "\n".join(WIDE))])])
+    shown = [o["data"]["text/markdown"] for c in slides.prepare(nb).cells if c.cell_type == "code" for o in c.outputs]
+    tables = [pipe_rows(b) for b in shown]
+    assert len(tables) >= 2 and shown[0].startswith("**Caption**")
+    assert all(slides.table_px(t) <= slides.TABLE_PX for t in tables)
+    assert all(t[0][0] == "method" for t in tables)                                # the first column repeated
+    assert [h for t in tables for h in t[0][1:]] == pipe_rows(WIDE[0])[0][1:]        # every column once, in order
+    assert all(len(t) == 4 for t in tables)                                          # every row in every part
+    # a table in a markdown cell: one cell for each part, the prose after it a cell of its own
+    cell = nbformat.v4.new_markdown_cell("## Results\n\nThe table:\n\n" + "\n".join(WIDE) + "\n\nAfter it.",
+                                         metadata={"slideshow": {"slide_type": "slide"}})
+    deck = slides.prepare(nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("# T"), cell]))
+    pieces = [c.source for c in deck.cells if c.source.startswith(("## Results", "| method", "After"))]
+    assert len(pieces) >= 3 and pieces[-1] == "After it." and pieces[0].startswith("## Results\n\nThe table:")
+    assert all(slides.table_px(pipe_rows(p)) <= slides.TABLE_PX for p in pieces[:-1])
+    # the deck's style: no table cell wraps or hyphenates
+    css = course.TEMPLATES["metalstm_reveal.j2"]
+    assert re.search(r"table th, \.reveal \.slides table td[^{]*\{\s*white-space: nowrap;[^}]*hyphens: none", css)
+    assert "white-space: normal" not in css
+
+
+def test_a_first_column_too_wide_to_repeat_is_shortened_and_explained_after_the_tables():
+    rows = ["| rule (the sentence it tests) | numbers | glyphs 1-shot | glyphs 5-shot | digits 1-shot |", "|---|---|---|---|---|",
+            "| Meta-Learner LSTM (its own accuracy) | 2046 | 93.00 +- 0.55 | 98.18 +- 0.22 | 77.71 +- 0.80 |",
+            "| `median`: a learned learning-rate schedule (the median gates per step and tensor) | 432/288 | -28.77 +- 1.65 | "
+            "-26.85 +- 2.53 | -45.21 +- 1.20 |",
+            "| (intervention) the LSTM's first 3 updates only: the later, large steps add nothing | 0 | -2.15 +- 0.35 | "
+            "-1.66 +- 0.33 | -5.36 +- 0.57 |"]
+    blocks = slides.markdown_blocks("\n".join(rows))
+    tables, legend = [pipe_rows(b) for b in blocks[:-1]], blocks[-1]
+    assert all(slides.table_px(t) <= slides.TABLE_PX for t in tables)
+    assert [r[0] for r in tables[0]] == ["rule", "Meta-Learner LSTM", "`median`", "(intervention) the LSTM's first 3 updates only"]
+    assert legend.splitlines() == ["- **rule**: the sentence it tests", "- **Meta-Learner LSTM**: its own accuracy",
+                                   "- **`median`**: a learned learning-rate schedule (the median gates per step and tensor)",
+                                   "- **(intervention) the LSTM's first 3 updates only**: the later, large steps add nothing"]
+
+
+def test_every_figure_or_table_slide_says_what_it_shows():
+    md = nbformat.v4.new_markdown_cell
+    cells = [md("# T"), md("## 2. Batch norm"), md("### 2.1 Query 0 in four batches"), code_cell("plot()", [picture()]),
+             md("Left: the same image."), code_cell("plot()", [picture()]), md("**Reading it.** Text."),
+             code_cell("plot()", [picture()])]
+    for cell, kind in zip(cells, ["slide", "slide", "subslide", "-", "subslide", "-", "subslide", "-"]):
+        cell.metadata["slideshow"] = {"slide_type": kind}
+    groups = slides._groups(slides.prepare(nbformat.v4.new_notebook(cells=cells)).cells)
+    starts = [g[0].source for g in groups if any(c.cell_type == "code" for c in g)]
+    # a heading of its own, the heading it continues (marked), or bold words that open it
+    assert starts == ["### 2.1 Query 0 in four batches", "### 2.1 Query 0 in four batches (continued)", "**Reading it.** Text."]
+    assert slides._kind(next(g for g in groups if g[0].source.endswith("(continued)"))[0]) == "subslide"
+    js = course.TEMPLATES["metalstm_reveal.j2"]                   # a slide split in the browser repeats its heading
+    assert 'title.className = "metalstm-continued-title"' in js and '" (continued)"' in js
+
+
+def test_long_printed_lines_go_on_as_code_would_and_aligned_tables_are_found():
+    code = ('        for name, value in (("n_way", n_way), ("in_channels", in_channels), ("image_size", image_size), '
+            '("x", 1)):')
+    lines = slides._break_long(code)
+    assert lines == ['        for name, value in (("n_way", n_way), ("in_channels", in_channels),',
+                     '                            ("image_size", image_size), ("x", 1)):']      # under its bracket, no mark
+    comment = "    # " + " ".join(["word"] * 30)
+    assert all(line.startswith("    # ") and "\u21a9" not in line for line in slides._break_long(comment))
+    assert all(len(line) <= slides.MAX_COLS for line in lines + slides._break_long(comment))
+    assert slides._break_long("x" * (slides.MAX_COLS + 5))[0].endswith("\u21a9")              # else: a mark
+    # an indented header over all but the first column, a rule line, a cell of two words: a table still
+    text = ("         layer   forget mean    input mean\n" + "-" * 44 + "\n"
+            "1-shot   conv 1       1.0000        0.6609\n1-shot   linear       0.9999        0.6673\n")
+    assert slides.table_rows(text) == [["", "layer", "forget mean", "input mean"],
+                                       ["1-shot", "conv 1", "1.0000", "0.6609"], ["1-shot", "linear", "0.9999", "0.6673"]]
