@@ -109,3 +109,18 @@ def test_the_results_tables_are_not_copied_into_the_readme():
     """The README keeps one headline table; the full tables live in docs/results.md only."""
     readme = (ROOT / "README.md").read_text()
     assert not any(table in readme for table in tables(FILES).values())
+
+
+def test_the_seed_tables_come_from_the_grid_runs_they_name():
+    """docs/ladder-seeds.md (the full seed-level tables) and the README's summary of them are what
+    ladder_seeds computes from exactly the runs the page names (the grid commits new runs' files
+    as they finish; the page says which ones it was made from)."""
+    from metalstm.tools.ladder_seeds import compact_table, read_results, runs_of, seed_rows, seed_table
+    page = (ROOT / "docs" / "ladder-seeds.md").read_text()
+    names = runs_of(page)
+    records = [r for r in read_results(ROOT / "data" / "results" / "grid") if Path(r["file"]).stem in names]
+    assert sorted(Path(r["file"]).stem for r in records) == sorted(names), "a run the page names has no file"
+    rows = seed_rows(records)
+    assert seed_table(rows) in page, "docs/ladder-seeds.md differs from `python -m metalstm.tools.ladder_seeds`"
+    assert compact_table(rows) in (ROOT / "README.md").read_text(), \
+        "README's seed table differs from the runs docs/ladder-seeds.md names; it should read:\n\n" + compact_table(rows)
