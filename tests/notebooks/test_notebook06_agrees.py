@@ -162,7 +162,7 @@ def test_notebook_uses_the_package_on_the_shipped_checkpoints_and_is_stored_stri
     nb = nbformat.read(NOTEBOOK, as_version=4)
     source = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
     for needed in ('shipped_checkpoint(f"glyphs-{k}shot", rung=rung)', 'RUNGS_SHOWN = ("schedule", "meta-sgd")',
-                   "EPISODES = 20", "record_gates(", "plot_gates(records[1], records[5])", "explorer.show()",
+                   "EPISODES = 20", "record_gates(", "plot_gates(records[1], records[5], gate=gate)", "explorer.show()",
                    "%matplotlib inline", "hook=hook", "check.exercise(\"06\", 1, NoForgetting)"):
         assert needed in source, needed
     assert all(not c.get("outputs") and c.get("execution_count") is None

@@ -137,3 +137,31 @@ def test_the_measure_finds_small_text_and_follows_the_deck_box():
         plt.close(fig)
     assert style.screen_scale(10, 4) == pytest.approx(123.2)
     assert style.screen_scale(5, 10) == pytest.approx(60.0)
+
+
+def test_the_notebooks_draw_in_the_course_style():
+    """The notebooks' own matplotlib cells: the course style is switched on before the first figure,
+    no text is set below style.SMALL points, and no figure is so large that SMALL would be shown
+    below MIN_PX (a w x h inch figure shows SMALL at SMALL / 72 * screen_scale(w, h) px)."""
+    import re
+
+    import nbformat
+
+    from metalstm.paths import CHECKOUT
+
+    books = sorted((CHECKOUT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+    if not books:
+        pytest.skip("no notebooks in this checkout")
+    for book in books:
+        code = [c.source for c in nbformat.read(book, as_version=4).cells if c.cell_type == "code"]
+        drawing = [i for i, s in enumerate(code) if re.search(r"plt\.(subplots|figure)\(|figsize=", s)]
+        if not drawing:
+            continue
+        styled = [i for i, s in enumerate(code) if "style.use()" in s]
+        assert styled and styled[0] <= drawing[0], f"{book.name}: call metalstm.viz.style.use() before the first figure"
+        for source in code:
+            for size in re.findall(r"(?:fontsize|labelsize)=(\d+(?:\.\d+)?)", source):
+                assert float(size) >= style.SMALL, f"{book.name}: a text of {size} pt (the smallest is {style.SMALL})"
+            for w, h in re.findall(r"figsize=\((\d+(?:\.\d+)?),\s*(\d+(?:\.\d+)?)\)", source):
+                px = style.SMALL / 72 * style.screen_scale(float(w), float(h))
+                assert px >= style.MIN_PX, f"{book.name}: figsize=({w}, {h}) shows {style.SMALL} pt as {px:.1f} px"
