@@ -209,7 +209,7 @@ class InnerLoopExplorer:
             ax.xaxis.set_major_locator(MaxNLocator(nbins=4, integer=True))
             ax.tick_params(labelsize=SMALL)
             ax.set_xlabel("step t", fontsize=SMALL, labelpad=1)
-            ax.set_title(f"#{coord} (dashed: median)", fontsize=TITLE)
+            ax.set_title(f"coordinate #{coord}", fontsize=TITLE)       # over the layer's band and median
         return fig
 
     # -- the widget -----------------------------------------------------------------------
