@@ -49,12 +49,6 @@ def figure_png(fig: Figure, dpi: int = 80) -> bytes:
     return buffer.getvalue()
 
 
-def _char(name: str) -> str:
-    """'U+00F7 ÷ DIVISION SIGN' -> '÷' (the glyph data set's class names); others unchanged."""
-    parts = name.split(" ")
-    return parts[1] if len(parts) > 2 and parts[0].startswith("U+") else name[:8]
-
-
 class InnerLoopExplorer:
     """Step through the inner loop of the trained meta-learner on meta-validation episodes.
 
@@ -117,7 +111,6 @@ class InnerLoopExplorer:
         part = self.learner.slices()[layer]
         coord = self.coordinates[layer]
         title = LAYER_TITLES.get(layer, layer)
-        names = getattr(getattr(self.sampler, "dataset", None), "classes", None)
 
         # fixed margins, not constrained layout: the figure is redrawn at every slider move. Six panels
         # sized for a slide (metalstm.viz.style): every text at least style.SMALL points on a WIDE figure.
@@ -131,10 +124,8 @@ class InnerLoopExplorer:
         ax = fig.add_subplot(grid[0, 0])
         ax.imshow(mosaic(ep.support_x, n_way).numpy(), cmap="gray_r", vmin=0, vmax=1)
         tile = ep.support_x.shape[-1] + 1
-        for j in range(n_way):
-            char = _char(names[int(ep.classes[j])]) if names else ""
-            label = f"{j}: {char}" if 0 < len(char) <= 2 else f"{j}"
-            ax.text(j * tile + tile / 2, -1, label, ha="center", va="bottom", fontsize=SMALL)
+        for j in range(n_way):          # the label (the images show the class)
+            ax.text(j * tile + tile / 2, -1, f"{j}", ha="center", va="bottom", fontsize=SMALL)
         ax.set_title(f"support ({ep.k_shot}-shot)", fontsize=TITLE, pad=SMALL + 8)
         ax.axis("off")
 
