@@ -629,10 +629,15 @@ def _shows_result(cell) -> bool:
 
 
 def _titled(group) -> bool:
-    """Whether a slide says what it shows: a heading, or a paragraph that opens with bold words."""
-    return any(c.cell_type == "markdown" and _kind(c) != "notes" and
-               (re.search(r"^#{1,4} ", c.source, re.MULTILINE) or c.source.lstrip().startswith("**"))
-               for c in group)
+    """Whether a slide says what it shows before it shows it: a heading, or a paragraph that opens with bold
+    words, ahead of its first figure or table."""
+    for c in group:
+        if _shows_result(c):
+            return False
+        if c.cell_type == "markdown" and _kind(c) != "notes" and \
+                (re.search(r"^#{1,4} ", c.source, re.MULTILINE) or c.source.lstrip().startswith("**")):
+            return True
+    return False
 
 
 def _with_titles(cells) -> list:

@@ -373,7 +373,8 @@ def test_every_slide_of_the_six_decks_fits_a_1280x720_screen_offline(selected):
                             problems.append(f"{where}: table cells whose text wraps: {m['wrapped'][:3]}")
                         if (m["figures"] or m["tables"]) and not m["titled"]:
                             problems.append(f"{where}: a figure or table without a heading or caption")
-                        positions.extend(f"{where}: {text}" for text in m["positions"])
+                        positions.extend(f"{where}: " + "".join(ch for ch in text if not 0xD800 <= ord(ch) <= 0xDFFF)
+                                         for text in m["positions"])      # (no half of a cut surrogate pair)
                         marks.extend(f"{where}: {line}" for line in m["marks"])
                         if not re.search(r"\d+(\.\d+)? min", m["notes"]):
                             problems.append(f"{where}: no speaker notes with a time estimate")
