@@ -174,7 +174,7 @@ TEMPLATES = {
 .reveal .slides .metalstm-frames { display: grid; }
 .reveal .slides .metalstm-frames > img { grid-area: 1 / 1; }
 .reveal .slides .metalstm-caption { font-size: {{ resources.deck.body_px }}px; margin: 0; }
-.reveal .slides h3.metalstm-continued-title { margin: 0 0 6px 0; }
+.reveal .slides h3.metalstm-continued-title { margin: 0 0 6px 0; white-space: nowrap; overflow: hidden; text-overflow: ellipsis; }
 html.metalstm-measure .reveal .slides section { display: block !important; position: relative !important;
   visibility: hidden; height: auto !important; min-height: 0 !important; transform: none !important; }
 </style>
@@ -226,7 +226,7 @@ html.metalstm-measure .reveal .slides section { display: block !important; posit
           var title = document.createElement("h3");
           title.className = "metalstm-continued-title";
           title.textContent = heading.textContent.replace(/\u00b6/g, "").replace(/ \\(continued\\)$/, "").trim()
-                              .replace(/[.:]$/, "") + " (continued)";
+                              .replace(/[.:]$/, "").split(": ")[0] + " (continued)";   // its name, one line
           next.insertBefore(title, next.firstChild);
         }
         var notes = slide.querySelector("aside.notes"), minutes = notes && notes.textContent.match(/About ([0-9.]+) min/);

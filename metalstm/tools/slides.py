@@ -412,7 +412,7 @@ def split_markdown(source: str) -> list[str]:
     return ["\n".join(p) for p in pieces]
 
 
-MAX_TABLE_ROWS = 6           # body rows of a Markdown table on one block (its rows may wrap to two lines)
+MAX_TABLE_ROWS = 10          # body rows of a Markdown table on one block (cut into blocks of about equal size)
 
 
 def markdown_blocks(text: str) -> list[str]:
@@ -440,8 +440,9 @@ def markdown_blocks(text: str) -> list[str]:
         for part in parts if table_px(rows) > TABLE_PX else [None]:
             head, body = (lines[start:start + 2], lines[start + 2:end]) if part is None else \
                 ([_pipe_line(part[0]), _pipe_line(["---"] * len(part[0]))], [_pipe_line(r) for r in part[1:]])
-            for i in range(0, max(len(body), 1), MAX_TABLE_ROWS):
-                blocks.append("\n".join(before + head + body[i:i + MAX_TABLE_ROWS]))
+            step = math.ceil(len(body) / max(1, math.ceil(len(body) / MAX_TABLE_ROWS)))   # equal parts
+            for i in range(0, max(len(body), 1), max(step, 1)):
+                blocks.append("\n".join(before + head + body[i:i + max(step, 1)]))
                 before = []
         if legend:
             blocks.append(legend_markdown(legend))
@@ -632,6 +633,9 @@ def _titled(group) -> bool:
     """Whether a slide says what it shows before it shows it: a heading, or a paragraph that opens with bold
     words, ahead of its first figure or table."""
     for c in group:
+        first = next((o.get("data", {}) for o in c.get("outputs", [])), {}) if c.cell_type == "code" else {}
+        if str(first.get("text/markdown", "")).lstrip().startswith("**"):      # a caption written by the code
+            return True
         if _shows_result(c):
             return False
         if c.cell_type == "markdown" and _kind(c) != "notes" and \

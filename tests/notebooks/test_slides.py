@@ -340,6 +340,10 @@ def test_every_figure_or_table_slide_says_what_it_shows():
     # a heading of its own, the heading it continues (marked), or bold words that open it
     assert starts == ["### 2.1 Query 0 in four batches", "### 2.1 Query 0 in four batches (continued)", "**Reading it.** Text."]
     assert slides._kind(next(g for g in groups if g[0].source.endswith("(continued)"))[0]) == "subslide"
+    captioned = code_cell("show()", [markdown_out("**Accuracy by method**\n\n| method | acc |\n|---|---|\n| a | 1.0 |")])
+    captioned.metadata["slideshow"] = {"slide_type": "subslide"}
+    groups = slides._groups(slides.prepare(nbformat.v4.new_notebook(cells=cells + [captioned])).cells)
+    assert groups[-2][0].cell_type == "code"                        # a caption written by the code counts: no heading
     js = course.TEMPLATES["metalstm_reveal.j2"]                   # a slide split in the browser repeats its heading
     assert 'title.className = "metalstm-continued-title"' in js and '" (continued)"' in js
 
