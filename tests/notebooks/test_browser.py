@@ -6,7 +6,10 @@
    1280x720 window (a projector) with the network blocked: no slide taller or wider than the screen,
    no code or table cut off, no maths error, every formula typeset, no request beyond the files,
    speaker notes with a time estimate on every slide, text at least BODY_PX and code at least CODE_PX
-   (metalstm.tools.slides) as measured on screen.
+   (metalstm.tools.slides) as measured on screen, no table cell whose text takes two lines, a heading or
+   caption on every figure and table slide, no result on screen before the first key press where the
+   notes ask the room; it prints (without failing) the printed lines still broken with a mark and the
+   prose that says "printed above" / "the cell below" with nothing there on its slide.
 
 Slow (a JupyterLab server, a kernel, about a minute of notebook; a few seconds a deck), so they run
 only when selected: `make browser-check` (it builds the decks first), or `pytest -m browser
@@ -15,7 +18,7 @@ installed. Test 1 needs the checkpoints data/checkpoints/glyphs-{1,5}shot.pt, or
 them in $METALSTM_CHECKPOINTS. Test 2 reads the decks of build/slides/ ($METALSTM_DECKS="01 06" checks
 only those). Screenshots: build/browser/jupyterlab-06-{before,after,page}.png
 (-failure.png when it fails) and deck-NN-SSS.png, one for every slide that shows a figure or a table
-(all its fragments shown). Nothing in the repository is modified.
+(all its fragments shown, no transition: nothing half faded in). Nothing in the repository is modified.
 """
 from __future__ import annotations
 
