@@ -323,25 +323,39 @@ def _bracket_cut(line: str) -> tuple[int, int] | None:
     return best
 
 
+def _comment_at(line: str) -> int | None:
+    """The column of a line's comment ('# ' outside quotes, a whole-line one or after the code), or None."""
+    quote = None
+    for i, ch in enumerate(line):
+        if quote:
+            quote = None if ch == quote and line[i - 1] != "\\" else quote
+        elif ch in "'\"":
+            quote = ch
+        elif ch == "#" and line[i + 1:i + 2] == " " and (i == 0 or line[i - 1] == " "):
+            return i
+    return None
+
+
 def _break_long(line: str) -> list[str]:
-    """A printed line longer than MAX_COLS, broken: inside brackets after a comma, the rest under the
-    bracket (_bracket_cut: no mark, the way code is written); a comment goes on as a comment; else at a
-    space, with a mark where it goes on."""
+    """A printed line longer than MAX_COLS, broken: a comment goes on as a comment under its '#'; inside
+    brackets after a comma, the rest under the bracket (_bracket_cut: no mark, the way code is written);
+    else at a space, with a mark where it goes on, the rest indented under the line it continues."""
     out, rest = [], line
     while len(rest) > MAX_COLS:
         bracket = _bracket_cut(rest)
-        comment = re.match(r"^(\s*# )", rest)
+        hash_at = _comment_at(rest)
         cut = rest.rfind(" ", MAX_COLS // 2, MAX_COLS - 2)
-        if comment and cut > len(comment.group(1)):
+        if hash_at is not None and cut > hash_at + 2:               # a comment goes on under its '#'
             out.append(rest[:cut])
-            rest = comment.group(1) + rest[cut:].lstrip()
+            rest = " " * hash_at + "# " + rest[cut:].lstrip()
         elif bracket:
             out.append(rest[:bracket[0]])
             rest = " " * bracket[1] + rest[bracket[0]:].lstrip()
         else:
             cut = cut if cut > 0 else MAX_COLS - 2
             out.append(rest[:cut] + " \u21a9")
-            rest = "    " + rest[cut:].lstrip()
+            indent = min(len(rest) - len(rest.lstrip()) + 4, MAX_COLS // 3)   # under the line it continues
+            rest = " " * indent + rest[cut:].lstrip()
     return out + [rest]
 
 

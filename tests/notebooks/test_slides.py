@@ -357,6 +357,8 @@ def test_long_printed_lines_go_on_as_code_would_and_aligned_tables_are_found():
     comment = "    # " + " ".join(["word"] * 30)
     assert all(line.startswith("    # ") and "\u21a9" not in line for line in slides._break_long(comment))
     assert all(len(line) <= slides.MAX_COLS for line in lines + slides._break_long(comment))
+    trailing = "            side //= 2" + " " * 23 + "# 3x3 conv with padding 1 keeps the size; the pool halves it, as said"
+    assert slides._break_long(trailing)[1] == " " * 45 + "# pool halves it, as said"          # under its '#'
     assert slides._break_long("x" * (slides.MAX_COLS + 5))[0].endswith("\u21a9")              # else: a mark
     # an indented header over all but the first column, a rule line, a cell of two words: a table still
     text = ("         layer   forget mean    input mean\n" + "-" * 44 + "\n"
