@@ -173,6 +173,7 @@ TEMPLATES = {
   width: 100%; height: auto; max-height: {{ resources.deck.image_px }}px; object-fit: contain; object-position: left top; }
 .reveal .slides .metalstm-frames { display: grid; }
 .reveal .slides .metalstm-frames > img { grid-area: 1 / 1; }
+.reveal .slides .metalstm-frames > img.fragment { transition: none; }
 .reveal .slides .metalstm-caption { font-size: {{ resources.deck.body_px }}px; margin: 0; }
 .reveal .slides h3.metalstm-continued-title { margin: 0 0 6px 0; white-space: nowrap; overflow: hidden; text-overflow: ellipsis; }
 html.metalstm-measure .reveal .slides section { display: block !important; position: relative !important;

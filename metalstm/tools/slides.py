@@ -509,8 +509,10 @@ def _outputs(cell, frames) -> list:
             text.append(f"{out.get('ename', 'Error')}: {ANSI.sub('', str(out.get('evalue', '')))}\n")
         elif kind in ("display_data", "execute_result"):
             data = out.get("data", {})
-            if WIDGET_VIEW in data and frames:
+            if WIDGET_VIEW in data and frames and "image/png" in data:   # the explorer (show() adds its picture)
                 blocks.append(new_output("display_data", data={"text/html": frames}))
+            elif WIDGET_VIEW in data and not set(data) & set(RICH):       # a progress bar: nothing to show
+                continue
             elif "text/markdown" in data and not set(data) & {"image/png", "image/jpeg", "image/svg+xml"}:
                 blocks.extend(new_output("display_data", data={"text/markdown": piece})
                               for piece in markdown_blocks(str(data["text/markdown"])))
@@ -749,8 +751,10 @@ DECK_STYLE = {"body_px": BODY_PX, "code_px": CODE_PX, "image_px": 600}
 
 
 def has_widget(nb) -> bool:
-    return any(WIDGET_VIEW in out.get("data", {}) for cell in nb.cells if cell.cell_type == "code"
-               for out in cell.get("outputs", []))
+    """Whether the notebook shows an explorer: a widget output with a picture (a progress bar,
+    a widget without one, is left out of the deck and needs no frames)."""
+    return any(WIDGET_VIEW in out.get("data", {}) and "image/png" in out.get("data", {})
+               for cell in nb.cells if cell.cell_type == "code" for out in cell.get("outputs", []))
 
 
 def explorer_frames(config: str = "glyphs-5shot", layer: str | None = None, dpi: int = 90) -> str:

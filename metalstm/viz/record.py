@@ -307,7 +307,7 @@ def _share_of_change(record: GateRecord, layer: str, part_of_change: Tensor | No
 def format_summary(*records: GateRecord, layers=LAYERS) -> str:
     """A plain-text table of `gate_summary` for one or more records, one line per (record, layer)."""
     head = (f"{'':8} {'layer':7} {'forget mean':>11} {'10%-90%':>15} {'min':>7}   "
-            f"{'input mean':>10} {'10%-90%':>15} {'between-episode std':>20}")
+            f"{'input mean':>10} {'10%-90%':>15} {'between-episode std':>22}")
     lines = [head, "-" * len(head)]
     for record in records:
         for row in gate_summary(record, layers):
@@ -316,5 +316,5 @@ def format_summary(*records: GateRecord, layers=LAYERS) -> str:
                 f"{row['forget_mean']:11.4f} {row['forget_p10']:7.4f}-{row['forget_p90']:.4f} "
                 f"{row['forget_min']:7.4f}   {row['input_mean']:10.4f} "
                 f"{row['input_p10']:7.4f}-{row['input_p90']:.4f} "
-                f"{'f %.5f / i %.5f' % (row['forget_episode_std'], row['input_episode_std']):>20}")
+                f"{'f %.5f / i %.5f' % (row['forget_episode_std'], row['input_episode_std']):>22}")
     return "\n".join(lines)

@@ -226,12 +226,17 @@ def test_a_widget_becomes_frames_that_step_as_fragments():
     assert 'class="metalstm-frame fragment fade-out" data-fragment-index="1"' in imgs[0]
     assert 'fragment current-visible" data-fragment-index="1"' in imgs[1]
     assert 'class="metalstm-frame fragment" data-fragment-index="2"' in imgs[2]
-    widget = nbformat.v4.new_output("display_data", data={slides.WIDGET_VIEW: {"model_id": "m"}, "text/plain": "VBox"})
-    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("# T"), code_cell("explorer.show()", [widget])])
+    widget = nbformat.v4.new_output("display_data", data={slides.WIDGET_VIEW: {"model_id": "m"}, "text/plain": "VBox",
+                                                         "image/png": "aW1n"})   # the explorer: a widget with its picture
+    bar = nbformat.v4.new_output("display_data", data={slides.WIDGET_VIEW: {"model_id": "p"}, "text/plain": "10%"})
+    progress = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("# T"), code_cell("train()", [bar])])
+    assert not slides.has_widget(progress)                    # a progress bar needs no frames ...
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("# T"), code_cell("train()", [bar]),
+                                         code_cell("explorer.show()", [widget])])
     assert slides.has_widget(nb)
     deck = slides.prepare(nb, frames=html)
     shown = [o for c in deck.cells if c.cell_type == "code" for o in c.outputs]
-    assert [o["data"]["text/html"] for o in shown] == [html]
+    assert [o["data"]["text/html"] for o in shown] == [html]   # ... and is not shown: only the explorer's frames
 
 
 def test_a_question_to_the_room_holds_back_the_slides_result(tmp_path):
