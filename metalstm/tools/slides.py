@@ -83,23 +83,47 @@ def code_shown(cell) -> bool:
 def table_rows(text: str) -> list[list[str]] | None:
     """A printed table as rows of cells, or None. A table: at least 3 lines, each cut by runs of two or
     more spaces into the same number (at least 3) of columns, most of the cells after the first being
-    numbers (a header row of words is allowed; rule lines of dashes are left out). Where that does not cut
-    every line alike, or the header is indented (it has no first cell), the columns are found by position
-    instead: where every line has a space."""
+    numbers (a header row of words is allowed; rule lines of dashes are left out); an indented header
+    (over all but the first column) gets an empty first cell. Where that does not cut every line alike,
+    the columns are found by position instead (where every line has a space), and then every column must
+    have a header or a value on most lines: text that merely lines up in places (a line that goes on
+    under the one before it, a sentence) is not a table."""
     lines = [line.rstrip() for line in text.strip("\n").splitlines() if not re.fullmatch(r"\s*[-=]{3,}\s*", line)]
     if len(lines) < 3 or any(not line.strip() for line in lines):
         return None
     rows = [re.split(r"\s{2,}", line.strip()) for line in lines]
     width = len(rows[-1])
-    if lines[0].startswith("  ") or any(len(r) != width for r in rows):
-        # an indented header (over all but the first column), or cells of two words: columns that line up
+    if lines[0].startswith("  ") and len(rows[0]) == width - 1 and all(len(r) == width for r in rows[1:]):
+        rows[0] = [""] + rows[0]                   # an indented header over all but the first column
+    elif any(len(r) != width for r in rows):
+        # cells of two words set with single spaces between columns: columns that line up
         rows = _columns_by_position(lines)
         width = len(rows[0])
+        if any(sum(bool(r[j]) for r in rows) < 0.6 * len(rows) for j in range(width)):
+            return None                            # a column nearly empty: not aligned columns
     if width < 3 or any(len(r) != width for r in rows):
         return None
+    if any(len(r) == width and not r[0] and j > 0 for j, r in enumerate(rows)):
+        return None                                # a line with no first cell after the first: it goes on a line
     cells = [c for r in rows[1:] for c in r[1:]]
     numeric = sum(bool(re.search(r"\d", c)) for c in cells)
     return rows if numeric >= 0.6 * len(cells) else None
+
+
+def table_groups(text: str) -> list[list[list[str]]] | None:
+    """Printed text of several tables one under the other, each with its own header line (the first line's
+    column names again, e.g. one table per shot: '1-shot  1-f  later' ... '5-shot  1-f  later' ...), as
+    those tables; a single table as [rows]; None if it is not a table."""
+    lines = text.strip("\n").splitlines()
+    names = re.split(r"\s{2,}", lines[0].strip())[1:] if lines else []
+    heads = [i for i, line in enumerate(lines) if names and re.split(r"\s{2,}", line.strip())[1:] == names]
+    if len(heads) > 1 and heads[0] == 0:
+        parts = [lines[a:b] for a, b in zip(heads, heads[1:] + [len(lines)])]
+        tables = [table_rows("\n".join(part)) for part in parts]
+        if all(tables):
+            return tables
+    rows = table_rows(text)
+    return [rows] if rows else None
 
 
 def _columns_by_position(lines: list[str]) -> list[list[str]]:
@@ -119,10 +143,20 @@ def _columns_by_position(lines: list[str]) -> list[list[str]]:
 NUMERIC = re.compile(r"^[-+\u2212]?[\d.,]+(e[-+]?\d+)?\s*%?(\s*(\+-|\u00b1).*)?$")
 
 
-def _html_table(rows: list[list[str]]) -> str:
+def is_header(rows: list[list[str]]) -> bool:
+    """Whether a printed table's first row is its header: no number after its first cell, over a column
+    whose other cells are mostly numbers (a table printed without a header starts with a row of data,
+    e.g. 'meta-train  675 classes  7 alphabets', which is not made a header)."""
+    if len(rows) < 2 or any(NUMERIC.match(c) for c in rows[0][1:]):
+        return False
+    return any(not NUMERIC.match(rows[0][j]) and sum(bool(NUMERIC.match(r[j])) for r in rows[1:]) > 0.5 * (len(rows) - 1)
+               for j in range(1, len(rows[0])))
+
+
+def _html_table(rows: list[list[str]], header: bool = True) -> str:
     from html import escape
     numeric = NUMERIC
-    head = not any(numeric.match(c) for c in rows[0][1:])
+    head = header and not any(numeric.match(c) for c in rows[0][1:])
     out = ['<table class="metalstm-table">']
     for i, row in enumerate(rows):
         tag = "th" if i == 0 and head else "td"
@@ -181,10 +215,23 @@ def table_px(rows: list[list[str]]) -> float:
     return sum(_column_px(rows, j) for j in range(len(rows[0])))
 
 
+def key_columns(rows: list[list[str]]) -> int:
+    """How many leading columns identify a row (repeated on every part of a split table): the first, and
+    each next one whose cells below the header are all words (none empty, none a number), as long as
+    at least one column is left and the keys take at most KEY_SHARE of TABLE_PX."""
+    k = 1
+    while k < len(rows[0]) - 1 and all(r[k] and not NUMERIC.match(r[k]) for r in rows[1:]) and \
+            sum(_column_px(rows, j) for j in range(k + 1)) <= KEY_SHARE * TABLE_PX:
+        k += 1
+    return k
+
+
 def split_columns(rows: list[list[str]]) -> list[list[list[str]]]:
-    """A table too wide for the slide as the fewest tables that fit, each repeating the first column, the
-    columns in order; among those splits, the one whose widest part is narrowest (no lonely last column)."""
-    key, widths = _column_px(rows, 0), [_column_px(rows, j) for j in range(1, len(rows[0]))]
+    """A table too wide for the slide as the fewest tables that fit, each repeating the key columns
+    (key_columns: those that say which row it is), the columns in order; among those splits, the one whose
+    widest part is narrowest (no lonely last column)."""
+    nkey = key_columns(rows)
+    key, widths = sum(_column_px(rows, j) for j in range(nkey)), [_column_px(rows, j) for j in range(nkey, len(rows[0]))]
 
     def splits(start, parts):              # contiguous groups of widths[start:] into `parts` groups that fit
         if parts == 1:
@@ -203,7 +250,7 @@ def split_columns(rows: list[list[str]]) -> list[list[list[str]]]:
             best = min(found, key=lambda groups: max(key + sum(widths[j] for j in g) for g in groups))
             break
     best = best or [[j] for j in range(len(widths))]             # a column wider than the slide: alone
-    return [[[r[0]] + [r[j + 1] for j in group] for r in rows] for group in best]
+    return [[r[:nkey] + [r[j + nkey] for j in group] for r in rows] for group in best]
 
 
 KEY = re.compile(r"^((?:\([^)]*\)\s*)?(?:`[^`]+`|[^:(`]+?))\s*(?=[:(])")
@@ -375,21 +422,22 @@ def text_blocks(text: str) -> list[dict]:
 
     # tables are runs of lines between blank lines (or the whole text)
     for para in re.split(r"\n\s*\n", text):
-        rows = table_rows(para)
-        if rows:
+        for rows in table_groups(para) or [None]:
+            if not rows:
+                pending.extend(para.splitlines() + [""])
+                continue
             flush()
             # a long table: several tables of at most MAX_OUTPUT_LINES rows, each with the header row
-            head = [] if any(NUMERIC.match(c) for c in rows[0][1:]) else rows[:1]
+            head = rows[:1] if is_header(rows) else []
             body, step = rows[len(head):], MAX_OUTPUT_LINES - len(head)
             for i in range(0, len(body), step):
                 parts, legend = fit_table(head + body[i:i + step])
                 for part in parts:
-                    blocks.append(new_output("display_data", data={"text/html": _html_table(part), "text/plain": para}))
+                    blocks.append(new_output("display_data", data={"text/html": _html_table(part, header=bool(head)),
+                                                                   "text/plain": para}))
                 if legend:
                     blocks.append(new_output("display_data", data={"text/markdown": legend_markdown(legend),
                                                                    "text/plain": para}))
-        else:
-            pending.extend(para.splitlines() + [""])
     while pending and not pending[-1].strip():
         pending.pop()
     flush()

@@ -370,3 +370,40 @@ def test_long_printed_lines_go_on_as_code_would_and_aligned_tables_are_found():
             "1-shot   conv 1       1.0000        0.6609\n1-shot   linear       0.9999        0.6673\n")
     assert slides.table_rows(text) == [["", "layer", "forget mean", "input mean"],
                                        ["1-shot", "conv 1", "1.0000", "0.6609"], ["1-shot", "linear", "0.9999", "0.6673"]]
+
+
+def test_printed_tables_keep_their_key_columns_headers_and_parts():
+    # an indented header over all but the first column, a last cell of single-spaced words: cut by 2+ spaces
+    text = ("         layer   forget mean    10%-90%  between-episode std\n" + "-" * 60 + "\n"
+            "1-shot   conv 1       1.0000  0.9999-1.0000  f 0.00002 / i 0.07414\n"
+            "1-shot   linear       0.9999  0.9998-1.0000  f 0.00003 / i 0.07971\n")
+    rows = slides.table_rows(text)
+    assert rows[0] == ["", "layer", "forget mean", "10%-90%", "between-episode std"]
+    assert rows[1] == ["1-shot", "conv 1", "1.0000", "0.9999-1.0000", "f 0.00002 / i 0.07414"]
+    # a split repeats every key column (the leading columns of words that say which row it is)
+    wide = [["rule", "shot"] + [f"column {j}" for j in range(20)],
+            ["SGD", "1-shot"] + [f"{j}.{j:04d}" for j in range(20)], ["SGD", "5-shot"] + [f"{j}.5" for j in range(20)]]
+    assert slides.key_columns(wide) == 2
+    parts = slides.split_columns(wide)
+    assert len(parts) > 1 and all([r[:2] for r in p] == [r[:2] for r in wide] for p in parts)
+    assert [c for p in parts for c in p[0][2:]] == wide[0][2:]
+    # text that only lines up in places (a line going on under the one before) is not a table
+    wrapped = ("1-shot: a_t = -2.86 -3.01 -2.99 -3.47 -1.82\n        b_t = -0.24 -0.38 -0.40 -0.48 -0.31   (10 numbers)\n"
+               "5-shot: a_t = -2.71 -2.27 -2.98 -2.01 -3.09\n        b_t = -0.17 -0.24 -0.27 -0.21 -0.28   (10 numbers)\n")
+    assert slides.table_groups(wrapped) is None
+    assert all(b["output_type"] == "stream" for b in slides.text_blocks(wrapped))
+    # two header lines (one table per shot): two tables, no header row among the data
+    two = ("1-shot   1-f: step 1   later   share\nconv 1   2.1e-04   8e-07   0.51%\nlinear   2.2e-04   8e-07   0.36%\n"
+           "5-shot   1-f: step 1   later   share\nconv 1   3.0e-04   8e-06   0.49%\nlinear   3.1e-04   9e-06   0.41%\n")
+    tables = slides.table_groups(two)
+    assert [t[0][0] for t in tables] == ["1-shot", "5-shot"] and all(len(t) == 3 for t in tables)
+    html = [b["data"]["text/html"] for b in slides.text_blocks(two)]
+    assert len(html) == 2 and all(h.count("<th>") == 4 and "5-shot</td>" not in h for h in html)
+    # a table printed without a header line: its first row of data is not made a header
+    plain = ("meta-train  675 classes   7 alphabets   13500 images\nmeta-val    132 classes   5 alphabets    2640 images\n"
+             "meta-test   215 classes   5 alphabets    4300 images\n")
+    rows = slides.table_rows(plain)
+    assert rows and not slides.is_header(rows)
+    (block,) = slides.text_blocks(plain)
+    assert "<th>" not in block["data"]["text/html"] and block["data"]["text/html"].count("<tr>") == 3
+    assert slides.is_header([["method", "1-shot", "5-shot"], ["SGD", "41.2%", "60.3%"], ["LSTM", "43.4%", "60.6%"]])
