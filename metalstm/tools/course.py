@@ -188,6 +188,33 @@ html.metalstm-measure .reveal .slides section { display: block !important; posit
   var H = {{ resources.reveal.height }} - 12, started = false;   // a margin for rounding and the slide number
   // a slide taller than the screen: its blocks from the first one that reaches below the screen go to a
   // new slide right after it (with notes saying it continues); blocks are cells and outputs
+  // a heading's text as written (its maths as $TeX$, typeset again), not as MathJax rendered it (the
+  // rendered text holds each formula several times: its HTML, its MathML and its TeX source)
+  function sourceText(el) {
+    var c = el.cloneNode(true);
+    c.querySelectorAll(".MathJax_Preview, .MathJax, .MathJax_Display, .MJX_Assistive_MathML, .MathJax_SVG, " +
+                       ".MathJax_CHTML, .anchor-link").forEach(function (n) { n.remove(); });
+    c.querySelectorAll('script[type^="math/tex"]').forEach(function (s) {
+      s.replaceWith(document.createTextNode("$" + s.textContent + "$"));
+    });
+    return c.textContent;
+  }
+  function leadingStrong(p) {   // a paragraph's opening bold words (a caption), or null
+    var first = Array.prototype.find.call(p.childNodes, function (n) { return n.nodeType !== 3 || n.textContent.trim(); });
+    return first && first.nodeType === 1 && first.tagName === "STRONG" && !p.closest("aside.notes") ? first : null;
+  }
+  function captionIn(block) {   // the last heading or caption (a paragraph led by bold words) in a block
+    var found = block.matches && block.matches(".metalstm-continued-title, h1, h2, h3, h4") ? block : null;
+    Array.prototype.forEach.call(block.querySelectorAll(".metalstm-continued-title, h1, h2, h3, h4, p"), function (e) {
+      if (e.closest("aside.notes")) { return; }
+      found = e.tagName === "P" ? (leadingStrong(e) || found) : e;
+    });
+    return found;
+  }
+  function opensWithCaption(block) {   // whether a block starts with a heading or a caption of its own
+    var first = block && block.querySelector("h1, h2, h3, h4, p, table, pre, img, li");
+    return !!first && (/^H[1-4]$/.test(first.tagName) || (first.tagName === "P" && !!leadingStrong(first)));
+  }
   function fitSlides() {
     document.querySelectorAll(".reveal .slides > section > section").forEach(function (slide) {
       var guard = 0;
@@ -211,6 +238,10 @@ html.metalstm-measure .reveal .slides section { display: block !important; posit
             cut = cut + 1;
           }
         }
+        // a lead-in ("What to look for:") goes on with what it introduces
+        if (cut > first + 1 && moved[0] === blocks[cut] && /:\\s*$/.test(sourceText(blocks[cut - 1]).trim())) {
+          cut = cut - 1; moved = blocks.slice(cut);
+        }
         if (cut >= 0 && cut <= first && blocks.length > first + 1) { cut = first + 1; moved = blocks.slice(cut); }
         if (cut <= first) { break; }
         var next = document.createElement("section");
@@ -218,17 +249,18 @@ html.metalstm-measure .reveal .slides section { display: block !important; posit
         moved.forEach(function (b) { next.appendChild(b); });
         // the slide's heading comes along, marked: a continued slide still says what it shows
         // (or the bold words that open a paragraph of it)
-        var heading = slide.querySelector(".metalstm-continued-title, h1, h2, h3, h4") ||
-          Array.prototype.map.call(slide.querySelectorAll("p"), function (p) {
-            var first = Array.prototype.find.call(p.childNodes, function (n) { return n.nodeType !== 3 || n.textContent.trim(); });
-            return first && first.nodeType === 1 && first.tagName === "STRONG" && !p.closest("aside.notes") ? first : null;
-          }).filter(Boolean)[0];
-        if (heading && !next.querySelector("h1, h2, h3, h4")) {
-          var title = document.createElement("h3");
+        // (the nearest one before the cut: the caption of the table cut, not the slide's first; none where
+        // the moved blocks open with a heading or caption of their own)
+        var heading = null;
+        blocks.slice(0, cut).forEach(function (b) { heading = captionIn(b) || heading; });
+        if (heading && !opensWithCaption(moved[0])) {
+          var title = document.createElement("h3"), text = sourceText(heading).replace(/\u00b6/g, "")
+            .replace(/ \\(continued\\)$/, "").trim().replace(/[.:]$/, "");
+          var name = text.split(": ")[0];   // its name, one line: "glyphs-1shot: 5-way ..." -> glyphs-1shot
           title.className = "metalstm-continued-title";
-          title.textContent = heading.textContent.replace(/\u00b6/g, "").replace(/ \\(continued\\)$/, "").trim()
-                              .replace(/[.:]$/, "").split(": ")[0] + " (continued)";   // its name, one line
+          title.textContent = (text.length > 60 && name !== text && name.indexOf("$") < 0 ? name : text) + " (continued)";
           next.insertBefore(title, next.firstChild);
+          if (window.MathJax && MathJax.Hub && title.textContent.indexOf("$") >= 0) { MathJax.Hub.Queue(["Typeset", MathJax.Hub, title]); }
         }
         var notes = slide.querySelector("aside.notes"), minutes = notes && notes.textContent.match(/About ([0-9.]+) min/);
         var aside = document.createElement("aside");

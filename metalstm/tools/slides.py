@@ -5,7 +5,7 @@
 
 The notebook keeps its code; only the deck changes. `prepare` applies these rules, in order:
 
-- a code cell shows its code on a slide only when the code is short (at most MAX_CODE_LINES lines of at
+- a code cell shows its code on a slide (less the test markers, `# NBVAL_CHECK_OUTPUT`) only when the code is short (at most MAX_CODE_LINES lines of at
   most MAX_COLS characters) and it draws nothing (no picture, no HTML table); a cell that computes and
   draws shows only its output. Cell tags override the rule: "slide-show-code" shows the code,
   "slide-hide-code" (or the older "hide-input") hides it, "slide-skip" drops the cell from the deck;
@@ -64,6 +64,9 @@ def _markdown(source: str, kind: str = "-"):
     cell = new_markdown_cell(source)
     _set_kind(cell, kind)
     return cell
+
+
+MARKER = re.compile(r"^[ \t]*#[ \t]*(NBVAL_|nbval-|pytest:)\S*.*(\n|$)", re.MULTILINE)   # a test's marker line
 
 
 def code_shown(cell) -> bool:
@@ -446,7 +449,8 @@ def text_blocks(text: str) -> list[dict]:
 
 def split_markdown(source: str) -> list[str]:
     """A markdown cell cut at blank lines (outside code fences and $$ blocks) into pieces of at most
-    about MAX_MARKDOWN_LINES lines; a heading stays with what follows it."""
+    about MAX_MARKDOWN_LINES lines; a heading, and a paragraph that ends with ':' (a lead-in to a list),
+    stay with what follows them."""
     if len(source.splitlines()) <= MAX_MARKDOWN_LINES:
         return [source]
     blocks, current, fenced, maths = [], [], False, False
@@ -462,15 +466,23 @@ def split_markdown(source: str) -> list[str]:
             current.append(line)
     if current:
         blocks.append(current)
-    pieces, piece = [], []
+    pieces, piece = [], []                # piece: its blocks
+    lines = lambda bs: sum(len(b) for b in bs) + len(bs) - 1      # noqa: E731 (blank lines between blocks)
+    heading = lambda bs: len(bs) == 1 and len(bs[0]) == 1 and bs[0][0].startswith("#")   # noqa: E731
     for block in blocks:
-        heading_only = len(piece) == 1 and piece[0].startswith("#")
-        if piece and len(piece) + 1 + len(block) > MAX_MARKDOWN_LINES and not heading_only:
-            pieces.append(piece)
-            piece = []
-        piece = piece + ([""] if piece else []) + block
+        if piece and lines(piece + [block]) > MAX_MARKDOWN_LINES and not heading(piece):
+            # a lead-in ("What to look for:") goes on with what it introduces: the cut comes before it;
+            # where it opens the piece (after a heading at most), the piece goes on unless far too long
+            keep = piece[:-1] if piece[-1][-1].rstrip().endswith(":") else piece
+            if not keep or heading(keep):
+                keep = piece if lines(piece + [block]) > MAX_MARKDOWN_LINES * 3 // 2 else []
+            if keep:
+                pieces.append(keep)
+                piece = piece[len(keep):]
+        piece = piece + [block]
     if piece:
         pieces.append(piece)
+    pieces = [[line for k, b in enumerate(p) for line in ([""] if k else []) + b] for p in pieces]
     return ["\n".join(p) for p in pieces]
 
 
@@ -648,6 +660,7 @@ def prepare(nb, frames: str | None = None):
                     _set_kind(new, "-" if kind != "notes" else "notes")
                 cells.append(new)
         elif cell.cell_type == "code":
+            cell.source = MARKER.sub("", cell.source)           # "# NBVAL_CHECK_OUTPUT": for the tests, not the room
             shown, blocks = code_shown(cell), _outputs(cell, frames)
             pieces = []
             if shown:
@@ -687,7 +700,8 @@ def _shows_result(cell) -> bool:
         return _kind(cell) != "notes" and bool(re.search(r"^\s*\|?\s*:?-{3,}\s*\|", cell.source, re.MULTILINE))
     for out in cell.get("outputs", []):
         data = out.get("data", {})
-        if any(k.startswith("image/") for k in data) or "<table" in str(data.get("text/html", "")) or \
+        html = str(data.get("text/html", ""))
+        if any(k.startswith("image/") for k in data) or "<table" in html or "metalstm-frames" in html or \
                 re.search(r"^\s*\|?\s*:?-{3,}\s*\|", str(data.get("text/markdown", "")), re.MULTILINE):
             return True
     return False
@@ -710,8 +724,8 @@ def _titled(group) -> bool:
 
 def _with_titles(cells) -> list:
     """A slide that shows a figure or a table but has no heading (nor a paragraph led by bold words) gets
-    the heading of the part of the notebook it belongs to (the last heading before it), marked
-    "(continued)": every figure and table slide says what it shows."""
+    the nearest title before it (a heading, or a caption: _titles_in), marked "(continued)": every
+    figure and table slide says what it shows."""
     out, last = [], ""
     for group in _groups(cells):
         if out and last and any(_shows_result(c) for c in group) and not _titled(group):
@@ -719,12 +733,30 @@ def _with_titles(cells) -> list:
             _set_kind(group[0], "-")
             group = [title] + group
         for cell in group:
-            if cell.cell_type == "markdown" and _kind(cell) != "notes":
-                for line in cell.source.splitlines():
-                    if re.match(r"^#{1,4} ", line):
-                        last = re.sub(r" \(continued\)$", "", line.lstrip("#").strip())
+            last = (_titles_in(cell) or [last])[-1]
         out.extend(group)
     return out
+
+
+def _titles_in(cell) -> list[str]:
+    """The titles a cell shows, in order: its headings and the bold words that open a paragraph (a
+    caption), of a markdown cell or of the Markdown a code cell writes (a table's caption)."""
+    if cell.cell_type == "markdown" and _kind(cell) != "notes":
+        texts = [cell.source]
+    elif cell.cell_type == "code":
+        texts = [str(o.get("data", {}).get("text/markdown", "")) for o in cell.get("outputs", [])]
+    else:
+        return []
+    titles = []
+    for text in texts:
+        for para in re.split(r"\n\s*\n", text):
+            for line in para.strip().splitlines()[:1] + [ln for ln in para.splitlines()[1:] if ln.startswith("#")]:
+                heading = re.match(r"^#{1,4} (.+)", line)
+                bold = re.match(r"^\*\*(.+?)\*\*", line.strip())
+                if heading or bold:
+                    title = (heading or bold).group(1).strip()
+                    titles.append(re.sub(r"[.:]$", "", re.sub(r" \(continued\)$", "", title)))
+    return titles
 
 
 ASK = re.compile(r"ask the room|before showing|predict", re.IGNORECASE)

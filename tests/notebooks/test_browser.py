@@ -7,7 +7,8 @@
    no code or table cut off, no maths error, every formula typeset, no request beyond the files,
    speaker notes with a time estimate on every slide, text at least BODY_PX and code at least CODE_PX
    (metalstm.tools.slides) as measured on screen, no table cell whose text takes two lines, a heading or
-   caption on every figure and table slide, no result on screen before the first key press where the
+   caption on every figure and table slide, no slide ending with a lead-in (text ending with ':') whose
+   list or result is not on it, no result on screen before the first key press where the
    notes ask the room; it prints (without failing) the printed lines still broken with a mark and the
    prose that says "printed above" / "the cell below" with nothing there on its slide.
 
@@ -296,6 +297,11 @@ MEASURE = """([W, H, BODY, CODE]) => {
             }
         }
     }
+    // a lead-in left at the foot of a slide: its last text ends with ':' and what it introduces is not there
+    const shownLast = [...slide.querySelectorAll('p, li, pre, table, img, .MathJax_Display')]
+        .filter(e => !e.closest('aside.notes') && e.getBoundingClientRect().height > 0).pop();
+    out.dangling = shownLast && ['P', 'LI'].includes(shownLast.tagName) && /:\\s*$/.test(shownLast.textContent.trim()) ?
+        shownLast.textContent.trim().slice(-60) : '';
     // a figure or table slide says what it shows: a heading, a caption, or a paragraph led by bold words
     const led = e => { const first = [...e.childNodes].find(n => n.nodeType !== 3 || n.textContent.trim());
                        return first && first.nodeType === 1 && first.tagName === 'STRONG'; };
@@ -374,6 +380,9 @@ def test_every_slide_of_the_six_decks_fits_a_1280x720_screen_offline(selected):
                             problems.append(f"{where}: text below {BODY_PX} px (code {CODE_PX} px): {m['small'][:3]}")
                         if m["wrapped"]:
                             problems.append(f"{where}: table cells whose text wraps: {m['wrapped'][:3]}")
+                        if m["dangling"]:
+                            problems.append(f"{where}: ends with a lead-in whose list or result is not on it: "
+                                            f"...{m['dangling']!r}")
                         if (m["figures"] or m["tables"]) and not m["titled"]:
                             problems.append(f"{where}: a figure or table without a heading or caption")
                         positions.extend(f"{where}: " + "".join(ch for ch in text if not 0xD800 <= ord(ch) <= 0xDFFF)

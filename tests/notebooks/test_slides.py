@@ -407,3 +407,46 @@ def test_printed_tables_keep_their_key_columns_headers_and_parts():
     (block,) = slides.text_blocks(plain)
     assert "<th>" not in block["data"]["text/html"] and block["data"]["text/html"].count("<tr>") == 3
     assert slides.is_header([["method", "1-shot", "5-shot"], ["SGD", "41.2%", "60.3%"], ["LSTM", "43.4%", "60.6%"]])
+
+
+def test_a_continued_title_is_the_nearest_caption_or_heading_before_it():
+    md, code = nbformat.v4.new_markdown_cell, nbformat.v4.new_code_cell
+
+    def table_cell(caption):
+        cell = code("show()")
+        cell.outputs = [nbformat.v4.new_output("display_data", data={
+            "text/markdown": f"**{caption}: the first episodes**\n\n| a | b |\n|---|---|\n| 1 | 2 |"})]
+        return cell
+
+    plot = code("plot()")
+    plot.outputs = [nbformat.v4.new_output("display_data", data={"image/png": "iVBORw0KGgo=", "text/plain": "fig"})]
+    cells = [md("# Deck"), md("## Results"), table_cell("glyphs-1shot"), table_cell("glyphs-5shot"), plot]
+    for cell, kind in zip(cells, ["slide", "slide", "-", "-", "slide"]):
+        cell.metadata["slideshow"] = {"slide_type": kind}
+    deck = slides.prepare(nbformat.v4.new_notebook(cells=cells))
+    titles = [c.source for c in deck.cells if c.cell_type == "markdown" and c.source.endswith("(continued)")]
+    assert titles == ["### glyphs-5shot: the first episodes (continued)"]     # not the stale heading "Results"
+
+
+def test_a_lead_in_stays_with_its_list_markers_are_not_shown_frames_get_a_title():
+    lead = "**Reading the curves.** The numbers come next.\nWhat to look for:"
+    items = "\n".join(f"- point {i}\n  goes on" for i in range(6))
+    pieces = slides.split_markdown("Intro line one\nline two\nline three\n\n" + lead + "\n\n" + items)
+    assert not any(p.rstrip().endswith(":") for p in pieces)                 # never cut after the lead-in
+    assert any("What to look for:\n\n- point 0" in p for p in pieces)
+    md, code = nbformat.v4.new_markdown_cell, nbformat.v4.new_code_cell
+    shown = code("# NBVAL_CHECK_OUTPUT\nprint(1)")
+    shown.outputs = [nbformat.v4.new_output("stream", name="stdout", text="1\n")]
+    widget = code("explorer.show()")
+    widget.outputs = [nbformat.v4.new_output("display_data", data={
+        slides.WIDGET_VIEW: {"model_id": "x"}, "image/png": "iVBORw0KGgo=", "text/plain": "VBox"})]
+    cells = [md("# Deck"), md("## The explorer"), shown, widget]
+    for cell, kind in zip(cells, ["slide", "slide", "-", "slide"]):
+        cell.metadata["slideshow"] = {"slide_type": kind}
+    deck = slides.prepare(nbformat.v4.new_notebook(cells=cells), frames=slides.frames_html([b"a", b"b"]))
+    assert not any("NBVAL" in c.source for c in deck.cells)
+    assert any(c.cell_type == "code" and c.source == "print(1)" for c in deck.cells)
+    groups = slides._groups(deck.cells)
+    framed = next(g for g in groups if any("metalstm-frames" in str(o.get("data", {})) for c in g
+                                           for o in c.get("outputs", [])))
+    assert framed[0].source == "### The explorer (continued)"
