@@ -466,6 +466,7 @@ def split_markdown(source: str) -> list[str]:
             current.append(line)
     if current:
         blocks.append(current)
+    blocks = [part for block in blocks for part in _list_parts(block)]
     pieces, piece = [], []                # piece: its blocks
     lines = lambda bs: sum(len(b) for b in bs) + len(bs) - 1      # noqa: E731 (blank lines between blocks)
     heading = lambda bs: len(bs) == 1 and len(bs[0]) == 1 and bs[0][0].startswith("#")   # noqa: E731
@@ -484,6 +485,20 @@ def split_markdown(source: str) -> list[str]:
         pieces.append(piece)
     pieces = [[line for k, b in enumerate(p) for line in ([""] if k else []) + b] for p in pieces]
     return ["\n".join(p) for p in pieces]
+
+
+def _list_parts(block: list[str]) -> list[list[str]]:
+    """A block longer than MAX_MARKDOWN_LINES that is a list (no blank line between its items) cut between
+    its items into parts of at most MAX_MARKDOWN_LINES lines (a numbered list goes on at its number)."""
+    if len(block) <= MAX_MARKDOWN_LINES or not re.match(r"^(\d+\.|[-*]) ", block[0]):
+        return [block]
+    parts, part = [], []
+    for line in block:
+        if re.match(r"^(\d+\.|[-*]) ", line) and part and len(part) + 1 > MAX_MARKDOWN_LINES // 2:
+            parts.append(part)
+            part = []
+        part.append(line)
+    return parts + [part]
 
 
 MAX_TABLE_ROWS = 10          # body rows of a Markdown table on one block (cut into blocks of about equal size)
@@ -680,6 +695,12 @@ def prepare(nb, frames: str | None = None):
             cells.extend(pieces[1:])
         else:
             cells.append(cell)
+    # a lead-in ("printed from the package itself:") keeps what it introduces on its slide: the next cell
+    # does not start a new one (a slide then too tall is split in the browser, the lead-in going along)
+    for prev, cell in zip(cells, cells[1:]):
+        if prev.cell_type == "markdown" and _kind(prev) != "notes" and prev.source.rstrip().endswith(":") and \
+                cell.cell_type == "code" and _kind(cell) in ("slide", "subslide"):
+            _set_kind(cell, "-")
     # a dropped cell that started a slide passes the start on
     for i, cell in enumerate(cells):
         if i == 0 and _kind(cell) not in ("slide",):

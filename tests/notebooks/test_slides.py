@@ -450,3 +450,19 @@ def test_a_lead_in_stays_with_its_list_markers_are_not_shown_frames_get_a_title(
     framed = next(g for g in groups if any("metalstm-frames" in str(o.get("data", {})) for c in g
                                            for o in c.get("outputs", [])))
     assert framed[0].source == "### The explorer (continued)"
+
+
+def test_a_long_list_is_cut_between_items_and_a_lead_in_keeps_the_next_cell_on_its_slide():
+    items = "\n".join(f"{i}. item {i}\n   goes on\n   and on" for i in range(1, 10))     # 27 lines, no blank line
+    pieces = slides.split_markdown("**Reading it.**\n\n" + items)
+    assert len(pieces) > 1 and all(len(p.splitlines()) <= slides.MAX_MARKDOWN_LINES for p in pieces)
+    assert all(re.match(r"^(\*\*Reading|\d+\. item)", p) for p in pieces)              # cut between items
+    md, code = nbformat.v4.new_markdown_cell, nbformat.v4.new_code_cell
+    shown = code("print(1)")
+    shown.outputs = [nbformat.v4.new_output("stream", name="stdout", text="1\n")]
+    cells = [md("# Deck"), md("## Part\n\nThe package agrees with the notebook:"), shown]
+    for cell, kind in zip(cells, ["slide", "slide", "subslide"]):
+        cell.metadata["slideshow"] = {"slide_type": kind}
+    deck = slides.prepare(nbformat.v4.new_notebook(cells=cells))
+    group = next(g for g in slides._groups(deck.cells) if g[0].source.startswith("## Part"))
+    assert any(c.cell_type == "code" for c in group)
