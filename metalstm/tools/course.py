@@ -239,7 +239,9 @@ html.metalstm-measure .reveal .slides section { display: block !important; posit
           }
         }
         // a lead-in ("What to look for:") goes on with what it introduces
-        if (cut > first + 1 && moved[0] === blocks[cut] && /:\\s*$/.test(sourceText(blocks[cut - 1]).trim())) {
+        // (where the two fit on one slide below a heading: else the slide before would be left empty)
+        if (cut > first + 1 && moved[0] === blocks[cut] && /:\\s*$/.test(sourceText(blocks[cut - 1]).trim()) &&
+            blocks[cut - 1].offsetHeight + blocks[cut].offsetHeight + 60 <= H) {
           cut = cut - 1; moved = blocks.slice(cut);
         }
         if (cut >= 0 && cut <= first && blocks.length > first + 1) { cut = first + 1; moved = blocks.slice(cut); }
