@@ -258,9 +258,11 @@ html.metalstm-measure .reveal .slides section { display: block !important; posit
         if (heading && !opensWithCaption(moved[0])) {
           var title = document.createElement("h3"), text = sourceText(heading).replace(/\u00b6/g, "")
             .replace(/ \\(continued\\)$/, "").trim().replace(/[.:]$/, "");
-          var name = text.split(": ")[0];   // its name, one line: "glyphs-1shot: 5-way ..." -> glyphs-1shot
+          // one line: "glyphs-1shot (continued): 5-way 1-shot, ... of digits" (its name first, the rest as fits)
+          var name = text.split(": ")[0];
           title.className = "metalstm-continued-title";
-          title.textContent = (text.length > 60 && name !== text && name.indexOf("$") < 0 ? name : text) + " (continued)";
+          title.textContent = name !== text && name.indexOf("$") < 0 ?
+            name + " (continued): " + text.slice(name.length + 2) : text + " (continued)";
           next.insertBefore(title, next.firstChild);
           if (window.MathJax && MathJax.Hub && title.textContent.indexOf("$") >= 0) { MathJax.Hub.Queue(["Typeset", MathJax.Hub, title]); }
         }
