@@ -162,7 +162,8 @@ def plot_gate_response(responses: dict[str, Tensor], magnitudes: Tensor, observe
                        steps_shown=(1, 2, 3, 5), layer: int = 0, layer_name: str = "conv 1"):
     """i_t against the gradient magnitude, one panel per setting, one line per step shown
     (the responses of `gate_response`, averaged over episodes: {label: [E, T, M, layers]}),
-    with the recorded (magnitude, gate) medians as dots where `observed` gives them."""
+    with the recorded (magnitude, gate) medians as dots where `observed` gives them; the legend names the
+    steps, the dots and the dotted line at e^{-p} (p = 10), below which the preprocessing clamps ln|g|."""
     import matplotlib.pyplot as plt
 
     from metalstm.viz.style import RC, WIDE
@@ -184,5 +185,10 @@ def plot_gate_response(responses: dict[str, Tensor], magnitudes: Tensor, observe
             ax.set_title(f"{label}, {layer_name}")
             ax.grid(alpha=0.3)
         axes[0][0].set_ylabel("input gate $i_t$ (median)")
-        axes[0][-1].legend()
+        handles, _ = axes[0][-1].get_legend_handles_labels()
+        from matplotlib.lines import Line2D
+        if observed:
+            handles.append(Line2D([], [], ls="", marker="o", ms=6, color="grey", label="recorded (median)"))
+        handles.append(Line2D([], [], color="grey", lw=0.8, ls=":", label=r"$e^{-p}$: $\ln|g|$ clamped below"))
+        axes[0][-1].legend(handles=handles)
     return fig

@@ -165,3 +165,10 @@ def test_the_notebooks_draw_in_the_course_style():
             for w, h in re.findall(r"figsize=\((\d+(?:\.\d+)?),\s*(\d+(?:\.\d+)?)\)", source):
                 px = style.SMALL / 72 * style.screen_scale(float(w), float(h))
                 assert px >= style.MIN_PX, f"{book.name}: figsize=({w}, {h}) shows {style.SMALL} pt as {px:.1f} px"
+
+
+def test_the_gate_response_legend_names_the_dots_and_the_dotted_line():
+    fig = response_figure()
+    texts = [t.get_text() for ax in fig.axes if ax.get_legend() for t in ax.get_legend().get_texts()]
+    assert any("recorded" in t for t in texts) and any("e^{-p}" in t for t in texts), texts
+    plt.close(fig)
