@@ -190,5 +190,5 @@ def plot_gate_response(responses: dict[str, Tensor], magnitudes: Tensor, observe
         if observed:
             handles.append(Line2D([], [], ls="", marker="o", ms=6, color="grey", label="recorded (median)"))
         handles.append(Line2D([], [], color="grey", lw=0.8, ls=":", label=r"$e^{-p}$: $\ln|g|$ clamped below"))
-        axes[0][-1].legend(handles=handles)
+        fig.legend(handles=handles, loc="outside lower center", ncol=3)     # beside no data
     return fig
