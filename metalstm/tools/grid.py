@@ -265,6 +265,16 @@ def park_for_evaluation(spec: Spec, entry: dict) -> list[Path]:
     return changed + gone
 
 
+def drop_parked(spec: Spec) -> list[Path]:
+    """Remove a run's parked copy (files and folder); returns the files that went."""
+    gone = parked_files(spec)
+    for path in gone:
+        path.unlink()
+    if gone:
+        gone[0].parent.rmdir()
+    return gone
+
+
 def parked_files(spec: Spec) -> list[Path]:
     """The files parked for a run (to remove once it is done)."""
     folder = spec.park / spec.name if spec.park is not None else None
@@ -360,10 +370,9 @@ class Grid:
         for spec in specs:
             status = standing(spec, self.final[spec]).status
             awaiting = spec.park is not None and (spec.park / spec.name / "best.pt").is_file()
-            if status == "published" and awaiting:   # finished, parked until its evaluation ends
-                parked = unpark(spec)
-                self.records[spec.name] = {**parked, "folder": str(spec.folder)}
-            elif status == "new":                    # parked in an earlier session: restored, resumes
+            # parked in an earlier session: restored, and it resumes, or (finished, parked until
+            # its evaluation ends) is evaluated
+            if status == "new" or (status == "published" and awaiting):
                 parked = unpark(spec)
                 if parked:
                     self.records[spec.name] = {**parked, "folder": str(spec.folder)}
@@ -380,17 +389,23 @@ class Grid:
                 "--threads", "1", "--out", str(spec.folder)] + \
             ([] if self.path == "fused" else ["--path", self.path]) + (["--resume"] if resume else [])
 
-    def start(self, spec: Spec) -> None:
-        s = standing(spec, self.final[spec])
-        cmd = self.command(spec, resume=s.status == "partial")
+    def spawn(self, spec: Spec, cmd: list[str], kind: str) -> None:
+        """Run `cmd` (one thread) as the spec's `kind` child, its output appended to the run
+        folder's train.out or eval.out under a line naming the command."""
         spec.folder.mkdir(parents=True, exist_ok=True)
-        out = open(spec.folder / "train.out", "a")
+        out = open(spec.folder / ("train.out" if kind == "train" else "eval.out"), "a")
         out.write(f"--- grid, {time.strftime('%Y-%m-%d %H:%M:%S')}: {' '.join(cmd[1:])}\n")
         out.flush()
         env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+        if kind == "evaluate":
+            env["TQDM_DISABLE"] = "1"
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 env=env, start_new_session=True)   # a terminal's Ctrl-C reaches the grid only
-        self.running[spec] = Child(spec, proc, out, time.monotonic())
+        self.running[spec] = Child(spec, proc, out, time.monotonic(), kind)
+
+    def start(self, spec: Spec) -> None:
+        s = standing(spec, self.final[spec])
+        self.spawn(spec, self.command(spec, resume=s.status == "partial"), "train")
         where = f"resumed at episode {s.episodes}" if s.status == "partial" else "new"
         length = f"{self.final[spec]} episodes" if self.final[spec] else "nothing to meta-train: validated once"
         print(f"grid: start {spec.name} ({where}; {length})", flush=True)
@@ -441,6 +456,9 @@ class Grid:
         elif status == "interrupted":
             self.park(spec, entry)
 
+    def ended(self, child: Child, code: int, cpu: float | None, stopping: bool) -> None:
+        (self.finished if child.kind == "train" else self.evaluated)(child, code, cpu, stopping)
+
     # -- evaluation (--evaluate DIR): ladder_seeds on each finished run, DIR/NAME.json committed --
     def checkpoint_of(self, spec: Spec) -> Path | None:
         """The finished run's best.pt: in its folder, else seed 0's published copy; None if neither."""
@@ -478,15 +496,7 @@ class Grid:
         return cmd + ([] if self.path == "fused" else ["--path", self.path])
 
     def start_evaluation(self, spec: Spec) -> None:
-        cmd = self.evaluate_command(spec)
-        spec.folder.mkdir(parents=True, exist_ok=True)
-        out = open(spec.folder / "eval.out", "a")
-        out.write(f"--- grid, {time.strftime('%Y-%m-%d %H:%M:%S')}: {' '.join(cmd[1:])}\n")
-        out.flush()
-        env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", TQDM_DISABLE="1")
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                env=env, start_new_session=True)
-        self.running[spec] = Child(spec, proc, out, time.monotonic(), "evaluate")
+        self.spawn(spec, self.evaluate_command(spec), "evaluate")
         print(f"grid: evaluate {spec.name} ({self.args.eval_episodes} meta-test episodes a test set)", flush=True)
 
     def evaluated(self, child: Child, code: int, cpu: float | None, stopping: bool) -> None:
@@ -507,11 +517,7 @@ class Grid:
         means = json.loads(result.read_text())["test_sets"]
         said = ", ".join(f"{t} {100 * b['mean']:.2f}%" for t, b in means.items())
         print(f"grid: evaluated {spec.name}: {said}; CPU {_fmt_s(cpu)}, wall {wall:.0f} s", flush=True)
-        gone = parked_files(spec)
-        for path in gone:
-            path.unlink()
-        if gone:
-            gone[0].parent.rmdir()
+        gone = drop_parked(spec)
         self.commit([result] + gone, f"grid: {spec.name} evaluated ({said})")
 
     def publish(self, spec: Spec, entry: dict) -> None:
@@ -527,11 +533,7 @@ class Grid:
             if hold:
                 gone = park_for_evaluation(spec, entry)      # its only checkpoint: kept until evaluated
             else:
-                gone = parked_files(spec)
-                for path in gone:
-                    path.unlink()
-                if gone:
-                    gone[0].parent.rmdir()
+                gone = drop_parked(spec)
         except OSError as exc:
             print(f"grid: could not publish {spec.name}: {exc}", flush=True)
             return
@@ -581,7 +583,7 @@ class Grid:
                 for child in list(self.running.values()):
                     ended = reap(child)
                     if ended is not None:
-                        (self.finished if child.kind == "train" else self.evaluated)(child, *ended, stopping=False)
+                        self.ended(child, *ended, stopping=False)
                 if self.running and time.monotonic() - last_report >= self.args.report_every:
                     print(self.progress_line(), flush=True)
                     last_report = time.monotonic()
@@ -602,7 +604,7 @@ class Grid:
                     signal_child(child, signal.SIGKILL)
                 ended = reap(child)
                 if ended is not None:
-                    (self.finished if child.kind == "train" else self.evaluated)(child, *ended, stopping=True)
+                    self.ended(child, *ended, stopping=True)
             time.sleep(0.2)
 
     def totals(self) -> str:
