@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import os
 import re
 import shutil
 import subprocess
@@ -68,14 +69,22 @@ def execute(path: Path, out_dir: Path, timeout: int = 1800) -> tuple[float, str 
     from nbclient import NotebookClient
     from nbclient.exceptions import CellExecutionError
 
+    from metalstm.viz import audit
+
     nb = nbformat.read(path, as_version=4)
     client = NotebookClient(nb, timeout=timeout, kernel_name="python3",
                             resources={"metadata": {"path": str(path.parent)}})
+    # every figure the notebook shows is measured as a deck projects it (metalstm.viz.audit)
+    figures = out_dir / "figures" / f"{path.stem}.jsonl"
+    figures.unlink(missing_ok=True)
     start, error = time.perf_counter(), None
     try:
+        os.environ[audit.ENV] = str(figures.resolve())
         client.execute()
     except CellExecutionError as exc:  # keep the partly executed notebook: it shows where
         error = str(exc).strip().splitlines()[-1] if str(exc).strip() else "cell failed"
+    finally:
+        os.environ.pop(audit.ENV, None)
     seconds = time.perf_counter() - start
     out_dir.mkdir(parents=True, exist_ok=True)
     text = nbformat.writes(nb)
@@ -211,11 +220,29 @@ html.metalstm-measure .reveal .slides section { display: block !important; posit
     });
     return found;
   }
+  function titleText(el) {   // a heading's or caption's words for a continued title: no mark, no "(continued)"
+    return sourceText(el).replace(/\u00b6/g, "").replace(/ \\(continued\\)/g, "").trim().replace(/[.:]$/, "");
+  }
+  function sectionIn(block) {   // the words of the last heading (h1-h4, not a caption) in a block, or null
+    // (a title that says "(continued)" continues a section: a continued title carries that section's words)
+    if (block.matches && block.matches(".metalstm-continued-title")) { return block.dataset.section || null; }
+    var found = null;
+    (block.matches && block.matches("h1, h2, h3, h4") ? [block] : []).concat(
+      Array.prototype.slice.call(block.querySelectorAll("h1, h2, h3, h4"))).forEach(function (e) {
+      if (!e.closest("aside.notes") && !/\(continued\)\s*$/.test(sourceText(e).replace(/\u00b6/g, "").trim())) { found = e; }
+    });
+    return found && titleText(found);
+  }
   function opensWithCaption(block) {   // whether a block starts with a heading or a caption of its own
     var first = block && block.querySelector("h1, h2, h3, h4, p, table, pre, img, li");
     return !!first && (/^H[1-4]$/.test(first.tagName) || (first.tagName === "P" && !!leadingStrong(first)));
   }
   function fitSlides() {
+    var before = "";   // each slide knows the section it is in: the last heading on a slide before it
+    document.querySelectorAll(".reveal .slides > section > section").forEach(function (slide) {
+      slide.dataset.sectionBefore = before;
+      before = sectionIn(slide) || before;
+    });
     document.querySelectorAll(".reveal .slides > section > section").forEach(function (slide) {
       var guard = 0;
       while (slide.scrollHeight > H && guard++ < 40) {
@@ -248,19 +275,24 @@ html.metalstm-measure .reveal .slides section { display: block !important; posit
         if (cut <= first) { break; }
         var next = document.createElement("section");
         next.className = "metalstm-continued";
+        next.dataset.sectionBefore = slide.dataset.sectionBefore || "";
         moved.forEach(function (b) { next.appendChild(b); });
         // the slide's heading comes along, marked: a continued slide still says what it shows
         // (or the bold words that open a paragraph of it)
         // (the nearest one before the cut: the caption of the table cut, not the slide's first; none where
         // the moved blocks open with a heading or caption of their own)
-        var heading = null;
-        blocks.slice(0, cut).forEach(function (b) { heading = captionIn(b) || heading; });
+        // (a figure moved on its own takes the section's heading: a table's caption before it names the table)
+        var heading = null, section = null;
+        blocks.slice(0, cut).forEach(function (b) { heading = captionIn(b) || heading; section = sectionIn(b) || section; });
+        var figure = !!moved[0].querySelector && !!moved[0].querySelector("img") && !moved[0].querySelector("table, pre");
+        section = section || slide.dataset.sectionBefore || null;
         if (heading && !opensWithCaption(moved[0])) {
-          var title = document.createElement("h3"), text = sourceText(heading).replace(/\u00b6/g, "")
-            .replace(/ \\(continued\\)$/, "").trim().replace(/[.:]$/, "");
+          var title = document.createElement("h3"),
+              text = figure && section ? section : titleText(heading);
           // one line: "glyphs-1shot (continued): 5-way 1-shot, ... of digits" (its name first, the rest as fits)
           var name = text.split(": ")[0];
           title.className = "metalstm-continued-title";
+          title.dataset.section = section || text;
           title.textContent = name !== text && name.indexOf("$") < 0 ?
             name + " (continued): " + text.slice(name.length + 2) : text + " (continued)";
           next.insertBefore(title, next.firstChild);

@@ -715,17 +715,16 @@ def prepare(nb, frames: str | None = None):
     return nb
 
 
+MARKDOWN_TABLE = re.compile(r"^\s*\|?\s*:?-{3,}\s*\|", re.MULTILINE)     # a Markdown table's rule line
+
+
 def _shows_result(cell) -> bool:
     """Whether a cell puts a figure or a table on its slide."""
     if cell.cell_type == "markdown":
-        return _kind(cell) != "notes" and bool(re.search(r"^\s*\|?\s*:?-{3,}\s*\|", cell.source, re.MULTILINE))
-    for out in cell.get("outputs", []):
-        data = out.get("data", {})
-        html = str(data.get("text/html", ""))
-        if any(k.startswith("image/") for k in data) or "<table" in html or "metalstm-frames" in html or \
-                re.search(r"^\s*\|?\s*:?-{3,}\s*\|", str(data.get("text/markdown", "")), re.MULTILINE):
-            return True
-    return False
+        return _kind(cell) != "notes" and bool(MARKDOWN_TABLE.search(cell.source))
+    return _shows_table(cell) or any(any(k.startswith("image/") for k in o.get("data", {})) or
+                                     "metalstm-frames" in str(o.get("data", {}).get("text/html", ""))
+                                     for o in cell.get("outputs", []))
 
 
 def _titled(group) -> bool:
@@ -746,22 +745,36 @@ def _titled(group) -> bool:
 def _with_titles(cells) -> list:
     """A slide that shows a figure or a table but has no heading (nor a paragraph led by bold words) gets
     the nearest title before it (a heading, or a caption: _titles_in), marked "(continued)": every
-    figure and table slide says what it shows."""
-    out, last = [], ""
+    figure and table slide says what it shows. A slide that shows only figures takes the nearest
+    heading: a caption before it names a table, not the figure."""
+    out, last, heading = [], "", ""
     for group in _groups(cells):
+        heading_after = heading
+        for cell in group:                              # the notebook's own headings (not the titles added here)
+            heading_after = (_titles_in(cell, captions=False) or [heading_after])[-1]
         if out and last and any(_shows_result(c) for c in group) and not _titled(group):
-            title = _markdown(f"### {last} (continued)", _kind(group[0]))
+            figures_only = not any(_shows_table(c) for c in group)
+            title = _markdown(f"### {heading if figures_only and heading else last} (continued)", _kind(group[0]))
             _set_kind(group[0], "-")
             group = [title] + group
         for cell in group:
             last = (_titles_in(cell) or [last])[-1]
+        heading = heading_after
         out.extend(group)
     return out
 
 
-def _titles_in(cell) -> list[str]:
-    """The titles a cell shows, in order: its headings and the bold words that open a paragraph (a
-    caption), of a markdown cell or of the Markdown a code cell writes (a table's caption)."""
+def _shows_table(cell) -> bool:
+    """Whether a cell puts a table on its slide (a Markdown or HTML table)."""
+    if cell.cell_type == "markdown":
+        return _shows_result(cell)
+    return any("<table" in str(o.get("data", {}).get("text/html", "")) or
+               MARKDOWN_TABLE.search(str(o.get("data", {}).get("text/markdown", ""))) for o in cell.get("outputs", []))
+
+
+def _titles_in(cell, captions: bool = True) -> list[str]:
+    """The titles a cell shows, in order: its headings and (captions=True) the bold words that open a
+    paragraph (a caption), of a markdown cell or of the Markdown a code cell writes (a table's caption)."""
     if cell.cell_type == "markdown" and _kind(cell) != "notes":
         texts = [cell.source]
     elif cell.cell_type == "code":
@@ -774,7 +787,7 @@ def _titles_in(cell) -> list[str]:
             for line in para.strip().splitlines()[:1] + [ln for ln in para.splitlines()[1:] if ln.startswith("#")]:
                 heading = re.match(r"^#{1,4} (.+)", line)
                 bold = re.match(r"^\*\*(.+?)\*\*", line.strip())
-                if heading or bold:
+                if heading or (bold and captions):
                     title = (heading or bold).group(1).strip()
                     titles.append(re.sub(r"[.:]$", "", re.sub(r" \(continued\)$", "", title)))
     return titles

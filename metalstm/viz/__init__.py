@@ -4,7 +4,13 @@
     plot_gates(record_1shot, record_5shot)        # the paper's Figure 2
     print(format_summary(record_1shot, record_5shot))
     InnerLoopExplorer(learner, metalearner, sampler, cfg).show()
+
+Under the course build (METALSTM_FIGURE_AUDIT set) every figure rendered from the moment this package
+is imported is measured as a deck projects it: metalstm.viz.audit.
 """
+import os as _os
+
+from metalstm.viz import audit
 from metalstm.viz.explorer import InnerLoopExplorer, figure_png, mosaic
 from metalstm.viz.plots import (accuracy_by_step, plot_gate_bands, plot_gates, plot_query_accuracy_by_step,
                                 plot_step_sizes)
@@ -19,3 +25,6 @@ __all__ = ["GATES", "LAYERS", "LAYER_TITLES", "EpisodeTrace", "GateRecord", "Inn
            "record_gates", "trace_episode", "variance_shares",
            "forgetting_share", "implied_weight_decay", "plot_step_sizes", "retained_fraction", "step_sizes",
            "weight_decay_share"]
+
+if _os.environ.get(audit.ENV):
+    audit.install(_os.environ[audit.ENV])

@@ -414,3 +414,30 @@ def test_every_slide_of_the_six_decks_fits_a_1280x720_screen_offline(selected):
           + "\n".join(dangling))
     assert not blocked, f"the decks asked the network for {sorted(set(blocked))[:5]}"
     assert not problems, f"{len(problems)} problems:\n" + "\n".join(problems)
+
+
+def test_every_figure_of_the_executed_notebooks_is_readable_on_a_slide():
+    """Every picture the six notebooks rendered while `course --slides` executed them (measured by
+    metalstm.viz.audit into build/notebooks/figures/) shows every text at least style.MIN_PX high when
+    the deck projects it; and the audit saw every figure the executed notebooks show."""
+    import nbformat
+
+    from metalstm.viz import audit, style
+
+    executed = REPO / "build" / "notebooks"
+    books = sorted(executed.glob("[0-9][0-9]_*.ipynb"))
+    if len(books) < 6:
+        pytest.fail(f"{len(books)} executed notebooks in {executed}: run `make slides` first (`make browser-check` does)")
+    small = []
+    for book in books:
+        records_file = executed / "figures" / f"{book.stem}.jsonl"
+        assert records_file.is_file(), f"{book.name}: no figure audit ({records_file}): rebuild with `make slides`"
+        records = audit.read(records_file)
+        shown = sum("image/png" in o.get("data", {}) for c in nbformat.read(book, as_version=4).cells
+                    if c.cell_type == "code" for o in c.get("outputs", []))
+        assert len(records) >= shown, (f"{book.name}: {shown} figures shown, {len(records)} measured: a figure "
+                                       "was drawn before metalstm.viz was imported")
+        small += [f"{book.name[:2]} '{r['title'][:50]}': {r['small']}" for r in records if r["small"]]
+        print(f"{book.name}: {len(records)} pictures measured, smallest text "
+              f"{min((r['smallest_px'] for r in records), default=float('inf'))} px")
+    assert not small, f"{len(small)} pictures with text below {style.MIN_PX} px on the slide:\n" + "\n".join(small)

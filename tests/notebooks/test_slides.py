@@ -409,7 +409,7 @@ def test_printed_tables_keep_their_key_columns_headers_and_parts():
     assert slides.is_header([["method", "1-shot", "5-shot"], ["SGD", "41.2%", "60.3%"], ["LSTM", "43.4%", "60.6%"]])
 
 
-def test_a_continued_title_is_the_nearest_caption_or_heading_before_it():
+def test_a_continued_title_is_the_nearest_caption_or_heading_before_it_a_figure_the_nearest_heading():
     md, code = nbformat.v4.new_markdown_cell, nbformat.v4.new_code_cell
 
     def table_cell(caption):
@@ -420,12 +420,17 @@ def test_a_continued_title_is_the_nearest_caption_or_heading_before_it():
 
     plot = code("plot()")
     plot.outputs = [nbformat.v4.new_output("display_data", data={"image/png": "iVBORw0KGgo=", "text/plain": "fig"})]
-    cells = [md("# Deck"), md("## Results"), table_cell("glyphs-1shot"), table_cell("glyphs-5shot"), plot]
-    for cell, kind in zip(cells, ["slide", "slide", "-", "-", "slide"]):
+    # a table slide takes the caption before it (not the heading "Results" further up); a figure slide
+    # takes the heading (the caption before it names a table, not the figure)
+    cells = [md("# Deck"), md("## Results"), table_cell("glyphs-1shot"), table_cell("glyphs-5shot"),
+             table_cell("digits-5shot"), plot]
+    for cell, kind in zip(cells, ["slide", "slide", "-", "-", "slide", "slide"]):
         cell.metadata["slideshow"] = {"slide_type": kind}
+    for cell in cells[4].outputs:
+        cell.data["text/markdown"] = cell.data["text/markdown"].split("\n\n", 1)[1]       # no caption of its own
     deck = slides.prepare(nbformat.v4.new_notebook(cells=cells))
     titles = [c.source for c in deck.cells if c.cell_type == "markdown" and c.source.endswith("(continued)")]
-    assert titles == ["### glyphs-5shot: the first episodes (continued)"]     # not the stale heading "Results"
+    assert titles == ["### glyphs-5shot: the first episodes (continued)", "### Results (continued)"]
 
 
 def test_a_lead_in_stays_with_its_list_markers_are_not_shown_frames_get_a_title():

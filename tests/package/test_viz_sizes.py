@@ -172,3 +172,32 @@ def test_the_gate_response_legend_names_the_dots_and_the_dotted_line():
     texts = [t.get_text() for leg in fig.legends for t in leg.get_texts()]                 # one, below the panels
     assert any("recorded" in t for t in texts) and any("e^{-p}" in t for t in texts), texts
     plt.close(fig)
+
+
+def test_the_audit_records_every_picture_a_notebook_renders(tmp_path):
+    """With METALSTM_FIGURE_AUDIT set (the course build sets it per notebook), importing metalstm.viz
+    makes every PNG matplotlib renders add a record: title, tight box or not, and the texts below
+    MIN_PX. Run in a child process: the audit stays installed for the rest of a process."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from metalstm.viz import audit
+
+    log = tmp_path / "figures" / "nb.jsonl"
+    code = ("import io, matplotlib; matplotlib.use('Agg'); import metalstm.viz; import matplotlib.pyplot as plt\n"
+            "fig = plt.figure(figsize=(16, 4)); fig.add_subplot().plot([0, 1]); fig.suptitle('a wide figure', fontsize=20)\n"
+            "fig.text(0.5, 0.5, 'tiny words', fontsize=8)\n"
+            "fig.savefig(io.BytesIO(), format='png', bbox_inches='tight')\n"
+            "fig.savefig(io.BytesIO(), format='svg')\n"                       # not a picture a deck shows
+            "small = plt.figure(figsize=(4, 2)); small.gca().set_title('readable'); small.savefig(io.BytesIO(), format='png')\n")
+    env = {**os.environ, audit.ENV: str(log)}
+    subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=120)
+    records = audit.read(log)
+    assert [r["title"] for r in records] == ["a wide figure", "readable"]
+    assert records[0]["tight"] and not records[1]["tight"]
+    assert records[0]["small"][0][0] == "tiny words"                        # the smallest first (8 pt)
+    assert records[0]["small"][0][1] == pytest.approx(records[0]["smallest_px"]) and records[0]["smallest_px"] < style.MIN_PX
+    assert records[1]["small"] == [] and records[1]["smallest_px"] >= style.MIN_PX
+    assert json.loads(log.read_text().splitlines()[0])["title"] == "a wide figure"
