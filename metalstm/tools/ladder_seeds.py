@@ -2,7 +2,7 @@
 the ladder's table with the seed-to-seed noise of training in its intervals.
 
     python -m metalstm.tools.ladder_seeds --path native           # evaluate what is new, print the table
-    python -m metalstm.tools.ladder_seeds --table-only --write docs/ladder-seeds.md
+    python -m metalstm.tools.ladder_seeds --table-only --write seeds.md   # the page: seed_report
     python -m metalstm.tools.ladder_seeds --runs glyphs-1shot-sgd-seed0 --path native   # only these runs
 
 Evaluation. For every finished run of a `python -m metalstm.tools.grid` folder (--grid, default

@@ -111,6 +111,40 @@ def test_the_results_tables_are_not_copied_into_the_readme():
     assert not any(table in readme for table in tables(FILES).values())
 
 
+def test_the_seed_page_and_the_readmes_seed_blocks_are_what_seed_report_writes_from_the_runs_they_name():
+    """docs/ladder-seeds.md (tables, stated differences, trends, CPU time) and the README's seed table
+    and grid-time sentence are exactly what `python -m metalstm.tools.seed_report` composes from the
+    files of the runs the page names (the grid commits new runs as they finish; the page says which
+    ones it was made from), so no number on them is typed by hand."""
+    from metalstm.tools import seed_report
+    from metalstm.tools.ladder_seeds import runs_of
+    page = (ROOT / "docs" / "ladder-seeds.md").read_text()
+    made = seed_report.compose(runs_of(page), ROOT / "data" / "results" / "grid", ROOT / "data" / "checkpoints" / "grid",
+                               ROOT / "data" / "checkpoints" / "plateau")
+    assert made["page"] == page, "docs/ladder-seeds.md differs from `python -m metalstm.tools.seed_report`"
+    readme = (ROOT / "README.md").read_text()
+    assert seed_report.readme_with(readme, made["seeds"], made["time"]) == readme, \
+        "README's seed table or grid-time sentence differs; it should read:\n\n" + made["seeds"] + "\n\n" + made["time"]
+
+
+def test_the_seed_report_states_trends_and_time_from_fixed_numbers(tmp_path):
+    """past_budget and time_sentence on hand-made files: a curve rising by 1 point per 1,000 episodes
+    reads +1.00 +- 0.00 (exact line) and "rising"; the best validation at the budget is the best of
+    the first 5,000 episodes; CPU minutes are the records' seconds / 60."""
+    from metalstm.tools import seed_report
+    log = tmp_path / "glyphs-1shot-lstm-seed0.log.csv"
+    rows = [(e, 0.80 + 0.01 * e / 1000) for e in range(0, 8001, 250)]
+    log.write_text("episode,train_loss,train_acc,val_acc,val_ci95,seconds\n" +
+                   "".join(f"{e},,,{a},0.01,{e}\n" for e, a in rows))
+    table = seed_report.past_budget([log])
+    assert "| glyphs-1shot-lstm-seed0 | 8,000 | 85.00 (5,000) | 88.00 (8,000) | +1.00 +- 0.00: rising | " \
+           "+1.00 +- 0.00: rising |" in table, table
+    records = [{"shot": 1, "rung": "lstm", "cpu_seconds": 2760}, {"shot": 5, "rung": "init", "cpu_seconds": 1020}]
+    assert seed_report.time_sentence(records).startswith("the 2 meta-training runs with a CPU record took 17-46 "
+                                                         "CPU minutes each (the 1-shot LSTM 46)")
+    assert "| 1-shot | lstm | 1 | 46 |" in seed_report.cpu_table(records)
+
+
 def test_the_seed_tables_come_from_the_grid_runs_they_name():
     """docs/ladder-seeds.md (the full seed-level tables) and the README's summary of them are what
     ladder_seeds computes from exactly the runs the page names (the grid commits new runs' files
