@@ -72,6 +72,27 @@ def time_sentence(records: list[dict]) -> str:
             "CPU time when it ends")
 
 
+def plateau_sentence(logs: list[Path], records: list[dict]) -> str:
+    """The README's words on each run trained past the grid's budget: how far, its best validation,
+    its trend over the last 2,000 episodes, and its CPU minutes at the rate of its grid run (the
+    record of the same name; the extension itself has no CPU record)."""
+    said = []
+    for log in logs:
+        name = log.name.removesuffix(".log.csv")
+        t = plateau.trend(plateau.read_curve(log), 2000)
+        grid_run = next((r for r in records if r["name"] == name), None)
+        minutes = "" if grid_run is None else (
+            f", about {t['last_episode'] * grid_run['cpu_seconds'] / grid_run['final_episode'] / 60:.0f} CPU "
+            f"minutes at its first {grid_run['final_episode']:,} episodes' rate")
+        trend = "still rising" if t["verdict"] == "rising" else "no longer rising" if t["verdict"] != "too short" \
+            else "too few validations to tell"
+        slope = "" if t["slope"] is None else f" ({t['slope']:+.2f} +- {t['half']:.2f} points per 1,000)"
+        said.append(f"{name} went on to {t['last_episode']:,} episodes{minutes}: best validation "
+                    f"{100 * t['best_val_acc']:.2f}% at {t['best_episode']:,}, {trend} over its last 2,000 "
+                    f"episodes{slope}")
+    return "; ".join(said)
+
+
 def past_budget(logs: list[Path], budget: int = 5000) -> str:
     """Markdown: each run trained past the grid's budget - its best validation at the budget and at
     its end, and its trend over the last 1,000 and 2,000 episodes."""
@@ -102,6 +123,8 @@ def compose(names: list[str], results: Path = RESULTS, grid: Path = GRID, extend
     logs = [grid / f"{n}.log.csv" for n in names if (grid / f"{n}.log.csv").is_file()]
     logs = [p for p in logs if plateau.read_curve(p)[-1][0] > 0]          # sgd: one validation, no curve
     cpu = cpu_records(names, grid)
+    extended = sorted(extended.glob("*.log.csv")) if extended.is_dir() else []
+    longer = plateau_sentence(extended, cpu_records([p.name.removesuffix(".log.csv") for p in extended], grid))
     page = f"""# The ladder over training seeds
 
 Every rung of the ladder (docs/results.md, notebook 05 section 5) meta-trained
@@ -145,7 +168,7 @@ A run still rising at 5,000 episodes, resumed from its `last.pt` with a
 larger `--episodes` (its log in `data/checkpoints/plateau/`, its resumable
 state in `data/grid-parked/plateau/`; docs/reproducing.md has the command):
 
-{past_budget(sorted(extended.glob("*.log.csv")) if extended.is_dir() else [])}
+{past_budget(extended)}
 
 ## CPU time
 
@@ -156,7 +179,8 @@ minutes per finished run from each run's record
 
 {cpu_table(cpu)}
 """
-    return {"page": page, "seeds": ladder_seeds.compact_table(rows), "time": time_sentence(cpu) + ".",
+    return {"page": page, "seeds": ladder_seeds.compact_table(rows),
+            "time": time_sentence(cpu) + (f". Past the budget, {longer}." if longer else "."),
             "rows": rows}
 
 

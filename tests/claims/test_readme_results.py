@@ -139,6 +139,10 @@ def test_the_seed_report_states_trends_and_time_from_fixed_numbers(tmp_path):
     table = seed_report.past_budget([log])
     assert "| glyphs-1shot-lstm-seed0 | 8,000 | 85.00 (5,000) | 88.00 (8,000) | +1.00 +- 0.00: rising | " \
            "+1.00 +- 0.00: rising |" in table, table
+    grid_run = {"name": "glyphs-1shot-lstm-seed0", "final_episode": 5000, "cpu_seconds": 3000}
+    assert seed_report.plateau_sentence([log], [grid_run]) == (
+        "glyphs-1shot-lstm-seed0 went on to 8,000 episodes, about 80 CPU minutes at its first 5,000 episodes' rate: "
+        "best validation 88.00% at 8,000, still rising over its last 2,000 episodes (+1.00 +- 0.00 points per 1,000)")
     records = [{"shot": 1, "rung": "lstm", "cpu_seconds": 2760}, {"shot": 5, "rung": "init", "cpu_seconds": 1020}]
     assert seed_report.time_sentence(records).startswith("the 2 meta-training runs with a CPU record took 17-46 "
                                                          "CPU minutes each (the 1-shot LSTM 46)")
