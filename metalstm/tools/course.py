@@ -195,6 +195,7 @@ html.metalstm-measure .reveal .slides section { display: block !important; posit
 <script>
 (function () {
   var H = {{ resources.reveal.height }} - 12, started = false;   // a margin for rounding and the slide number
+  var TITLE_CHARS = 72;   // a continued title's words at most (then "... (continued)": one line at 1280 px)
   // a slide taller than the screen: its blocks from the first one that reaches below the screen go to a
   // new slide right after it (with notes saying it continues); blocks are cells and outputs
   // a heading's text as written (its maths as $TeX$, typeset again), not as MathJax rendered it (the
@@ -289,12 +290,13 @@ html.metalstm-measure .reveal .slides section { display: block !important; posit
         if (heading && !opensWithCaption(moved[0])) {
           var title = document.createElement("h3"),
               text = figure && section ? section : titleText(heading);
-          // one line: "glyphs-1shot (continued): 5-way 1-shot, ... of digits" (its name first, the rest as fits)
-          var name = text.split(": ")[0];
+          // one line, "(continued)" at its end: a long title is shortened with an ellipsis before it
+          // (not inside a formula: a title with maths is kept whole)
+          var short = text.length > TITLE_CHARS && text.indexOf("$") < 0 ?
+            text.slice(0, text.lastIndexOf(" ", TITLE_CHARS)).replace(/[,:;]$/, "") + "\u2026" : text;
           title.className = "metalstm-continued-title";
           title.dataset.section = section || text;
-          title.textContent = name !== text && name.indexOf("$") < 0 ?
-            name + " (continued): " + text.slice(name.length + 2) : text + " (continued)";
+          title.textContent = short + " (continued)";
           next.insertBefore(title, next.firstChild);
           if (window.MathJax && MathJax.Hub && title.textContent.indexOf("$") >= 0) { MathJax.Hub.Queue(["Typeset", MathJax.Hub, title]); }
         }

@@ -734,11 +734,13 @@ def _titled(group) -> bool:
         first = next((o.get("data", {}) for o in c.get("outputs", [])), {}) if c.cell_type == "code" else {}
         if str(first.get("text/markdown", "")).lstrip().startswith("**"):      # a caption written by the code
             return True
+        if c.cell_type == "markdown" and _kind(c) != "notes":
+            heading = re.search(r"^#{1,4} ", c.source, re.MULTILINE)
+            table = MARKDOWN_TABLE.search(c.source)
+            if c.source.lstrip().startswith("**") or (heading and (table is None or heading.start() < table.start())):
+                return True                                                   # (a heading above its own table)
         if _shows_result(c):
             return False
-        if c.cell_type == "markdown" and _kind(c) != "notes" and \
-                (re.search(r"^#{1,4} ", c.source, re.MULTILINE) or c.source.lstrip().startswith("**")):
-            return True
     return False
 
 

@@ -175,7 +175,7 @@ def unrolled_metatraining(steps: int = 3):
     _arrow(ax, (starts[-1] + meta_w, y_theta), (x_test, y_theta))
     # the meta-learner's weights, shared by every step
     wx0, wx1 = metas[0][0] - 0.55, max(metas[-1][0] + 0.7, metas[0][0] + 6.0)
-    _box(ax, wx0, 0.12, wx1 - wx0, 0.5, "meta-learner weights $\\phi$ (2,046, the same at every step)",
+    _box(ax, wx0, 0.12, wx1 - wx0, 0.5, "meta-learner weights $W$ (2,046, the same at every step)",
          COLORS["weights"], size=small)
     for meta in metas:
         _arrow(ax, (meta[0] - 0.3, 0.62), (meta[0] - 0.3, y_theta - meta_h / 2), lw=1.8)
@@ -191,7 +191,7 @@ def unrolled_metatraining(steps: int = 3):
             weight="bold")
     keys = [Line2D([], [], color="#333333", lw=2.4, label="forward"),
             Line2D([], [], color="#555555", lw=2.4, ls="--", label="detached: no second derivatives"),
-            Line2D([], [], color=BACKWARD, lw=2.4, label="backward: the meta-gradient, to $c_0$ and $\\phi$")]
+            Line2D([], [], color=BACKWARD, lw=2.4, label="backward: the meta-gradient, to $c_0$ and $W$")]
     legend = ax.legend(handles=keys, loc="center left", bbox_to_anchor=(0.0, 4.3 / 5.05), ncols=3, frameon=False,
                        fontsize=small, handlelength=1.8, columnspacing=1.2, borderaxespad=0.2)
     legend.get_texts()[2].set_color(BACKWARD)

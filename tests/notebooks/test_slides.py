@@ -471,3 +471,15 @@ def test_a_long_list_is_cut_between_items_and_a_lead_in_keeps_the_next_cell_on_i
     deck = slides.prepare(nbformat.v4.new_notebook(cells=cells))
     group = next(g for g in slides._groups(deck.cells) if g[0].source.startswith("## Part"))
     assert any(c.cell_type == "code" for c in group)
+
+
+def test_a_slide_whose_heading_sits_above_its_own_table_gets_no_continued_title():
+    md = nbformat.v4.new_markdown_cell
+    cells = [md("# Deck"), md("## 4. Before\n\nSome words."),
+             md("## 5. The ladder\n\nWhich rung wins?\n\n| rung | what |\n|---|---|\n| init | c_0 |"),
+             md("| rung | what |\n|---|---|\n| sgd | nothing |")]
+    for cell, kind in zip(cells, ["slide", "slide", "slide", "slide"]):
+        cell.metadata["slideshow"] = {"slide_type": kind}
+    deck = slides.prepare(nbformat.v4.new_notebook(cells=cells))
+    titles = [c.source for c in deck.cells if c.cell_type == "markdown" and c.source.endswith("(continued)")]
+    assert titles == ["### 5. The ladder (continued)"]          # the bare table's slide only

@@ -51,7 +51,7 @@ def test_the_unrolled_graph_draws_the_chain_the_detached_inputs_and_the_backward
     try:
         words = check_readable(fig)
         for needed in ("\\theta_0 = c_0", "\\theta_T", "\\mathcal{L}_{test}", "detached", "meta-gradient",
-                       "weights $\\phi$", "no second derivatives", "\\partial\\mathcal{L}_{test}/\\partial\\theta_{1}"):
+                       "weights $W$", "no second derivatives", "\\partial\\mathcal{L}_{test}/\\partial\\theta_{1}"):
             assert needed in words, f"the diagram no longer shows {needed!r}"
         drawn = min(steps, 3)                      # 1, 2, ..., T: at most three steps fit a slide
         assert words.count("detached\n") == drawn or words.count("detached") >= drawn
