@@ -61,7 +61,7 @@ def coordinatewise_metalearner(n_coordinates: str = "28,485"):
                                     boxstyle="round,pad=0.02,rounding_size=0.15", facecolor="#f7f7f7",
                                     edgecolor="#9a9a9a", linewidth=1.2, zorder=0))
     ax.text(fx + 0.4 + frame_w, fy + 0.4 + frame_h + 0.04, f"coordinates 2, ..., coordinate $n$ = {n_coordinates}",
-            ha="right", va="bottom", fontsize=small, color="#555555", zorder=0)
+            ha="right", va="bottom", fontsize=small, color="#222222", zorder=0)
     ax.add_patch(FancyBboxPatch((fx, fy), frame_w, frame_h, boxstyle="round,pad=0.02,rounding_size=0.15",
                                 facecolor="white", edgecolor="#333333", linewidth=1.8, zorder=1))
     ax.text(fx + 0.12, fy + frame_h - 0.1, "coordinate $j$ of $\\theta$", ha="left", va="top", fontsize=size,
