@@ -15,11 +15,12 @@ and differs only in what is fixed and what is learned:
                                        + b[t, layer(j)] * max(ln|g_j|, -p))
     lstm       learned         LSTM  LSTM (metalstm.metalearner)          n + 2,046
 
-`magnitude` is the strategy that notebook 06 distils from the trained LSTM's
-gates (`metalstm.distill`): per step, the input gate is a logistic function of
-the gradient's log-magnitude, clamped where the preprocessing clamps it
-(paper notes 4), so large gradients get smaller steps. With b = 0 it is the
-schedule with alpha = sigmoid(a).
+`magnitude` is a per-layer form of the strategy that notebook 06 distils from
+the trained LSTM's gates (`metalstm.distill`, which fits one a_t and b_t per step
+to the recorded gates), meta-trained like every rung: per step and layer, the
+input gate is a logistic function of the gradient's log-magnitude, clamped where
+the preprocessing clamps it (paper notes 4), so large gradients get smaller
+steps. With b = 0 it is the schedule with alpha = sigmoid(a).
 
 Every rung is meta-trained by the same loop (`metalstm.train`), under the
 paper's rule that L_t and grad_t are detached (no second derivatives): for
