@@ -843,13 +843,15 @@ def _with_agenda_and_recap(cells) -> list:
     agenda_cells = [_markdown(agenda, "slide"),
                     _markdown(minutes_note(1) + f" The plan of this lecture: about {total:g} minutes of slides "
                               "in all (each slide's notes give its own estimate).", "notes")]
-    goals = _objectives(cells[0].source if cells else "")
+    # the objectives: in the title slide's text (the first cell, which split_markdown may have cut in pieces)
+    goals = _objectives("\n\n".join(c.source for c in (groups[0] if groups else []) if c.cell_type == "markdown"))
     recap = "## Recap\n\nYou can now:\n\n" + "\n".join(f"- {g}" for g in goals) if goals else \
         "## Recap\n\n" + "\n".join(f"- {title}" for title, _ in parts)
-    recap_cells = [_markdown(split_markdown(recap)[0], "slide")]
-    recap_cells += [_markdown(piece, "subslide") for piece in split_markdown(recap)[1:]]
-    recap_cells.append(_markdown(minutes_note(2) + " Ask the room which of these they could not do yet; "
-                                 "point to the exercises.", "notes"))
+    recap_cells = []
+    for j, piece in enumerate(split_markdown(recap)):          # every piece of a long recap has its notes
+        recap_cells += [_markdown(piece, "subslide" if j else "slide"), _markdown(
+            minutes_note(2) + " Ask the room which of these they could not do yet; point to the exercises."
+            if j == 0 else "**Continued** (within the 2 min of the slide before).", "notes")]
     agenda_cells[0].metadata["metalstm_minutes"], recap_cells[0].metadata["metalstm_minutes"] = 1.0, 2.0
     out = list(groups[0]) + agenda_cells
     placed = False

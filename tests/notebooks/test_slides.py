@@ -483,3 +483,22 @@ def test_a_slide_whose_heading_sits_above_its_own_table_gets_no_continued_title(
     deck = slides.prepare(nbformat.v4.new_notebook(cells=cells))
     titles = [c.source for c in deck.cells if c.cell_type == "markdown" and c.source.endswith("(continued)")]
     assert titles == ["### 5. The ladder (continued)"]          # the bare table's slide only
+
+
+def test_the_recap_finds_the_objectives_of_a_long_title_cell_and_every_recap_slide_has_notes():
+    md = nbformat.v4.new_markdown_cell
+    intro = "\n\n".join(f"Paragraph {i} of a long introduction, " + "words " * 40 for i in range(8))
+    goals = "\n".join(f"- do thing {i}, which takes a line of words to say " + "and more " * 8 for i in range(9))
+    cells = [md("# 05 · A deck\n\n" + intro + "\n\n**After this notebook you will be able to**\n\n" + goals),
+             md("## 1. First\n\nText."), md("## Exercises\n\nDo them.")]
+    for cell, kind in zip(cells, ["slide", "slide", "slide"]):
+        cell.metadata["slideshow"] = {"slide_type": kind}
+    deck = slides.prepare(nbformat.v4.new_notebook(cells=cells))
+    assert len(slides.split_markdown(cells[0].source)) > 1                  # the title cell is cut in pieces
+    recap = [i for i, c in enumerate(deck.cells) if c.cell_type == "markdown" and c.source.startswith("## Recap")]
+    assert recap and "You can now:" in deck.cells[recap[0]].source and "do thing 0" in deck.cells[recap[0]].source
+    starts = [i for i, c in enumerate(deck.cells) if i >= recap[0] and c.metadata.get("slideshow", {}).get(
+        "slide_type") in ("slide", "subslide") and not c.source.startswith("## Exercises")]
+    starts = starts[:next((k for k, i in enumerate(starts) if deck.cells[i].source.startswith("## 1.")), len(starts))]
+    for i in starts:                                     # each recap slide is followed by its notes
+        assert deck.cells[i + 1].metadata["slideshow"]["slide_type"] == "notes", deck.cells[i].source[:60]
