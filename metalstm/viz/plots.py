@@ -202,7 +202,8 @@ def accuracy_by_step(record: GateRecord) -> tuple[torch.Tensor, torch.Tensor]:
 
 def plot_query_accuracy_by_step(*records: GateRecord):
     """Left: query accuracy of theta_t, t = 0..T (mean over episodes, 95% interval);
-    right: the support loss L_t fed to the meta-learner and the query loss of theta_t."""
+    right: the mean support and query losses of theta_t (the support loss of theta_t is L_{t+1}, the
+    one the meta-learner reads at step t + 1)."""
     _check(records)
     with plt.rc_context(RC):
         return _plot_query_accuracy_by_step(records)
@@ -216,15 +217,18 @@ def _plot_query_accuracy_by_step(records):
         steps = torch.arange(record.steps + 1).numpy()
         ax_acc.fill_between(steps, mean - half, mean + half, color=color, alpha=0.2)
         ax_acc.plot(steps, mean, marker="o", color=color, label=f"{record.label} (T={record.steps})")
-        ax_loss.plot(steps[1:], record.support_loss.mean(dim=0).numpy(), marker=".", color=color,
-                     label=f"{record.label}: support $L_t$")
+        # L_t, the support loss the meta-learner reads at step t, is the loss of theta_{t-1}: drawn at
+        # t - 1, so that at every x both curves are losses of the same theta_x
+        ax_loss.plot(steps[:-1], record.support_loss.mean(dim=0).numpy(), marker=".", color=color,
+                     label=f"{record.label}: support")
         ax_loss.plot(steps, record.query_loss.mean(dim=0).numpy(), ls="--", color=color,
                      label=f"{record.label}: query")
     if records[0].n_way:
         ax_acc.axhline(1 / records[0].n_way, color="0.5", lw=0.8, ls=":", label="chance")
     ax_acc.set(xlabel="step t (0: $\\theta_0 = c_0$)", ylabel="query accuracy",
                title="query accuracy of $\\theta_t$ (95% interval)")
-    ax_loss.set(xlabel="step t", ylabel="cross-entropy (log)", title="mean losses per step", yscale="log")
+    ax_loss.set(xlabel="step t (losses of $\\theta_t$)", ylabel="cross-entropy (log)", title="mean losses per step",
+                yscale="log")
     ax_acc.legend(loc="lower right")
     ax_loss.legend(loc="upper right")
     for ax in (ax_acc, ax_loss):
