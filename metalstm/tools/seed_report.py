@@ -8,7 +8,7 @@ by anyone with a clone:
 
     data/results/grid/NAME.json          each run's per-episode meta-test accuracies (ladder_seeds)
     data/checkpoints/grid/NAME.log.csv   each run's validation curve; NAME.run.json its CPU seconds
-    data/checkpoints/plateau/NAME.log.csv   a run meta-trained past the grid's budget (the 1-shot LSTM)
+    data/checkpoints/plateau/NAME.log.csv   a run meta-trained past the grid's budget (listed once past it)
 
 The tables and the stated differences are `ladder_seeds.seed_table` / `measured_differences` (a
 difference is stated in words only where its seed-level 95% interval excludes 0); the trends are
@@ -30,6 +30,7 @@ RESULTS = Path("data/results/grid")
 GRID = Path("data/checkpoints/grid")
 PLATEAU = Path("data/checkpoints/plateau")
 PAGE = Path("docs/ladder-seeds.md")
+BUDGET = 5000                   # the grid's episodes per run (metalstm.tools.grid --episodes)
 PLOT = Path("docs/ladder-seeds.png")
 README = Path("README.md")
 COMMANDS = """nice -n 19 python -m metalstm.tools.grid --jobs 2 --publish data/checkpoints/grid \\
@@ -93,7 +94,7 @@ def plateau_sentence(logs: list[Path], records: list[dict]) -> str:
     return "; ".join(said)
 
 
-def past_budget(logs: list[Path], budget: int = 5000) -> str:
+def past_budget(logs: list[Path], budget: int = BUDGET) -> str:
     """Markdown: each run trained past the grid's budget - its best validation at the budget and at
     its end, and its trend over the last 1,000 and 2,000 episodes."""
     if not logs:
@@ -123,7 +124,8 @@ def compose(names: list[str], results: Path = RESULTS, grid: Path = GRID, extend
     logs = [grid / f"{n}.log.csv" for n in names if (grid / f"{n}.log.csv").is_file()]
     logs = [p for p in logs if plateau.read_curve(p)[-1][0] > 0]          # sgd: one validation, no curve
     cpu = cpu_records(names, grid)
-    extended = sorted(extended.glob("*.log.csv")) if extended.is_dir() else []
+    extended = [p for p in (sorted(extended.glob("*.log.csv")) if extended.is_dir() else [])
+                if plateau.read_curve(p)[-1][0] > BUDGET]                    # a run still below the budget: not yet
     longer = plateau_sentence(extended, cpu_records([p.name.removesuffix(".log.csv") for p in extended], grid))
     page = f"""# The ladder over training seeds
 
@@ -164,9 +166,11 @@ when the interval lies above 0):
 
 ## Runs trained past 5,000 episodes
 
-A run still rising at 5,000 episodes, resumed from its `last.pt` with a
-larger `--episodes` (its log in `data/checkpoints/plateau/`, its resumable
-state in `data/grid-parked/plateau/`; docs/reproducing.md has the command):
+A run still rising at 5,000 episodes, meta-trained on with a larger
+`--episodes`: resumed from its `last.pt`, or run again from episode 0 with the
+same seed where the grid kept none (its log in `data/checkpoints/plateau/`,
+listed here once past 5,000 episodes; its resumable state in
+`data/grid-parked/plateau/`; docs/reproducing.md has the commands):
 
 {past_budget(extended)}
 
