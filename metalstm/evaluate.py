@@ -236,8 +236,10 @@ def paired_rows(results: list[Evaluation], rung_of: dict[str, str],
     return rows
 
 
-def paired_table(rows: list[dict], reference: str = RUNG_NAMES["lstm"]) -> str:
-    """Markdown: method | accuracy | paired difference to the reference | to the rung below."""
+def paired_table(rows: list[dict], reference: str = RUNG_NAMES["lstm"], name_below: bool = True) -> str:
+    """Markdown: method | accuracy | paired difference to the reference | to the rung below | seconds.
+    name_below=False names the rung below ("(vs Meta-SGD)") only where it is not the row just above
+    (a narrower table, for a slide)."""
     def diff(d):
         if d is None:
             return ""
@@ -245,8 +247,9 @@ def paired_table(rows: list[dict], reference: str = RUNG_NAMES["lstm"]) -> str:
         return f"{100 * d[0]:+.2f} +- {100 * d[1]:.2f}{mark}"
     lines = [f"| method | accuracy (%) | vs {reference} | vs the rung below | seconds |",
              "|---|---|---|---|---|"]
-    for r in rows:
-        below = f"{diff(r['vs_below'])} (vs {r['below']})" if r["vs_below"] is not None else ""
+    for above, r in zip([None] + [x["name"] for x in rows], rows):
+        named = name_below or r["below"] != above
+        below = "" if r["vs_below"] is None else diff(r["vs_below"]) + (f" (vs {r['below']})" if named else "")
         lines.append(f"| {r['name']} | {100 * r['mean']:.2f} +- {100 * r['ci95']:.2f} | "
                      f"{diff(r['vs_reference'])} | {below} | {r['seconds']:.0f} |")
     return "\n".join(lines)

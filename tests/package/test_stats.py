@@ -55,6 +55,10 @@ def test_paired_rows_compare_with_the_reference_and_the_rung_below():
     assert rows["Nearest neighbour"]["vs_below"] is None and rows["SGD (random init)"]["vs_below"] is None
     table = paired_table(list(rows.values()))
     assert "| Meta-SGD | 83.33 +- " in table and "(vs SGD (random init))" in table
+    short = paired_table(list(rows.values()), name_below=False)    # rows: SGD, Meta-SGD, LSTM, NN
+    assert "(vs SGD (random init))" not in short and "(vs Meta-SGD)" not in short          # the row above
+    ordered = [rows[n] for n in ("Meta-SGD", "SGD (random init)", "Meta-Learner LSTM", "Nearest neighbour")]
+    assert "(vs SGD (random init))" in paired_table(ordered, name_below=False)    # not the row above: named
 
 
 def _t_cdf(t: float, df: int) -> float:
