@@ -162,3 +162,27 @@ def test_the_seed_tables_come_from_the_grid_runs_they_name():
     assert seed_table(rows) in page, "docs/ladder-seeds.md differs from `python -m metalstm.tools.ladder_seeds`"
     assert compact_table(rows) in (ROOT / "README.md").read_text(), \
         "README's seed table differs from the runs docs/ladder-seeds.md names; it should read:\n\n" + compact_table(rows)
+
+
+def test_seed_report_check_passes_on_the_shipped_files_and_fails_on_a_changed_number(tmp_path, monkeypatch, capsys):
+    """`python -m metalstm.tools.seed_report --check` in a copy of the files it reads: exit 0, then 1
+    once one number of the README's seed table is changed by hand."""
+    import shutil
+
+    from metalstm.tools import seed_report
+    (tmp_path / "docs").mkdir()
+    for rel in ("README.md", "docs/ladder-seeds.md"):
+        shutil.copy(ROOT / rel, tmp_path / rel)
+    shutil.copytree(ROOT / "data" / "results" / "grid", tmp_path / "data" / "results" / "grid")
+    shutil.copytree(ROOT / "data" / "checkpoints" / "grid", tmp_path / "data" / "checkpoints" / "grid",
+                    ignore=shutil.ignore_patterns("*.pt"))
+    if (ROOT / "data" / "checkpoints" / "plateau").is_dir():
+        shutil.copytree(ROOT / "data" / "checkpoints" / "plateau", tmp_path / "data" / "checkpoints" / "plateau")
+    monkeypatch.chdir(tmp_path)
+    assert seed_report.main(["--check"]) == 0, capsys.readouterr().out
+    readme = (tmp_path / "README.md").read_text()
+    block = readme[readme.index("<!-- seeds -->"):readme.index("<!-- /seeds -->")]
+    changed = block.replace(".", ",", 1)                                   # one number, typed by hand
+    (tmp_path / "README.md").write_text(readme.replace(block, changed))
+    assert seed_report.main(["--check"]) == 1
+    assert "README.md" in capsys.readouterr().out
