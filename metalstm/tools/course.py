@@ -230,7 +230,7 @@ html.metalstm-measure .reveal .slides section { display: block !important; posit
     var found = null;
     (block.matches && block.matches("h1, h2, h3, h4") ? [block] : []).concat(
       Array.prototype.slice.call(block.querySelectorAll("h1, h2, h3, h4"))).forEach(function (e) {
-      if (!e.closest("aside.notes") && !/\(continued\)\s*$/.test(sourceText(e).replace(/\u00b6/g, "").trim())) { found = e; }
+      if (!e.closest("aside.notes") && !/\\(continued\\)\\s*$/.test(sourceText(e).replace(/\u00b6/g, "").trim())) { found = e; }
     });
     return found && titleText(found);
   }
