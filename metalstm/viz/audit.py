@@ -27,8 +27,8 @@ _installed: list[Path] = []
 
 def figure_title(fig) -> str:
     """The words that name a figure: its suptitle, else its first axes title, else ''."""
-    if fig._suptitle is not None and fig._suptitle.get_text().strip():
-        return fig._suptitle.get_text().strip()
+    if fig.get_suptitle().strip():
+        return fig.get_suptitle().strip()
     return next((ax.get_title().strip() for ax in fig.axes if ax.get_title().strip()), "")
 
 
