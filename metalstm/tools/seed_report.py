@@ -124,9 +124,9 @@ def compose(names: list[str], results: Path = RESULTS, grid: Path = GRID, extend
     logs = [grid / f"{n}.log.csv" for n in names if (grid / f"{n}.log.csv").is_file()]
     logs = [p for p in logs if plateau.read_curve(p)[-1][0] > 0]          # sgd: one validation, no curve
     cpu = cpu_records(names, grid)
-    extended = [p for p in (sorted(extended.glob("*.log.csv")) if extended.is_dir() else [])
-                if plateau.read_curve(p)[-1][0] > BUDGET]                    # a run still below the budget: not yet
-    longer = plateau_sentence(extended, cpu_records([p.name.removesuffix(".log.csv") for p in extended], grid))
+    past = [p for p in (sorted(extended.glob("*.log.csv")) if extended.is_dir() else [])
+            if plateau.read_curve(p)[-1][0] > BUDGET]                        # a run still below the budget: not yet
+    longer = plateau_sentence(past, cpu_records([p.name.removesuffix(".log.csv") for p in past], grid))
     page = f"""# The ladder over training seeds
 
 Every rung of the ladder (docs/results.md, notebook 05 section 5) meta-trained
@@ -172,7 +172,7 @@ same seed where the grid kept none (its log in `data/checkpoints/plateau/`,
 listed here once past 5,000 episodes; its resumable state in
 `data/grid-parked/plateau/`; docs/reproducing.md has the commands):
 
-{past_budget(extended)}
+{past_budget(past)}
 
 ## CPU time
 
